@@ -1,0 +1,3 @@
+from cfcli.cli import main
+
+main()

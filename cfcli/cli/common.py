@@ -1,0 +1,93 @@
+"""What every command shares: the consoles, option parsing helpers, and the one place errors become messages."""
+
+import functools
+import random
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from cfcli.errors import CfError
+
+console = Console(stderr=True, highlight=False)
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def fail(message: str, hint: str = "") -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    if hint:
+        console.print(f"[dim]→ {hint}[/]")
+    raise typer.Exit(1)
+
+
+def friendly(fn):
+    """Turn CfError (and CUDA out-of-memory) into a short message and exit code 1, without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CfError as exc:
+            fail(exc.message, exc.hint)
+        except Exception as exc:  # noqa: BLE001
+            if type(exc).__name__ == "OutOfMemoryError":
+                fail("the GPU ran out of memory",
+                     "lower --frames or the resolution (a smaller preset), use --dtype bfloat16, or close other "
+                     "programs using the GPU")
+            raise
+
+    return wrapper
+
+
+def pick_device(device: str | None):
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise CfError(f"unknown device {device!r}", "use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CfError("CUDA is not available on this machine", "use --device cpu (slow) or install a CUDA build of torch")
+    return dev
+
+
+def pick_dtype(dtype: str | None, device):
+    import torch
+
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise CfError(f"unknown dtype {dtype!r}", f"use one of: {', '.join(DTYPES)}")
+    return getattr(torch, dtype)
+
+
+def new_seed(seed: int | None) -> int:
+    return seed if seed is not None else random.SystemRandom().randrange(2**31)
+
+
+def preset_name(preset: str | None, mode: str | None, steps: int | None) -> str:
+    """--preset wins; else --mode/--steps pick a shipped preset."""
+    if preset is not None:
+        if mode is not None or steps is not None:
+            raise CfError("--preset cannot be combined with --mode/--steps", "use one or the other")
+        return preset
+    mode = mode or "framewise"
+    if mode not in ("framewise", "chunkwise", "longvideo", "self-forcing"):
+        raise CfError(f"unknown mode {mode!r}", "use framewise, chunkwise or longvideo")
+    if steps in (None, 4):
+        return mode
+    if mode != "framewise" or steps not in (1, 2):
+        raise CfError(f"no {steps}-step {mode} model", "frame-wise has 4, 2 and 1 steps; chunk-wise 4")
+    return f"framewise-{steps}step"
+
+
+def is_tty() -> bool:
+    return sys.stderr.isatty()
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise CfError(f"{out} already exists", "pass --overwrite to replace it, or choose another --out")

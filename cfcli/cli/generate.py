@@ -1,0 +1,113 @@
+"""`cf generate`: text (or picture) to video, streamed to the file block by block."""
+
+import json
+import re
+from pathlib import Path
+
+import typer
+
+from cfcli.cli.common import (check_out, console, fail, friendly, new_seed, pick_device, pick_dtype,
+                              preset_name)
+from cfcli.cli.progress import ProgressView
+from cfcli.errors import CfError
+
+
+def slug(text: str, n: int = 48) -> str:
+    s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return (s[:n].rstrip("-")) or "video"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("generate")
+    @friendly
+    def generate(
+        prompt: str = typer.Argument(None, help="What the video shows."),
+        preset: str = typer.Option(None, "--preset", help="Preset name or path to a preset YAML file."),
+        mode: str = typer.Option(None, "--mode", help="framewise | chunkwise | longvideo (picks a shipped preset)."),
+        steps: int = typer.Option(None, "--steps", help="4, 2 or 1 (frame-wise)."),
+        frames: int = typer.Option(None, "--frames", help="Video frames (rounded up to what the model makes)."),
+        seconds: float = typer.Option(None, "--seconds", help="Video length in seconds (instead of --frames)."),
+        fps: int = typer.Option(None, "--fps", help="Playback frame rate (default: the preset's)."),
+        seed: int = typer.Option(None, "--seed", help="Random seed (random when omitted; printed)."),
+        image: Path = typer.Option(None, "--image", help="Start from this picture (frame-wise only)."),
+        out: Path = typer.Option(None, "--out", "-o", help="Output file (default outputs/<prompt>-<seed>.mp4)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+        codec: str = typer.Option("h264", "--codec", help="h264 | h265 | ffv1 (lossless, use .mkv)."),
+        crf: int = typer.Option(18, "--crf", help="Quality for h264/h265: lower is better (0-51)."),
+        device: str = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
+        dtype: str = typer.Option(None, "--dtype", help="float32 | bfloat16 (default: bfloat16 on GPU)."),
+        save_latents: Path = typer.Option(None, "--save-latents", help="Also write the latents (safetensors)."),
+        prompt_file: Path = typer.Option(None, "--prompt-file", help="One prompt per line; models load once."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+        json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    ) -> None:
+        """Generate a video from a text prompt (and optionally a starting picture)."""
+        import torch  # noqa: F401 - heavy import only when a command runs
+
+        from cfcli.pipeline import generate as job
+        from cfcli.pipeline.video import CODECS
+        from cfcli.presets import load_preset
+
+        prompts = read_prompts(prompt, prompt_file)
+        if codec not in CODECS:
+            raise CfError(f"unknown codec {codec!r}", f"use one of: {', '.join(CODECS)}")
+        p = load_preset(preset_name(preset, mode, steps))
+        dev = pick_device(device)
+        dt = pick_dtype(dtype, dev)
+        fps_ = fps or p.fps
+        want = frames if frames is not None else (round(seconds * fps_) + 1 if seconds is not None else p.frames)
+        if seconds is not None and seconds <= 0:
+            raise CfError(f"--seconds must be positive, got {seconds}")
+        real, _ = job.plan_frames(p, want, image is not None)
+        if real != want and not quiet:
+            console.print(f"[yellow]note:[/] {want} frames is not a length the model makes; generating {real}")
+        engine = encoder = None
+        for i, text in enumerate(prompts):
+            s = new_seed(seed)
+            path = out or Path("outputs") / f"{slug(text)}-{s}.mp4"
+            if out is not None and len(prompts) > 1:
+                path = out.with_name(f"{out.stem}-{i:03d}{out.suffix}")
+            check_out(path, overwrite)
+            if not quiet:
+                console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {real} frames → {path}")
+            req = job.GenerateRequest(text, p, s, real, path, dev, dt, codec, crf, fps, image, save_latents)
+            encoder = encoder or job.PromptEncoder(p, dev, dt)
+            if engine is None and encoder is not None:
+                encoder.encode([text])  # text first, so umT5 is gone before the DiT loads
+                engine = job.Engine.load(p, dev, dt)
+            with ProgressView(enabled=not quiet, fps=fps_, device=dev) as view:
+                summary = job.run(req, view.update, engine=engine, prompt_encoder=encoder)
+            report(summary, quiet, json_out)
+            if summary.interrupted:
+                raise typer.Exit(130)
+
+
+def read_prompts(prompt: str | None, prompt_file: Path | None) -> list[str]:
+    if prompt_file is not None:
+        try:
+            lines = [ln.strip() for ln in prompt_file.read_text().splitlines()]
+        except OSError as exc:
+            raise CfError(f"cannot read --prompt-file {prompt_file}: {exc.strerror}") from exc
+        prompts = [ln for ln in lines if ln]
+        if not prompts:
+            raise CfError(f"{prompt_file} holds no prompts", "write one prompt per line")
+        return prompts
+    if prompt is None or not prompt.strip():
+        raise CfError("the prompt is empty", 'describe the video, e.g. cf generate "a fox running"')
+    return [prompt]
+
+
+def report(s, quiet: bool, json_out: bool) -> None:
+    if json_out:
+        typer.echo(json.dumps({"path": str(s.path), "frames": s.frames, "fps": s.fps, "seconds": s.seconds,
+                               "seed": s.seed, "preset": s.preset, "first_frame_s": s.first_frame_s,
+                               "elapsed_s": s.elapsed, "generation_fps": s.generation_fps,
+                               "interrupted": s.interrupted}))
+    if quiet:
+        return
+    if s.interrupted:
+        console.print(f"[yellow]stopped:[/] {s.frames} frames kept in {s.path}")
+        return
+    first = f"{s.first_frame_s:.2f}s" if s.first_frame_s is not None else "-"
+    console.print(f"[green]✓[/] {s.path}  ·  {s.frames} frames, {s.seconds:.2f}s at {s.fps} fps  ·  "
+                  f"first frame {first}  ·  {s.generation_fps:.1f} frames/s  ·  seed {s.seed}")

@@ -1,0 +1,1 @@
+"""Plain nn.Modules that load the official Causal Forcing / Wan2.1 files unchanged."""

@@ -1,0 +1,64 @@
+"""Reading the official weight files and loading them strictly into modules built on the meta device.
+
+Only `torch.load(weights_only=True)` (memory-mapped) and safetensors are used, so no pickle code runs and a 5.7 GB
+float32 checkpoint is never copied whole into RAM: each tensor is cast to the target dtype/device as it is assigned.
+"""
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cfcli.errors import CfError
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a `.pt`/`.pth` (pickle, weights only, mmap) or `.safetensors` file, lazily where possible."""
+    path = Path(path)
+    if not path.is_file():
+        raise CfError(f"weights file not found: {path}", "run `cf download` for this preset, or fix the path")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any parse failure means a bad file
+        raise CfError(f"could not read weights file {path}: {exc}".splitlines()[0],
+                      "the file is truncated or not a weights file; delete it and run `cf download` again") from exc
+
+
+def generator_state_dict(raw: dict, use_ema: bool) -> dict[str, torch.Tensor]:
+    """The DiT tensors of a Causal/Self Forcing checkpoint, keys normalised to the bare WanModel names.
+
+    Picks `generator_ema` or `generator` (falling back to the other when the asked-for one is absent), strips the
+    wrapper's leading `model.` and every FSDP `_fsdp_wrapped_module.` segment. A bare state dict passes through.
+    """
+    order = ("generator_ema", "generator") if use_ema else ("generator", "generator_ema")
+    sd = next((raw[k] for k in order if k in raw and isinstance(raw[k], dict)), raw)
+    out = {}
+    for key, value in sd.items():
+        key = key.replace("_fsdp_wrapped_module.", "")
+        out[key.removeprefix("model.")] = value
+    return out
+
+
+def load_strict(module: nn.Module, sd: dict[str, torch.Tensor], *, what: str, dtype: torch.dtype,
+                device: torch.device | str) -> nn.Module:
+    """Assign `sd` to `module` (built on the meta device or not), requiring exactly its keys and shapes."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(sd) if tuple(expected[k].shape) != tuple(sd[k].shape))
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{name}: {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''} ({len(keys)})"
+                           for name, keys in (("missing", missing), ("unexpected", unexpected),
+                                              ("wrong shape", wrong)) if keys)
+        raise CfError(f"{what} weights do not match the model ({detail})",
+                      "check that the preset's architecture matches the checkpoint, or re-download the file")
+    cast = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in sd.items()}
+    module.load_state_dict(cast, strict=True, assign=True)
+    return module.eval().requires_grad_(False)

@@ -1,0 +1,214 @@
+"""The causal Wan2.1 DiT (Causal Forcing / Self Forcing generators) with KV-cache inference.
+
+Parameter names are the official ones (`blocks.0.self_attn.q`, `ffn.0`, `head.head`, ...) so checkpoints load
+strictly. Precision: every Linear, modulation product and residual add runs in the module's dtype (the official
+bf16 behaviour: upstream Wan's float32 autocast is disabled in the released code); the time sinusoid is computed in
+float64; q/k RMS norms normalise in float32; RoPE rotates in float32.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from cfcli.models.kv_cache import KVCache
+from cfcli.ops.attention import attend
+from cfcli.ops.norm import layer_norm, rms_norm
+from cfcli.ops.rope import apply_rope, rope_table
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """Sizes of the DiT; defaults are Wan2.1-T2V-1.3B."""
+
+    dim: int = 1536
+    ffn_dim: int = 8960
+    num_heads: int = 12
+    num_layers: int = 30
+    text_dim: int = 4096
+    freq_dim: int = 256
+    text_len: int = 512
+    in_dim: int = 16
+    out_dim: int = 16
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    eps: float = 1e-6
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with optional affine parameters (the official `norm3` has them, `norm1/2` and the head's don't)."""
+
+    def __init__(self, dim: int, eps: float, affine: bool = False):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(dim)) if affine else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return layer_norm(x, self.eps, self.weight, self.bias)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: DiTConfig, layer: int):
+        super().__init__()
+        self.layer, self.heads = layer, cfg.num_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(cfg.dim, cfg.dim) for _ in range(4))
+        self.norm_q, self.norm_k = RMSNorm(cfg.dim, cfg.eps), RMSNorm(cfg.dim, cfg.eps)
+
+    def forward(self, x: Tensor, rope: Tensor, cache: KVCache | None) -> Tensor:
+        heads = (self.heads, -1)
+        q = apply_rope(self.norm_q(self.q(x)).unflatten(-1, heads), rope)
+        k = apply_rope(self.norm_k(self.k(x)).unflatten(-1, heads), rope)
+        v = self.v(x).unflatten(-1, heads)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)
+        return self.o(attend(q, k, v).flatten(2))
+
+
+class CrossAttention(nn.Module):
+    """Text cross-attention; no mask: all `text_len` positions (padding included) are attended, as trained."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.heads = cfg.num_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(cfg.dim, cfg.dim) for _ in range(4))
+        self.norm_q, self.norm_k = RMSNorm(cfg.dim, cfg.eps), RMSNorm(cfg.dim, cfg.eps)
+
+    def kv(self, ctx: Tensor) -> Tensor:
+        """Keys and values of the embedded text, stacked [2, B, text_len, heads, head_dim]."""
+        heads = (self.heads, -1)
+        return torch.stack([self.norm_k(self.k(ctx)).unflatten(-1, heads), self.v(ctx).unflatten(-1, heads)])
+
+    def forward(self, x: Tensor, kv: Tensor) -> Tensor:
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.heads, -1))
+        return self.o(attend(q, kv[0], kv[1]).flatten(2))
+
+
+class Block(nn.Module):
+    """Modulated pre-norm block: self-attention and FFN gated by the timestep, cross-attention ungated."""
+
+    def __init__(self, cfg: DiTConfig, layer: int):
+        super().__init__()
+        self.norm1 = LayerNorm(cfg.dim, cfg.eps)
+        self.self_attn = SelfAttention(cfg, layer)
+        self.norm3 = LayerNorm(cfg.dim, cfg.eps, affine=True)
+        self.cross_attn = CrossAttention(cfg)
+        self.norm2 = LayerNorm(cfg.dim, cfg.eps)
+        self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"),
+                                 nn.Linear(cfg.ffn_dim, cfg.dim))
+        self.modulation = nn.Parameter(torch.zeros(1, 6, cfg.dim))
+
+    def forward(self, x: Tensor, e0: Tensor, text_kv: Tensor, rope: Tensor, cache: KVCache | None) -> Tensor:
+        # x [B, F, S, dim] (tokens grouped per latent frame); e0 [B, F, 6, dim] -> six [B, F, 1, dim] vectors.
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.unsqueeze(1) + e0).chunk(6, dim=2)
+        y = self.self_attn((self.norm1(x) * (1 + scale1) + shift1).flatten(1, 2), rope, cache)
+        x = x + y.view_as(x) * gate1
+        x = x + self.cross_attn(self.norm3(x).flatten(1, 2), text_kv).view_as(x)
+        y = self.ffn(self.norm2(x) * (1 + scale2) + shift2)
+        return x + y * gate2
+
+
+class Head(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.norm = LayerNorm(cfg.dim, cfg.eps)
+        self.head = nn.Linear(cfg.dim, math.prod(cfg.patch_size) * cfg.out_dim)
+        self.modulation = nn.Parameter(torch.zeros(1, 2, cfg.dim))
+
+    def forward(self, x: Tensor, e: Tensor) -> Tensor:
+        shift, scale = (self.modulation.unsqueeze(1) + e.unsqueeze(2)).chunk(2, dim=2)
+        return self.head(self.norm(x) * (1 + scale) + shift)
+
+
+def timestep_sinusoid(t: Tensor, dim: int) -> Tensor:
+    """[cos, sin] features of the float timesteps, frequencies 10000^(-j/half), computed in float64."""
+    half = dim // 2
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    angles = torch.outer(t.double().flatten(), freqs)
+    return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+class CausalWanDiT(nn.Module):
+    """Wan2.1 DiT run block-causally: each call denoises one block of latent frames against the KV cache."""
+
+    def __init__(self, cfg: DiTConfig = DiTConfig()):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dim
+        self.patch_embedding = nn.Conv3d(cfg.in_dim, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, d), nn.SiLU(), nn.Linear(d, d))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
+        self.head = Head(cfg)
+        self._rope: dict[tuple, Tensor] = {}
+
+    def frame_tokens(self, height: int, width: int) -> int:
+        """Tokens per latent frame of `height`×`width` latents (1560 at 60×104)."""
+        _, ph, pw = self.cfg.patch_size
+        return (height // ph) * (width // pw)
+
+    def text_kv(self, context: Tensor) -> Tensor:
+        """Cross-attention K/V of every layer for umT5 features [B, L ≤ text_len, text_dim]: computed once per prompt.
+
+        Returns [layers, 2, B, text_len, heads, head_dim]. Shorter context is zero-padded to `text_len` (the padded
+        rows still become a non-zero embedding that the model attends to, as trained).
+        """
+        pad = self.cfg.text_len - context.shape[1]
+        if pad > 0:
+            context = torch.nn.functional.pad(context, (0, 0, 0, pad))
+        ctx = self.text_embedding(context.to(self.patch_embedding.weight.dtype))
+        return torch.stack([blk.cross_attn.kv(ctx) for blk in self.blocks])
+
+    def rope(self, start_frame: int, frames: int, height: int, width: int) -> Tensor:
+        """RoPE table for the tokens of frames `[start_frame, start_frame + frames)`; memoised per position."""
+        _, ph, pw = self.cfg.patch_size
+        key = (start_frame, frames, height // ph, width // pw)
+        table = self._rope.get(key)
+        if table is None:
+            if len(self._rope) > 256:
+                self._rope.clear()
+            table = rope_table(self.cfg.head_dim, range(start_frame, start_frame + frames), key[2], key[3],
+                               self.patch_embedding.weight.device)
+            self._rope[key] = table
+        return table
+
+    def forward(self, x: Tensor, t: Tensor, text_kv: Tensor, cache: KVCache | None, start_frame: int) -> Tensor:
+        """Flow prediction (ε − x0) for latents x [B, F, C, h, w] at per-frame timesteps t [B, F]."""
+        b, f, _, h, w = x.shape
+        tokens = self.patch_embedding(x.transpose(1, 2))  # [B, dim, F, h/2, w/2]
+        gh, gw = tokens.shape[-2:]
+        tokens = tokens.flatten(3).permute(0, 2, 3, 1)  # [B, F, S, dim], row-major tokens inside a frame
+        e = self.time_embedding(timestep_sinusoid(t, self.cfg.freq_dim).to(tokens.dtype))
+        e0 = self.time_projection(e).unflatten(-1, (6, -1)).unflatten(0, (b, f))  # [B, F, 6, dim]
+        e = e.unflatten(0, (b, f))
+        rope = self.rope(start_frame, f, h, w)
+        if cache is not None:
+            cache.begin(start_frame, f)
+        for blk, kv in zip(self.blocks, text_kv):
+            tokens = blk(tokens, e0, kv, rope, cache)
+        if cache is not None:
+            cache.end()
+        return self.unpatchify(self.head(tokens, e), gh, gw)
+
+    def unpatchify(self, out: Tensor, gh: int, gw: int) -> Tensor:
+        """[B, F, S, p·q·r·C] head output -> [B, F, C, gh·q, gw·r] latents (patch channels ordered p, q, r, C)."""
+        b, f = out.shape[:2]
+        p, q, r = self.cfg.patch_size
+        c = self.cfg.out_dim
+        out = out.view(b, f, gh, gw, p, q, r, c).permute(0, 1, 4, 7, 2, 5, 3, 6)
+        return out.reshape(b, f * p, c, gh * q, gw * r)

@@ -1,0 +1,1 @@
+"""Small tensor operations shared by the models: attention, rotary embeddings, norms."""

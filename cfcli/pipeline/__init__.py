@@ -1,0 +1,1 @@
+"""The generation loop: schedule, sampler, streaming decode and video writing."""

@@ -1,0 +1,131 @@
+"""The engine: a preset's models on one device, and the streaming generation loop over them.
+
+`Engine.load(preset, device, dtype)` builds the DiT and VAE (weights assigned straight into the target dtype and
+device); the text encoder is loaded only when a prompt needs encoding and is dropped right after.
+`Engine.generate(...)` yields a `Chunk` per block as soon as it is denoised and decoded, so callers can write video
+while the next block is generated.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from cfcli import hub
+from cfcli.errors import CfError
+from cfcli.models.checkpoint import generator_state_dict, load_strict, read_state_dict
+from cfcli.models.dit import CausalWanDiT, DiTConfig
+from cfcli.models.kv_cache import KVCache
+from cfcli.models.vae import VAEConfig, WanVAE
+from cfcli.pipeline.sampler import CausalSampler, StepPlan
+from cfcli.pipeline.schedule import FlowSchedule
+from cfcli.presets import Preset
+
+VAE_TIME, VAE_SPACE = 4, 8
+MAX_ROPE_FRAMES = 1024
+
+
+def latent_frames_for(video_frames: int) -> int:
+    """Latent frames that decode to `video_frames` (1 + 4·(F − 1)); raises if there is no such count."""
+    if video_frames < 1 or (video_frames - 1) % VAE_TIME:
+        raise ValueError(f"{video_frames} video frames is not 1 + 4k")
+    return (video_frames - 1) // VAE_TIME + 1
+
+
+def video_frames_for(latent_frames: int) -> int:
+    return 1 + VAE_TIME * (latent_frames - 1) if latent_frames > 0 else 0
+
+
+def to_uint8(pixels: Tensor) -> Tensor:
+    """[-1, 1] pixels -> uint8 as the official writer does: 255·clamp(x·0.5 + 0.5, 0, 1), truncated."""
+    return (pixels.float() * 0.5 + 0.5).clamp(0, 1).mul(255).to(torch.uint8)
+
+
+@dataclass
+class Chunk:
+    """One finished block: its latents [F, C, h, w] and decoded pixels [n, 3, H, W] uint8 (both on the device).
+
+    `context` marks latents that were given (I2V picture, clip to extend) rather than generated.
+    """
+
+    latents: Tensor
+    pixels: Tensor
+    context: bool = False
+
+
+class Engine:
+    def __init__(self, preset: Preset, dit: CausalWanDiT, vae: WanVAE, device: torch.device, dtype: torch.dtype):
+        self.preset, self.dit, self.vae = preset, dit, vae
+        self.device, self.dtype = device, dtype
+        self.schedule = FlowSchedule(preset.timestep_shift)
+        self.plan = StepPlan(tuple(self.schedule.warp(list(preset.steps))),
+                             tuple(self.schedule.warp(list(preset.first_block_steps)))
+                             if preset.first_block_steps else None)
+
+    @classmethod
+    def load(cls, preset: Preset, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "Engine":
+        device = torch.device(device)
+        gen_path, vae_path = hub.resolve(preset, "generator"), hub.resolve(preset, "vae")
+        with torch.device("meta"):
+            dit = CausalWanDiT(DiTConfig(**preset.arch("dit")))
+            vae = WanVAE(VAEConfig(**preset.arch("vae")))
+        sd = generator_state_dict(read_state_dict(gen_path), preset.use_ema)
+        load_strict(dit, sd, what=f"generator ({gen_path.name})", dtype=dtype, device=device)
+        load_strict(vae, read_state_dict(vae_path), what=f"VAE ({vae_path.name})", dtype=dtype, device=device)
+        return cls(preset, dit, vae, device, dtype)
+
+    @property
+    def latent_hw(self) -> tuple[int, int]:
+        return self.preset.height // VAE_SPACE, self.preset.width // VAE_SPACE
+
+    def new_cache(self, total_frames: int) -> KVCache:
+        """KV cache for a video of `total_frames` latent frames: global up to the horizon, rolling beyond it."""
+        p, cfg = self.preset, self.dit.cfg
+        if total_frames > MAX_ROPE_FRAMES - 1:
+            raise CfError(f"{video_frames_for(total_frames)} video frames is too long for the model's position table",
+                          f"the maximum is {video_frames_for(MAX_ROPE_FRAMES - 1)} frames")
+        window = p.local_attn_frames if p.local_attn_frames != -1 else p.horizon_frames
+        rolling = p.local_attn_frames != -1 or total_frames > p.horizon_frames
+        capacity = window if rolling else total_frames
+        return KVCache(cfg.num_layers, 1, capacity, self.dit.frame_tokens(*self.latent_hw), cfg.num_heads,
+                       cfg.head_dim, sink_frames=p.sink_frames if rolling else 0, rolling=rolling,
+                       dtype=self.dtype, device=self.device)
+
+    def text_kv(self, context: Tensor) -> Tensor:
+        """Cross-attention K/V for umT5 features [1, L, text_dim] (computed once per prompt)."""
+        return self.dit.text_kv(context.to(self.device, self.dtype))
+
+    def encode_video(self, video: Tensor) -> Tensor:
+        """Pixels [3, T, H, W] in [-1, 1] (T = 1 + 4k) -> normalised latents [1, 1 + k, 16, h, w]."""
+        return self.vae.encode(video.to(self.device, self.dtype)[None])
+
+    def generate(self, text_kv: Tensor, latent_frames: int, seed: int, context: Tensor | None = None,
+                 decode: bool = True) -> Iterator[Chunk]:
+        """Generate `latent_frames` new latent frames after the given `context` latents [1, F_in, C, h, w].
+
+        The seed is applied right before the noise is drawn (after any context was encoded by the caller), on a
+        generator of the run's device: the same seed gives the official noise stream.
+        """
+        n_ctx = 0 if context is None else context.shape[1]
+        bf = self.preset.block_frames
+        if latent_frames <= 0 or latent_frames % bf:
+            raise CfError(f"{latent_frames} latent frames is not a whole number of {bf}-frame blocks")
+        sampler = CausalSampler(self.dit, self.schedule, self.plan, bf, self.new_cache(n_ctx + latent_frames))
+        decoder = self.vae.stream_decoder() if decode else None
+
+        def chunk(latents: Tensor, is_context: bool) -> Chunk:
+            pixels = to_uint8(decoder.decode(latents)[0]) if decoder else None
+            return Chunk(latents[0], pixels, is_context)
+
+        with torch.inference_mode():
+            if context is not None:
+                context = context.to(self.device, self.dtype)
+                sampler.prime(context, text_kv)
+                yield chunk(context, True)
+            generator = torch.Generator(self.device).manual_seed(seed)
+            h, w = self.latent_hw
+            noise = torch.randn((1, latent_frames, self.dit.cfg.in_dim, h, w), generator=generator,
+                                dtype=self.dtype, device=self.device)
+            for x0 in sampler.stream(noise, text_kv, generator):
+                yield chunk(x0, False)

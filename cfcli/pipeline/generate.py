@@ -1,0 +1,154 @@
+"""One generation job, from request to file: models, prompt features, streaming sampler, decoder and writer.
+
+The CLI builds a `GenerateRequest`, the job reports `Progress` through a callback and returns a `Summary`. The video
+file is written block by block while later blocks are generated; on an error the half-written file is removed, on
+Ctrl-C it is closed so the frames made so far play.
+"""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from cfcli import __version__
+from cfcli.errors import CfError
+from cfcli.pipeline.engine import Engine, latent_frames_for, video_frames_for
+from cfcli.pipeline.media import load_image
+from cfcli.pipeline.text import PromptEncoder
+from cfcli.pipeline.video import VideoWriter
+from cfcli.presets import Preset
+
+
+@dataclass
+class GenerateRequest:
+    prompt: str
+    preset: Preset
+    seed: int
+    video_frames: int
+    out: Path
+    device: torch.device
+    dtype: torch.dtype
+    codec: str = "h264"
+    crf: int = 18
+    fps: int | None = None
+    image: Path | None = None
+    save_latents: Path | None = None
+
+
+@dataclass
+class Progress:
+    frames_done: int
+    frames_total: int
+    elapsed: float
+    first_frame_s: float | None
+
+
+@dataclass
+class Summary:
+    path: Path
+    frames: int
+    fps: int
+    seconds: float
+    first_frame_s: float | None
+    elapsed: float
+    seed: int
+    preset: str
+    interrupted: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def generation_fps(self) -> float:
+        return self.frames / self.elapsed if self.elapsed > 0 else 0.0
+
+
+def plan_frames(preset: Preset, video_frames: int, image: bool) -> tuple[int, int]:
+    """(video frames, generated latent frames) for a request, rounded up to what the model can make."""
+    if video_frames <= 0:
+        raise CfError(f"--frames must be positive, got {video_frames}")
+    latents = -(-(video_frames - 1) // 4) + 1
+    generated = latents - (1 if image else 0)
+    bf = preset.block_frames
+    generated = max(bf, -(-generated // bf) * bf)
+    latents = generated + (1 if image else 0)
+    return video_frames_for(latents), generated
+
+
+def metadata(req: GenerateRequest, **extra) -> dict:
+    p = req.preset
+    return {"prompt": req.prompt, "seed": req.seed, "preset": p.name, "mode": p.mode, "steps": list(p.steps),
+            "frames": req.video_frames, "fps": req.fps or p.fps, "cfcli": __version__} | extra
+
+
+def run(req: GenerateRequest, on_progress: Callable[[Progress], None] = lambda p: None,
+        engine: Engine | None = None, prompt_encoder: PromptEncoder | None = None) -> Summary:
+    p = req.preset
+    if not req.prompt.strip():
+        raise CfError("the prompt is empty", "describe the video to generate, e.g. cf generate \"a fox running\"")
+    if req.image is not None and p.block_frames != 1:
+        raise CfError(f"--image needs a frame-wise preset; {p.name} is {p.mode}", "use --mode framewise")
+    image = load_image(req.image, p.width, p.height) if req.image is not None else None
+    frames, generated = plan_frames(p, req.video_frames, image is not None)
+    prompt_encoder = prompt_encoder or PromptEncoder(p, req.device, req.dtype)
+    context = prompt_encoder.encode([req.prompt])[0]
+    engine = engine or Engine.load(p, req.device, req.dtype)
+    text_kv = engine.text_kv(context)
+    ctx_latents = engine.encode_video(image[:, None]) if image is not None else None
+    fps = req.fps or p.fps
+    writer = open_writer(req.out, fps, p, req.codec, req.crf, metadata(req, frames=frames))
+    latents, start, first = [], time.perf_counter(), None
+    try:
+        for chunk in engine.generate(text_kv, generated, req.seed, ctx_latents):
+            writer.write(chunk.pixels)
+            latents.append(chunk.latents)
+            now = time.perf_counter() - start
+            first = first if first is not None else now
+            on_progress(Progress(writer.frames, frames, now, first))
+    except KeyboardInterrupt:
+        writer.close()
+        return Summary(req.out, writer.frames, fps, writer.frames / fps, first, time.perf_counter() - start,
+                       req.seed, p.name, interrupted=True)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    if req.save_latents is not None:
+        save_latents(req.save_latents, torch.cat(latents))
+    return Summary(req.out, writer.frames, fps, writer.frames / fps, first, time.perf_counter() - start,
+                   req.seed, p.name)
+
+
+def open_writer(out: Path, fps: int, p: Preset, codec: str, crf: int, meta: dict) -> "SafeWriter":
+    return SafeWriter(out, fps, p.width, p.height, codec, crf, meta)
+
+
+class SafeWriter(VideoWriter):
+    """A VideoWriter that can be aborted: the half-written file is removed."""
+
+    def __init__(self, out: Path, *args, **kwargs):
+        out = Path(out)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            super().__init__(out, *args, **kwargs)
+        except (OSError, PermissionError) as exc:
+            raise CfError(f"cannot write the video to {out}: {exc.strerror or exc}",
+                          "choose a writable --out path") from exc
+        except Exception as exc:  # PyAV raises its own errors for bad containers
+            raise CfError(f"cannot write the video to {out}: {exc}".splitlines()[0],
+                          "choose an --out path ending in .mp4 or .mkv (ffv1 needs .mkv)") from exc
+
+    def abort(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - the file is deleted anyway
+            pass
+        self.path.unlink(missing_ok=True)
+
+
+def save_latents(path: Path, latents: torch.Tensor) -> None:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"latents": latents.float().cpu().contiguous()}, str(path))

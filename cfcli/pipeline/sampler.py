@@ -1,0 +1,92 @@
+"""The few-step block-causal sampler of Causal Forcing / Self Forcing (spec §4.2–4.5).
+
+Per block of `block_frames` latent frames: run the step list (x0 prediction at each step, re-noised with fresh
+Gaussian noise to the next step's σ), hand the block's final x0 out, then run the clean-context pass (t = 0) that
+overwrites the block's KV slots. Given latents (an I2V picture, the context of a clip to extend) are pushed through at
+t = 0 first. The random stream is the official one: the initial noise of all generated frames is drawn up front, then
+one `randn` of the block's shape per re-noising, in order, from the same generator.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from cfcli.models.dit import CausalWanDiT
+from cfcli.models.kv_cache import KVCache
+from cfcli.pipeline.schedule import FlowSchedule
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """Warped float timesteps for every block, and for the first generated block when it differs (CF++ 1/2-step)."""
+
+    steps: tuple[float, ...]
+    first_block_steps: tuple[float, ...] | None = None
+
+    def for_block(self, index: int) -> tuple[float, ...]:
+        return self.first_block_steps if index == 0 and self.first_block_steps else self.steps
+
+
+class CausalSampler:
+    """Owns the running position of one video: frames primed or generated so far live in `cache`."""
+
+    def __init__(self, dit: CausalWanDiT, schedule: FlowSchedule, plan: StepPlan, block_frames: int, cache: KVCache):
+        self.dit, self.schedule, self.plan = dit, schedule, plan
+        self.block_frames = block_frames
+        self.cache = cache
+        self.frame = 0  # absolute index of the next latent frame
+        self.blocks_done = 0  # generated blocks (the first-block schedule applies to the first one)
+
+    def _call(self, x: Tensor, t: float, text_kv: Tensor) -> Tensor:
+        ts = torch.full(x.shape[:2], t, dtype=torch.float32, device=x.device)
+        return self.dit(x, ts, text_kv, self.cache, self.frame)
+
+    def prime(self, latents: Tensor, text_kv: Tensor) -> None:
+        """Push given clean latents [B, F, C, h, w] into the cache at t = 0, block by block."""
+        if latents.shape[1] % self.block_frames:
+            raise ValueError(f"context of {latents.shape[1]} latent frames is not a whole number of "
+                             f"{self.block_frames}-frame blocks")
+        for i in range(0, latents.shape[1], self.block_frames):
+            self._call(latents[:, i:i + self.block_frames], 0.0, text_kv)
+            self.frame += self.block_frames
+
+    def _to_x0(self, flow: Tensor, x: Tensor, sigma: float) -> Tensor:
+        # float64 as the official wrapper does: x0 = x_t − σ·v
+        return (x.double() - sigma * flow.double()).to(x.dtype)
+
+    def _renoise(self, x0: Tensor, sigma: float, generator: torch.Generator) -> Tensor:
+        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        s = torch.tensor(sigma, dtype=torch.float32, device=x0.device)  # float32 σ, as the official table
+        return ((1 - s) * x0.float() + s * eps.float()).to(x0.dtype)
+
+    def denoise_block(self, noise: Tensor, text_kv: Tensor, generator: torch.Generator) -> Tensor:
+        """Run one block's step list from `noise` [B, block_frames, C, h, w]; returns its x0 (cache not committed)."""
+        steps = self.plan.for_block(self.blocks_done)
+        x = noise
+        for i, t in enumerate(steps):
+            x0 = self._to_x0(self._call(x, t, text_kv), x, self.schedule.sigma(t))
+            if i + 1 < len(steps):
+                x = self._renoise(x0, self.schedule.sigma(steps[i + 1]), generator)
+        return x0
+
+    def commit(self, x0: Tensor, text_kv: Tensor) -> None:
+        """Clean-context pass: overwrite the block's KV slots with keys/values of its x0 at t = 0, then advance."""
+        self._call(x0, 0.0, text_kv)
+        self.frame += x0.shape[1]
+        self.blocks_done += 1
+
+    def stream(self, noise: Tensor, text_kv: Tensor, generator: torch.Generator) -> Iterator[Tensor]:
+        """Yield the x0 of each block of `noise` [B, F, C, h, w] as soon as it exists.
+
+        The clean-context pass after the last block is skipped: nothing reads it.
+        """
+        n = noise.shape[1]
+        if n % self.block_frames:
+            raise ValueError(f"{n} latent frames is not a whole number of {self.block_frames}-frame blocks")
+        for i in range(0, n, self.block_frames):
+            x0 = self.denoise_block(noise[:, i:i + self.block_frames], text_kv, generator)
+            yield x0
+            if i + self.block_frames < n:
+                self.commit(x0, text_kv)

@@ -1,0 +1,86 @@
+"""Video files: a streaming writer (frames appended as they arrive) and a reader, both through PyAV.
+
+Codecs: h264 / h265 (yuv420p, quality by CRF) for sharing, ffv1 (lossless RGB, `bgr0`) for exact round trips.
+How a clip was made (prompt, seed, preset, …) is stored as JSON in the container's `comment` tag.
+"""
+
+import json
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CODECS = {"h264": ("libx264", "yuv420p"), "h265": ("libx265", "yuv420p"), "ffv1": ("ffv1", "bgr0")}
+META_KEY = "comment"
+
+
+class VideoWriter:
+    """Append uint8 frames [n, 3, H, W] to a video file as they are produced; `close()` finalises the container."""
+
+    def __init__(self, path: Path, fps: int, width: int, height: int, codec: str = "h264", crf: int = 18,
+                 metadata: dict | None = None):
+        import av
+
+        if codec not in CODECS:
+            raise ValueError(f"unknown codec {codec!r}")
+        name, pix_fmt = CODECS[codec]
+        self.path = Path(path)
+        self.frames = 0
+        self._container = av.open(str(self.path), mode="w")
+        if metadata:
+            self._container.metadata[META_KEY] = json.dumps(metadata, ensure_ascii=False)
+        self._stream = self._container.add_stream(name, rate=Fraction(fps))
+        self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, pix_fmt
+        if codec != "ffv1":
+            self._stream.options = {"crf": str(crf)} | ({"x265-params": "log-level=error"} if codec == "h265" else {})
+
+    def write(self, frames: torch.Tensor) -> None:
+        import av
+
+        for img in frames.permute(0, 2, 3, 1).contiguous().cpu().numpy():
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+            self.frames += 1
+
+    def close(self) -> None:
+        if self._container is None:
+            return
+        for packet in self._stream.encode():
+            self._container.mux(packet)
+        self._container.close()
+        self._container = None
+
+
+@dataclass
+class Clip:
+    frames: torch.Tensor  # [T, 3, H, W] uint8
+    fps: float
+    metadata: dict
+
+
+def read_metadata(container) -> dict:
+    raw = container.metadata.get(META_KEY) or container.metadata.get(META_KEY.upper())
+    try:
+        data = json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def read_video(path: Path) -> Clip:
+    """All frames of the first video stream as RGB uint8, its frame rate and cfcli metadata."""
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        stream = container.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        fps = float(stream.average_rate or stream.guessed_rate or 16)
+        meta = read_metadata(container)
+    if not frames:
+        raise ValueError("no frames")
+    return Clip(torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous(), fps, meta)

@@ -1,0 +1,131 @@
+"""Presets: strict YAML files naming a model, its sampling settings and the weight files it needs.
+
+A preset is found by name (`presets/<name>.yaml` shipped with cfcli) or by a path to a YAML file; relative `path`
+entries in `weights` are resolved against the YAML file's folder. Unknown keys are rejected so a typo never silently
+falls back to a default.
+"""
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from cfcli.errors import CfError
+
+WEIGHT_ROLES = ("generator", "vae", "text_encoder", "tokenizer")
+MODES = {"framewise": 1, "chunkwise": 3}
+SAMPLERS = ("causal", "rolling")
+
+
+@dataclass(frozen=True)
+class WeightRef:
+    """One weight file or folder: on the Hugging Face Hub (`repo` + `file`/`folder`) or a local `path`."""
+
+    repo: str | None = None
+    file: str | None = None
+    folder: str | None = None
+    path: Path | None = None
+    revision: str | None = None
+
+    @property
+    def label(self) -> str:
+        return str(self.path) if self.path else f"{self.repo}/{self.file or self.folder}"
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    summary: str
+    mode: str
+    steps: tuple[int, ...]
+    first_block_steps: tuple[int, ...] | None
+    timestep_shift: float
+    use_ema: bool
+    height: int
+    width: int
+    frames: int
+    fps: int
+    local_attn_frames: int
+    sink_frames: int
+    weights: dict[str, WeightRef]
+    architecture: dict = field(default_factory=dict)
+    sampler: str = "causal"
+    horizon_frames: int = 21  # latent frames the model was trained on; longer videos roll the KV cache
+    source: Path | None = None
+
+    @property
+    def block_frames(self) -> int:
+        """Latent frames denoised together per autoregressive step: 1 frame-wise, 3 chunk-wise."""
+        return MODES[self.mode]
+
+    def arch(self, part: str) -> dict:
+        return dict(self.architecture.get(part) or {})
+
+
+def presets_dir() -> Path:
+    """Shipped presets: inside the installed package, or the repository's top-level `presets/` in a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "presets", here.parent / "presets"):
+        if candidate.is_dir():
+            return candidate
+    return here / "presets"
+
+
+def shipped_presets() -> list[str]:
+    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
+
+
+def load_preset(name_or_path: str | Path) -> Preset:
+    """The preset called `name_or_path`, or the one in that YAML file."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if not (text.endswith((".yaml", ".yml")) or path.is_file()):
+        path = presets_dir() / f"{text}.yaml"
+        if not path.is_file():
+            raise CfError(f"unknown preset {text!r}",
+                          f"use one of: {', '.join(shipped_presets())}, or a path to a preset YAML file")
+    if not path.is_file():
+        raise CfError(f"preset file not found: {path}", "check the path")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise CfError(f"could not read preset {path}: {exc}".splitlines()[0], "fix the YAML file") from exc
+    return parse_preset(data, path)
+
+
+def parse_preset(data: object, path: Path) -> Preset:
+    where = f"preset {path}"
+    if not isinstance(data, dict):
+        raise CfError(f"{where} is not a mapping of keys", "see presets/framewise.yaml for the format")
+    known = {f.name for f in fields(Preset)} - {"source"}
+    unknown = sorted(set(data) - known)
+    required = sorted(k for k in known if k not in data and k not in {"architecture", "sampler", "horizon_frames"})
+    if unknown or required:
+        problems = ([f"unknown keys {unknown}"] if unknown else []) + ([f"missing keys {required}"] if required else [])
+        raise CfError(f"{where}: {'; '.join(problems)}", "see presets/framewise.yaml for the format")
+    data = dict(data)
+    if data["mode"] not in MODES:
+        raise CfError(f"{where}: mode must be framewise or chunkwise, got {data['mode']!r}")
+    if data.get("sampler", "causal") not in SAMPLERS:
+        raise CfError(f"{where}: unknown sampler {data['sampler']!r}", f"use one of: {', '.join(SAMPLERS)}")
+    weights = data["weights"] or {}
+    if set(weights) != set(WEIGHT_ROLES):
+        raise CfError(f"{where}: weights must name exactly {', '.join(WEIGHT_ROLES)}")
+    data["weights"] = {role: _weight_ref(weights[role], path.parent, f"{where}: weights.{role}")
+                       for role in WEIGHT_ROLES}
+    data["steps"] = tuple(data["steps"])
+    if data["first_block_steps"] is not None:
+        data["first_block_steps"] = tuple(data["first_block_steps"])
+    data["architecture"] = data.get("architecture") or {}
+    return Preset(**data, source=path)
+
+
+def _weight_ref(entry: object, base: Path, where: str) -> WeightRef:
+    if not isinstance(entry, dict) or set(entry) - {"repo", "file", "folder", "path", "revision"}:
+        raise CfError(f"{where} must be {{repo, file}}, {{repo, folder}} or {{path}}")
+    if "path" in entry:
+        return WeightRef(path=(base / Path(entry["path"]).expanduser()).resolve())
+    if "repo" not in entry or ("file" in entry) == ("folder" in entry):
+        raise CfError(f"{where} must be {{repo, file}}, {{repo, folder}} or {{path}}")
+    return WeightRef(repo=entry["repo"], file=entry.get("file"), folder=entry.get("folder"),
+                     revision=entry.get("revision"))
