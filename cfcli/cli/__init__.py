@@ -2,11 +2,12 @@
 
 import typer
 
-from cfcli.cli import generate
+from cfcli.cli import extend, generate
 
 app = typer.Typer(name="cf", help="Causal Forcing real-time video generation on your own GPU.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 generate.register(app)
+extend.register(app)
 
 
 @app.callback()

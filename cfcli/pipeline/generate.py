@@ -6,7 +6,7 @@ Ctrl-C it is closed so the frames made so far play.
 """
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +14,7 @@ import torch
 
 from cfcli import __version__
 from cfcli.errors import CfError
-from cfcli.pipeline.engine import Engine, latent_frames_for, video_frames_for
+from cfcli.pipeline.engine import Chunk, Engine, video_frames_for
 from cfcli.pipeline.media import load_image
 from cfcli.pipeline.text import PromptEncoder
 from cfcli.pipeline.video import VideoWriter
@@ -96,31 +96,40 @@ def run(req: GenerateRequest, on_progress: Callable[[Progress], None] = lambda p
     text_kv = engine.text_kv(context)
     ctx_latents = engine.encode_video(image[:, None]) if image is not None else None
     fps = req.fps or p.fps
-    writer = open_writer(req.out, fps, p, req.codec, req.crf, metadata(req, frames=frames))
-    latents, start, first = [], time.perf_counter(), None
+    writer = SafeWriter(req.out, fps, p.width, p.height, req.codec, req.crf, metadata(req, frames=frames))
+    chunks = engine.generate(text_kv, generated, req.seed, ctx_latents)
+    return stream_to_file(chunks, writer, frames, req, on_progress, write_context=True)
+
+
+def stream_to_file(chunks: Iterable[Chunk], writer: "SafeWriter", total: int, req, on_progress,
+                   write_context: bool) -> Summary:
+    """Write each block's pixels as it arrives and report progress.
+
+    Context blocks (given latents) are written only when asked: an I2V picture is the video's first frame, the
+    context of an extended clip is already in the file as the original frames.
+    Ctrl-C closes the container so the frames so far play; any other error removes the half-written file.
+    """
+    fps = writer.fps
+    latents, start, first, interrupted = [], time.perf_counter(), None, False
     try:
-        for chunk in engine.generate(text_kv, generated, req.seed, ctx_latents):
-            writer.write(chunk.pixels)
+        for chunk in chunks:
             latents.append(chunk.latents)
+            if chunk.context and not write_context:
+                continue
+            writer.write(chunk.pixels)
             now = time.perf_counter() - start
             first = first if first is not None else now
-            on_progress(Progress(writer.frames, frames, now, first))
+            on_progress(Progress(writer.frames, total, now, first))
     except KeyboardInterrupt:
-        writer.close()
-        return Summary(req.out, writer.frames, fps, writer.frames / fps, first, time.perf_counter() - start,
-                       req.seed, p.name, interrupted=True)
+        interrupted = True
     except BaseException:
         writer.abort()
         raise
     writer.close()
-    if req.save_latents is not None:
+    if req.save_latents is not None and not interrupted:
         save_latents(req.save_latents, torch.cat(latents))
-    return Summary(req.out, writer.frames, fps, writer.frames / fps, first, time.perf_counter() - start,
-                   req.seed, p.name)
-
-
-def open_writer(out: Path, fps: int, p: Preset, codec: str, crf: int, meta: dict) -> "SafeWriter":
-    return SafeWriter(out, fps, p.width, p.height, codec, crf, meta)
+    return Summary(writer.path, writer.frames, fps, writer.frames / fps, first, time.perf_counter() - start,
+                   req.seed, req.preset.name, interrupted=interrupted)
 
 
 class SafeWriter(VideoWriter):

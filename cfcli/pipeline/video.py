@@ -27,6 +27,7 @@ class VideoWriter:
             raise ValueError(f"unknown codec {codec!r}")
         name, pix_fmt = CODECS[codec]
         self.path = Path(path)
+        self.fps = fps
         self.frames = 0
         self._container = av.open(str(self.path), mode="w")
         if metadata:

@@ -1,0 +1,66 @@
+"""`cf extend CLIP`: continue a clip (ours or any video PyAV decodes) past its last frame."""
+
+from pathlib import Path
+
+import typer
+
+from cfcli.cli.common import check_out, console, friendly, new_seed, pick_device, pick_dtype, preset_name
+from cfcli.cli.generate import report
+from cfcli.cli.progress import ProgressView
+from cfcli.errors import CfError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("extend")
+    @friendly
+    def extend(
+        clip: Path = typer.Argument(..., help="The video to continue."),
+        prompt: str = typer.Option(None, "--prompt", help="What happens next (default: the clip's own prompt)."),
+        frames: int = typer.Option(None, "--frames", help="New video frames (4 per latent frame)."),
+        seconds: float = typer.Option(None, "--seconds", help="New video length in seconds."),
+        context_frames: int = typer.Option(None, "--context-frames",
+                                           help="Clip frames used as context (1 + 4k; default 17 / 21)."),
+        only_new: bool = typer.Option(False, "--only-new", help="Write only the continuation."),
+        preset: str = typer.Option(None, "--preset", help="Preset name or path to a preset YAML file."),
+        mode: str = typer.Option(None, "--mode", help="framewise | chunkwise (picks a shipped preset)."),
+        steps: int = typer.Option(None, "--steps", help="4, 2 or 1 (frame-wise)."),
+        seed: int = typer.Option(None, "--seed", help="Random seed (random when omitted; printed)."),
+        fps: int = typer.Option(None, "--fps", help="Playback frame rate (default: the clip's)."),
+        out: Path = typer.Option(None, "--out", "-o", help="Output file (default <clip>-extended-<seed>.mp4)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+        codec: str = typer.Option("h264", "--codec", help="h264 | h265 | ffv1 (lossless, use .mkv)."),
+        crf: int = typer.Option(18, "--crf", help="Quality for h264/h265: lower is better (0-51)."),
+        device: str = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
+        dtype: str = typer.Option(None, "--dtype", help="float32 | bfloat16 (default: bfloat16 on GPU)."),
+        save_latents: Path = typer.Option(None, "--save-latents", help="Write context + new latents."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+        json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    ) -> None:
+        """Continue a video clip; the output is the clip followed by the new frames (or only the new ones)."""
+        from cfcli.pipeline import extend as job
+        from cfcli.pipeline.video import CODECS
+        from cfcli.presets import load_preset
+
+        if codec not in CODECS:
+            raise CfError(f"unknown codec {codec!r}", f"use one of: {', '.join(CODECS)}")
+        p = load_preset(preset_name(preset, mode, steps))
+        if p.sampler != "causal":
+            raise CfError(f"{p.name} cannot extend clips", "use --mode framewise or --mode chunkwise")
+        dev = pick_device(device)
+        dt = pick_dtype(dtype, dev)
+        if seconds is not None and seconds <= 0:
+            raise CfError(f"--seconds must be positive, got {seconds}")
+        new = frames if frames is not None else (round(seconds * (fps or p.fps)) if seconds is not None else 64)
+        s = new_seed(seed)
+        path = out or clip.with_name(f"{clip.stem}-extended-{s}.mp4")
+        check_out(path, overwrite)
+        if not quiet:
+            console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {clip} + {new} frames → {path}")
+        req = job.ExtendRequest(clip, prompt, p, s, new, path, dev, dt, context_frames, only_new, codec, crf, fps,
+                                save_latents)
+        note = (lambda m: None) if quiet else (lambda m: console.print(f"[yellow]note:[/] {m}"))
+        with ProgressView(enabled=not quiet, fps=fps or p.fps, device=dev) as view:
+            summary = job.run(req, view.update, note=note)
+        report(summary, quiet, json_out)
+        if summary.interrupted:
+            raise typer.Exit(130)

@@ -1,0 +1,125 @@
+"""Continue a clip: its last frames, VAE-encoded, prime the KV cache; new frames stream out after them.
+
+Context frames follow the VAE's 1 + 4k structure (chunk-wise: whole 3-latent blocks). The new frames' pixels come
+from one streaming decode of context + new latents with the context frames dropped, so the decoder's causal cache
+has seen the context. The seed is applied after the context is encoded, right before the new noise is drawn.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cfcli.errors import CfError
+from cfcli.pipeline.engine import Engine, latent_frames_for, video_frames_for
+from cfcli.pipeline.generate import Progress, SafeWriter, Summary, metadata, stream_to_file
+from cfcli.pipeline.media import fit_frames, to_model_range
+from cfcli.pipeline.text import PromptEncoder
+from cfcli.pipeline.video import Clip, read_video
+from cfcli.presets import Preset
+
+DEFAULT_CONTEXT_LATENTS = {1: 5, 3: 6}  # frame-wise 17 frames, chunk-wise 21 frames
+
+
+@dataclass
+class ExtendRequest:
+    clip: Path
+    prompt: str | None
+    preset: Preset
+    seed: int
+    new_frames: int
+    out: Path
+    device: torch.device
+    dtype: torch.dtype
+    context_frames: int | None = None
+    only_new: bool = False
+    codec: str = "h264"
+    crf: int = 18
+    fps: int | None = None
+    save_latents: Path | None = None
+
+
+def load_clip(path: Path) -> Clip:
+    path = Path(path)
+    if not path.is_file():
+        raise CfError(f"clip not found: {path}", "check the path of the video to extend")
+    try:
+        return read_video(path)
+    except ValueError as exc:
+        raise CfError(f"{path} has {exc}", "give a video file with at least one frame") from exc
+    except Exception as exc:  # PyAV: not a media file, unknown codec, ...
+        raise CfError(f"cannot read {path} as a video: {exc}".splitlines()[0], "give a video file PyAV can decode") \
+            from exc
+
+
+def context_latents(preset: Preset, clip_frames: int, context_frames: int | None) -> int:
+    """Latent frames of context: `--context-frames` checked, or the default that fits the clip."""
+    bf = preset.block_frames
+    if context_frames is not None:
+        if context_frames > clip_frames:
+            raise CfError(f"--context-frames {context_frames} is more than the clip's {clip_frames} frames",
+                          f"use at most {clip_frames}")
+        try:
+            n = latent_frames_for(context_frames)
+        except ValueError:
+            n = 0
+        if n == 0 or n % bf:
+            valid = [video_frames_for(k) for k in range(bf, latent_frames_for(1 + 4 * ((clip_frames - 1) // 4)) + 1, bf)]
+            raise CfError(f"--context-frames {context_frames} is not a valid context length for {preset.mode}",
+                          f"use 1 + 4k frames{' making whole 3-latent blocks' if bf > 1 else ''}, e.g. "
+                          f"{', '.join(map(str, valid[:4])) or 'a longer clip'}")
+        return n
+    fit = (clip_frames - 1) // 4 + 1
+    n = min(DEFAULT_CONTEXT_LATENTS[bf], fit // bf * bf)
+    if n == 0:
+        raise CfError(f"the clip has {clip_frames} frames; a {preset.mode} context needs at least "
+                      f"{video_frames_for(bf)}", "extend a longer clip or use --mode framewise")
+    return n
+
+
+def run(req: ExtendRequest, on_progress: Callable[[Progress], None] = lambda p: None,
+        engine: Engine | None = None, note: Callable[[str], None] = lambda s: None) -> Summary:
+    p = req.preset
+    clip = load_clip(req.clip)
+    prompt = req.prompt or clip.metadata.get("prompt")
+    if not prompt or not str(prompt).strip():
+        raise CfError(f"{req.clip} has no prompt in its metadata", 'pass --prompt "what happens next"')
+    if req.new_frames <= 0:
+        raise CfError(f"--frames must be positive, got {req.new_frames}")
+    n_ctx = context_latents(p, clip.frames.shape[0], req.context_frames)
+    h, w = clip.frames.shape[-2:]
+    if (h, w) != (p.height, p.width):
+        change = "crops and resizes" if w * p.height != h * p.width else "resizes"
+        note(f"the clip is {w}×{h}; cfcli {change} it to the model's {p.width}×{p.height}")
+    frames = fit_frames(clip.frames, p.width, p.height)
+    new_latents = -(-req.new_frames // 4)
+    new_latents = -(-new_latents // p.block_frames) * p.block_frames
+    if new_latents * 4 != req.new_frames:
+        note(f"{req.new_frames} new frames is not a length the model makes; generating {new_latents * 4}")
+    context = frames[-video_frames_for(n_ctx):]
+    text = PromptEncoder(p, req.device, req.dtype).encode([prompt])[0]
+    engine = engine or Engine.load(p, req.device, req.dtype)
+    ctx_latents = engine.encode_video(to_model_range(context).permute(1, 0, 2, 3))
+    fps = req.fps or round(clip.fps) or p.fps
+    total = new_latents * 4 + (0 if req.only_new else frames.shape[0])
+    meta = metadata(_as_generate(req, prompt), frames=total, extended_from=str(req.clip),
+                    context_frames=video_frames_for(n_ctx))
+    writer = SafeWriter(req.out, fps, p.width, p.height, req.codec, req.crf, meta)
+    if not req.only_new:
+        try:
+            writer.write(frames)
+        except BaseException:
+            writer.abort()
+            raise
+    chunks = engine.generate(engine.text_kv(text), new_latents, req.seed, ctx_latents)
+    summary = stream_to_file(chunks, writer, total, req, on_progress, write_context=False)
+    summary.extra["prompt"] = prompt
+    return summary
+
+
+def _as_generate(req: ExtendRequest, prompt: str):
+    from cfcli.pipeline.generate import GenerateRequest
+
+    return GenerateRequest(prompt, req.preset, req.seed, req.new_frames, req.out, req.device, req.dtype,
+                           req.codec, req.crf, req.fps)

@@ -1,0 +1,54 @@
+"""Shared test helpers: fixture paths, the official cases, and the CLI run in-process with an isolated home."""
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+FIXTURES = Path(__file__).parent / "fixtures"
+PROMPT = "a fox running through a snowy forest at dawn"
+
+
+def cases() -> list[dict]:
+    return json.loads((FIXTURES / "cases.json").read_text())["cases"]
+
+
+@pytest.fixture(scope="session")
+def golden() -> dict:
+    return load_file(str(FIXTURES / "cases.safetensors"))
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    """Every test gets its own cfcli cache and an empty Hugging Face cache: nothing leaks between tests."""
+    monkeypatch.setenv("CF_HOME", str(tmp_path / "cf-home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture
+def cf():
+    """Run `cf ARGS...` in-process; returns the click Result (exit_code, stdout, stderr)."""
+    from cfcli.cli import app
+
+    runner = CliRunner()
+
+    def run(*args):
+        return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+    return run
+
+
+def rel_err(a, b) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def contract(preset: str, prompt: str, seed: int, frames: int, latents: Path, out: Path, *extra) -> list:
+    """The engine issue's contract flags for `cf generate`."""
+    return ["generate", prompt, "--preset", FIXTURES / preset, "--seed", seed, "--frames", frames, "--device", "cpu",
+            "--dtype", "float32", "--save-latents", latents, "--out", out, "--codec", "ffv1", *extra]
