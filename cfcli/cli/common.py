@@ -10,7 +10,7 @@ from rich.console import Console
 
 from cfcli.errors import CfError
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 DTYPES = ("float32", "bfloat16", "float16")
 
 

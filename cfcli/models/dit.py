@@ -72,10 +72,11 @@ class SelfAttention(nn.Module):
     def forward(self, x: Tensor, rope: Tensor, cache: KVCache | None) -> Tensor:
         heads = (self.heads, -1)
         q = apply_rope(self.norm_q(self.q(x)).unflatten(-1, heads), rope)
-        k = apply_rope(self.norm_k(self.k(x)).unflatten(-1, heads), rope)
+        raw_k = self.norm_k(self.k(x)).unflatten(-1, heads)
+        k = apply_rope(raw_k, rope)
         v = self.v(x).unflatten(-1, heads)
         if cache is not None:
-            k, v = cache.update(self.layer, k, v)
+            k, v = cache.update(self.layer, k, v, raw_k)
         return self.o(attend(q, k, v).flatten(2))
 
 

@@ -65,8 +65,11 @@ class KVCache:
                            evict, keep)
         self._next = (end, local_end)
 
-    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store this call's roped keys and values for `layer`; return the keys/values to attend to."""
+    def update(self, layer: int, k: Tensor, v: Tensor, raw_k: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Store this call's roped keys and values for `layer`; return the keys/values to attend to.
+
+        `raw_k` (the keys before RoPE) is unused here; the rolling long-video cache keeps its anchor un-roped.
+        """
         p = self._plan
         buf = self.kv[layer]
         if p.evict:

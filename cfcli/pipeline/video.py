@@ -14,6 +14,16 @@ import torch
 
 CODECS = {"h264": ("libx264", "yuv420p"), "h265": ("libx265", "yuv420p"), "ffv1": ("ffv1", "bgr0")}
 META_KEY = "comment"
+# Streaming: flush every packet to disk, and pick container layouts that play while still being written
+# (fragmented MP4 every 0.25 s; Matroska clusters every 100 ms), so a viewer or a crash sees the frames so far.
+CONTAINER_OPTIONS = {
+    ".mp4": {"movflags": "frag_keyframe+empty_moov+default_base_moof", "frag_duration": "250000"},
+    ".mov": {"movflags": "frag_keyframe+empty_moov+default_base_moof", "frag_duration": "250000"},
+    ".mkv": {"cluster_time_limit": "100"},
+}
+# A short encoder lookahead keeps the file close behind the generator (x264/x265 default to 40+ frames).
+ENCODER_PARAMS = {"h264": ("x264-params", "rc-lookahead=8:log-level=error"),
+                  "h265": ("x265-params", "rc-lookahead=8:log-level=error")}
 
 
 class VideoWriter:
@@ -29,13 +39,15 @@ class VideoWriter:
         self.path = Path(path)
         self.fps = fps
         self.frames = 0
-        self._container = av.open(str(self.path), mode="w")
+        options = {"flush_packets": "1"} | CONTAINER_OPTIONS.get(self.path.suffix.lower(), {})
+        self._container = av.open(str(self.path), mode="w", options=options)
         if metadata:
             self._container.metadata[META_KEY] = json.dumps(metadata, ensure_ascii=False)
         self._stream = self._container.add_stream(name, rate=Fraction(fps))
         self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, pix_fmt
-        if codec != "ffv1":
-            self._stream.options = {"crf": str(crf)} | ({"x265-params": "log-level=error"} if codec == "h265" else {})
+        if codec in ENCODER_PARAMS:
+            key, params = ENCODER_PARAMS[codec]
+            self._stream.options = {"crf": str(crf), key: params}
 
     def write(self, frames: torch.Tensor) -> None:
         import av

@@ -1,0 +1,388 @@
+"""The Wan2.1 video VAE: a 3D causal autoencoder, 4x in time and 8x in space, 16 latent channels.
+
+Parameter names follow the official `Wan2.1_VAE.pth` (`encoder.*`, `conv1.*`, `conv2.*`, `decoder.*`), so it
+loads with `strict=True`. Time is causal everywhere: every 3D convolution sees only the current and past
+frames, so a video is encoded in chunks of 1, 4, 4, ... frames and decoded one latent frame at a time.
+What each convolution must remember between chunks lives in a `CausalCache`, one per video and direction;
+`StreamingDecoder` owns one and `WanVAE.decode` is a loop over it.
+
+Latents are normalised per channel, `z = (mu - mean) / std`, where `/ std` is written as the reference
+writes it: `* (1 / std)` on the way in and `/ (1 / std)` on the way out, with `mean` and `1 / std` rounded to
+the latent dtype first (bf16 in the reference's bf16 pipeline). float32 stays float32 throughout.
+
+Precision: every layer runs in the module dtype (`.to(dtype)`); inputs are cast to it. The RMS norms work in
+that dtype too (as the reference does). `decode` returns float32 pixels clamped to [-1, 1], like the
+reference wrapper, so downstream uint8 conversion matches it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Per-channel statistics of the latent space, from the official wrapper.
+LATENT_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+               0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
+LATENT_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+              3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Sizes of a Wan2.1 VAE; the defaults are the released one (`Wan2.1_VAE.pth`, 127M parameters)."""
+
+    dim: int = 96
+    z_dim: int = 16
+    dim_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    temporal_downsample: tuple[bool, ...] = (False, True, True)
+    latent_mean: tuple[float, ...] = LATENT_MEAN
+    latent_std: tuple[float, ...] = LATENT_STD
+
+    def __post_init__(self) -> None:
+        # Presets come from YAML lists; tuples keep the config hashable and immutable.
+        for name in ("dim_mult", "temporal_downsample", "latent_mean", "latent_std"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    @property
+    def spatial_stride(self) -> int:
+        return 2 ** (len(self.dim_mult) - 1)
+
+    @property
+    def temporal_stride(self) -> int:
+        return 2 ** sum(self.temporal_downsample)
+
+
+class CausalCache:
+    """What the causal layers of one encoder or decoder remember between the chunks of one video.
+
+    Keyed by layer, so each layer finds its own past without index bookkeeping. Only the last few
+    frames a layer needs are kept (2 for a 3-tap time kernel), as fresh tensors so that the large
+    chunk they came from can be freed.
+    """
+
+    def __init__(self) -> None:
+        self._past: dict[nn.Module, Tensor] = {}
+        self._visited: set[nn.Module] = set()
+
+    def extend(self, layer: nn.Module, x: Tensor, frames: int) -> Tensor:
+        """`x` with the layer's previous `frames` input frames in front (zeros before the video starts)."""
+        past = self._past.get(layer)
+        x = F.pad(x, (0, 0, 0, 0, frames, 0)) if past is None else torch.cat([past, x], dim=2)
+        self._past[layer] = x[:, :, -frames:].clone()
+        return x
+
+    def swap(self, layer: nn.Module, keep: Tensor) -> Tensor | None:
+        """Remember `keep` for the layer; return what it remembered before (None the first time)."""
+        past = self._past.get(layer)
+        self._past[layer] = keep
+        return past
+
+    def first_visit(self, layer: nn.Module) -> bool:
+        """True the first time the layer asks, False afterwards."""
+        first = layer not in self._visited
+        self._visited.add(layer)
+        return first
+
+
+class CausalConv3d(nn.Conv3d):
+    """A 3D convolution padded in time on the past side only; the past comes from the cache."""
+
+    def __init__(self, in_dim: int, out_dim: int, kernel: int | tuple[int, int, int], padding: int = 0):
+        kernel = (kernel,) * 3 if isinstance(kernel, int) else kernel
+        # Spatial zero padding is done by the convolution itself (no padded copy of the input).
+        super().__init__(in_dim, out_dim, kernel, padding=(0, padding, padding))
+        self.history = kernel[0] - 1
+
+    def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
+        return super().forward(cache.extend(self, x, self.history))
+
+
+class RMSNorm(nn.Module):
+    """Wan VAE's RMS norm over channels (dim 1): `normalize(x) * sqrt(dim) * gamma`, in the input dtype."""
+
+    def __init__(self, dim: int, spatial_dims: int):
+        super().__init__()
+        self.scale = dim**0.5
+        self.gamma = nn.Parameter(torch.ones(dim, *(1,) * spatial_dims))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # In place on the fresh normalised tensor: same rounding as `* scale * gamma`, fewer big temporaries.
+        return F.normalize(x, dim=1).mul_(self.scale).mul_(self.gamma)
+
+
+def to_frames(x: Tensor) -> Tensor:
+    """[B, C, T, H, W] -> [B*T, C, H, W], for the layers that work on each frame alone."""
+    b, c, t, h, w = x.shape
+    return x.transpose(1, 2).reshape(b * t, c, h, w)
+
+
+def from_frames(x: Tensor, batch: int) -> Tensor:
+    """[B*T, C, H, W] -> contiguous [B, C, T, H, W] (free when T == 1)."""
+    return x.unflatten(0, (batch, -1)).transpose(1, 2).contiguous()
+
+
+class ResidualBlock(nn.Module):
+    """(RMS norm, SiLU, causal 3x3x3 conv) twice, plus a 1x1x1 shortcut when the width changes."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        # Sequential only to keep the official parameter names (residual.0, .2, .3, .6). SiLU can work in
+        # place: it always gets a norm's fresh output.
+        self.residual = nn.Sequential(
+            RMSNorm(in_dim, 3), nn.SiLU(inplace=True), CausalConv3d(in_dim, out_dim, 3, padding=1),
+            RMSNorm(out_dim, 3), nn.SiLU(inplace=True), nn.Dropout(0.0),
+            CausalConv3d(out_dim, out_dim, 3, padding=1))
+        self.shortcut = nn.Conv3d(in_dim, out_dim, 1) if in_dim != out_dim else nn.Identity()
+
+    def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
+        norm1, act1, conv1, norm2, act2, dropout, conv2 = self.residual
+        # Step by step so that each big intermediate is dropped as soon as the next one exists.
+        h = conv1(act1(norm1(x)), cache)
+        h = dropout(act2(norm2(h)))
+        h = conv2(h, cache)
+        return h.add_(self.shortcut(x))
+
+
+class AttentionBlock(nn.Module):
+    """Single-head self-attention within each frame (so it needs no cache)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = RMSNorm(dim, 2)
+        self.to_qkv = nn.Conv2d(dim, dim * 3, 1)
+        self.proj = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x: Tensor, cache: CausalCache | None = None) -> Tensor:
+        b, c, t, h, w = x.shape
+        qkv = self.to_qkv(self.norm(to_frames(x)))  # [B*T, 3C, H, W]
+        # One head: [B*T, 1, H*W, C] each, as the reference shapes them.
+        q, k, v = qkv.flatten(2).transpose(1, 2).unsqueeze(1).chunk(3, dim=-1)
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = out.squeeze(1).transpose(1, 2).reshape(b * t, c, h, w)
+        return from_frames(self.proj(out), b).add_(x)
+
+
+class Downsample(nn.Module):
+    """Halve H and W (stride-2 3x3 conv, padded right/bottom); optionally halve time too.
+
+    Time downsampling is a stride-2, 3-tap conv over [last frame of the previous chunk, this chunk]:
+    the very first chunk (the video's single first frame) passes through untouched.
+    """
+
+    def __init__(self, dim: int, temporal: bool):
+        super().__init__()
+        self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=2))
+        if temporal:
+            self.time_conv = nn.Conv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1))
+        self.temporal = temporal
+
+    def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
+        x = from_frames(self.resample(to_frames(x)), x.shape[0])
+        if not self.temporal:
+            return x
+        past = cache.swap(self, x[:, :, -1:].clone())
+        return x if past is None else self.time_conv(torch.cat([past, x], dim=2))
+
+
+class Upsample(nn.Module):
+    """Double H and W (nearest, then a 3x3 conv that halves the channels); optionally double time too.
+
+    Time upsampling: a causal 3-tap conv makes 2C channels = (even frames, odd frames), interleaved in time.
+    Official quirk: it is skipped on the first chunk (latent 0 gives one frame) and that chunk is not
+    part of its history, which starts as zeros on the second chunk.
+    """
+
+    def __init__(self, dim: int, temporal: bool):
+        super().__init__()
+        self.resample = nn.Sequential(nn.Upsample(scale_factor=2.0, mode="nearest"),
+                                      nn.Conv2d(dim, dim // 2, 3, padding=1))
+        if temporal:
+            self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1))
+        self.temporal = temporal
+
+    def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
+        b, c, t, h, w = x.shape
+        if self.temporal and not cache.first_visit(self):
+            pairs = self.time_conv(x, cache).view(b, 2, c, t, h, w)
+            # Straight to per-frame layout [B*2T, C, H, W], frame 2i+j from half j at time i: one copy.
+            frames = pairs.permute(0, 3, 1, 2, 4, 5).reshape(b * t * 2, c, h, w)
+        else:
+            frames = to_frames(x)
+        # Nearest upsampling is exact in any dtype, so there is no float32 round trip here.
+        return from_frames(self.resample(frames), b)
+
+
+def _head(dim: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(RMSNorm(dim, 3), nn.SiLU(inplace=True), CausalConv3d(dim, out_dim, 3, padding=1))
+
+
+def _run_head(head: nn.Sequential, x: Tensor, cache: CausalCache) -> Tensor:
+    norm, act, conv = head
+    return conv(act(norm(x)), cache)
+
+
+class Encoder3d(nn.Module):
+    """One chunk of pixels [B, 3, 1 or 4, H, W] -> one frame of mean and log-variance [B, 2z, 1, H/8, W/8]."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        dims = [cfg.dim * m for m in (1, *cfg.dim_mult)]
+        self.conv1 = CausalConv3d(3, dims[0], 3, padding=1)
+        blocks: list[nn.Module] = []
+        for level, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
+            for _ in range(cfg.num_res_blocks):
+                blocks.append(ResidualBlock(in_dim, out_dim))
+                in_dim = out_dim
+            if level < len(cfg.dim_mult) - 1:
+                blocks.append(Downsample(out_dim, cfg.temporal_downsample[level]))
+        self.downsamples = nn.Sequential(*blocks)
+        width = dims[-1]
+        self.middle = nn.Sequential(ResidualBlock(width, width), AttentionBlock(width), ResidualBlock(width, width))
+        self.head = _head(width, cfg.z_dim * 2)
+
+    def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
+        x = self.conv1(x, cache)
+        for block in (*self.downsamples, *self.middle):
+            x = block(x, cache)
+        return _run_head(self.head, x, cache)
+
+
+class Decoder3d(nn.Module):
+    """One latent frame [B, z, 1, h, w] -> pixels [B, 3, n, 8h, 8w] (n = 1 for latent 0, else 4)."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        mult = cfg.dim_mult
+        dims = [cfg.dim * m for m in (mult[-1], *mult[::-1])]
+        temporal = cfg.temporal_downsample[::-1]
+        self.conv1 = CausalConv3d(cfg.z_dim, dims[0], 3, padding=1)
+        self.middle = nn.Sequential(ResidualBlock(dims[0], dims[0]), AttentionBlock(dims[0]),
+                                    ResidualBlock(dims[0], dims[0]))
+        blocks: list[nn.Module] = []
+        in_dim = dims[0]
+        for level, out_dim in enumerate(dims[1:]):
+            # One more residual block per level than the encoder has (official layout).
+            for _ in range(cfg.num_res_blocks + 1):
+                blocks.append(ResidualBlock(in_dim, out_dim))
+                in_dim = out_dim
+            if level < len(mult) - 1:
+                blocks.append(Upsample(out_dim, temporal[level]))
+                in_dim = out_dim // 2
+        self.upsamples = nn.Sequential(*blocks)
+        self.head = _head(dims[-1], 3)
+
+    def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
+        x = self.conv1(x, cache)
+        for block in (*self.middle, *self.upsamples):
+            x = block(x, cache)
+        return _run_head(self.head, x, cache)
+
+
+def _float32_bits(values: tuple[float, ...]) -> Tensor:
+    # Kept as the float32 bit patterns in an int32 buffer so that `.to(bfloat16)` (and back) cannot round
+    # them: the reference rounds the float32 constants to the latent dtype at each use. Built on the CPU
+    # so that a model constructed on the meta device still has them.
+    return torch.tensor(values, dtype=torch.float32, device="cpu").view(torch.int32)
+
+
+class WanVAE(nn.Module):
+    """The Wan2.1 VAE: `encode` video -> normalised latents, `decode` / `stream_decoder` latents -> video."""
+
+    def __init__(self, cfg: VAEConfig = VAEConfig()):
+        super().__init__()
+        self.cfg = cfg
+        z = cfg.z_dim
+        self.encoder = Encoder3d(cfg)
+        self.conv1 = nn.Conv3d(z * 2, z * 2, 1)  # -> posterior mean and log-variance
+        self.conv2 = nn.Conv3d(z, z, 1)
+        self.decoder = Decoder3d(cfg)
+        self.register_buffer("latent_mean_bits", _float32_bits(cfg.latent_mean), persistent=False)
+        self.register_buffer("latent_std_bits", _float32_bits(cfg.latent_std), persistent=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.conv2.weight.dtype
+
+    def latent_stats(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """(mean, 1 / std), [z] each, in `like`'s dtype; 1 / std is computed in that dtype, as the reference does."""
+        if self.latent_mean_bits.device != like.device:
+            # Still on the CPU after a meta-device build loaded by assignment: move them once, not every call.
+            self.latent_mean_bits = self.latent_mean_bits.to(like.device)
+            self.latent_std_bits = self.latent_std_bits.to(like.device)
+        mean = self.latent_mean_bits.view(torch.float32).to(like.dtype)
+        std = self.latent_std_bits.view(torch.float32).to(like.dtype)
+        return mean, 1.0 / std
+
+    @torch.no_grad()
+    def encode(self, video: Tensor) -> Tensor:
+        """video [B, 3, T, H, W] in [-1, 1], T = 1 + 4k -> normalised latents [B, 1 + k, 16, H/8, W/8] (frame-major).
+
+        Returns the posterior mean (no sampling), in the module dtype.
+        """
+        cfg = self.cfg
+        _, c, t, h, w = video.shape
+        step, stride = cfg.temporal_stride, cfg.spatial_stride
+        if c != 3 or (t - 1) % step or h % stride or w % stride:
+            raise ValueError(f"expected video [B, 3, 1 + {step}k, {stride}i, {stride}j], got {list(video.shape)}")
+        video = video.to(self.dtype)
+        cache = CausalCache()
+        # The first frame alone, then chunks of `step` frames: each chunk gives one latent frame.
+        chunks = [video[:, :, i:i + step] for i in range(1, t, step)]
+        chunks.insert(0, video[:, :, :1])
+        feats = torch.cat([self.encoder(chunk, cache) for chunk in chunks], dim=2)
+        z = cfg.z_dim
+        # Only the mean half of conv1 is computed: the log-variance is never used.
+        mu = F.conv3d(feats, self.conv1.weight[:z], self.conv1.bias[:z])
+        mean, inv_std = (s.view(-1, 1, 1, 1) for s in self.latent_stats(mu))  # against [B, z, T, h, w]
+        return ((mu - mean) * inv_std).transpose(1, 2).contiguous()
+
+    def stream_decoder(self) -> StreamingDecoder:
+        """A decoder for one video, fed latent frames in order over successive calls."""
+        return StreamingDecoder(self)
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """latents [B, F, 16, h, w] (normalised) -> float32 pixels [B, 1 + 4(F-1), 3, 8h, 8w] clamped to [-1, 1]."""
+        return self.stream_decoder().decode(latents)
+
+
+class StreamingDecoder:
+    """Owns the causal-conv caches of one video.
+
+    `decode(latents [B, f, 16, h, w])` returns the pixels those f latent frames produce, [B, n, 3, H, W]
+    float32 in [-1, 1] (n = 1 + 4(f-1) on the very first call, 4f afterwards). Every latent frame goes
+    through the same ops whatever the chunking, so concatenated outputs equal `WanVAE.decode` exactly.
+    """
+
+    def __init__(self, vae: WanVAE):
+        self.vae = vae
+        self.cache = CausalCache()
+        self.latents_seen = 0
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """The next f latent frames [B, f, 16, h, w] (normalised) -> their pixels [B, n, 3, 8h, 8w]."""
+        vae, cfg = self.vae, self.vae.cfg
+        b, f, c, h, w = latents.shape
+        if c != cfg.z_dim:
+            raise ValueError(f"expected latents [B, F, {cfg.z_dim}, h, w], got {list(latents.shape)}")
+        step, s = cfg.temporal_stride, cfg.spatial_stride
+        # Latent 0 gives 1 frame, every later latent `step` frames.
+        n = step * f - (step - 1 if self.latents_seen == 0 and f > 0 else 0)
+        # Frames are written straight into the float32 result: no list to concatenate, no extra cast copy.
+        out = torch.empty(b, n, 3, h * s, w * s, dtype=torch.float32, device=latents.device)
+        z = latents.to(vae.dtype)
+        mean, inv_std = (s.view(-1, 1, 1) for s in vae.latent_stats(z))  # against [B, F, z, h, w]
+        z = z / inv_std + mean
+        done = 0
+        for i in range(f):
+            # conv2 per latent frame too, so that any chunking runs exactly the same ops.
+            frames = vae.decoder(vae.conv2(z[:, i].unsqueeze(2)), self.cache)
+            out[:, done:done + frames.shape[2]].copy_(frames.transpose(1, 2))
+            done += frames.shape[2]
+        self.latents_seen += f
+        return out.clamp_(-1.0, 1.0)
