@@ -50,14 +50,14 @@ def register(app: typer.Typer) -> None:
         dt = pick_dtype(dtype, dev)
         if seconds is not None and seconds <= 0:
             raise CfError(f"--seconds must be positive, got {seconds}")
-        new = frames if frames is not None else (round(seconds * (fps or p.fps)) if seconds is not None else 64)
+        new = frames if frames is not None or seconds is not None else 64
         s = new_seed(seed)
         path = out or clip.with_name(f"{clip.stem}-extended-{s}.mp4")
         check_out(path, overwrite)
         if not quiet:
-            console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {clip} + {new} frames → {path}")
+            console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {clip} + {new or f'{seconds}s'} frames → {path}")
         req = job.ExtendRequest(clip, prompt, p, s, new, path, dev, dt, context_frames, only_new, codec, crf, fps,
-                                save_latents)
+                                save_latents, seconds)
         note = (lambda m: None) if quiet else (lambda m: console.print(f"[yellow]note:[/] {m}"))
         with ProgressView(enabled=not quiet, fps=fps or p.fps, device=dev) as view:
             summary = job.run(req, view.update, note=note)

@@ -16,7 +16,7 @@ from cfcli.pipeline.engine import Engine, latent_frames_for, video_frames_for
 from cfcli.pipeline.generate import Progress, SafeWriter, Summary, metadata, stream_to_file
 from cfcli.pipeline.media import fit_frames, to_model_range
 from cfcli.pipeline.text import PromptEncoder
-from cfcli.pipeline.video import Clip, read_video
+from cfcli.pipeline.video import Clip, NotAClip, read_video
 from cfcli.presets import Preset
 
 DEFAULT_CONTEXT_LATENTS = {1: 5, 3: 6}  # frame-wise 17 frames, chunk-wise 21 frames
@@ -28,7 +28,7 @@ class ExtendRequest:
     prompt: str | None
     preset: Preset
     seed: int
-    new_frames: int
+    new_frames: int | None
     out: Path
     device: torch.device
     dtype: torch.dtype
@@ -38,6 +38,7 @@ class ExtendRequest:
     crf: int = 18
     fps: int | None = None
     save_latents: Path | None = None
+    seconds: float | None = None  # instead of new_frames, at the output's frame rate
 
 
 def load_clip(path: Path) -> Clip:
@@ -46,7 +47,7 @@ def load_clip(path: Path) -> Clip:
         raise CfError(f"clip not found: {path}", "check the path of the video to extend")
     try:
         return read_video(path)
-    except ValueError as exc:
+    except NotAClip as exc:
         raise CfError(f"{path} has {exc}", "give a video file with at least one frame") from exc
     except Exception as exc:  # PyAV: not a media file, unknown codec, ...
         raise CfError(f"cannot read {path} as a video: {exc}".splitlines()[0], "give a video file PyAV can decode") \
@@ -85,23 +86,24 @@ def run(req: ExtendRequest, on_progress: Callable[[Progress], None] = lambda p: 
     prompt = req.prompt or clip.metadata.get("prompt")
     if not prompt or not str(prompt).strip():
         raise CfError(f"{req.clip} has no prompt in its metadata", 'pass --prompt "what happens next"')
-    if req.new_frames <= 0:
-        raise CfError(f"--frames must be positive, got {req.new_frames}")
+    fps = req.fps or round(clip.fps) or p.fps
+    new_frames = req.new_frames if req.seconds is None else round(req.seconds * fps)
+    if new_frames <= 0:
+        raise CfError(f"--frames must be positive, got {new_frames}")
     n_ctx = context_latents(p, clip.frames.shape[0], req.context_frames)
     h, w = clip.frames.shape[-2:]
     if (h, w) != (p.height, p.width):
         change = "crops and resizes" if w * p.height != h * p.width else "resizes"
         note(f"the clip is {w}×{h}; cfcli {change} it to the model's {p.width}×{p.height}")
     frames = fit_frames(clip.frames, p.width, p.height)
-    new_latents = -(-req.new_frames // 4)
+    new_latents = -(-new_frames // 4)
     new_latents = -(-new_latents // p.block_frames) * p.block_frames
-    if new_latents * 4 != req.new_frames:
-        note(f"{req.new_frames} new frames is not a length the model makes; generating {new_latents * 4}")
+    if new_latents * 4 != new_frames:
+        note(f"{new_frames} new frames is not a length the model makes; generating {new_latents * 4}")
     context = frames[-video_frames_for(n_ctx):]
     text = PromptEncoder(p, req.device, req.dtype).encode([prompt])[0]
     engine = engine or Engine.load(p, req.device, req.dtype)
     ctx_latents = engine.encode_video(to_model_range(context).permute(1, 0, 2, 3))
-    fps = req.fps or round(clip.fps) or p.fps
     total = new_latents * 4 + (0 if req.only_new else frames.shape[0])
     meta = metadata(_as_generate(req, prompt), frames=total, extended_from=str(req.clip),
                     context_frames=video_frames_for(n_ctx))
@@ -121,5 +123,5 @@ def run(req: ExtendRequest, on_progress: Callable[[Progress], None] = lambda p: 
 def _as_generate(req: ExtendRequest, prompt: str):
     from cfcli.pipeline.generate import GenerateRequest
 
-    return GenerateRequest(prompt, req.preset, req.seed, req.new_frames, req.out, req.device, req.dtype,
+    return GenerateRequest(prompt, req.preset, req.seed, req.new_frames or 0, req.out, req.device, req.dtype,
                            req.codec, req.crf, req.fps)

@@ -67,6 +67,10 @@ class VideoWriter:
         self._container = None
 
 
+class NotAClip(ValueError):
+    """The file opened but holds no video stream or no frame."""
+
+
 @dataclass
 class Clip:
     frames: torch.Tensor  # [T, 3, H, W] uint8
@@ -89,11 +93,11 @@ def read_video(path: Path) -> Clip:
 
     with av.open(str(path)) as container:
         if not container.streams.video:
-            raise ValueError("no video stream")
+            raise NotAClip("no video stream")
         stream = container.streams.video[0]
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
         fps = float(stream.average_rate or stream.guessed_rate or 16)
         meta = read_metadata(container)
     if not frames:
-        raise ValueError("no frames")
+        raise NotAClip("no frames")
     return Clip(torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous(), fps, meta)
