@@ -7,6 +7,7 @@ float64; q/k RMS norms normalise in float32; RoPE rotates in float32.
 """
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +17,9 @@ from cfcli.models.kv_cache import KVCache
 from cfcli.ops.attention import attend
 from cfcli.ops.norm import layer_norm, rms_norm
 from cfcli.ops.rope import apply_rope, rope_table
+
+
+ROPE_MEMO = 16  # tables kept: every position a block's steps and the rolling window revisit
 
 
 @dataclass(frozen=True)
@@ -156,7 +160,7 @@ class CausalWanDiT(nn.Module):
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
         self.head = Head(cfg)
-        self._rope: dict[tuple, Tensor] = {}
+        self._rope: OrderedDict[tuple, Tensor] = OrderedDict()  # small LRU of RoPE tables by position
 
     def frame_tokens(self, height: int, width: int) -> int:
         """Tokens per latent frame of `height`×`width` latents (1560 at 60×104)."""
@@ -181,11 +185,13 @@ class CausalWanDiT(nn.Module):
         key = (start_frame, frames, height // ph, width // pw)
         table = self._rope.get(key)
         if table is None:
-            if len(self._rope) > 256:
-                self._rope.clear()
             table = rope_table(self.cfg.head_dim, range(start_frame, start_frame + frames), key[2], key[3],
                                self.patch_embedding.weight.device)
             self._rope[key] = table
+            if len(self._rope) > ROPE_MEMO:
+                self._rope.popitem(last=False)
+        else:
+            self._rope.move_to_end(key)
         return table
 
     def forward(self, x: Tensor, t: Tensor, text_kv: Tensor, cache: KVCache | None, start_frame: int) -> Tensor:

@@ -17,27 +17,29 @@ def axis_channels(head_dim: int) -> tuple[int, int, int]:
     return head_dim - 2 * hw, hw, hw
 
 
-def _inv_freq(channels: int) -> Tensor:
-    return 1.0 / THETA ** (torch.arange(0, channels, 2, dtype=torch.float64) / channels)
+def _inv_freq(channels: int, device=None) -> Tensor:
+    return 1.0 / THETA ** (torch.arange(0, channels, 2, dtype=torch.float64, device=device) / channels)
 
 
-def rope_angles(head_dim: int, frames: range, height: int, width: int) -> Tensor:
-    """Angles [frames·height·width, head_dim/2] (float64) for tokens in row-major (f, y, x) order."""
+def rope_angles(head_dim: int, frames: range, height: int, width: int, device=None) -> Tensor:
+    """Angles [frames·height·width, head_dim/2] (float64) for tokens in row-major (f, y, x) order.
+
+    Built directly on `device` (no host-to-device copy, so nothing waits for the GPU)."""
     ct, ch, cw = axis_channels(head_dim)
-    f = torch.arange(frames.start, frames.stop, dtype=torch.float64)
-    y = torch.arange(height, dtype=torch.float64)
-    x = torch.arange(width, dtype=torch.float64)
+    f = torch.arange(frames.start, frames.stop, dtype=torch.float64, device=device)
+    y = torch.arange(height, dtype=torch.float64, device=device)
+    x = torch.arange(width, dtype=torch.float64, device=device)
     nf, nh, nw = len(f), height, width
-    at = torch.outer(f, _inv_freq(ct))[:, None, None].expand(nf, nh, nw, -1)
-    ah = torch.outer(y, _inv_freq(ch))[None, :, None].expand(nf, nh, nw, -1)
-    aw = torch.outer(x, _inv_freq(cw))[None, None, :].expand(nf, nh, nw, -1)
+    at = torch.outer(f, _inv_freq(ct, device))[:, None, None].expand(nf, nh, nw, -1)
+    ah = torch.outer(y, _inv_freq(ch, device))[None, :, None].expand(nf, nh, nw, -1)
+    aw = torch.outer(x, _inv_freq(cw, device))[None, None, :].expand(nf, nh, nw, -1)
     return torch.cat([at, ah, aw], dim=-1).reshape(nf * nh * nw, -1)
 
 
 def rope_table(head_dim: int, frames: range, height: int, width: int, device) -> Tensor:
     """cos and sin of `rope_angles`, stacked [2, N, 1, head_dim/2] in float32, ready for `apply_rope`."""
-    a = rope_angles(head_dim, frames, height, width)
-    return torch.stack([a.cos(), a.sin()]).float()[:, :, None, :].to(device)
+    a = rope_angles(head_dim, frames, height, width, device)
+    return torch.stack([a.cos(), a.sin()]).float()[:, :, None, :]
 
 
 def apply_rope(x: Tensor, table: Tensor) -> Tensor:

@@ -17,7 +17,9 @@ from cfcli.errors import CfError
 from cfcli.models.checkpoint import generator_state_dict, load_strict, read_state_dict
 from cfcli.models.dit import CausalWanDiT, DiTConfig
 from cfcli.models.kv_cache import KVCache
+from cfcli.models.rolling_cache import RollingKVCache
 from cfcli.models.vae import VAEConfig, WanVAE
+from cfcli.pipeline.rolling import RollingSampler, rolling_cache
 from cfcli.pipeline.sampler import CausalSampler, StepPlan
 from cfcli.pipeline.schedule import FlowSchedule
 from cfcli.presets import Preset
@@ -79,13 +81,19 @@ class Engine:
     def latent_hw(self) -> tuple[int, int]:
         return self.preset.height // VAE_SPACE, self.preset.width // VAE_SPACE
 
-    def new_cache(self, total_frames: int) -> KVCache:
-        """KV cache for a video of `total_frames` latent frames: global up to the horizon, rolling beyond it."""
+    def new_cache(self, total_frames: int) -> KVCache | RollingKVCache:
+        """KV cache for a video of `total_frames` latent frames: global up to the horizon, rolling beyond it.
+
+        The long-video (`sampler: rolling`) cache is one anchor block plus the attention window, whatever the length.
+        """
         p, cfg = self.preset, self.dit.cfg
         if total_frames > MAX_ROPE_FRAMES - 1:
             raise CfError(f"{video_frames_for(total_frames)} video frames is too long for the model's position table",
                           f"the maximum is {video_frames_for(MAX_ROPE_FRAMES - 1)} frames")
         window = p.local_attn_frames if p.local_attn_frames != -1 else p.horizon_frames
+        if p.sampler == "rolling":
+            return rolling_cache(self.dit, self.latent_hw, p.block_frames, window, len(self.plan.steps),
+                                 dtype=self.dtype, device=self.device)
         rolling = p.local_attn_frames != -1 or total_frames > p.horizon_frames
         capacity = window if rolling else total_frames
         return KVCache(cfg.num_layers, 1, capacity, self.dit.frame_tokens(*self.latent_hw), cfg.num_heads,
@@ -111,7 +119,11 @@ class Engine:
         bf = self.preset.block_frames
         if latent_frames <= 0 or latent_frames % bf:
             raise CfError(f"{latent_frames} latent frames is not a whole number of {bf}-frame blocks")
-        sampler = CausalSampler(self.dit, self.schedule, self.plan, bf, self.new_cache(n_ctx + latent_frames))
+        if self.preset.sampler == "rolling" and context is not None:
+            raise CfError("the long-video (rolling) sampler cannot start from given frames",
+                          "generate from text only, or start from a picture or clip with a framewise/chunkwise preset")
+        sampler_cls = RollingSampler if self.preset.sampler == "rolling" else CausalSampler
+        sampler = sampler_cls(self.dit, self.schedule, self.plan, bf, self.new_cache(n_ctx + latent_frames))
         decoder = self.vae.stream_decoder() if decode else None
 
         def chunk(latents: Tensor, is_context: bool) -> Chunk:
