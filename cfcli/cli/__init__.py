@@ -2,12 +2,14 @@
 
 import typer
 
-from cfcli.cli import extend, generate
+from cfcli.cli import bench, download, extend, generate
 
 app = typer.Typer(name="cf", help="Causal Forcing real-time video generation on your own GPU.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 generate.register(app)
 extend.register(app)
+bench.register(app)
+download.register(app)
 
 
 @app.callback()

@@ -1,0 +1,103 @@
+"""`cf bench`: how fast generation runs on this machine, against real time and against the FLOP floor."""
+
+import json
+
+import typer
+
+from cfcli.cli.common import console, friendly, is_tty, pick_device, pick_dtype, preset_name
+from cfcli.errors import CfError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("bench")
+    @friendly
+    def bench(
+        preset: str = typer.Option(None, "--preset", help="Preset name or path to a preset YAML file."),
+        mode: str = typer.Option(None, "--mode", help="framewise | chunkwise (picks a shipped preset)."),
+        steps: int = typer.Option(None, "--steps", help="4, 2 or 1 (frame-wise)."),
+        frames: int = typer.Option(None, "--frames", help="Video frames (default: the preset's; rounded up)."),
+        height: int = typer.Option(None, "--height", help="Override the preset's height (multiple of 16)."),
+        width: int = typer.Option(None, "--width", help="Override the preset's width (multiple of 16)."),
+        random_weights: bool = typer.Option(False, "--random-weights",
+                                            help="Random weights of the preset's size, even if the real ones are "
+                                                 "cached (they are used anyway when not downloaded)."),
+        repeat: int = typer.Option(3, "--repeat", help="Timed runs after the warm-up (medians are reported)."),
+        device: str = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
+        dtype: str = typer.Option(None, "--dtype", help="float32 | bfloat16 (default: bfloat16 on GPU)."),
+        peak_tflops: float = typer.Option(None, "--peak-tflops",
+                                          help="Matmul rate for the FLOP floors (default: 700, an assumed H100 "
+                                               "bf16 rate)."),
+        json_out: bool = typer.Option(False, "--json", help="Print only a JSON object on stdout."),
+    ) -> None:
+        """Time warm generations: end-to-end and DiT-only FPS, first frame, block latency, memory, floors."""
+        from cfcli.pipeline import bench as job
+        from cfcli.pipeline.engine import latent_frames_for
+        from cfcli.pipeline.generate import plan_frames
+        from cfcli.presets import load_preset
+
+        p = job.with_resolution(load_preset(preset_name(preset, mode, steps)), height, width)
+        dev = pick_device(device)
+        dt = pick_dtype(dtype, dev)
+        if repeat < 1:
+            raise CfError(f"--repeat must be at least 1, got {repeat}")
+        if peak_tflops is not None and peak_tflops <= 0:
+            raise CfError(f"--peak-tflops must be positive, got {peak_tflops}")
+        want = frames if frames is not None else p.frames
+        real, _ = plan_frames(p, want, image=False)
+        if real != want:
+            console.print(f"[yellow]note:[/] {want} frames is not a length the model makes; benchmarking {real}")
+        if not random_weights and not job.weights_cached(p):
+            console.print(f"[yellow]note:[/] {p.name} weights are not downloaded: using random weights of the same "
+                          "size (same speed, meaningless pixels)")
+        req = job.BenchRequest(p, dev, dt, latent_frames_for(real), repeat, random_weights,
+                               peak_tflops=peak_tflops or job.DEFAULT_PEAK_TFLOPS)
+        if is_tty() and not json_out:
+            with console.status("benchmarking") as spinner:
+                result = job.run(req, lambda m: spinner.update(f"benchmarking: {m}"))
+        else:
+            result = job.run(req)
+        if json_out:
+            typer.echo(json.dumps(result.to_json()))
+        else:
+            render(result, peak_tflops is None)
+
+
+def render(r, assumed_rate: bool) -> None:
+    """The table for people: each measured number next to its FLOP floor and how close it comes."""
+    from rich.table import Table
+
+    weights = "cached weights" if r.weights == "cached" else "random weights (preset size)"
+    blocks = f"{r.blocks} block{'s' if r.blocks != 1 else ''}"
+    console.print(f"[bold]{r.preset}[/] · {r.frames} frames ({blocks}) at {r.width}×{r.height} · {r.dtype} "
+                  f"· {r.gpu} ({r.device}) · [cyan]{weights}[/]")
+    f = r.floor
+    table = Table(box=None, pad_edge=False)
+    for col, justify in (("metric", "left"), ("measured", "right"), ("floor", "right"), ("of floor", "right")):
+        table.add_column(col, justify=justify)
+    rows = [("end-to-end (decoded)", r.fps_end_to_end, f["fps_end_to_end"], "{:.1f} fps", True),
+            ("generation (DiT only)", r.fps_generation, f["fps_generation"], "{:.1f} fps", True),
+            ("first decoded frame", r.first_frame_s, f["first_frame_s"], "{:.3f} s", False),
+            ("block latency p50", r.block_ms_p50, f["block_ms_p50"], "{:.1f} ms", False),
+            ("block latency p95", r.block_ms_p95, f["block_ms_p95"], "{:.1f} ms", False),
+            (f"text encoding ({r.text_tokens} tokens)", r.text_encode_s, f["text_encode_s"], "{:.3f} s", False)]
+    for name, value, floor, fmt, higher_better in rows:
+        share = value / floor if higher_better else floor / value if value > 0 else 0.0
+        unit = fmt.split()[-1]
+        table.add_row(name, fmt.format(value), f"{floor:.4g} {unit}", f"{100 * share:.0f}%")
+    if r.text_load_s is not None:
+        table.add_row("text encoder load", f"{r.text_load_s:.2f} s", "", "")
+    if r.peak_vram_gib is not None:
+        table.add_row("peak GPU memory", f"{r.peak_vram_gib:.2f} GiB", "", "")
+        table.add_row("  text encoder phase", f"{r.text_peak_vram_gib:.2f} GiB", "", "")
+    console.print(table)
+    rate = f"{r.peak_tflops:g} TFLOP/s" + (" (assumed; --peak-tflops)" if assumed_rate else "")
+    console.print(f"[dim]work: DiT {r.dit_tflop:.4g} + VAE decode {r.vae_decode_tflop:.4g} TFLOP per video; "
+                  f"floors at {rate} · attention: {', '.join(r.attention) or 'none'} · torch {r.torch} · "
+                  f"median of {r.repeat}[/]")
+    if not r.finite:
+        console.print("[yellow]warning:[/] the latents were not finite (random weights overflowed?)")
+    verdict = f"{r.realtime_factor:.1f}× real time ({r.target_fps} fps)"
+    if r.realtime:
+        console.print(f"[green]✓ {verdict}[/]")
+    else:
+        console.print(f"[red]✗ {verdict}: too slow for live playback[/]")

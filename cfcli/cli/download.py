@@ -1,0 +1,306 @@
+"""`cf download` and `cf models`: fetch exactly the files a preset names, verified and converted; list what is ready.
+
+Files go into the standard Hugging Face cache (HF_HOME / HF_HUB_CACHE, from HF_ENDPOINT with HF_TOKEN); a `.pt`
+generator checkpoint is then converted once into a bf16 safetensors file in cfcli's cache (CF_HOME). The work is in
+`cfcli.hub` and `cfcli.convert`; this module asks, draws progress and reports.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn,
+                           TransferSpeedColumn)
+from rich.table import Table
+
+from cfcli import hub
+from cfcli.cli.common import console, friendly, preset_name
+from cfcli.errors import CfError
+from cfcli.presets import Preset, load_preset, shipped_presets
+
+stdout = Console(highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("download")
+    @friendly
+    def download(
+        mode: str = typer.Option(None, "--mode", help="framewise | chunkwise | longvideo (picks a shipped preset)."),
+        steps: int = typer.Option(None, "--steps", help="4, 2 or 1 (frame-wise)."),
+        preset: str = typer.Option(None, "--preset", help="Preset name or path to a preset YAML file."),
+        all_: bool = typer.Option(False, "--all", help="Every shipped preset."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="List files, sizes and what is cached; fetch nothing."),
+        list_: bool = typer.Option(False, "--list", help="List the shipped presets and whether they are ready."),
+        verify: bool = typer.Option(False, "--verify", help="Hash cached files again, even those checked before."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    ) -> None:
+        """Download the weights a preset needs (only those files), verified, then convert the generator once."""
+        if list_:
+            show_models(as_json=False)
+            return
+        if all_ and (preset or mode or steps):
+            raise CfError("--all cannot be combined with --preset/--mode/--steps", "use one or the other")
+        names = shipped_presets() if all_ else [preset_name(preset, mode, steps)]
+        presets = [load_preset(n) for n in names]
+        try:
+            run_download(presets, dry_run=dry_run, recheck=verify, quiet=quiet)
+        except KeyboardInterrupt:
+            console.print("[yellow]stopped:[/] finished files are kept; run the same command to continue")
+            raise typer.Exit(130) from None
+
+    @app.command("models")
+    @friendly
+    def models(json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout.")) -> None:
+        """List the shipped presets: whether each is ready to run offline, and its size on disk."""
+        show_models(as_json=json_out)
+
+
+# --- cf download ------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Job:
+    """The de-duplicated work for a set of presets: Hub files to fetch and checkpoints to convert."""
+
+    files: dict[tuple[str, str, str], hub.HubFile] = field(default_factory=dict)
+    used_by: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)
+    conversions: dict[Path, hub.Need] = field(default_factory=dict)
+    converted: list[hub.Need] = field(default_factory=list)  # already converted: their `.pt` is not needed
+
+    @classmethod
+    def of(cls, needs: list[hub.Need]) -> Job:
+        job = cls()
+        for need in needs:
+            if need.satisfied_by_conversion():
+                job.converted.append(need)
+                continue
+            if need.converted is not None:
+                job.conversions.setdefault(need.converted, need)
+            for f in need.files:
+                key = (f.repo, f.commit, f.path)
+                job.files[key] = f
+                job.used_by.setdefault(key, set()).add(need.preset.name)
+        return job
+
+    def to_download(self) -> list[hub.HubFile]:
+        return [f for f in self.files.values() if not f.cached()]
+
+
+def run_download(presets: list[Preset], *, dry_run: bool, recheck: bool, quiet: bool) -> None:
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        offline_check(presets, dry_run)
+        return
+    with console.status("asking the Hub which files are needed …") if _live(quiet) else nullcontext():
+        needs = hub.plan(presets)
+    job = Job.of(needs)
+    if dry_run:
+        show_plan(job)
+        return
+    fresh = job.to_download()
+    # The conversion estimate assumes a float32 source (bf16 halves it); conversion checks the exact size itself.
+    hub.check_space({hub.hub_cache(): sum(f.size for f in fresh),
+                     hub.converted_dir(): sum(n.files[0].size // 2 for n in job.conversions.values())})
+    fetch_all(job, recheck=recheck, quiet=quiet)
+    convert_all(job, quiet=quiet)
+    for need in job.converted:
+        f = need.files[0]
+        hub.record_conversion(need.ref, need.preset.use_ema, f.etag, f.commit)
+        if not quiet:
+            console.print(f"[green]✓[/] {f.label}  [dim]converted before → {need.converted.name}; "
+                          "the checkpoint itself is not needed[/]")
+    for p in presets:
+        report_ready(p, quiet)
+
+
+def fetch_all(job: Job, *, recheck: bool, quiet: bool) -> None:
+    files = list(job.files.values())
+    total = sum(f.size for f in job.to_download())
+    with _hf_logs_to_console(), DownloadView(total, enabled=_live(quiet)) as view:
+        for f in files:
+            hub.fetch(f, view, recheck=recheck)
+            how = "downloaded" if view.downloaded else "cached"
+            view.done(f)
+            if not quiet:
+                check = "sha256" if f.sha256 else "git sha1"
+                console.print(f"[green]✓[/] {f.label}  [dim]{hub.human(f.size)} · {how} · {check} ok[/]")
+
+
+def convert_all(job: Job, *, quiet: bool) -> None:
+    from cfcli.convert import convert_generator
+
+    for target, need in job.conversions.items():
+        if target.is_file():
+            continue
+        f = need.files[0]
+        source = f.pointer
+        with Progress(TextColumn("converting {task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("tensors"), console=console, transient=True, disable=not _live(quiet)) as bar:
+            task = bar.add_task(f.path, total=None)
+            convert_generator(source, target, need.preset.use_ema,
+                              metadata={"repo": f.repo, "file": f.path, "commit": f.commit, "sha256": f.etag},
+                              on_tensor=lambda done, total: bar.update(task, completed=done, total=total))
+        hub.record_conversion(need.ref, need.preset.use_ema, f.etag, f.commit)
+        if not quiet:
+            size = hub.human(target.stat().st_size)
+            console.print(f"[green]✓[/] converted {f.path} → {target}  [dim]{size} bf16 safetensors "
+                          f"({'EMA' if need.preset.use_ema else 'non-EMA'} weights)[/]")
+
+
+def report_ready(p: Preset, quiet: bool) -> None:
+    status = hub.local_status(p)
+    if not status.ready:
+        raise CfError(f"{p.name} is still missing {', '.join(status.missing)} after the download",
+                      f"run `{hub.download_command(p)}` again")
+    if not quiet:
+        console.print(f"[bold green]ready:[/] {p.name}  [dim]{hub.human(status.size)} on disk · works offline[/]")
+
+
+def offline_check(presets: list[Preset], dry_run: bool) -> None:
+    """HF_HUB_OFFLINE: nothing can be fetched, but what is here can be reported."""
+    statuses = [hub.local_status(p) for p in presets]
+    missing = [s for s in statuses if not s.ready]
+    if dry_run:
+        show_local(statuses)
+    if missing and not dry_run:
+        s = missing[0]
+        raise CfError(f"HF_HUB_OFFLINE is set and {s.preset.name} is missing {', '.join(s.missing)}",
+                      f"unset HF_HUB_OFFLINE and run `{hub.download_command(s.preset)}`")
+    if not missing:
+        for s in statuses:
+            console.print(f"[green]✓[/] {s.preset.name} ready ({hub.human(s.size)}); HF_HUB_OFFLINE is set, so it "
+                          "was not checked against the Hub")
+
+
+def show_plan(job: Job) -> None:
+    table = Table(title="files the preset needs", title_justify="left", box=None, pad_edge=False)
+    for col, just in (("file", "left"), ("size", "right"), ("status", "left"), ("for", "left")):
+        table.add_column(col, justify=just)
+    for key, f in job.files.items():
+        status = ("cached, verified" if f.verified() else "cached") if f.cached() else "[yellow]download[/]"
+        table.add_row(f.label, hub.human(f.size), status, ", ".join(sorted(job.used_by[key])))
+    for need in job.converted:
+        f = need.files[0]
+        table.add_row(f.label, hub.human(f.size), "not needed: converted", need.preset.name)
+    for target, need in job.conversions.items():
+        table.add_row(f"→ {target}", "", "converted" if target.is_file() else "[yellow]convert after download[/]",
+                      need.preset.name)
+    stdout.print(table)
+    fresh = job.to_download()
+    total = sum(f.size for f in job.files.values())
+    stdout.print(f"to download: {hub.human(sum(f.size for f in fresh))} in {len(fresh)} file(s) of "
+                 f"{hub.human(total)} needed; {hub.human(hub.free_space(hub.hub_cache()))} free in {hub.hub_cache()}")
+
+
+# --- cf models --------------------------------------------------------------------------------------------------------
+
+def show_models(as_json: bool) -> None:
+    statuses = [hub.local_status(load_preset(n)) for n in shipped_presets()]
+    if as_json:
+        typer.echo(json.dumps([{"name": s.preset.name, "ready": s.ready, "missing": s.missing, "bytes": s.size,
+                                "converted": s.converted} for s in statuses]))
+        return
+    show_local(statuses)
+
+
+def show_local(statuses: list[hub.LocalStatus]) -> None:
+    table = Table(box=None, pad_edge=False)
+    for col, just in (("preset", "left"), ("status", "left"), ("on disk", "right"), ("", "left")):
+        table.add_column(col, justify=just)
+    for s in statuses:
+        if s.ready:
+            status = "[green]ready[/]" + ("" if s.converted or not hub.needs_conversion(s.preset.weights["generator"])
+                                          else " (not converted)")
+            table.add_row(s.preset.name, status, hub.human(s.size), f"[dim]{s.preset.summary}[/]")
+        else:
+            table.add_row(s.preset.name, f"[red]missing {', '.join(s.missing)}[/]", hub.human(s.size),
+                          f"[dim]{hub.download_command(s.preset)}[/]")
+    stdout.print(table)
+    seen: dict[Path, int] = {}
+    for s in statuses:
+        for p in s.paths.values():
+            if p is not None:
+                seen[p.resolve()] = hub.disk_size(p)
+    stdout.print(f"[dim]{hub.human(sum(seen.values()))} in all (shared files counted once) · "
+                 f"Hugging Face cache {hub.hub_cache()} · converted {hub.converted_dir()}[/]")
+
+
+# --- drawing ----------------------------------------------------------------------------------------------------------
+
+class DownloadView(hub.Events):
+    """Rich progress: the current file and the total, in bytes, with speed and ETA."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                            TimeRemainingColumn(), console=console, transient=True, disable=not enabled)
+        self.total_task = self.bar.add_task("[bold]total", total=total or None)
+        self.file_task = self.bar.add_task("", total=None, visible=False)
+        self.counted = 0  # bytes of the current attempt already in the total
+        self.hashing = False
+        self.downloaded = False
+
+    def __enter__(self) -> DownloadView:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.bar.__exit__(*exc)
+        return False
+
+    def start(self, f: hub.HubFile, attempt: int) -> None:
+        self.bar.advance(self.total_task, -self.counted)  # a failed attempt's bytes are gone
+        self.counted, self.hashing = 0, False
+        desc = f.path if attempt == 0 else f"{f.path} (try {attempt + 1})"
+        self.bar.reset(self.file_task, total=f.size, description=desc, visible=True)
+
+    def advance(self, n: int) -> None:
+        self.bar.advance(self.file_task, n)
+        if not self.hashing:
+            self.counted += n
+            self.downloaded = True
+            self.bar.advance(self.total_task, n)
+
+    def verifying(self, f: hub.HubFile) -> None:
+        self.hashing = True
+        self.bar.reset(self.file_task, total=f.size, description=f"checking {f.path}")
+
+    def retry(self, f: hub.HubFile, reason: str, wait: float) -> None:
+        console.print(f"[yellow]retrying[/] {f.label}: {reason}; next try in {wait:.0f}s")
+
+    def done(self, f: hub.HubFile) -> None:
+        self.counted, self.downloaded = 0, False
+        self.bar.update(self.file_task, visible=False)
+
+
+class _ConsoleHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        text = " ".join(line.strip() for line in record.getMessage().splitlines() if line.strip())
+        cut = re.match(r"Error while downloading from \S+?: (.*?) Trying to resume download", text)
+        if cut:  # huggingface_hub resumes a dropped transfer itself (Range request); say so briefly
+            text = f"connection lost ({cut.group(1)}); resuming where it stopped"
+        console.print(f"[dim]hub: {escape(text)}[/]", highlight=False)
+
+
+@contextmanager
+def _hf_logs_to_console():
+    """huggingface_hub's warnings (e.g. "connection lost … resuming") as short lines above our progress bars."""
+    log = logging.getLogger("huggingface_hub")
+    saved = log.handlers[:], log.propagate
+    log.handlers, log.propagate = [_ConsoleHandler(logging.WARNING)], False
+    try:
+        yield
+    finally:
+        log.handlers, log.propagate = saved
+
+
+def _live(quiet: bool) -> bool:
+    """Live bars only on a terminal; logs and pipes get the one line per finished file instead."""
+    return not quiet and console.is_terminal

@@ -1,0 +1,536 @@
+"""`cf bench`: time the production generation loop and set every number against its FLOP floor.
+
+The benchmark runs the exact loop `cf generate` runs (`Engine.generate`, which streams decoded `Chunk`s), on the
+cached weights or on random weights of the preset's architecture (built on the meta device, materialised on the
+target device and initialised in place, so no CPU copy of 1.3B/5.7B parameters is ever made). Order and memory
+follow production: umT5 encodes first and is released before the DiT and VAE are built, so the peak GPU memory of
+the generation phase is the one `cf generate` needs.
+
+Timing: CUDA events recorded on the stream when each chunk is handed out (its pixels decoded), one synchronisation at
+the end of each repeat, so the host never waits inside the loop beyond what the engine itself does; `perf_counter`
+on the CPU. Generation FPS (DiT only) comes from a separate run with `decode=False`.
+
+FLOP floors (docs/performance.md): the DiT is counted analytically per call over the sampler's actual call sequence
+(spec §7.1–7.2), the VAE decoder by running it on the meta device under `FlopCounterMode` at the output resolution,
+umT5 analytically. Floor time = FLOPs / an assumed matmul rate (`peak_tflops`).
+"""
+
+import contextlib
+import functools
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+from torch import Tensor, nn
+
+from cfcli import hub
+from cfcli.errors import CfError
+from cfcli.models.dit import CausalWanDiT, DiTConfig
+from cfcli.models.t5 import T5Config, UMT5Encoder, encode_text
+from cfcli.models.vae import VAEConfig, WanVAE
+from cfcli.pipeline.engine import VAE_SPACE, Engine, video_frames_for
+from cfcli.presets import WEIGHT_ROLES, Preset
+
+DEFAULT_PEAK_TFLOPS = 700.0  # dense bf16 matmul rate assumed for an H100 (the 8192³ GEMM reaches ~800 there)
+INIT_STD = 0.02
+RANDOM_PROMPT_TOKENS = 64  # umT5 runs only the real tokens: a typical detailed prompt's length
+BENCH_PROMPT = ("a red fox running through a snowy birch forest at dawn, soft golden light between the trees, "
+                "snow dust rising behind its paws, the camera tracking alongside at ground level, cinematic, "
+                "shallow depth of field, highly detailed fur")
+SIZE_STEP = 16  # the VAE's 8x times the DiT's 2x2 patch
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Request and result
+
+@dataclass
+class BenchRequest:
+    preset: Preset
+    device: torch.device
+    dtype: torch.dtype
+    latent_frames: int
+    repeat: int = 3
+    random_weights: bool = False  # True: random even when the weights are cached
+    seed: int = 0
+    peak_tflops: float = DEFAULT_PEAK_TFLOPS
+
+
+@dataclass
+class BenchResult:
+    """Medians over the timed repeats; `floor` holds the FLOP-bound value of each timed metric."""
+
+    preset: str
+    device: str
+    gpu: str
+    dtype: str
+    torch: str
+    frames: int
+    latent_frames: int
+    blocks: int
+    block_frames: int
+    steps: list[int]
+    height: int
+    width: int
+    weights: str  # "cached" | "random"
+    attention: list[str]
+    repeat: int
+    target_fps: int
+    fps_end_to_end: float
+    fps_generation: float
+    first_frame_s: float
+    block_ms_p50: float
+    block_ms_p95: float
+    text_encode_s: float
+    text_load_s: float | None
+    text_tokens: int
+    peak_vram_gib: float | None
+    text_peak_vram_gib: float | None
+    realtime: bool
+    realtime_factor: float
+    finite: bool
+    dit_tflop: float
+    vae_decode_tflop: float
+    text_encode_tflop: float
+    peak_tflops: float
+    floor: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Planning: resolution, frames, weights
+
+def with_resolution(preset: Preset, height: int | None, width: int | None) -> Preset:
+    """The preset at another resolution; both sides must be positive multiples of 16."""
+    for name, value in (("--height", height), ("--width", width)):
+        if value is not None and (value <= 0 or value % SIZE_STEP):
+            raise CfError(f"{name} must be a positive multiple of {SIZE_STEP}, got {value}",
+                          "e.g. --height 480 --width 832")
+    return replace(preset, height=height or preset.height, width=width or preset.width)
+
+
+def weights_cached(preset: Preset) -> bool:
+    """True when every weight file of the preset is on this machine (never touches the network)."""
+    try:
+        for role in WEIGHT_ROLES:
+            hub.resolve(preset, role)
+    except CfError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FLOP model (docs/performance.md)
+
+@dataclass(frozen=True)
+class DiTCall:
+    frames: int  # latent frames in the call (query)
+    keys: int  # latent frames attended (cache read slice, the call's own included)
+
+
+def dit_call_flops(cfg: DiTConfig, frame_tokens: int, call: DiTCall) -> int:
+    """FLOPs (2 per multiply-add) of one DiT forward: matmuls and attention only (spec §7.1)."""
+    d, n, k = cfg.dim, call.frames * frame_tokens, call.keys * frame_tokens
+    linear = n * (12 * d * d + 4 * d * cfg.ffn_dim)  # q,k,v,o self; q,o cross; FFN
+    attn = 4 * n * k * d + 4 * n * cfg.text_len * d  # scores + values, self and cross (all text_len keys)
+    patch = math.prod(cfg.patch_size)
+    io = 2 * n * d * patch * (cfg.in_dim + cfg.out_dim)  # patch embedding + head
+    t = 2 * call.frames * (cfg.freq_dim * d + d * d + 6 * d * d)  # time MLP + projection, per latent frame
+    return cfg.num_layers * (linear + attn) + io + t
+
+
+def text_kv_flops(cfg: DiTConfig) -> int:
+    """Text embedding MLP + every layer's cross K/V projections, once per prompt (`Engine.text_kv`)."""
+    t, d = cfg.text_len, cfg.dim
+    return 2 * t * (cfg.text_dim * d + d * d) + cfg.num_layers * 4 * t * d * d
+
+
+def cache_capacity(preset: Preset, total_frames: int) -> int:
+    """Latent frames the KV cache holds; mirrors `Engine.new_cache` (global up to the horizon, then a window)."""
+    window = preset.local_attn_frames if preset.local_attn_frames != -1 else preset.horizon_frames
+    rolling = preset.local_attn_frames != -1 or total_frames > preset.horizon_frames
+    return window if rolling else total_frames
+
+
+def dit_block_calls(preset: Preset, latent_frames: int) -> list[list[DiTCall]]:
+    if preset.sampler == "rolling":
+        return rolling_block_calls(preset, latent_frames)
+    return causal_block_calls(preset, latent_frames)
+
+
+def rolling_block_calls(preset: Preset, latent_frames: int) -> list[list[DiTCall]]:
+    """DiT calls of the Rolling Forcing sampler (`RollingSampler.stream`), grouped by the block each window yields.
+
+    Main pass: the window's frames attend to themselves, plus (once the window has left frame 0) the anchor block
+    and the working cache, capped at the attention window. Clean pass (windows that finish a block, but the last):
+    the block's frames attend to the newest cached frames including itself, capped likewise.
+    """
+    from cfcli.pipeline.rolling import windows
+
+    bf, attn = preset.block_frames, preset.local_attn_frames
+    blocks: list[list[DiTCall]] = [[]]
+    wins = windows(latent_frames // bf, len(preset.steps))
+    for win in wins:
+        frames, start = win.blocks * bf, win.first * bf
+        keys = frames if start == 0 else bf + min(start - bf, attn - frames - bf) + frames
+        blocks[-1].append(DiTCall(frames, keys))
+        if win.finishes:
+            if win is not wins[-1]:
+                blocks[-1].append(DiTCall(bf, min(attn, (win.first + 1) * bf)))
+            blocks.append([])
+    return blocks[:-1]
+
+
+def causal_block_calls(preset: Preset, latent_frames: int) -> list[list[DiTCall]]:
+    """DiT calls timed in each block's interval, in the sampler's order (`CausalSampler.stream`).
+
+    Block i's interval holds the clean-context pass of block i − 1 (run after that block was handed out) and the
+    denoising steps of block i; no context pass follows the last block.
+    """
+    bf = preset.block_frames
+    capacity = cache_capacity(preset, latent_frames)
+    blocks, prev = [], None
+    for i in range(latent_frames // bf):
+        steps = preset.first_block_steps if i == 0 and preset.first_block_steps else preset.steps
+        call = DiTCall(bf, min((i + 1) * bf, capacity))
+        blocks.append(([prev] if prev else []) + [call] * len(steps))
+        prev = call
+    return blocks
+
+
+@functools.lru_cache(maxsize=8)
+def vae_latent_flops(cfg: VAEConfig, h: int, w: int) -> tuple[int, int]:
+    """Decoder FLOPs of (the first latent frame, each later one) at latent size h×w.
+
+    Counted by running the real streaming decoder on the meta device under FlopCounterMode: convolutions and the
+    middle attention's matmuls, exactly as shaped at this resolution, no arithmetic run. Every later latent frame
+    runs identical ops (the first skips the time upsampling and makes 1 frame instead of 4).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        vae = WanVAE(cfg)
+    z = torch.empty(1, 2, cfg.z_dim, h, w, device="meta")
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        decoder = vae.stream_decoder()
+        decoder.decode(z[:, :1])
+        first = counter.get_total_flops()
+        decoder.decode(z[:, 1:])
+        later = counter.get_total_flops() - first
+    return first, later
+
+
+def t5_flops(cfg: T5Config, tokens: int) -> int:
+    """umT5 encoder over `tokens` real tokens: projections, gated FFN, attention scores + values."""
+    per_token = 2 * (4 * cfg.dim * cfg.dim_attn + 3 * cfg.dim * cfg.dim_ffn) + 4 * tokens * cfg.dim_attn
+    return cfg.num_layers * tokens * per_token
+
+
+@dataclass
+class FlopPlan:
+    dit_blocks: list[int]  # DiT FLOPs timed in each block's interval (block 0 includes the text K/V)
+    vae_blocks: list[int]  # decoder FLOPs of each block's latents
+
+
+def flop_plan(preset: Preset, latent_frames: int) -> FlopPlan:
+    dcfg = DiTConfig(**preset.arch("dit"))
+    h, w = preset.height // VAE_SPACE, preset.width // VAE_SPACE
+    ph, pw = dcfg.patch_size[1:]
+    tokens = (h // ph) * (w // pw)
+    dit = [sum(dit_call_flops(dcfg, tokens, c) for c in calls) for calls in dit_block_calls(preset, latent_frames)]
+    dit[0] += text_kv_flops(dcfg)
+    first, later = vae_latent_flops(VAEConfig(**preset.arch("vae")), h, w)
+    bf = preset.block_frames
+    vae = [first + (bf - 1) * later if i == 0 else bf * later for i in range(len(dit))]
+    return FlopPlan(dit, vae)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Random weights
+
+def random_init_(module: nn.Module, seed: int, std: float = INIT_STD) -> nn.Module:
+    """Seeded in-place init on the module's device: norms to 1 / 0, biases 0, everything else N(0, std²).
+
+    A small std keeps the residual stream and the gated (modulated) branches finite through 30 layers in bf16.
+    """
+    gen = None
+    with torch.no_grad():
+        for mod in module.modules():
+            is_norm = "norm" in type(mod).__name__.lower()
+            for name, p in mod.named_parameters(recurse=False):
+                if gen is None:
+                    gen = torch.Generator(p.device).manual_seed(seed)
+                if name == "bias":
+                    p.zero_()
+                elif is_norm:
+                    p.fill_(1.0)
+                else:
+                    p.normal_(0.0, std, generator=gen)
+    return module.eval().requires_grad_(False)
+
+
+def build_random(module_cls, cfg, device: torch.device, dtype: torch.dtype, seed: int) -> nn.Module:
+    """`module_cls(cfg)` built on meta, materialised in `dtype` on `device` (no CPU copy), randomly initialised.
+
+    Buffers that were real at construction (the VAE's latent statistics, built on the CPU) are restored after
+    `to_empty`, which would otherwise leave them uninitialised.
+    """
+    with torch.device("meta"):
+        module = module_cls(cfg)
+    keep = {n: b.clone() for n, b in module.named_buffers() if not b.is_meta}
+    module = module.to(dtype).to_empty(device=device)
+    with torch.no_grad():
+        for name, buf in module.named_buffers():
+            if name in keep:
+                buf.copy_(keep[name])
+    return random_init_(module, seed)
+
+
+def build_engine(preset: Preset, device: torch.device, dtype: torch.dtype, random: bool, seed: int) -> Engine:
+    if not random:
+        return Engine.load(preset, device, dtype)
+    dit = build_random(CausalWanDiT, DiTConfig(**preset.arch("dit")), device, dtype, seed)
+    vae = build_random(WanVAE, VAEConfig(**preset.arch("vae")), device, dtype, seed + 1)
+    return Engine(preset, dit, vae, device, dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Clocks and statistics
+
+class Clock:
+    """Marks on the device's stream (CUDA events) or the host clock; read after `sync()`."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cuda = device.type == "cuda"
+
+    def mark(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def seconds(self, start, end) -> float:
+        return start.elapsed_time(end) / 1000.0 if self.cuda else end - start
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default), q in [0, 100]."""
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def gib(nbytes: int) -> float:
+    return nbytes / 2**30
+
+
+def peak_memory(device: torch.device) -> float | None:
+    return gib(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Text encoding
+
+@dataclass
+class TextTiming:
+    context: Tensor  # umT5 features [1, tokens, dim] for the DiT (zero-padded to text_len by the engine)
+    encode_s: float
+    load_s: float | None
+    tokens: int
+    peak_gib: float | None
+
+
+def load_text_encoder(preset: Preset, device, dtype, random: bool, seed: int):
+    """(encoder, ids, mask): random weights on random ids, or the cached umT5 and tokenizer on BENCH_PROMPT.
+
+    The cached path loads exactly as `PromptEncoder` does but bypasses its on-disk prompt cache, so the encoder
+    itself is what gets timed.
+    """
+    cfg = T5Config(**preset.arch("text_encoder"))
+    text_len = int(preset.arch("dit").get("text_len", 512))
+    if random:
+        encoder = build_random(UMT5Encoder, cfg, device, dtype, seed + 2)
+        n = min(RANDOM_PROMPT_TOKENS, text_len)
+        gen = torch.Generator("cpu").manual_seed(seed)
+        ids = torch.zeros(1, text_len, dtype=torch.int64)
+        ids[0, :n] = torch.randint(1, cfg.vocab, (n,), generator=gen)
+        mask = (torch.arange(text_len) < n).long()[None]
+        return encoder, ids.to(device), mask.to(device)
+    from cfcli.models.checkpoint import load_strict, read_state_dict
+    from cfcli.models.tokenizer import PromptTokenizer
+
+    tokenizer = PromptTokenizer.from_folder(hub.resolve(preset, "tokenizer"))
+    path = hub.resolve(preset, "text_encoder")
+    with torch.device("meta"):
+        encoder = UMT5Encoder(cfg)
+    load_strict(encoder, read_state_dict(path), what=f"text encoder ({path.name})", dtype=dtype, device=device)
+    ids, mask = tokenizer([BENCH_PROMPT], text_len)
+    return encoder, ids.to(device), mask.to(device)
+
+
+def bench_text(preset: Preset, device, dtype, random: bool, repeat: int, clock: Clock, seed: int) -> TextTiming:
+    """Median umT5 time over `repeat` runs after one warm-up; the encoder is released before returning."""
+    reset_peak(device)
+    clock.sync()
+    t0 = time.perf_counter()
+    encoder, ids, mask = load_text_encoder(preset, device, dtype, random, seed)
+    clock.sync()
+    load_s = None if random else time.perf_counter() - t0
+    text_len = ids.shape[1]
+    times = []
+    with torch.inference_mode():
+        context = encode_text(encoder, ids, mask, text_len)  # warm-up
+        for _ in range(repeat):
+            clock.sync()
+            start = clock.mark()
+            context = encode_text(encoder, ids, mask, text_len)
+            end = clock.mark()
+            clock.sync()
+            times.append(clock.seconds(start, end))
+    tokens = int(mask.sum())
+    peak = peak_memory(device)
+    del encoder  # umT5 leaves the GPU before the DiT is built, as in production
+    reset_peak(device)
+    return TextTiming(context[:, :tokens].clone(), statistics.median(times), load_s, tokens, peak)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generation timing
+
+def timed_generation(engine: Engine, context: Tensor, latent_frames: int, seed: int, decode: bool,
+                     clock: Clock) -> tuple[list[float], Tensor]:
+    """Seconds from the start (cross K/V included) to each chunk being handed out, and the last block's latents.
+
+    With `decode` the chunk's pixels are decoded when it is handed out; without, only the DiT has run.
+    """
+    clock.sync()  # the start mark must not queue behind earlier work
+    start = clock.mark()
+    text_kv = engine.text_kv(context)
+    marks, last = [], None
+    for chunk in engine.generate(text_kv, latent_frames, seed, decode=decode):
+        marks.append(clock.mark())
+        last = chunk.latents  # pixels are dropped at once, as a writer would
+    clock.sync()
+    return [clock.seconds(start, m) for m in marks], last
+
+
+@dataclass
+class Repeat:
+    total_s: float
+    gen_s: float
+    first_s: float
+    block_s: list[float]
+
+
+def one_repeat(engine: Engine, context: Tensor, latent_frames: int, seed: int, clock: Clock) -> Repeat:
+    ready, _ = timed_generation(engine, context, latent_frames, seed, True, clock)
+    dit_only, _ = timed_generation(engine, context, latent_frames, seed, False, clock)
+    blocks = [b - a for a, b in zip([0.0] + ready[:-1], ready)]
+    return Repeat(ready[-1], dit_only[-1], ready[0], blocks)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The whole benchmark
+
+def gpu_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def attention_backends(device: torch.device, dtype: torch.dtype, cfg: DiTConfig) -> list[str]:
+    """SDPA backends `cfcli.ops.attention` prefers that actually run at the DiT's head size (first = used)."""
+    if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
+        return ["pytorch-default"]  # attend() lets PyTorch choose off the GPU / in float32
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from cfcli.ops.attention import backend_names
+
+    q = torch.randn(1, cfg.num_heads, 64, cfg.head_dim, device=device, dtype=dtype)
+    ok = []
+    for name in backend_names():
+        try:
+            with sdpa_kernel([getattr(SDPBackend, name.upper())]):
+                torch.nn.functional.scaled_dot_product_attention(q, q, q)
+            ok.append(name)
+        except Exception:  # noqa: BLE001 - a backend that cannot run here is simply not listed
+            pass
+    return ok
+
+
+WARMUP_FRAMES = 24  # latent frames generated before timing (more than the 21-frame horizon: the cache rolls too)
+
+
+def run(req: BenchRequest, status: Callable[[str], None] = lambda m: None) -> BenchResult:
+    p, dev, dt = req.preset, req.device, req.dtype
+    if req.repeat < 1:
+        raise CfError(f"--repeat must be at least 1, got {req.repeat}")
+    use_random = req.random_weights or not weights_cached(p)
+    device_ctx = torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()
+    with device_ctx:
+        clock = Clock(dev)
+        status("text encoder")
+        text = bench_text(p, dev, dt, use_random, req.repeat, clock, req.seed)
+        status("building the DiT and VAE")
+        engine = build_engine(p, dev, dt, use_random, req.seed)
+        reset_peak(dev)
+        status("warm-up")
+        # Kernels are chosen and the allocator warmed within a few blocks; a long video need not be made twice.
+        warm = min(req.latent_frames, WARMUP_FRAMES // p.block_frames * p.block_frames)
+        _, last = timed_generation(engine, text.context, warm, req.seed, True, clock)
+        finite = bool(torch.isfinite(last.float()).all())
+        repeats = []
+        for r in range(req.repeat):
+            status(f"repeat {r + 1}/{req.repeat}")
+            repeats.append(one_repeat(engine, text.context, req.latent_frames, req.seed, clock))
+        peak = peak_memory(dev)
+        attention = attention_backends(dev, dt, engine.dit.cfg)
+    flops = flop_plan(p, req.latent_frames)
+    return summarise(req, repeats, text, flops, use_random, finite, peak, attention, gpu_name(dev))
+
+
+def summarise(req: BenchRequest, repeats: list[Repeat], text: TextTiming, flops: FlopPlan, random: bool,
+              finite: bool, peak: float | None, attention: list[str], gpu: str) -> BenchResult:
+    p = req.preset
+    frames = video_frames_for(req.latent_frames)
+    med = statistics.median
+    fps_e2e = med(frames / r.total_s for r in repeats)
+    rate = req.peak_tflops * 1e12
+    dit, vae = sum(flops.dit_blocks), sum(flops.vae_blocks)
+    block_floor = [(a + b) / rate for a, b in zip(flops.dit_blocks, flops.vae_blocks)]
+    tcfg = T5Config(**p.arch("text_encoder"))
+    text_flops = t5_flops(tcfg, text.tokens)
+    floor = {"fps_end_to_end": frames * rate / (dit + vae), "fps_generation": frames * rate / dit,
+             "first_frame_s": block_floor[0], "block_ms_p50": 1e3 * percentile(block_floor, 50),
+             "block_ms_p95": 1e3 * percentile(block_floor, 95), "text_encode_s": text_flops / rate}
+    return BenchResult(
+        preset=p.name, device=str(req.device), gpu=gpu, dtype=str(req.dtype).removeprefix("torch."),
+        torch=torch.__version__, frames=frames, latent_frames=req.latent_frames, blocks=len(flops.dit_blocks),
+        block_frames=p.block_frames, steps=list(p.steps), height=p.height, width=p.width,
+        weights="random" if random else "cached", attention=attention, repeat=req.repeat, target_fps=p.fps,
+        fps_end_to_end=fps_e2e, fps_generation=med(frames / r.gen_s for r in repeats),
+        first_frame_s=med(r.first_s for r in repeats),
+        block_ms_p50=med(1e3 * percentile(r.block_s, 50) for r in repeats),
+        block_ms_p95=med(1e3 * percentile(r.block_s, 95) for r in repeats),
+        text_encode_s=text.encode_s, text_load_s=text.load_s, text_tokens=text.tokens, peak_vram_gib=peak,
+        text_peak_vram_gib=text.peak_gib, realtime=fps_e2e >= p.fps, realtime_factor=fps_e2e / p.fps,
+        finite=finite, dit_tflop=dit / 1e12, vae_decode_tflop=vae / 1e12, text_encode_tflop=text_flops / 1e12,
+        peak_tflops=req.peak_tflops, floor=floor)
