@@ -77,20 +77,16 @@ def test_frames_reach_the_file_while_later_blocks_are_generated(cf, tmp_path, mo
         return denoise(self, *a, **k)
 
     def logged_write(self, frames):
+        events.append("write")
         write(self, frames)
-        events.append(("write", read_video_frames(self.path)))
-
-    def read_video_frames(path):
-        self_flush = None  # the container is still open: count what the writer has handed to the muxer
-        return self_flush
 
     monkeypatch.setattr(CausalSampler, "denoise_block", logged_denoise)
     monkeypatch.setattr(VideoWriter, "write", logged_write)
     r = gen(cf, PROMPT, "--frames", 21, "--seed", 1, "--out", tmp_path / "s.mkv", "--codec", "ffv1")
     assert r.exit_code == 0, r.output
-    kinds = [e if isinstance(e, str) else e[0] for e in events]
-    assert kinds.count("denoise") == 6 and kinds.count("write") == 6
-    assert kinds == ["denoise", "write"] * 6  # each block is written before the next one is denoised
+    # Block n is written as soon as block n + 1 is queued on the device (on CUDA the two overlap), long before
+    # the sampler finishes.
+    assert events == ["denoise", "denoise"] + ["write", "denoise"] * 4 + ["write", "write"]
 
 
 def test_partial_file_is_readable_while_streaming(cf, tmp_path, monkeypatch):

@@ -426,7 +426,8 @@ def timed_generation(engine: Engine, context: Tensor, latent_frames: int, seed: 
     text_kv = engine.text_kv(context)
     marks, last = [], None
     for chunk in engine.generate(text_kv, latent_frames, seed, decode=decode):
-        marks.append(clock.mark())
+        # With decoding on CUDA the pixels are ready when the side stream's event fires, not on the main stream.
+        marks.append(chunk.ready if chunk.ready is not None else clock.mark())
         last = chunk.latents  # pixels are dropped at once, as a writer would
     clock.sync()
     return [clock.seconds(start, m) for m in marks], last

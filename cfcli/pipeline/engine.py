@@ -46,14 +46,22 @@ def to_uint8(pixels: Tensor) -> Tensor:
 
 @dataclass
 class Chunk:
-    """One finished block: its latents [F, C, h, w] and decoded pixels [n, 3, H, W] uint8 (both on the device).
+    """One finished block: its latents [F, C, h, w] (on the device) and decoded pixels [n, 3, H, W] uint8.
 
+    On CUDA the pixels are decoded and copied to pinned host memory on a side stream while the DiT goes on with the
+    next block; `ready` is the event that marks them done and `host_pixels()` waits for it (never for the DiT).
     `context` marks latents that were given (I2V picture, clip to extend) rather than generated.
     """
 
     latents: Tensor
-    pixels: Tensor
+    pixels: Tensor | None
     context: bool = False
+    ready: "torch.cuda.Event | None" = None
+
+    def host_pixels(self) -> Tensor:
+        if self.ready is not None:
+            self.ready.synchronize()
+        return self.pixels.cpu()
 
 
 class Engine:
@@ -125,10 +133,14 @@ class Engine:
         sampler_cls = RollingSampler if self.preset.sampler == "rolling" else CausalSampler
         sampler = sampler_cls(self.dit, self.schedule, self.plan, bf, self.new_cache(n_ctx + latent_frames))
         decoder = self.vae.stream_decoder() if decode else None
+        side = torch.cuda.Stream(self.device) if decode and self.device.type == "cuda" else None
 
         def chunk(latents: Tensor, is_context: bool) -> Chunk:
-            pixels = to_uint8(decoder.decode(latents)[0]) if decoder else None
-            return Chunk(latents[0], pixels, is_context)
+            if decoder is None:
+                return Chunk(latents[0], None, is_context)
+            if side is None:
+                return Chunk(latents[0], to_uint8(decoder.decode(latents)[0]), is_context)
+            return decode_aside(decoder, latents, side, is_context)
 
         with torch.inference_mode():
             if context is not None:
@@ -141,3 +153,16 @@ class Engine:
                                 dtype=self.dtype, device=self.device)
             for x0 in sampler.stream(noise, text_kv, generator):
                 yield chunk(x0, False)
+
+
+def decode_aside(decoder, latents: Tensor, side: "torch.cuda.Stream", is_context: bool) -> Chunk:
+    """Decode `latents` on the `side` stream, overlapping the DiT's next block, into pinned host memory."""
+    side.wait_stream(torch.cuda.current_stream(latents.device))  # the block's x0 must be finished
+    latents.record_stream(side)  # the allocator must not hand its memory to the DiT before the decode has read it
+    with torch.cuda.stream(side):
+        pixels = to_uint8(decoder.decode(latents)[0])
+        host = torch.empty(pixels.shape, dtype=pixels.dtype, pin_memory=True)
+        host.copy_(pixels, non_blocking=True)
+        ready = torch.cuda.Event(enable_timing=True)  # `cf bench` times blocks by it
+        ready.record(side)
+    return Chunk(latents[0], host, is_context, ready)

@@ -111,17 +111,31 @@ def stream_to_file(chunks: Iterable[Chunk], writer: "SafeWriter", total: int, re
     """
     fps = writer.fps
     latents, start, first, interrupted = [], time.perf_counter(), None, False
+
+    writing = False
+
+    def write(chunk: Chunk) -> None:
+        nonlocal first, writing
+        writing = True
+        writer.write(chunk.host_pixels())
+        writing = False
+        now = time.perf_counter() - start
+        first = first if first is not None else now
+        on_progress(Progress(writer.frames, total, now, first))
+
+    pending = None  # written one block late: the GPU already has the next block queued while we wait on this one
     try:
         for chunk in chunks:
             latents.append(chunk.latents)
-            if chunk.context and not write_context:
-                continue
-            writer.write(chunk.pixels)
-            now = time.perf_counter() - start
-            first = first if first is not None else now
-            on_progress(Progress(writer.frames, total, now, first))
+            done, pending = pending, (chunk if write_context or not chunk.context else None)
+            if done is not None:
+                write(done)
+        if pending is not None:
+            write(pending)
     except KeyboardInterrupt:
         interrupted = True
+        if pending is not None and not writing:  # the last finished block is decoded already: keep it
+            write(pending)
     except BaseException:
         writer.abort()
         raise
