@@ -118,7 +118,7 @@ def run_tagged(num_frames: int):
 
     def rope(start, frames):  # identity rotation; records where the anchor is placed
         anchors.append(start)
-        return torch.ones(frames, 1, 1, dtype=torch.complex64)
+        return torch.stack([torch.ones(frames, 1, 1), torch.zeros(frames, 1, 1)])
 
     dit = FrameTaggedDiT()
     cache = RollingKVCache(1, 1, 1, 1, 2, anchor_frames=3, attn_frames=21, rope=rope)

@@ -37,15 +37,15 @@ def rope_angles(head_dim: int, frames: range, height: int, width: int, device=No
 
 
 def rope_table(head_dim: int, frames: range, height: int, width: int, device) -> Tensor:
-    """e^{i·angle} of `rope_angles` as complex64 [N, 1, head_dim/2], ready for `apply_rope`."""
+    """cos and sin of `rope_angles`, stacked [2, N, 1, head_dim/2] in float32, ready for `apply_rope`."""
     a = rope_angles(head_dim, frames, height, width, device)
-    return torch.polar(torch.ones_like(a), a).to(torch.complex64)[:, None, :]
+    return torch.stack([a.cos(), a.sin()]).float()[:, :, None, :]
 
 
 def apply_rope(x: Tensor, table: Tensor) -> Tensor:
-    """Rotate x [B, N, H, D] by `table` [N, 1, D/2]: one complex multiply in float32, result in x's dtype.
-
-    (c0 + i·c1)·(cos φ + i·sin φ) is exactly the pair rotation (c0·cos − c1·sin, c0·sin + c1·cos).
-    """
-    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
-    return torch.view_as_real(xc * table).flatten(-2).type_as(x)
+    """Rotate x [B, N, H, D] by `table` [2, N, 1, D/2]; float32 math, result in x's dtype."""
+    cos, sin = table[0], table[1]
+    xf = x.float().unflatten(-1, (-1, 2))
+    x0, x1 = xf[..., 0], xf[..., 1]
+    out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
+    return out.flatten(-2).type_as(x)
