@@ -4,6 +4,7 @@ Only `torch.load(weights_only=True)` (memory-mapped) and safetensors are used, s
 float32 checkpoint is never copied whole into RAM: each tensor is cast to the target dtype/device as it is assigned.
 """
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -19,9 +20,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise CfError(f"weights file not found: {path}", "run `cf download` for this preset, or fix the path")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
+            return SafetensorsDict(path)
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
@@ -29,6 +28,31 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except Exception as exc:  # noqa: BLE001 - any parse failure means a bad file
         raise CfError(f"could not read weights file {path}: {exc}".splitlines()[0],
                       "the file is truncated or not a weights file; delete it and run `cf download` again") from exc
+
+
+class SafetensorsDict(Mapping):
+    """A safetensors file as a read-only mapping whose tensors are memory-mapped and read one at a time."""
+
+    def __init__(self, path: Path):
+        from safetensors import safe_open
+
+        self._file = safe_open(str(path), framework="pt", device="cpu")
+        self._keys = list(self._file.keys())
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._file.get_tensor(key)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        """The tensor's shape from the header, without reading its data."""
+        return tuple(self._file.get_slice(key).get_shape())
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
 
 
 def generator_state_dict(raw: dict, use_ema: bool) -> dict[str, torch.Tensor]:
@@ -39,6 +63,8 @@ def generator_state_dict(raw: dict, use_ema: bool) -> dict[str, torch.Tensor]:
     """
     order = ("generator_ema", "generator") if use_ema else ("generator", "generator_ema")
     sd = next((raw[k] for k in order if k in raw and isinstance(raw[k], dict)), raw)
+    if isinstance(sd, SafetensorsDict) and not any(k.startswith(("model.", "_fsdp")) for k in sd):
+        return sd  # already bare (a converted checkpoint): keep it lazy
     out = {}
     for key, value in sd.items():
         key = key.replace("_fsdp_wrapped_module.", "")
@@ -52,13 +78,17 @@ def load_strict(module: nn.Module, sd: dict[str, torch.Tensor], *, what: str, dt
     expected = module.state_dict()
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(sd) if tuple(expected[k].shape) != tuple(sd[k].shape))
+    shape = sd.shape if isinstance(sd, SafetensorsDict) else (lambda k: tuple(sd[k].shape))
+    wrong = sorted(k for k in set(expected) & set(sd) if tuple(expected[k].shape) != shape(k))
     if missing or unexpected or wrong:
         detail = "; ".join(f"{name}: {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''} ({len(keys)})"
                            for name, keys in (("missing", missing), ("unexpected", unexpected),
                                               ("wrong shape", wrong)) if keys)
         raise CfError(f"{what} weights do not match the model ({detail})",
                       "check that the preset's architecture matches the checkpoint, or re-download the file")
-    cast = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in sd.items()}
+    cast = {}
+    for key in expected:  # one tensor at a time: a lazy mapping never holds the whole file in RAM
+        v = sd[key]
+        cast[key] = v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
     module.load_state_dict(cast, strict=True, assign=True)
     return module.eval().requires_grad_(False)
