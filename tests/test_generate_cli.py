@@ -261,15 +261,21 @@ def test_cuda_out_of_memory_says_what_to_lower(cf, tmp_path, monkeypatch):
     assert _no_output(tmp_path)  # the half-written file is removed
 
 
-def test_long_video_rolls_the_cache_at_the_horizon(cf, tmp_path, monkeypatch):
+def test_long_video_rolls_the_cache_at_the_horizon():
+    """`cf generate --seconds 30` with a global-attention preset: past 21 latent frames the cache rolls."""
     from cfcli.pipeline.engine import Engine
+    from cfcli.pipeline.text import PromptEncoder
+    from cfcli.presets import load_preset
 
+    preset = load_preset(TINY)
+    engine = Engine.load(preset)
     caches = []
-    new_cache = Engine.new_cache
-    monkeypatch.setattr(Engine, "new_cache", lambda self, n: caches.append(new_cache(self, n)) or caches[-1])
-    r = gen(cf, PROMPT, "--frames", 105, "--seed", 1, "--out", tmp_path / "long.mp4")  # 27 latent frames > 21
-    assert r.exit_code == 0, r.output
+    new_cache = engine.new_cache
+    engine.new_cache = lambda n: caches.append(new_cache(n)) or caches[-1]
+    text = engine.text_kv(PromptEncoder(preset, torch.device("cpu"), torch.float32).encode([PROMPT])[0])
+    chunks = list(engine.generate(text, 27, 1, decode=False))  # 105 video frames
+    assert len(chunks) == 27 and all(torch.isfinite(c.latents).all() for c in chunks)
     cache = caches[0]
     assert cache.rolling and cache.capacity == 21 * cache.frame_tokens
     assert cache.frames == 21 and cache.global_end == 27 * cache.frame_tokens
-    assert read_video(tmp_path / "long.mp4").frames.shape[0] == 105
+    assert cache.kv.shape[3] == cache.capacity  # the buffer never grew
