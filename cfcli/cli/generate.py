@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import typer
+from typer.core import TyperCommand
 
 from cfcli.cli.common import (check_out, console, fail, friendly, new_seed, pick_device, pick_dtype,
                               preset_name)
@@ -17,8 +18,39 @@ def slug(text: str, n: int = 48) -> str:
     return (s[:n].rstrip("-")) or "video"
 
 
+class _GenerateCommand(TyperCommand):
+    """`--prompt-at TIME PROMPT`, repeatable: Typer cannot declare a repeated two-value option.
+
+    The option is declared as a repeated string and each `--prompt-at TIME PROMPT` on the command line is joined here,
+    before parsing, into one `TIME<TAB>PROMPT` value (a time never holds a tab). A "prompt" that starts with `--` is
+    taken for the next option, so a missing prompt gives a clear error instead of swallowing the option.
+    """
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, join_prompt_at(args))
+
+
+def join_prompt_at(args: list[str]) -> list[str]:
+    """Command-line tokens with each `--prompt-at TIME PROMPT` (or `--prompt-at=TIME PROMPT`) as one value."""
+    out, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":  # everything after is positional
+            return out + args[i:]
+        if arg == "--prompt-at" and i + 2 < len(args) and not args[i + 2].startswith("--"):
+            out += [arg, f"{args[i + 1]}\t{args[i + 2]}"]
+            i += 3
+        elif arg.startswith("--prompt-at=") and i + 1 < len(args) and not args[i + 1].startswith("--"):
+            out.append(f"{arg}\t{args[i + 1]}")
+            i += 2
+        else:
+            out.append(arg)
+            i += 1
+    return out
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("generate")
+    @app.command("generate", cls=_GenerateCommand)
     @friendly
     def generate(
         prompt: str = typer.Argument(None, help="What the video shows."),
@@ -38,6 +70,11 @@ def register(app: typer.Typer) -> None:
         dtype: str = typer.Option(None, "--dtype", help="float32 | bfloat16 (default: bfloat16 on GPU)."),
         save_latents: Path = typer.Option(None, "--save-latents", help="Also write the latents (safetensors)."),
         prompt_file: Path = typer.Option(None, "--prompt-file", help="One prompt per line; models load once."),
+        prompt_at: list[str] = typer.Option(None, "--prompt-at", metavar="TIME PROMPT",
+                                            help="Switch to PROMPT at TIME (12s, 12.5, 1:05); repeatable."),
+        prompt_schedule: Path = typer.Option(None, "--prompt-schedule",
+                                             help="Prompt switches: lines SECONDS<TAB>PROMPT (a line at 0 may "
+                                                  "replace PROMPT)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
         json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     ) -> None:
@@ -48,7 +85,8 @@ def register(app: typer.Typer) -> None:
         from cfcli.pipeline.video import CODECS
         from cfcli.presets import load_preset
 
-        prompts = read_prompts(prompt, prompt_file)
+        schedule = read_schedule(prompt, prompt_at, prompt_schedule, prompt_file)
+        prompts = [schedule.opening] if schedule else read_prompts(prompt, prompt_file)
         if codec not in CODECS:
             raise CfError(f"unknown codec {codec!r}", f"use one of: {', '.join(CODECS)}")
         p = load_preset(preset_name(preset, mode, steps))
@@ -61,6 +99,7 @@ def register(app: typer.Typer) -> None:
         real, _ = job.plan_frames(p, want, image is not None)
         if real != want and not quiet:
             console.print(f"[yellow]note:[/] {want} frames is not a length the model makes; generating {real}")
+        starts = schedule.block_starts(fps_, real, p.block_frames) if schedule else ()  # refused before models load
         engine = encoder = None
         for i, text in enumerate(prompts):
             s = new_seed(seed)
@@ -70,10 +109,12 @@ def register(app: typer.Typer) -> None:
             check_out(path, overwrite)
             if not quiet:
                 console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {real} frames → {path}")
-            req = job.GenerateRequest(text, p, s, real, path, dev, dt, codec, crf, fps, image, save_latents)
+                show_switches(schedule, starts, fps_, p)
+            req = job.GenerateRequest(text, p, s, real, path, dev, dt, codec, crf, fps, image, save_latents,
+                                      schedule)
             encoder = encoder or job.PromptEncoder(p, dev, dt)
             if engine is None and encoder is not None:
-                encoder.encode([text])  # text first, so umT5 is gone before the DiT loads
+                encoder.encode(schedule.prompts() if schedule else [text])  # umT5 is gone before the DiT loads
                 engine = job.Engine.load(p, dev, dt)
             with ProgressView(enabled=not quiet, fps=fps_, device=dev) as view:
                 summary = job.run(req, view.update, engine=engine, prompt_encoder=encoder)
@@ -95,6 +136,38 @@ def read_prompts(prompt: str | None, prompt_file: Path | None) -> list[str]:
     if prompt is None or not prompt.strip():
         raise CfError("the prompt is empty", 'describe the video, e.g. cf generate "a fox running"')
     return [prompt]
+
+
+def read_schedule(prompt: str | None, prompt_at: list[str] | None, schedule_file: Path | None,
+                  prompt_file: Path | None):
+    """The prompt schedule of `--prompt-at` pairs and `--prompt-schedule` lines together; None without switches."""
+    from cfcli.pipeline.prompts import PromptSchedule, parse_prompt_at, read_schedule_file
+
+    if not prompt_at and schedule_file is None:
+        return None
+    if prompt_file is not None:
+        raise CfError("--prompt-file cannot be combined with --prompt-at/--prompt-schedule",
+                      "a schedule tells one video's story; make the batch and the story in separate runs")
+    switches = read_schedule_file(schedule_file) if schedule_file is not None else []
+    pairs = [value.split("\t", 1) for value in prompt_at or ()]
+    if any(len(pair) != 2 for pair in pairs):
+        raise CfError("--prompt-at takes a time and a prompt", 'e.g. --prompt-at 12s "the fox jumps into the river"')
+    switches += parse_prompt_at([(time, text) for time, text in pairs])
+    return PromptSchedule.build(prompt, switches)
+
+
+def show_switches(schedule, starts: tuple[int, ...], fps: float, preset) -> None:
+    """Where each switch lands: at a block start; with the rolling sampler the blocks in its window change too."""
+    from rich.markup import escape
+
+    from cfcli.pipeline.prompts import video_frame
+
+    in_flight = (len(preset.steps) - 1) * preset.block_frames if preset.sampler == "rolling" else 0
+    for entry, start in zip(schedule.entries[1:] if schedule else (), starts[1:]):
+        frame, touched = video_frame(start), video_frame(max(0, start - in_flight))
+        rolling = f", blocks in flight from frame {touched} finish under it" if touched != frame else ""
+        console.print(f"[dim]prompt switch at {entry.seconds:g}s → from frame {frame} ({frame / fps:.2f}s)"
+                      f"{rolling}:[/] {escape(entry.prompt)}")
 
 
 def report(s, quiet: bool, json_out: bool) -> None:

@@ -19,6 +19,7 @@ from cfcli.models.dit import CausalWanDiT, DiTConfig
 from cfcli.models.kv_cache import KVCache
 from cfcli.models.rolling_cache import RollingKVCache
 from cfcli.models.vae import VAEConfig, WanVAE
+from cfcli.pipeline.prompts import TextSchedule
 from cfcli.pipeline.rolling import RollingSampler, rolling_cache
 from cfcli.pipeline.sampler import CausalSampler, StepPlan
 from cfcli.pipeline.schedule import FlowSchedule
@@ -116,9 +117,11 @@ class Engine:
         """Pixels [3, T, H, W] in [-1, 1] (T = 1 + 4k) -> normalised latents [1, 1 + k, 16, h, w]."""
         return self.vae.encode(video.to(self.device, self.dtype)[None])
 
-    def generate(self, text_kv: Tensor, latent_frames: int, seed: int, context: Tensor | None = None,
+    def generate(self, text_kv: Tensor | TextSchedule, latent_frames: int, seed: int, context: Tensor | None = None,
                  decode: bool = True) -> Iterator[Chunk]:
         """Generate `latent_frames` new latent frames after the given `context` latents [1, F_in, C, h, w].
+
+        `text_kv` is one prompt's cross-attention K/V or, for prompt switching, a `TextSchedule` by latent frame.
 
         The seed is applied right before the noise is drawn (after any context was encoded by the caller), on a
         generator of the run's device: the same seed gives the official noise stream.

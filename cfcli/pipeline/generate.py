@@ -16,6 +16,7 @@ from cfcli import __version__
 from cfcli.errors import CfError
 from cfcli.pipeline.engine import Chunk, Engine, video_frames_for
 from cfcli.pipeline.media import load_image
+from cfcli.pipeline.prompts import PromptSchedule, TextSchedule
 from cfcli.pipeline.text import PromptEncoder
 from cfcli.pipeline.video import VideoWriter
 from cfcli.presets import Preset
@@ -35,6 +36,7 @@ class GenerateRequest:
     fps: int | None = None
     image: Path | None = None
     save_latents: Path | None = None
+    schedule: PromptSchedule | None = None  # prompt switches; its opening prompt is `prompt`
 
 
 @dataclass
@@ -77,6 +79,8 @@ def plan_frames(preset: Preset, video_frames: int, image: bool) -> tuple[int, in
 
 def metadata(req: GenerateRequest, **extra) -> dict:
     p = req.preset
+    if req.schedule is not None and req.schedule.has_switches:
+        extra = {"prompt_schedule": req.schedule.as_metadata()} | extra
     return {"prompt": req.prompt, "seed": req.seed, "preset": p.name, "mode": p.mode, "steps": list(p.steps),
             "frames": req.video_frames, "fps": req.fps or p.fps, "cfcli": __version__} | extra
 
@@ -90,10 +94,15 @@ def run(req: GenerateRequest, on_progress: Callable[[Progress], None] = lambda p
         raise CfError(f"--image needs a frame-wise preset; {p.name} is {p.mode}", "use --mode framewise")
     image = load_image(req.image, p.width, p.height) if req.image is not None else None
     frames, generated = plan_frames(p, req.video_frames, image is not None)
+    schedule = req.schedule or PromptSchedule.build(req.prompt, [])
+    starts = schedule.block_starts(req.fps or p.fps, frames, p.block_frames)  # a switch that never shows: refused
     prompt_encoder = prompt_encoder or PromptEncoder(p, req.device, req.dtype)
-    context = prompt_encoder.encode([req.prompt])[0]
+    prompts = schedule.prompts()
+    features = prompt_encoder.encode(prompts)  # each distinct prompt once, before the DiT loads
     engine = engine or Engine.load(p, req.device, req.dtype)
-    text_kv = engine.text_kv(context)
+    kv = {text: engine.text_kv(f) for text, f in zip(prompts, features)}
+    text_kv = (TextSchedule(starts, tuple(kv[e.prompt] for e in schedule.entries)) if schedule.has_switches
+               else kv[schedule.opening])
     ctx_latents = engine.encode_video(image[:, None]) if image is not None else None
     fps = req.fps or p.fps
     writer = SafeWriter(req.out, fps, p.width, p.height, req.codec, req.crf, metadata(req, frames=frames))

@@ -22,6 +22,12 @@ Official behaviour reproduced (spec §5.2, §8.1 #13): per-frame timesteps, the 
 mask; the anchor is block 0 stored un-roped and re-roped right before the working cache; attention is capped at 21
 frames (anchor + working cache + window) in a 24-frame cache; only each window's oldest block is cached, via a clean
 pass; x0 = x_t − σ·v in float64; re-noising with the float32 σ table; context noise 0.
+
+Prompt switching (`TextSchedule`): a window is one DiT call with one text K/V, that of the prompt in effect at the
+window's *newest* block's first latent frame. So a switch starts with the window its first block enters; the older
+blocks still in flight there take their remaining steps under the new prompt, and a finishing block's clean pass uses
+its own (last) window's prompt. Blocks finalised before that window are exactly those of a run without the switch
+(same seed: the random stream does not depend on the text).
 """
 
 from collections.abc import Iterator
@@ -33,6 +39,7 @@ from torch import Tensor
 from cfcli.errors import CfError
 from cfcli.models.dit import CausalWanDiT
 from cfcli.models.rolling_cache import RollingKVCache
+from cfcli.pipeline.prompts import TextSchedule, text_at
 from cfcli.pipeline.sampler import StepPlan
 from cfcli.pipeline.schedule import FlowSchedule
 
@@ -164,8 +171,11 @@ class RollingSampler:
         with self.cache.refreshing():
             self.dit(x0[:, :bf], t, text_kv, self.cache, win.first * bf)
 
-    def stream(self, noise: Tensor, text_kv: Tensor, generator: torch.Generator) -> Iterator[Tensor]:
-        """Yield each block's final x0 [B, block, C, h, w] of `noise` [B, F, C, h, w] as it leaves the window."""
+    def stream(self, noise: Tensor, text: Tensor | TextSchedule, generator: torch.Generator) -> Iterator[Tensor]:
+        """Yield each block's final x0 [B, block, C, h, w] of `noise` [B, F, C, h, w] as it leaves the window.
+
+        `text` is one prompt's cross-attention K/V, or a `TextSchedule` (the window's newest block picks the prompt).
+        """
         n = noise.shape[1]
         if n % self.block_frames:
             raise ValueError(f"{n} latent frames is not a whole number of {self.block_frames}-frame blocks")
@@ -173,6 +183,7 @@ class RollingSampler:
         plan = windows(n // self.block_frames, self.depth)
         self._enter(noise, 0, 1)
         for k, win in enumerate(plan):
+            text_kv = text_at(text, win.last * self.block_frames)  # newest block's prompt (module docstring)
             x0 = self._denoise(win, text_kv)
             if win.finishes:
                 yield x0[:, :self.block_frames]

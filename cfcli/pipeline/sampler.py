@@ -5,6 +5,10 @@ Gaussian noise to the next step's σ), hand the block's final x0 out, then run t
 overwrites the block's KV slots. Given latents (an I2V picture, the context of a clip to extend) are pushed through at
 t = 0 first. The random stream is the official one: the initial noise of all generated frames is drawn up front, then
 one `randn` of the block's shape per re-noising, in order, from the same generator.
+
+Prompt switching: the text may be a `TextSchedule`; each block (its denoising steps and its clean-context pass) uses
+the cross-attention K/V of the prompt in effect at the block's first latent frame. Only the text K/V changes at a
+switch: the visual KV cache carries on, and the random stream is the same as without the switch.
 """
 
 from collections.abc import Iterator
@@ -15,6 +19,7 @@ from torch import Tensor
 
 from cfcli.models.dit import CausalWanDiT
 from cfcli.models.kv_cache import KVCache
+from cfcli.pipeline.prompts import TextSchedule, text_at
 from cfcli.pipeline.schedule import FlowSchedule
 
 
@@ -43,13 +48,13 @@ class CausalSampler:
         ts = torch.full(x.shape[:2], t, dtype=torch.float32, device=x.device)
         return self.dit(x, ts, text_kv, self.cache, self.frame)
 
-    def prime(self, latents: Tensor, text_kv: Tensor) -> None:
+    def prime(self, latents: Tensor, text: Tensor | TextSchedule) -> None:
         """Push given clean latents [B, F, C, h, w] into the cache at t = 0, block by block."""
         if latents.shape[1] % self.block_frames:
             raise ValueError(f"context of {latents.shape[1]} latent frames is not a whole number of "
                              f"{self.block_frames}-frame blocks")
         for i in range(0, latents.shape[1], self.block_frames):
-            self._call(latents[:, i:i + self.block_frames], 0.0, text_kv)
+            self._call(latents[:, i:i + self.block_frames], 0.0, text_at(text, self.frame))
             self.frame += self.block_frames
 
     def _to_x0(self, flow: Tensor, x: Tensor, sigma: float) -> Tensor:
@@ -58,8 +63,11 @@ class CausalSampler:
 
     def _renoise(self, x0: Tensor, sigma: float, generator: torch.Generator) -> Tensor:
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-        s = torch.tensor(sigma, dtype=torch.float32, device=x0.device)  # float32 σ, as the official table
-        return ((1 - s) * x0.float() + s * eps.float()).to(x0.dtype)
+        # σ and 1 − σ in float32, as the official table arithmetic; passed as scalars, so no copy to the device
+        # (a tensor made from a Python number would wait for the GPU).
+        s32 = torch.tensor(sigma, dtype=torch.float32)
+        keep, s = float(1 - s32), float(s32)
+        return (keep * x0.float() + s * eps.float()).to(x0.dtype)
 
     def denoise_block(self, noise: Tensor, text_kv: Tensor, generator: torch.Generator) -> Tensor:
         """Run one block's step list from `noise` [B, block_frames, C, h, w]; returns its x0 (cache not committed)."""
@@ -77,15 +85,17 @@ class CausalSampler:
         self.frame += x0.shape[1]
         self.blocks_done += 1
 
-    def stream(self, noise: Tensor, text_kv: Tensor, generator: torch.Generator) -> Iterator[Tensor]:
+    def stream(self, noise: Tensor, text: Tensor | TextSchedule, generator: torch.Generator) -> Iterator[Tensor]:
         """Yield the x0 of each block of `noise` [B, F, C, h, w] as soon as it exists.
 
+        `text` is one prompt's cross-attention K/V, or a `TextSchedule` looked up at each block's first latent frame.
         The clean-context pass after the last block is skipped: nothing reads it.
         """
         n = noise.shape[1]
         if n % self.block_frames:
             raise ValueError(f"{n} latent frames is not a whole number of {self.block_frames}-frame blocks")
         for i in range(0, n, self.block_frames):
+            text_kv = text_at(text, self.frame)  # the block's own prompt, for its steps and its clean pass
             x0 = self.denoise_block(noise[:, i:i + self.block_frames], text_kv, generator)
             yield x0
             if i + self.block_frames < n:

@@ -1,0 +1,186 @@
+"""Prompt switching: a schedule of prompts by time, validated against the video, and the per-block text lookup.
+
+A schedule is the opening prompt at 0 s plus switches at later times, from `--prompt-at TIME PROMPT` and/or a
+`--prompt-schedule` file of `SECONDS<TAB>PROMPT` lines. A time maps to the nearest video frame
+(`round(seconds·fps)`, halves up), that frame to the latent frame covering it (`(frame + 3) // 4`: latent 0 makes
+frame 0, latent k ≥ 1 frames 4k−3…4k), and the switch takes effect at the first block whose first latent frame is
+at or after that latent frame (blocks are 1 or 3 latent frames). `TextSchedule` then hands each block the
+cross-attention K/V of its prompt; the visual KV cache is never touched by a switch.
+"""
+
+import math
+import re
+from bisect import bisect_right
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import Tensor
+
+from cfcli.errors import CfError
+
+VAE_TIME = 4  # video frames per latent frame (after the first)
+_NUMBER = re.compile(r"\d+(\.\d*)?|\.\d+")
+
+
+@dataclass(frozen=True)
+class Switch:
+    """`prompt` from `seconds` on; `source` says where it was given, for error messages."""
+
+    seconds: float
+    prompt: str
+    source: str = ""
+
+
+def parse_time(text: str, source: str = "") -> float:
+    """Seconds from `12`, `12.5`, `12s`, `1:05` (m:ss) or `1:02:03.5` (h:mm:ss)."""
+    where = f" ({source})" if source else ""
+    raw = text.strip()
+    if raw.startswith("-"):
+        raise CfError(f"time {text!r}{where} is negative", "times count from the start of the video: 0, 12s, 1:05")
+    parts = (raw[:-1] if raw.endswith("s") else raw).split(":")
+    if not 1 <= len(parts) <= 3 or not all(_NUMBER.fullmatch(p) for p in parts) \
+            or any("." in p for p in parts[:-1]) or (len(parts) > 1 and float(parts[-1]) >= 60) \
+            or (len(parts) == 3 and int(parts[1]) >= 60):
+        raise CfError(f"{text!r}{where} is not a time", "write seconds (12, 12.5, 12s), m:ss (1:05) or h:mm:ss")
+    seconds = 0.0
+    for part in parts:
+        seconds = seconds * 60 + float(part)
+    return seconds
+
+
+def read_schedule_file(path: Path) -> list[Switch]:
+    """`SECONDS<TAB>PROMPT` lines (spaces work as the separator too); blank lines and `#` comments are skipped."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise CfError(f"cannot read --prompt-schedule {path}: {exc.strerror or exc}",
+                      "give a readable text file of SECONDS<TAB>PROMPT lines") from exc
+    except UnicodeDecodeError as exc:
+        raise CfError(f"cannot read --prompt-schedule {path}: it is not UTF-8 text",
+                      "give a text file of SECONDS<TAB>PROMPT lines") from exc
+    switches = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        source = f"line {n} of {Path(path).name}"
+        time, sep, prompt = line.partition("\t")
+        if not sep:  # a time never holds spaces, so the first run of spaces separates as well as a tab
+            time, _, prompt = line.partition(" ")
+        switches.append(Switch(parse_time(time, source), prompt.strip(), source))
+    if not switches:
+        raise CfError(f"{path} holds no prompt switches", "write one SECONDS<TAB>PROMPT line per switch")
+    return switches
+
+
+def parse_prompt_at(pairs: list[tuple[str, str]]) -> list[Switch]:
+    """`--prompt-at TIME PROMPT` pairs, in the order given."""
+    return [Switch(parse_time(time, f"--prompt-at {time}"), prompt.strip(), f"--prompt-at {time}")
+            for time, prompt in pairs]
+
+
+def _fmt(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+@dataclass(frozen=True)
+class PromptSchedule:
+    """One video's prompts by start time: `entries[0]` is the opening prompt at 0 s, then the switches in order."""
+
+    entries: tuple[Switch, ...]
+
+    @classmethod
+    def build(cls, opening: str | None, switches: list[Switch]) -> "PromptSchedule":
+        """Sort and check the switches; a switch at 0 s gives the opening prompt when `opening` is None."""
+        for s in switches:
+            if not s.prompt:
+                raise CfError(f"the prompt switch at {_fmt(s.seconds)} ({s.source}) has no prompt",
+                              "write the prompt after the time: 12s<TAB>the fox jumps into the river")
+        entries = sorted(switches, key=lambda s: s.seconds)
+        for a, b in zip(entries, entries[1:]):
+            if a.seconds == b.seconds:
+                raise CfError(f"two prompts start at {_fmt(a.seconds)} ({a.source}; {b.source})",
+                              "give each time one prompt")
+        if opening is not None and opening.strip():
+            if entries and entries[0].seconds == 0 and entries[0].prompt != opening.strip():
+                raise CfError(f"two opening prompts: PROMPT and the one at 0s ({entries[0].source})",
+                              "give the prompt from 0s once: as PROMPT or as a schedule line at 0")
+            if not entries or entries[0].seconds != 0:
+                entries.insert(0, Switch(0.0, opening.strip(), "PROMPT"))
+        elif not entries or entries[0].seconds != 0:
+            raise CfError("no prompt for the start of the video",
+                          'give PROMPT (cf generate "a fox in the snow" --prompt-at 12s "...") or a schedule line '
+                          "at 0")
+        return cls(tuple(entries))
+
+    @property
+    def opening(self) -> str:
+        return self.entries[0].prompt
+
+    @property
+    def has_switches(self) -> bool:
+        return len(self.entries) > 1
+
+    def prompts(self) -> list[str]:
+        """The distinct prompts, in order of first use (each is encoded once)."""
+        return list(dict.fromkeys(e.prompt for e in self.entries))
+
+    def as_metadata(self) -> list[list]:
+        return [[e.seconds, e.prompt] for e in self.entries]
+
+    def block_starts(self, fps: float, video_frames: int, block_frames: int) -> tuple[int, ...]:
+        """First latent frame of the block where each prompt takes effect; raises CfError for a switch that never shows.
+
+        A switch past the last frame, in the last block (no later block to switch at), or on the same block as the
+        previous prompt is refused rather than silently dropped.
+        """
+        latents = (video_frames - 1) // VAE_TIME + 1
+        length = f"the video is {video_frames / fps:.2f}s ({video_frames} frames at {fps:g} fps)"
+        starts = [0]
+        for prev, s in zip(self.entries, self.entries[1:]):
+            frame = math.floor(s.seconds * fps + 0.5)
+            if frame >= video_frames:
+                raise CfError(f"the prompt switch at {_fmt(s.seconds)} ({s.source}) is past the end of the video",
+                              f"{length}; switch earlier, or make it longer with --frames/--seconds")
+            latent = (frame + VAE_TIME - 1) // VAE_TIME
+            start = -(-latent // block_frames) * block_frames
+            if start >= latents:
+                last = video_frame(latents - block_frames)
+                raise CfError(f"the prompt switch at {_fmt(s.seconds)} ({s.source}) falls in the video's last block",
+                              f"a switch takes effect at the next block start, and the last block starts at frame "
+                              f"{last} ({last / fps:.2f}s); {length}")
+            if start == starts[-1]:
+                raise CfError(f"the prompts at {_fmt(prev.seconds)} and {_fmt(s.seconds)} start at the same block "
+                              f"(frame {video_frame(start)})",
+                              f"space switches at least one block ({max(1, VAE_TIME * block_frames)} frames) apart")
+            starts.append(start)
+        return tuple(starts)
+
+
+def video_frame(latent: int) -> int:
+    """The first video frame a latent frame makes (0, then 4k − 3)."""
+    return 0 if latent == 0 else VAE_TIME * latent - (VAE_TIME - 1)
+
+
+@dataclass(frozen=True)
+class TextSchedule:
+    """Cross-attention K/V by latent frame: `kvs[i]` serves blocks starting at or after `starts[i]` (starts[0] = 0).
+
+    Host integers only, so a lookup in the sampler loop never waits for the device.
+    """
+
+    starts: tuple[int, ...]
+    kvs: tuple[Tensor, ...]
+
+    def __post_init__(self):
+        if not self.starts or self.starts[0] != 0 or len(self.starts) != len(self.kvs) \
+                or any(a >= b for a, b in zip(self.starts, self.starts[1:])):
+            raise ValueError(f"bad text schedule starts {self.starts}")
+
+    def at(self, frame: int) -> Tensor:
+        return self.kvs[bisect_right(self.starts, frame) - 1]
+
+
+def text_at(text: "Tensor | TextSchedule | None", frame: int) -> Tensor:
+    """Cross-attention K/V for a block starting at latent `frame`; a plain tensor (one prompt) serves every block."""
+    return text.at(frame) if isinstance(text, TextSchedule) else text
