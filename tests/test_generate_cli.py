@@ -1,7 +1,6 @@
 """`cf generate` as creators use it: files, metadata, streaming, Ctrl-C, prompt cache and clean errors."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest

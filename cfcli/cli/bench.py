@@ -4,7 +4,8 @@ import json
 
 import typer
 
-from cfcli.cli.common import console, friendly, is_tty, pick_device, pick_dtype, preset_name
+from cfcli.cli.common import (DeviceOpt, DtypeOpt, JsonOpt, ModeOpt, PresetOpt, StepsOpt, console, friendly,
+                              is_tty, pick_device, pick_dtype, preset_name)
 from cfcli.errors import CfError
 
 
@@ -12,9 +13,9 @@ def register(app: typer.Typer) -> None:
     @app.command("bench")
     @friendly
     def bench(
-        preset: str = typer.Option(None, "--preset", help="Preset name or path to a preset YAML file."),
-        mode: str = typer.Option(None, "--mode", help="framewise | chunkwise (picks a shipped preset)."),
-        steps: int = typer.Option(None, "--steps", help="4, 2 or 1 (frame-wise)."),
+        preset: PresetOpt = None,
+        mode: ModeOpt = None,
+        steps: StepsOpt = None,
         frames: int = typer.Option(None, "--frames", help="Video frames (default: the preset's; rounded up)."),
         height: int = typer.Option(None, "--height", help="Override the preset's height (multiple of 16)."),
         width: int = typer.Option(None, "--width", help="Override the preset's width (multiple of 16)."),
@@ -22,12 +23,12 @@ def register(app: typer.Typer) -> None:
                                             help="Random weights of the preset's size, even if the real ones are "
                                                  "cached (they are used anyway when not downloaded)."),
         repeat: int = typer.Option(3, "--repeat", help="Timed runs after the warm-up (medians are reported)."),
-        device: str = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
-        dtype: str = typer.Option(None, "--dtype", help="float32 | bfloat16 (default: bfloat16 on GPU)."),
+        device: DeviceOpt = None,
+        dtype: DtypeOpt = None,
         peak_tflops: float = typer.Option(None, "--peak-tflops",
                                           help="Matmul rate for the FLOP floors (default: 700, an assumed H100 "
                                                "bf16 rate)."),
-        json_out: bool = typer.Option(False, "--json", help="Print only a JSON object on stdout."),
+        json_out: JsonOpt = False,
     ) -> None:
         """Time warm generations: end-to-end and DiT-only FPS, first frame, block latency, memory, floors."""
         from cfcli.pipeline import bench as job

@@ -4,6 +4,7 @@ import functools
 import random
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -11,6 +12,19 @@ from rich.console import Console
 from cfcli.errors import CfError
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+# Options several commands share, declared once (`preset: PresetOpt = None`).
+PresetOpt = Annotated[str | None, typer.Option("--preset", help="Preset name or path to a preset YAML file.")]
+ModeOpt = Annotated[str | None, typer.Option("--mode", help="framewise | chunkwise | longvideo (a shipped preset).")]
+StepsOpt = Annotated[int | None, typer.Option("--steps", help="4, 2 or 1 (frame-wise).")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (random when omitted; printed).")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")]
+CodecOpt = Annotated[str, typer.Option("--codec", help="h264 | h265 | ffv1 (lossless, use .mkv).")]
+CrfOpt = Annotated[int, typer.Option("--crf", help="Quality for h264/h265: lower is better (0-51).")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu | cuda (default: cuda when available).")]
+DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="float32 | bfloat16 (default: bfloat16 on GPU).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (for scripts).")]
 DTYPES = ("float32", "bfloat16", "float16")
 
 

@@ -22,7 +22,7 @@ from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progre
 from rich.table import Table
 
 from cfcli import hub
-from cfcli.cli.common import console, friendly, preset_name
+from cfcli.cli.common import ModeOpt, PresetOpt, QuietOpt, StepsOpt, console, friendly, preset_name
 from cfcli.errors import CfError
 from cfcli.presets import Preset, load_preset, shipped_presets
 
@@ -33,14 +33,14 @@ def register(app: typer.Typer) -> None:
     @app.command("download")
     @friendly
     def download(
-        mode: str = typer.Option(None, "--mode", help="framewise | chunkwise | longvideo (picks a shipped preset)."),
-        steps: int = typer.Option(None, "--steps", help="4, 2 or 1 (frame-wise)."),
-        preset: str = typer.Option(None, "--preset", help="Preset name or path to a preset YAML file."),
+        mode: ModeOpt = None,
+        steps: StepsOpt = None,
+        preset: PresetOpt = None,
         all_: bool = typer.Option(False, "--all", help="Every shipped preset."),
         dry_run: bool = typer.Option(False, "--dry-run", help="List files, sizes and what is cached; fetch nothing."),
         list_: bool = typer.Option(False, "--list", help="List the shipped presets and whether they are ready."),
         verify: bool = typer.Option(False, "--verify", help="Hash cached files again, even those checked before."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+        quiet: QuietOpt = False,
     ) -> None:
         """Download the weights a preset needs (only those files), verified, then convert the generator once."""
         if list_:

@@ -4,7 +4,9 @@ from pathlib import Path
 
 import typer
 
-from cfcli.cli.common import check_out, console, friendly, new_seed, pick_device, pick_dtype, preset_name
+from cfcli.cli.common import (CodecOpt, CrfOpt, DeviceOpt, DtypeOpt, JsonOpt, ModeOpt, OverwriteOpt,
+                              PresetOpt, QuietOpt, SeedOpt, StepsOpt, check_out, console, friendly, new_seed,
+                              pick_device, pick_dtype, preset_name)
 from cfcli.cli.generate import report
 from cfcli.cli.progress import ProgressView
 from cfcli.errors import CfError
@@ -21,20 +23,20 @@ def register(app: typer.Typer) -> None:
         context_frames: int = typer.Option(None, "--context-frames",
                                            help="Clip frames used as context (1 + 4k; default 17 / 21)."),
         only_new: bool = typer.Option(False, "--only-new", help="Write only the continuation."),
-        preset: str = typer.Option(None, "--preset", help="Preset name or path to a preset YAML file."),
-        mode: str = typer.Option(None, "--mode", help="framewise | chunkwise (picks a shipped preset)."),
-        steps: int = typer.Option(None, "--steps", help="4, 2 or 1 (frame-wise)."),
-        seed: int = typer.Option(None, "--seed", help="Random seed (random when omitted; printed)."),
+        preset: PresetOpt = None,
+        mode: ModeOpt = None,
+        steps: StepsOpt = None,
+        seed: SeedOpt = None,
         fps: int = typer.Option(None, "--fps", help="Playback frame rate (default: the clip's)."),
         out: Path = typer.Option(None, "--out", "-o", help="Output file (default <clip>-extended-<seed>.mp4)."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
-        codec: str = typer.Option("h264", "--codec", help="h264 | h265 | ffv1 (lossless, use .mkv)."),
-        crf: int = typer.Option(18, "--crf", help="Quality for h264/h265: lower is better (0-51)."),
-        device: str = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
-        dtype: str = typer.Option(None, "--dtype", help="float32 | bfloat16 (default: bfloat16 on GPU)."),
+        overwrite: OverwriteOpt = False,
+        codec: CodecOpt = "h264",
+        crf: CrfOpt = 18,
+        device: DeviceOpt = None,
+        dtype: DtypeOpt = None,
         save_latents: Path = typer.Option(None, "--save-latents", help="Write context + new latents."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
-        json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+        quiet: QuietOpt = False,
+        json_out: JsonOpt = False,
     ) -> None:
         """Continue a video clip; the output is the clip followed by the new frames (or only the new ones)."""
         from cfcli.pipeline import extend as job

@@ -7,8 +7,9 @@ from pathlib import Path
 import typer
 from typer.core import TyperCommand
 
-from cfcli.cli.common import (check_out, console, fail, friendly, new_seed, pick_device, pick_dtype,
-                              preset_name)
+from cfcli.cli.common import (CodecOpt, CrfOpt, DeviceOpt, DtypeOpt, JsonOpt, ModeOpt, OverwriteOpt,
+                              PresetOpt, QuietOpt, SeedOpt, StepsOpt, check_out, console, friendly,
+                              new_seed, pick_device, pick_dtype, preset_name)
 from cfcli.cli.progress import ProgressView
 from cfcli.errors import CfError
 
@@ -54,20 +55,20 @@ def register(app: typer.Typer) -> None:
     @friendly
     def generate(
         prompt: str = typer.Argument(None, help="What the video shows."),
-        preset: str = typer.Option(None, "--preset", help="Preset name or path to a preset YAML file."),
-        mode: str = typer.Option(None, "--mode", help="framewise | chunkwise | longvideo (picks a shipped preset)."),
-        steps: int = typer.Option(None, "--steps", help="4, 2 or 1 (frame-wise)."),
+        preset: PresetOpt = None,
+        mode: ModeOpt = None,
+        steps: StepsOpt = None,
         frames: int = typer.Option(None, "--frames", help="Video frames (rounded up to what the model makes)."),
         seconds: float = typer.Option(None, "--seconds", help="Video length in seconds (instead of --frames)."),
         fps: int = typer.Option(None, "--fps", help="Playback frame rate (default: the preset's)."),
-        seed: int = typer.Option(None, "--seed", help="Random seed (random when omitted; printed)."),
+        seed: SeedOpt = None,
         image: Path = typer.Option(None, "--image", help="Start from this picture (frame-wise only)."),
         out: Path = typer.Option(None, "--out", "-o", help="Output file (default outputs/<prompt>-<seed>.mp4)."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
-        codec: str = typer.Option("h264", "--codec", help="h264 | h265 | ffv1 (lossless, use .mkv)."),
-        crf: int = typer.Option(18, "--crf", help="Quality for h264/h265: lower is better (0-51)."),
-        device: str = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
-        dtype: str = typer.Option(None, "--dtype", help="float32 | bfloat16 (default: bfloat16 on GPU)."),
+        overwrite: OverwriteOpt = False,
+        codec: CodecOpt = "h264",
+        crf: CrfOpt = 18,
+        device: DeviceOpt = None,
+        dtype: DtypeOpt = None,
         save_latents: Path = typer.Option(None, "--save-latents", help="Also write the latents (safetensors)."),
         prompt_file: Path = typer.Option(None, "--prompt-file", help="One prompt per line; models load once."),
         prompt_at: list[str] = typer.Option(None, "--prompt-at", metavar="TIME PROMPT",
@@ -75,12 +76,10 @@ def register(app: typer.Typer) -> None:
         prompt_schedule: Path = typer.Option(None, "--prompt-schedule",
                                              help="Prompt switches: lines SECONDS<TAB>PROMPT (a line at 0 may "
                                                   "replace PROMPT)."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
-        json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+        quiet: QuietOpt = False,
+        json_out: JsonOpt = False,
     ) -> None:
         """Generate a video from a text prompt (and optionally a starting picture)."""
-        import torch  # noqa: F401 - heavy import only when a command runs
-
         from cfcli.pipeline import generate as job
         from cfcli.pipeline.video import CODECS
         from cfcli.presets import load_preset
