@@ -48,3 +48,15 @@ def test_a_different_prompt_moves_the_latents(cf, golden, tmp_path):
                      tmp_path / "v.mkv"))
     assert r.exit_code == 0, r.output
     assert rel_err(load_file(str(tmp_path / "l.safetensors"))["latents"], golden[f"{c['name']}.latents"]) > 1e-3
+
+
+def test_bfloat16_stays_within_bf16_tolerance_of_the_official_float32(cf, golden, tmp_path):
+    """The bf16 path (official precision map: bf16 weights, modulation and residuals) moves latents by ~3e-3."""
+    c = CASES["framewise_2step_t2v"]
+    args = contract(c["preset"], c["prompt"], c["seed"], c["video_frames"], tmp_path / "l.safetensors",
+                    tmp_path / "v.mkv")
+    args[args.index("float32")] = "bfloat16"
+    r = cf(*args)
+    assert r.exit_code == 0, r.output
+    err = rel_err(load_file(str(tmp_path / "l.safetensors"))["latents"], golden[f"{c['name']}.latents"])
+    assert 1e-5 < err < 2e-2  # really ran in bf16, and stayed close
