@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from cfcli.models.dit import CausalWanDiT, DiTConfig
-from cfcli.pipeline import bench
+from cfcli.models.t5 import T5Config
+from cfcli.models.vae import VAEConfig
+from cfcli.pipeline import bench, flops
 from cfcli.pipeline.engine import Engine
 from cfcli.pipeline.sampler import CausalSampler
 from cfcli.presets import load_preset
@@ -110,14 +112,14 @@ def test_long_video_bench_runs_on_the_rolling_sampler(cf):
 def test_rolling_call_plan_follows_the_official_trace():
     """Spec §5.2 trace (252 latent frames): main-pass keys of windows 3, 4, 6, 10 and their clean passes."""
     preset = load_preset(FIXTURES / "tiny-longvideo.yaml")
-    blocks = bench.rolling_block_calls(preset, 252)
+    blocks = flops.rolling_block_calls(preset, 252)
     assert len(blocks) == 84
     first = blocks[0]  # windows 0-3 and the clean pass of block 0 (window 3 finishes it)
     assert [c.keys for c in first] == [3, 6, 9, 12, 3] and [c.frames for c in first] == [3, 6, 9, 12, 3]
-    assert blocks[1] == [bench.DiTCall(12, 15), bench.DiTCall(3, 6)]  # window 4: anchor + its own 12 frames
-    assert blocks[3] == [bench.DiTCall(12, 21), bench.DiTCall(3, 12)]  # window 6
-    assert blocks[7] == [bench.DiTCall(12, 21), bench.DiTCall(3, 21)]  # window 10: clean pass without the anchor
-    assert blocks[-1] == [bench.DiTCall(3, 21)]  # the last window: main pass only
+    assert blocks[1] == [flops.DiTCall(12, 15), flops.DiTCall(3, 6)]  # window 4: anchor + its own 12 frames
+    assert blocks[3] == [flops.DiTCall(12, 21), flops.DiTCall(3, 12)]  # window 6
+    assert blocks[7] == [flops.DiTCall(12, 21), flops.DiTCall(3, 21)]  # window 10: clean pass without the anchor
+    assert blocks[-1] == [flops.DiTCall(3, 21)]  # the last window: main pass only
 
 
 # --- the FLOP model ----------------------------------------------------------------------------------------------
@@ -160,34 +162,34 @@ def test_dit_flops_match_flop_counter_on_the_real_sampler(preset, latent_frames)
     noise = torch.empty(1, latent_frames, cfg.in_dim, h, w, device="meta")
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         list(sampler.stream(noise, dit.text_kv(context), None))
-    assert sum(bench.flop_plan(p, latent_frames).dit_blocks) == counter.get_total_flops()
+    assert sum(flops.flop_plan(p, latent_frames).dit_blocks) == counter.get_total_flops()
 
 
 def test_dit_flops_match_the_spec_at_full_size():
     """Spec §7.1–7.2 (which also counts an 8.86 GFLOP text MLP per call that cfcli runs once per prompt)."""
     cfg = DiTConfig()
-    assert bench.dit_call_flops(cfg, 1560, bench.DiTCall(1, 21)) / 1e12 == pytest.approx(13.48, rel=2e-3)
-    assert bench.dit_call_flops(cfg, 1560, bench.DiTCall(3, 21)) / 1e12 == pytest.approx(40.42, rel=2e-3)
+    assert flops.dit_call_flops(cfg, 1560, flops.DiTCall(1, 21)) / 1e12 == pytest.approx(13.48, rel=2e-3)
+    assert flops.dit_call_flops(cfg, 1560, flops.DiTCall(3, 21)) / 1e12 == pytest.approx(40.42, rel=2e-3)
     for name, tflop in (("chunkwise", 950.4), ("framewise", 930.9), ("framewise-2step", 562.2),
                         ("framewise-1step", 377.9)):
         p = load_preset(name)
-        assert sum(bench.flop_plan(p, 21).dit_blocks) / 1e12 == pytest.approx(tflop, rel=2e-3), name
-    assert bench.t5_flops(bench.T5Config(), 512) / 1e12 == pytest.approx(4.85, rel=5e-3)
+        assert sum(flops.flop_plan(p, 21).dit_blocks) / 1e12 == pytest.approx(tflop, rel=2e-3), name
+    assert flops.t5_flops(T5Config(), 512) / 1e12 == pytest.approx(4.85, rel=5e-3)
 
 
 def test_vae_decode_flops_at_480p():
     """The decoder at 60×104 latents: pinned (docs/performance.md), and the first latent frame is the cheaper one."""
-    first, later = bench.vae_latent_flops(bench.VAEConfig(), 60, 104)
+    first, later = flops.vae_latent_flops(VAEConfig(), 60, 104)
     assert first / 1e12 == pytest.approx(4.352, rel=1e-3)
     assert later / 1e12 == pytest.approx(13.550, rel=1e-3)
-    quarter = bench.vae_latent_flops(bench.VAEConfig(), 30, 52)[1]
+    quarter = flops.vae_latent_flops(VAEConfig(), 30, 52)[1]
     assert 0.24 < quarter / later < 0.26  # convolutions scale with the pixel count
 
 
 def test_block_calls_of_a_rolling_cache():
     """Past the 21-frame horizon the cache rolls: keys stop growing at the window."""
     p = load_preset("chunkwise")
-    calls = bench.dit_block_calls(p, 30)
+    calls = flops.dit_block_calls(p, 30)
     assert [c[-1].keys for c in calls] == [3, 6, 9, 12, 15, 18, 21, 21, 21, 21]
     assert [len(c) for c in calls] == [4] + [5] * 9
 

@@ -45,6 +45,14 @@ def to_uint8(pixels: Tensor) -> Tensor:
     return (pixels.float() * 0.5 + 0.5).clamp(0, 1).mul(255).to(torch.uint8)
 
 
+def cache_window(preset: Preset, total_frames: int) -> tuple[int, bool]:
+    """(latent frames the causal KV cache holds, whether it rolls): global attention over the whole video up to the
+    horizon the model was trained on, a window of `local_attn_frames` (or the horizon) beyond it."""
+    window = preset.local_attn_frames if preset.local_attn_frames != -1 else preset.horizon_frames
+    rolling = preset.local_attn_frames != -1 or total_frames > preset.horizon_frames
+    return (window if rolling else total_frames), rolling
+
+
 @dataclass
 class Chunk:
     """One finished block: its latents [F, C, h, w] (on the device) and decoded pixels [n, 3, H, W] uint8.
@@ -99,12 +107,11 @@ class Engine:
         if total_frames > MAX_ROPE_FRAMES - 1:
             raise CfError(f"{video_frames_for(total_frames)} video frames is too long for the model's position table",
                           f"the maximum is {video_frames_for(MAX_ROPE_FRAMES - 1)} frames")
-        window = p.local_attn_frames if p.local_attn_frames != -1 else p.horizon_frames
         if p.sampler == "rolling":
+            window = p.local_attn_frames if p.local_attn_frames != -1 else p.horizon_frames
             return rolling_cache(self.dit, self.latent_hw, p.block_frames, window, len(self.plan.steps),
                                  dtype=self.dtype, device=self.device)
-        rolling = p.local_attn_frames != -1 or total_frames > p.horizon_frames
-        capacity = window if rolling else total_frames
+        capacity, rolling = cache_window(p, total_frames)
         return KVCache(cfg.num_layers, 1, capacity, self.dit.frame_tokens(*self.latent_hw), cfg.num_heads,
                        cfg.head_dim, sink_frames=p.sink_frames if rolling else 0, rolling=rolling,
                        dtype=self.dtype, device=self.device)

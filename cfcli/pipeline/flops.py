@@ -1,0 +1,136 @@
+"""FLOP model of a generation: the DiT per call over the sampler's real call sequence, the VAE decoder, umT5.
+
+`cf bench` sets every timing against these counts (docs/performance.md). The DiT is counted analytically per call
+(spec §7.1–7.2), following the causal sampler's or the rolling sampler's call order; the VAE decoder by running the
+real streaming decoder on the meta device under `FlopCounterMode`; umT5 analytically. 2 FLOPs per multiply-add,
+matmuls and convolutions only.
+"""
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+
+from cfcli.models.dit import DiTConfig
+from cfcli.models.t5 import T5Config
+from cfcli.models.vae import VAEConfig, WanVAE
+from cfcli.pipeline.engine import VAE_SPACE, cache_window
+from cfcli.presets import Preset
+
+
+
+@dataclass(frozen=True)
+class DiTCall:
+    frames: int  # latent frames in the call (query)
+    keys: int  # latent frames attended (cache read slice, the call's own included)
+
+
+def dit_call_flops(cfg: DiTConfig, frame_tokens: int, call: DiTCall) -> int:
+    """FLOPs (2 per multiply-add) of one DiT forward: matmuls and attention only (spec §7.1)."""
+    d, n, k = cfg.dim, call.frames * frame_tokens, call.keys * frame_tokens
+    linear = n * (12 * d * d + 4 * d * cfg.ffn_dim)  # q,k,v,o self; q,o cross; FFN
+    attn = 4 * n * k * d + 4 * n * cfg.text_len * d  # scores + values, self and cross (all text_len keys)
+    patch = math.prod(cfg.patch_size)
+    io = 2 * n * d * patch * (cfg.in_dim + cfg.out_dim)  # patch embedding + head
+    t = 2 * call.frames * (cfg.freq_dim * d + d * d + 6 * d * d)  # time MLP + projection, per latent frame
+    return cfg.num_layers * (linear + attn) + io + t
+
+
+def text_kv_flops(cfg: DiTConfig) -> int:
+    """Text embedding MLP + every layer's cross K/V projections, once per prompt (`Engine.text_kv`)."""
+    t, d = cfg.text_len, cfg.dim
+    return 2 * t * (cfg.text_dim * d + d * d) + cfg.num_layers * 4 * t * d * d
+
+
+def dit_block_calls(preset: Preset, latent_frames: int) -> list[list[DiTCall]]:
+    if preset.sampler == "rolling":
+        return rolling_block_calls(preset, latent_frames)
+    return causal_block_calls(preset, latent_frames)
+
+
+def rolling_block_calls(preset: Preset, latent_frames: int) -> list[list[DiTCall]]:
+    """DiT calls of the Rolling Forcing sampler (`RollingSampler.stream`), grouped by the block each window yields.
+
+    Main pass: the window's frames attend to themselves, plus (once the window has left frame 0) the anchor block
+    and the working cache, capped at the attention window. Clean pass (windows that finish a block, but the last):
+    the block's frames attend to the newest cached frames including itself, capped likewise.
+    """
+    from cfcli.pipeline.rolling import windows
+
+    bf, attn = preset.block_frames, preset.local_attn_frames
+    blocks: list[list[DiTCall]] = [[]]
+    wins = windows(latent_frames // bf, len(preset.steps))
+    for win in wins:
+        frames, start = win.blocks * bf, win.first * bf
+        keys = frames if start == 0 else bf + min(start - bf, attn - frames - bf) + frames
+        blocks[-1].append(DiTCall(frames, keys))
+        if win.finishes:
+            if win is not wins[-1]:
+                blocks[-1].append(DiTCall(bf, min(attn, (win.first + 1) * bf)))
+            blocks.append([])
+    return blocks[:-1]
+
+
+def causal_block_calls(preset: Preset, latent_frames: int) -> list[list[DiTCall]]:
+    """DiT calls timed in each block's interval, in the sampler's order (`CausalSampler.stream`).
+
+    Block i's interval holds the clean-context pass of block i − 1 (run after that block was handed out) and the
+    denoising steps of block i; no context pass follows the last block.
+    """
+    bf = preset.block_frames
+    capacity, _ = cache_window(preset, latent_frames)
+    blocks, prev = [], None
+    for i in range(latent_frames // bf):
+        steps = preset.first_block_steps if i == 0 and preset.first_block_steps else preset.steps
+        call = DiTCall(bf, min((i + 1) * bf, capacity))
+        blocks.append(([prev] if prev else []) + [call] * len(steps))
+        prev = call
+    return blocks
+
+
+@functools.lru_cache(maxsize=8)
+def vae_latent_flops(cfg: VAEConfig, h: int, w: int) -> tuple[int, int]:
+    """Decoder FLOPs of (the first latent frame, each later one) at latent size h×w.
+
+    Counted by running the real streaming decoder on the meta device under FlopCounterMode: convolutions and the
+    middle attention's matmuls, exactly as shaped at this resolution, no arithmetic run. Every later latent frame
+    runs identical ops (the first skips the time upsampling and makes 1 frame instead of 4).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        vae = WanVAE(cfg)
+    z = torch.empty(1, 2, cfg.z_dim, h, w, device="meta")
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        decoder = vae.stream_decoder()
+        decoder.decode(z[:, :1])
+        first = counter.get_total_flops()
+        decoder.decode(z[:, 1:])
+        later = counter.get_total_flops() - first
+    return first, later
+
+
+def t5_flops(cfg: T5Config, tokens: int) -> int:
+    """umT5 encoder over `tokens` real tokens: projections, gated FFN, attention scores + values."""
+    per_token = 2 * (4 * cfg.dim * cfg.dim_attn + 3 * cfg.dim * cfg.dim_ffn) + 4 * tokens * cfg.dim_attn
+    return cfg.num_layers * tokens * per_token
+
+
+@dataclass
+class FlopPlan:
+    dit_blocks: list[int]  # DiT FLOPs timed in each block's interval (block 0 includes the text K/V)
+    vae_blocks: list[int]  # decoder FLOPs of each block's latents
+
+
+def flop_plan(preset: Preset, latent_frames: int) -> FlopPlan:
+    dcfg = DiTConfig(**preset.arch("dit"))
+    h, w = preset.height // VAE_SPACE, preset.width // VAE_SPACE
+    ph, pw = dcfg.patch_size[1:]
+    tokens = (h // ph) * (w // pw)
+    dit = [sum(dit_call_flops(dcfg, tokens, c) for c in calls) for calls in dit_block_calls(preset, latent_frames)]
+    dit[0] += text_kv_flops(dcfg)
+    first, later = vae_latent_flops(VAEConfig(**preset.arch("vae")), h, w)
+    bf = preset.block_frames
+    vae = [first + (bf - 1) * later if i == 0 else bf * later for i in range(len(dit))]
+    return FlopPlan(dit, vae)
