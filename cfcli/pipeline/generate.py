@@ -135,7 +135,8 @@ def stream_to_file(chunks: Iterable[Chunk], writer: "SafeWriter", total: int, re
     pending = None  # written one block late: the GPU already has the next block queued while we wait on this one
     try:
         for chunk in chunks:
-            latents.append(chunk.latents)
+            if req.save_latents is not None:  # otherwise a long video need not keep its latents on the GPU
+                latents.append(chunk.latents)
             done, pending = pending, (chunk if write_context or not chunk.context else None)
             if done is not None:
                 write(done)
