@@ -31,6 +31,7 @@ def test_extend_a_generated_clip_reads_the_prompt_back(cf, clip, tmp_path):
     assert result.frames.shape[0] == 21 + 16 and result.fps == 12
     assert torch.equal(result.frames[:21], original.frames)  # ffv1: the original frames come back bit-exact
     assert result.metadata["prompt"] == PROMPT and result.metadata["extended_from"] == str(clip)
+    assert result.metadata["fps"] == 12 and result.metadata["frames"] == 37
 
 
 def test_only_new_and_seconds(cf, clip, tmp_path):
@@ -145,3 +146,20 @@ def test_context_not_on_the_vae_grid(cf, clip, tmp_path):
 def test_clip_without_prompt_needs_one(cf, tmp_path):
     r = cf("extend", FIXTURES / "framewise_4step_extend.mkv", *BASE, "--out", tmp_path / "x.mp4")
     assert r.exit_code == 1 and "--prompt" in r.output and _no_output(tmp_path)
+
+
+def test_ntsc_rate_is_kept(cf, tmp_path):
+    import av
+
+    path = tmp_path / "ntsc.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=Fraction(30000, 1001))
+        s.width, s.height, s.pix_fmt = 80, 48, "yuv420p"
+        for i in range(9):
+            for p in s.encode(av.VideoFrame.from_ndarray(np.full((48, 80, 3), 40 * (i % 5), np.uint8), "rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    r = cf("extend", path, *BASE, "--prompt", "grey", "--frames", 4, "--seed", 1, "--out", tmp_path / "o.mp4")
+    assert r.exit_code == 0, r.output
+    assert read_video(tmp_path / "o.mp4").fps == pytest.approx(30000 / 1001, rel=1e-4)

@@ -64,7 +64,8 @@ def pick_device(device: str | None):
     except RuntimeError:
         raise CfError(f"unknown device {device!r}", "use cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CfError("CUDA is not available on this machine", "use --device cpu (slow) or install a CUDA build of torch")
+        raise CfError("CUDA is not available on this machine",
+                      "use --device cpu (slow) or install a CUDA build of torch")
     return dev
 
 

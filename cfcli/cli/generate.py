@@ -181,5 +181,5 @@ def report(s, quiet: bool, json_out: bool) -> None:
         console.print(f"[yellow]stopped:[/] {s.frames} frames kept in {s.path}")
         return
     first = f"{s.first_frame_s:.2f}s" if s.first_frame_s is not None else "-"
-    console.print(f"[green]✓[/] {s.path}  ·  {s.frames} frames, {s.seconds:.2f}s at {s.fps} fps  ·  "
+    console.print(f"[green]✓[/] {s.path}  ·  {s.frames} frames, {s.seconds:.2f}s at {s.fps:g} fps  ·  "
                   f"first frame {first}  ·  {s.generation_fps:.1f} frames/s  ·  seed {s.seed}")

@@ -66,7 +66,8 @@ def context_latents(preset: Preset, clip_frames: int, context_frames: int | None
         except ValueError:
             n = 0
         if n == 0 or n % bf:
-            valid = [video_frames_for(k) for k in range(bf, latent_frames_for(1 + 4 * ((clip_frames - 1) // 4)) + 1, bf)]
+            most = (clip_frames - 1) // 4 + 1  # latent frames the clip can give
+            valid = [video_frames_for(k) for k in range(bf, most + 1, bf)]
             raise CfError(f"--context-frames {context_frames} is not a valid context length for {preset.mode}",
                           f"use 1 + 4k frames{' making whole 3-latent blocks' if bf > 1 else ''}, e.g. "
                           f"{', '.join(map(str, valid[:4])) or 'a longer clip'}")
@@ -86,7 +87,7 @@ def run(req: ExtendRequest, on_progress: Callable[[Progress], None] = lambda p: 
     prompt = req.prompt or clip.metadata.get("prompt")
     if not prompt or not str(prompt).strip():
         raise CfError(f"{req.clip} has no prompt in its metadata", 'pass --prompt "what happens next"')
-    fps = req.fps or round(clip.fps) or p.fps
+    fps = req.fps or clip.fps or p.fps  # the clip's own rate, NTSC 29.97 included
     new_frames = req.new_frames if req.seconds is None else round(req.seconds * fps)
     if new_frames <= 0:
         raise CfError(f"--frames must be positive, got {new_frames}")
@@ -105,8 +106,8 @@ def run(req: ExtendRequest, on_progress: Callable[[Progress], None] = lambda p: 
     engine = engine or Engine.load(p, req.device, req.dtype)
     ctx_latents = engine.encode_video(to_model_range(context).permute(1, 0, 2, 3))
     total = new_latents * 4 + (0 if req.only_new else frames.shape[0])
-    meta = metadata(_as_generate(req, prompt), frames=total, extended_from=str(req.clip),
-                    context_frames=video_frames_for(n_ctx))
+    meta = metadata(_as_generate(req, prompt), frames=total, fps=round(float(fps), 3),
+                    extended_from=str(req.clip), context_frames=video_frames_for(n_ctx))
     writer = SafeWriter(req.out, fps, p.width, p.height, req.codec, req.crf, meta)
     if not req.only_new:
         try:

@@ -29,7 +29,7 @@ ENCODER_PARAMS = {"h264": ("x264-params", "rc-lookahead=8:log-level=error"),
 class VideoWriter:
     """Append uint8 frames [n, 3, H, W] to a video file as they are produced; `close()` finalises the container."""
 
-    def __init__(self, path: Path, fps: int, width: int, height: int, codec: str = "h264", crf: int = 18,
+    def __init__(self, path: Path, fps: float, width: int, height: int, codec: str = "h264", crf: int = 18,
                  metadata: dict | None = None):
         import av
 
@@ -43,7 +43,8 @@ class VideoWriter:
         self._container = av.open(str(self.path), mode="w", options=options)
         if metadata:
             self._container.metadata[META_KEY] = json.dumps(metadata, ensure_ascii=False)
-        self._stream = self._container.add_stream(name, rate=Fraction(fps))
+        rate = Fraction(fps).limit_denominator(1001)  # 29.97 -> 30000/1001
+        self._stream = self._container.add_stream(name, rate=rate)
         self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, pix_fmt
         if codec in ENCODER_PARAMS:
             key, params = ENCODER_PARAMS[codec]
