@@ -152,13 +152,18 @@ def test_repeated_prompt_never_loads_the_text_encoder(cf, tmp_path, monkeypatch)
 def test_prompt_file_loads_models_once(cf, tmp_path, monkeypatch):
     from cfcli.pipeline.engine import Engine
 
-    loads = []
+    from cfcli.pipeline.text import PromptEncoder
+
+    loads, encodes = [], []
     load = Engine.load.__func__
     monkeypatch.setattr(Engine, "load", classmethod(lambda cls, *a, **k: loads.append(1) or load(cls, *a, **k)))
+    run_encoder = PromptEncoder._run_encoder
+    monkeypatch.setattr(PromptEncoder, "_run_encoder", lambda self, p: encodes.append(p) or run_encoder(self, p))
     (tmp_path / "prompts.txt").write_text("a fox\n\na cat on a roof\n")
     r = gen(cf, "--prompt-file", tmp_path / "prompts.txt", "--frames", 5, "--seed", 1, "--out", tmp_path / "v.mp4")
     assert r.exit_code == 0, r.output
     assert len(loads) == 1
+    assert encodes == [["a fox", "a cat on a roof"]]  # one umT5 load for every prompt, before the DiT
     assert read_video(tmp_path / "v-000.mp4").metadata["prompt"] == "a fox"
     assert read_video(tmp_path / "v-001.mp4").metadata["prompt"] == "a cat on a roof"
 

@@ -99,22 +99,24 @@ def register(app: typer.Typer) -> None:
         if real != want and not quiet:
             console.print(f"[yellow]note:[/] {want} frames is not a length the model makes; generating {real}")
         starts = schedule.block_starts(fps_, real, p.block_frames) if schedule else ()  # refused before models load
-        engine = encoder = None
+        runs = []  # (prompt, seed, path), every output path checked before any model loads
         for i, text in enumerate(prompts):
             s = new_seed(seed)
             path = out or Path("outputs") / f"{slug(text)}-{s}.mp4"
             if out is not None and len(prompts) > 1:
                 path = out.with_name(f"{out.stem}-{i:03d}{out.suffix}")
             check_out(path, overwrite)
+            runs.append((text, s, path))
+        # Every prompt is encoded in one umT5 load, which is gone before the DiT loads (once, for all prompts).
+        encoder = job.PromptEncoder(p, dev, dt)
+        encoder.encode(schedule.prompts() if schedule else prompts)
+        engine = job.Engine.load(p, dev, dt)
+        for text, s, path in runs:
             if not quiet:
                 console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {real} frames → {path}")
                 show_switches(schedule, starts, fps_, p)
             req = job.GenerateRequest(text, p, s, real, path, dev, dt, codec, crf, fps, image, save_latents,
                                       schedule)
-            encoder = encoder or job.PromptEncoder(p, dev, dt)
-            if engine is None and encoder is not None:
-                encoder.encode(schedule.prompts() if schedule else [text])  # umT5 is gone before the DiT loads
-                engine = job.Engine.load(p, dev, dt)
             with ProgressView(enabled=not quiet, fps=fps_, device=dev) as view:
                 summary = job.run(req, view.update, engine=engine, prompt_encoder=encoder)
             report(summary, quiet, json_out)
