@@ -45,12 +45,16 @@ def to_uint8(pixels: Tensor) -> Tensor:
     return (pixels.float() * 0.5 + 0.5).clamp(0, 1).mul(255).to(torch.uint8)
 
 
+def attention_window(preset: Preset) -> int:
+    """Latent frames attended once the cache rolls: the preset's `local_attn_frames`, else the trained horizon."""
+    return preset.local_attn_frames if preset.local_attn_frames != -1 else preset.horizon_frames
+
+
 def cache_window(preset: Preset, total_frames: int) -> tuple[int, bool]:
     """(latent frames the causal KV cache holds, whether it rolls): global attention over the whole video up to the
-    horizon the model was trained on, a window of `local_attn_frames` (or the horizon) beyond it."""
-    window = preset.local_attn_frames if preset.local_attn_frames != -1 else preset.horizon_frames
+    horizon the model was trained on, the `attention_window` beyond it."""
     rolling = preset.local_attn_frames != -1 or total_frames > preset.horizon_frames
-    return (window if rolling else total_frames), rolling
+    return (attention_window(preset) if rolling else total_frames), rolling
 
 
 @dataclass
@@ -108,8 +112,7 @@ class Engine:
             raise CfError(f"{video_frames_for(total_frames)} video frames is too long for the model's position table",
                           f"the maximum is {video_frames_for(MAX_ROPE_FRAMES - 1)} frames")
         if p.sampler == "rolling":
-            window = p.local_attn_frames if p.local_attn_frames != -1 else p.horizon_frames
-            return rolling_cache(self.dit, self.latent_hw, p.block_frames, window, len(self.plan.steps),
+            return rolling_cache(self.dit, self.latent_hw, p.block_frames, attention_window(p), len(self.plan.steps),
                                  dtype=self.dtype, device=self.device)
         capacity, rolling = cache_window(p, total_frames)
         return KVCache(cfg.num_layers, 1, capacity, self.dit.frame_tokens(*self.latent_hw), cfg.num_heads,

@@ -15,7 +15,7 @@ import torch
 from cfcli.models.dit import DiTConfig
 from cfcli.models.t5 import T5Config
 from cfcli.models.vae import VAEConfig, WanVAE
-from cfcli.pipeline.engine import VAE_SPACE, cache_window
+from cfcli.pipeline.engine import VAE_SPACE, attention_window, cache_window
 from cfcli.presets import Preset
 
 
@@ -58,7 +58,7 @@ def rolling_block_calls(preset: Preset, latent_frames: int) -> list[list[DiTCall
     """
     from cfcli.pipeline.rolling import windows
 
-    bf, attn = preset.block_frames, preset.local_attn_frames
+    bf, attn = preset.block_frames, attention_window(preset)
     blocks: list[list[DiTCall]] = [[]]
     wins = windows(latent_frames // bf, len(preset.steps))
     for win in wins:
