@@ -41,7 +41,7 @@ from cfcli.models.dit import CausalWanDiT
 from cfcli.models.rolling_cache import RollingKVCache
 from cfcli.pipeline.prompts import TextSchedule, text_at
 from cfcli.pipeline.sampler import StepPlan
-from cfcli.pipeline.schedule import FlowSchedule
+from cfcli.pipeline.schedule import FlowSchedule, add_noise, flow_to_x0
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ class RollingSampler:
         t = self._t_row[row].expand(x.shape[0], -1)
         flow = self.dit(x, t, text_kv, self.cache, win.first * bf)
         sigma = self._sigma_row[row].view(1, -1, 1, 1, 1)
-        return (x.double() - sigma * flow.double()).to(x.dtype)  # x0 = x_t − σ·v per frame
+        return flow_to_x0(x, flow, sigma)  # per-frame σ
 
     def _renoise(self, win: Window, x0: Tensor, generator: torch.Generator) -> None:
         """Fill the window input for the next window: each unfinished block's x0 re-noised to its next step."""
@@ -154,9 +154,7 @@ class RollingSampler:
             # official quirk: a noise tensor of the whole window is drawn per block; only its slice is used
             eps.normal_(generator=generator)
             i = (b - win.first) * bf
-            s = self._next_sigma[age]
-            mixed = (1 - s) * x0[:, i:i + bf].float() + s * eps[:, i:i + bf].float()  # float32 σ, as the table
-            self._x[:, dst:dst + bf] = mixed.to(x0.dtype)
+            self._x[:, dst:dst + bf] = add_noise(x0[:, i:i + bf], eps[:, i:i + bf], self._next_sigma[age])
             dst += bf
 
     def _enter(self, noise: Tensor, block: int, win_blocks: int) -> None:

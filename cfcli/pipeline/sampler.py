@@ -20,7 +20,7 @@ from torch import Tensor
 from cfcli.models.dit import CausalWanDiT
 from cfcli.models.kv_cache import KVCache
 from cfcli.pipeline.prompts import TextSchedule, text_at
-from cfcli.pipeline.schedule import FlowSchedule
+from cfcli.pipeline.schedule import FlowSchedule, add_noise, flow_to_x0
 
 
 @dataclass(frozen=True)
@@ -57,24 +57,16 @@ class CausalSampler:
             self._call(latents[:, i:i + self.block_frames], 0.0, text_at(text, self.frame))
             self.frame += self.block_frames
 
-    def _to_x0(self, flow: Tensor, x: Tensor, sigma: float) -> Tensor:
-        # float64 as the official wrapper does: x0 = x_t − σ·v
-        return (x.double() - sigma * flow.double()).to(x.dtype)
-
     def _renoise(self, x0: Tensor, sigma: float, generator: torch.Generator) -> Tensor:
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-        # σ and 1 − σ in float32, as the official table arithmetic; passed as scalars, so no copy to the device
-        # (a tensor made from a Python number would wait for the GPU).
-        s32 = torch.tensor(sigma, dtype=torch.float32)
-        keep, s = float(1 - s32), float(s32)
-        return (keep * x0.float() + s * eps.float()).to(x0.dtype)
+        return add_noise(x0, eps, torch.tensor(sigma, dtype=torch.float32))  # a CPU σ: no copy to the device
 
     def denoise_block(self, noise: Tensor, text_kv: Tensor, generator: torch.Generator) -> Tensor:
         """Run one block's step list from `noise` [B, block_frames, C, h, w]; returns its x0 (cache not committed)."""
         steps = self.plan.for_block(self.blocks_done)
         x = noise
         for i, t in enumerate(steps):
-            x0 = self._to_x0(self._call(x, t, text_kv), x, self.schedule.sigma(t))
+            x0 = flow_to_x0(x, self._call(x, t, text_kv), self.schedule.sigma(t))
             if i + 1 < len(steps):
                 x = self._renoise(x0, self.schedule.sigma(steps[i + 1]), generator)
         return x0

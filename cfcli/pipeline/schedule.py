@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import torch
+from torch import Tensor
 
 TRAIN_STEPS = 1000
 
@@ -34,3 +35,17 @@ class FlowSchedule:
     def sigma(self, t: float) -> float:
         """σ of the table entry nearest to timestep t (the official argmin lookup)."""
         return float(self.sigmas[(self.timesteps - t).abs().argmin()])
+
+
+def flow_to_x0(x: Tensor, flow: Tensor, sigma: float | Tensor) -> Tensor:
+    """x0 = x_t − σ·v, computed in float64 as the official wrapper does, returned in x's dtype.
+
+    `sigma` is a Python float or a float64 tensor broadcasting over x (per-frame σ of the rolling window)."""
+    return (x.double() - sigma * flow.double()).to(x.dtype)
+
+
+def add_noise(x0: Tensor, eps: Tensor, sigma: Tensor) -> Tensor:
+    """(1 − σ)·x0 + σ·ε in float32 with a float32 σ (the official table arithmetic), returned in x0's dtype.
+
+    `sigma` is a float32 0-dim tensor: on the CPU it acts as a scalar (no copy to the GPU, nothing waits)."""
+    return ((1 - sigma) * x0.float() + sigma * eps.float()).to(x0.dtype)
