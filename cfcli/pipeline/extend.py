@@ -106,8 +106,8 @@ def run(req: ExtendRequest, on_progress: Callable[[Progress], None] = lambda p: 
     engine = engine or Engine.load(p, req.device, req.dtype)
     ctx_latents = engine.encode_video(to_model_range(context).permute(1, 0, 2, 3))
     total = new_latents * 4 + (0 if req.only_new else frames.shape[0])
-    meta = metadata(_as_generate(req, prompt), frames=total, fps=round(float(fps), 3),
-                    extended_from=str(req.clip), context_frames=video_frames_for(n_ctx))
+    meta = metadata(prompt, req.seed, p, total, round(float(fps), 3), extended_from=str(req.clip),
+                    context_frames=video_frames_for(n_ctx))
     writer = SafeWriter(req.out, fps, p.width, p.height, req.codec, req.crf, meta)
     if not req.only_new:
         try:
@@ -119,10 +119,3 @@ def run(req: ExtendRequest, on_progress: Callable[[Progress], None] = lambda p: 
     summary = stream_to_file(chunks, writer, total, req, on_progress, write_context=False)
     summary.extra["prompt"] = prompt
     return summary
-
-
-def _as_generate(req: ExtendRequest, prompt: str):
-    from cfcli.pipeline.generate import GenerateRequest
-
-    return GenerateRequest(prompt, req.preset, req.seed, req.new_frames or 0, req.out, req.device, req.dtype,
-                           req.codec, req.crf, req.fps)

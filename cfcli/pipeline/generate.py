@@ -77,12 +77,13 @@ def plan_frames(preset: Preset, video_frames: int, image: bool) -> tuple[int, in
     return video_frames_for(latents), generated
 
 
-def metadata(req: GenerateRequest, **extra) -> dict:
-    p = req.preset
-    if req.schedule is not None and req.schedule.has_switches:
-        extra = {"prompt_schedule": req.schedule.as_metadata()} | extra
-    return {"prompt": req.prompt, "seed": req.seed, "preset": p.name, "mode": p.mode, "steps": list(p.steps),
-            "frames": req.video_frames, "fps": req.fps or p.fps, "cfcli": __version__} | extra
+def metadata(prompt: str, seed: int, p: Preset, frames: int, fps: float, schedule: PromptSchedule | None = None,
+             **extra) -> dict:
+    """How a clip was made, stored in its container (`cf extend` reads the prompt back)."""
+    if schedule is not None and schedule.has_switches:
+        extra = {"prompt_schedule": schedule.as_metadata()} | extra
+    return {"prompt": prompt, "seed": seed, "preset": p.name, "mode": p.mode, "steps": list(p.steps),
+            "frames": frames, "fps": fps, "cfcli": __version__} | extra
 
 
 def run(req: GenerateRequest, on_progress: Callable[[Progress], None] = lambda p: None,
@@ -105,7 +106,8 @@ def run(req: GenerateRequest, on_progress: Callable[[Progress], None] = lambda p
                else kv[schedule.opening])
     ctx_latents = engine.encode_video(image[:, None]) if image is not None else None
     fps = req.fps or p.fps
-    writer = SafeWriter(req.out, fps, p.width, p.height, req.codec, req.crf, metadata(req, frames=frames))
+    meta = metadata(req.prompt, req.seed, p, frames, fps, req.schedule)
+    writer = SafeWriter(req.out, fps, p.width, p.height, req.codec, req.crf, meta)
     chunks = engine.generate(text_kv, generated, req.seed, ctx_latents)
     return stream_to_file(chunks, writer, frames, req, on_progress, write_context=True)
 
