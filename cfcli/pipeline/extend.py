@@ -36,7 +36,7 @@ class ExtendRequest:
     only_new: bool = False
     codec: str = "h264"
     crf: int = 18
-    fps: int | None = None
+    fps: float | None = None
     save_latents: Path | None = None
     seconds: float | None = None  # instead of new_frames, at the output's frame rate
 
