@@ -4,8 +4,8 @@ import json
 
 import typer
 
-from cfcli.cli.common import (DeviceOpt, DtypeOpt, JsonOpt, ModeOpt, PresetOpt, StepsOpt, console, friendly,
-                              is_tty, pick_device, pick_dtype, preset_name)
+from cfcli.cli.common import (CompileOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt, ModeOpt, PresetOpt, StepsOpt,
+                              console, friendly, is_tty, pick_device, pick_dtype, preset_name)
 from cfcli.errors import CfError
 
 
@@ -25,6 +25,8 @@ def register(app: typer.Typer) -> None:
         repeat: int = typer.Option(3, "--repeat", help="Timed runs after the warm-up (medians are reported)."),
         device: DeviceOpt = None,
         dtype: DtypeOpt = None,
+        compile: CompileOpt = True,
+        cuda_graphs: GraphsOpt = True,
         peak_tflops: float = typer.Option(None, "--peak-tflops",
                                           help="Matmul rate for the FLOP floors (default: 700, an assumed H100 "
                                                "bf16 rate)."),
@@ -51,7 +53,8 @@ def register(app: typer.Typer) -> None:
             console.print(f"[yellow]note:[/] {p.name} weights are not downloaded: using random weights of the same "
                           "size (same speed, meaningless pixels)")
         req = job.BenchRequest(p, dev, dt, latent_frames_for(real), repeat, random_weights,
-                               peak_tflops=peak_tflops or job.DEFAULT_PEAK_TFLOPS)
+                               peak_tflops=peak_tflops or job.DEFAULT_PEAK_TFLOPS, compile=compile,
+                               graphs=cuda_graphs)
         if is_tty() and not json_out:
             with console.status("benchmarking") as spinner:
                 result = job.run(req, lambda m: spinner.update(f"benchmarking: {m}"))
@@ -93,8 +96,8 @@ def render(r, assumed_rate: bool) -> None:
     console.print(table)
     rate = f"{r.peak_tflops:g} TFLOP/s" + (" (assumed; --peak-tflops)" if assumed_rate else "")
     console.print(f"[dim]work: DiT {r.dit_tflop:.4g} + VAE decode {r.vae_decode_tflop:.4g} TFLOP per video; "
-                  f"floors at {rate} · attention: {', '.join(r.attention) or 'none'} · torch {r.torch} · "
-                  f"median of {r.repeat}[/]")
+                  f"floors at {rate} · attention: {', '.join(r.attention) or 'none'} · {r.fast_path} "
+                  f"(warm-up {r.warmup_s:.1f} s) · torch {r.torch} · median of {r.repeat}[/]")
     if not r.finite:
         console.print("[yellow]warning:[/] the latents were not finite (random weights overflowed?)")
     verdict = f"{r.realtime_factor:.1f}× real time ({r.target_fps} fps)"

@@ -25,6 +25,11 @@ DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu | cuda (def
 DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="float32 | bfloat16 (default: bfloat16 on GPU).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (for scripts).")]
+CompileOpt = Annotated[bool, typer.Option("--compile/--no-compile",
+                                          help="CUDA: compile the DiT's blocks (the first run spends ~15 s compiling; "
+                                               "PyTorch caches the result).")]
+GraphsOpt = Annotated[bool, typer.Option("--cuda-graphs/--no-cuda-graphs",
+                                         help="CUDA: replay each block's DiT calls as one CUDA graph.")]
 DTYPES = ("float32", "bfloat16", "float16")
 
 

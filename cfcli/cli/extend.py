@@ -4,9 +4,9 @@ from pathlib import Path
 
 import typer
 
-from cfcli.cli.common import (CodecOpt, CrfOpt, DeviceOpt, DtypeOpt, JsonOpt, ModeOpt, OverwriteOpt,
-                              PresetOpt, QuietOpt, SeedOpt, StepsOpt, check_out, console, friendly, new_seed,
-                              pick_device, pick_dtype, preset_name)
+from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt, ModeOpt,
+                              OverwriteOpt, PresetOpt, QuietOpt, SeedOpt, StepsOpt, check_out, console, friendly,
+                              new_seed, pick_device, pick_dtype, preset_name)
 from cfcli.cli.generate import report
 from cfcli.cli.progress import ProgressView
 from cfcli.errors import CfError
@@ -34,6 +34,8 @@ def register(app: typer.Typer) -> None:
         crf: CrfOpt = 18,
         device: DeviceOpt = None,
         dtype: DtypeOpt = None,
+        compile: CompileOpt = True,
+        cuda_graphs: GraphsOpt = True,
         save_latents: Path = typer.Option(None, "--save-latents", help="Write context + new latents."),
         quiet: QuietOpt = False,
         json_out: JsonOpt = False,
@@ -59,7 +61,7 @@ def register(app: typer.Typer) -> None:
         if not quiet:
             console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {clip} + {new or f'{seconds}s'} frames → {path}")
         req = job.ExtendRequest(clip, prompt, p, s, new, path, dev, dt, context_frames, only_new, codec, crf, fps,
-                                save_latents, seconds)
+                                save_latents, seconds, compile, cuda_graphs)
         note = (lambda m: None) if quiet else (lambda m: console.print(f"[yellow]note:[/] {m}"))
         with ProgressView(enabled=not quiet, fps=fps or p.fps, device=dev) as view:
             summary = job.run(req, view.update, note=note)

@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 from typer.core import TyperCommand
 
-from cfcli.cli.common import (CodecOpt, CrfOpt, DeviceOpt, DtypeOpt, JsonOpt, ModeOpt, OverwriteOpt,
-                              PresetOpt, QuietOpt, SeedOpt, StepsOpt, check_out, console, friendly,
+from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt, ModeOpt,
+                              OverwriteOpt, PresetOpt, QuietOpt, SeedOpt, StepsOpt, check_out, console, friendly,
                               new_seed, pick_device, pick_dtype, preset_name)
 from cfcli.cli.progress import ProgressView
 from cfcli.errors import CfError
@@ -69,6 +69,8 @@ def register(app: typer.Typer) -> None:
         crf: CrfOpt = 18,
         device: DeviceOpt = None,
         dtype: DtypeOpt = None,
+        compile: CompileOpt = True,
+        cuda_graphs: GraphsOpt = True,
         save_latents: Path = typer.Option(None, "--save-latents", help="Also write the latents (safetensors)."),
         prompt_file: Path = typer.Option(None, "--prompt-file", help="One prompt per line; models load once."),
         prompt_at: list[str] = typer.Option(None, "--prompt-at", metavar="TIME PROMPT",
@@ -110,7 +112,7 @@ def register(app: typer.Typer) -> None:
         # Every prompt is encoded in one umT5 load, which is gone before the DiT loads (once, for all prompts).
         encoder = job.PromptEncoder(p, dev, dt)
         encoder.encode(schedule.prompts() if schedule else prompts)
-        engine = job.Engine.load(p, dev, dt)
+        engine = job.Engine.load(p, dev, dt).accelerate(compile, cuda_graphs)
         for text, s, path in runs:
             if not quiet:
                 console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {real} frames → {path}")

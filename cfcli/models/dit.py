@@ -73,15 +73,18 @@ class SelfAttention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(cfg.dim, cfg.dim) for _ in range(4))
         self.norm_q, self.norm_k = RMSNorm(cfg.dim, cfg.eps), RMSNorm(cfg.dim, cfg.eps)
 
-    def forward(self, x: Tensor, rope: Tensor, cache: KVCache | None) -> Tensor:
+    def qkv(self, x: Tensor, rope: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Roped queries and keys, un-roped keys and values of tokens x [B, N, dim], each [B, N, heads, head_dim]."""
         heads = (self.heads, -1)
         q = apply_rope(self.norm_q(self.q(x)).unflatten(-1, heads), rope)
         raw_k = self.norm_k(self.k(x)).unflatten(-1, heads)
-        k = apply_rope(raw_k, rope)
-        v = self.v(x).unflatten(-1, heads)
+        return q, apply_rope(raw_k, rope), raw_k, self.v(x).unflatten(-1, heads)
+
+    def attend_cached(self, q: Tensor, k: Tensor, v: Tensor, raw_k: Tensor, cache: KVCache | None) -> Tensor:
+        """Store k/v in the cache and attend to what it holds; [B, N, heads·head_dim], before the output layer."""
         if cache is not None:
             k, v = cache.update(self.layer, k, v, raw_k)
-        return self.o(attend(q, k, v).flatten(2))
+        return attend(q, k, v).flatten(2)
 
 
 class CrossAttention(nn.Module):
@@ -119,9 +122,21 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, e0: Tensor, text_kv: Tensor, rope: Tensor, cache: KVCache | None) -> Tensor:
         # x [B, F, S, dim] (tokens grouped per latent frame); e0 [B, F, 6, dim] -> six [B, F, 1, dim] vectors.
-        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.unsqueeze(1) + e0).chunk(6, dim=2)
-        y = self.self_attn((self.norm1(x) * (1 + scale1) + shift1).flatten(1, 2), rope, cache)
-        x = x + y.view_as(x) * gate1
+        # Three stages: the middle one reads and writes the KV cache; the other two are pure functions of tensors
+        # of fixed shape, which is what lets `cfcli.pipeline.fast` compile them.
+        q, k, raw_k, v = self.project(x, e0, rope)
+        y = self.self_attn.attend_cached(q, k, v, raw_k, cache)
+        return self.finish(x, y, e0, text_kv)
+
+    def project(self, x: Tensor, e0: Tensor, rope: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Modulated norm and self-attention projections: (q, k, raw_k, v)."""
+        shift1, scale1 = (self.modulation[:, :2].unsqueeze(1) + e0[:, :, :2]).chunk(2, dim=2)
+        return self.self_attn.qkv((self.norm1(x) * (1 + scale1) + shift1).flatten(1, 2), rope)
+
+    def finish(self, x: Tensor, y: Tensor, e0: Tensor, text_kv: Tensor) -> Tensor:
+        """Self-attention output and gated residual, cross-attention, gated FFN."""
+        gate1, shift2, scale2, gate2 = (self.modulation[:, 2:].unsqueeze(1) + e0[:, :, 2:]).chunk(4, dim=2)
+        x = x + self.self_attn.o(y).view_as(x) * gate1
         x = x + self.cross_attn(self.norm3(x).flatten(1, 2), text_kv).view_as(x)
         y = self.ffn(self.norm2(x) * (1 + scale2) + shift2)
         return x + y * gate2
@@ -196,20 +211,27 @@ class CausalWanDiT(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, text_kv: Tensor, cache: KVCache | None, start_frame: int) -> Tensor:
         """Flow prediction (ε − x0) for latents x [B, F, C, h, w] at per-frame timesteps t [B, F]."""
-        b, f, _, h, w = x.shape
+        f, h, w = x.shape[1], x.shape[3], x.shape[4]
+        rope = self.rope(start_frame, f, h, w)
+        if cache is not None:
+            cache.begin(start_frame, f)
+        out = self.denoise(x, t, text_kv, rope, cache)
+        if cache is not None:
+            cache.end()
+        return out
+
+    def denoise(self, x: Tensor, t: Tensor, text_kv: Tensor, rope: Tensor, cache: KVCache | None) -> Tensor:
+        """`forward` once the RoPE table is looked up and the cache's slots are planned: tensor work only, so one
+        call can be captured in a CUDA graph and replayed for any call with the same plan (`cfcli.pipeline.fast`)."""
+        b, f = x.shape[:2]
         tokens = self.patch_embedding(x.transpose(1, 2))  # [B, dim, F, h/2, w/2]
         gh, gw = tokens.shape[-2:]
         tokens = tokens.flatten(3).permute(0, 2, 3, 1)  # [B, F, S, dim], row-major tokens inside a frame
         e = self.time_embedding(timestep_sinusoid(t, self.cfg.freq_dim).to(tokens.dtype))
         e0 = self.time_projection(e).unflatten(-1, (6, -1)).unflatten(0, (b, f))  # [B, F, 6, dim]
         e = e.unflatten(0, (b, f))
-        rope = self.rope(start_frame, f, h, w)
-        if cache is not None:
-            cache.begin(start_frame, f)
         for blk, kv in zip(self.blocks, text_kv):
             tokens = blk(tokens, e0, kv, rope, cache)
-        if cache is not None:
-            cache.end()
         return self.unpatchify(self.head(tokens, e), gh, gw)
 
     def unpatchify(self, out: Tensor, gh: int, gw: int) -> Tensor:

@@ -65,6 +65,12 @@ class KVCache:
                            evict, keep)
         self._next = (end, local_end)
 
+    def plan_key(self) -> tuple[int, ...]:
+        """The planned call's slots (write, read, eviction) as a hashable key: calls with equal keys run the same
+        tensor operations on the buffer, so one CUDA graph serves them all."""
+        p = self._plan
+        return p.write.start, p.write.stop, p.read.start, p.read.stop, p.evict, p.keep
+
     def update(self, layer: int, k: Tensor, v: Tensor, raw_k: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Store this call's roped keys and values for `layer`; return the keys/values to attend to.
 

@@ -57,6 +57,8 @@ class BenchRequest:
     random_weights: bool = False  # True: random even when the weights are cached
     seed: int = 0
     peak_tflops: float = DEFAULT_PEAK_TFLOPS
+    compile: bool = True  # the CUDA fast path (`Engine.accelerate`); no effect off the GPU
+    graphs: bool = True
 
 
 @dataclass
@@ -91,6 +93,8 @@ class BenchResult:
     text_peak_vram_gib: float | None
     realtime: bool
     realtime_factor: float
+    fast_path: str  # "compile+graphs", "compile", "graphs" or "eager"
+    warmup_s: float  # the warm-up generation, compilation and graph captures included
     finite: bool
     dit_tflop: float
     vae_decode_tflop: float
@@ -365,12 +369,15 @@ def run(req: BenchRequest, status: Callable[[str], None] = lambda m: None) -> Be
         status("text encoder")
         text = bench_text(p, dev, dt, use_random, req.repeat, clock, req.seed)
         status("building the DiT and VAE")
-        engine = build_engine(p, dev, dt, use_random, req.seed)
+        engine = build_engine(p, dev, dt, use_random, req.seed).accelerate(req.compile, req.graphs)
         reset_peak(dev)
-        status("warm-up")
-        # Kernels are chosen and the allocator warmed within a few blocks; a long video need not be made twice.
+        status("warm-up" + (" (compiling)" if req.compile and dev.type == "cuda" else ""))
+        # Kernels are chosen, blocks compiled and graphs captured within a few blocks; once past the horizon every
+        # cache plan repeats, so a long video need not be made twice.
         warm = min(req.latent_frames, WARMUP_FRAMES // p.block_frames * p.block_frames)
+        started = time.perf_counter()
         _, last = timed_generation(engine, text.context, warm, req.seed, True, clock)
+        warmup_s = time.perf_counter() - started
         finite = bool(torch.isfinite(last.float()).all())
         repeats = []
         for r in range(req.repeat):
@@ -379,11 +386,17 @@ def run(req: BenchRequest, status: Callable[[str], None] = lambda m: None) -> Be
         peak = peak_memory(dev)
         attention = attention_backends(dev, dt, engine.dit.cfg)
     flops = flop_plan(p, req.latent_frames)
-    return summarise(req, repeats, text, flops, use_random, finite, peak, attention, gpu_name(dev))
+    return summarise(req, repeats, text, flops, use_random, finite, peak, attention, gpu_name(dev), warmup_s)
+
+
+def fast_path_name(req: BenchRequest) -> str:
+    if req.device.type != "cuda":
+        return "eager"
+    return "+".join(n for n, on in (("compile", req.compile), ("graphs", req.graphs)) if on) or "eager"
 
 
 def summarise(req: BenchRequest, repeats: list[Repeat], text: TextTiming, flops: FlopPlan, random: bool,
-              finite: bool, peak: float | None, attention: list[str], gpu: str) -> BenchResult:
+              finite: bool, peak: float | None, attention: list[str], gpu: str, warmup_s: float) -> BenchResult:
     p = req.preset
     frames = video_frames_for(req.latent_frames)
     med = statistics.median
@@ -407,5 +420,6 @@ def summarise(req: BenchRequest, repeats: list[Repeat], text: TextTiming, flops:
         block_ms_p95=med(1e3 * percentile(r.block_s, 95) for r in repeats),
         text_encode_s=text.encode_s, text_load_s=text.load_s, text_tokens=text.tokens, peak_vram_gib=peak,
         text_peak_vram_gib=text.peak_gib, realtime=fps_e2e >= p.fps, realtime_factor=fps_e2e / p.fps,
+        fast_path=fast_path_name(req), warmup_s=warmup_s,
         finite=finite, dit_tflop=dit / 1e12, vae_decode_tflop=vae / 1e12, text_encode_tflop=text_flops / 1e12,
         peak_tflops=req.peak_tflops, floor=floor)

@@ -85,6 +85,24 @@ class Engine:
         self.plan = StepPlan(tuple(self.schedule.warp(list(preset.steps))),
                              tuple(self.schedule.warp(list(preset.first_block_steps)))
                              if preset.first_block_steps else None)
+        self.runner = dit  # what the samplers call: the DiT, or its CUDA-graph wrapper (`accelerate`)
+        self._cache: tuple[tuple, KVCache | RollingKVCache] | None = None
+
+    def accelerate(self, compile: bool = True, graphs: bool = True) -> "Engine":
+        """Turn on the CUDA fast path (`cfcli.pipeline.fast`): compiled block stages and/or CUDA graphs of DiT calls.
+
+        Off the GPU there is nothing to do. Graphs are bit-exact with the eager path; compiling moves results within
+        bf16 rounding and costs a one-off compilation (cached on disk by PyTorch).
+        """
+        if self.device.type != "cuda":
+            return self
+        from cfcli.pipeline.fast import GraphedDiT, compile_blocks
+
+        if compile:
+            compile_blocks(self.dit)
+        if graphs:
+            self.runner = GraphedDiT(self.dit)
+        return self
 
     @classmethod
     def load(cls, preset: Preset, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "Engine":
@@ -103,22 +121,35 @@ class Engine:
         return self.preset.height // VAE_SPACE, self.preset.width // VAE_SPACE
 
     def new_cache(self, total_frames: int) -> KVCache | RollingKVCache:
-        """KV cache for a video of `total_frames` latent frames: global up to the horizon, rolling beyond it.
+        """An empty KV cache for a video of `total_frames` latent frames: global up to the horizon, rolling beyond it.
 
         The long-video (`sampler: rolling`) cache is one anchor block plus the attention window, whatever the length.
+        The buffer of the previous video is reused (reset) when its layout fits, so that it is allocated once and the
+        CUDA graphs recorded against it stay valid.
         """
-        p, cfg = self.preset, self.dit.cfg
+        p = self.preset
         if total_frames > MAX_ROPE_FRAMES - 1:
             raise CfError(f"{video_frames_for(total_frames)} video frames is too long for the model's position table",
                           f"the maximum is {video_frames_for(MAX_ROPE_FRAMES - 1)} frames")
+        layout = ("rolling",) if p.sampler == "rolling" else cache_window(p, total_frames)
+        if self._cache is not None and self._cache[0] == layout:
+            self._cache[1].reset()
+            return self._cache[1]
+        self._cache = None  # free the old buffer before allocating the new one
+        self._cache = (layout, self._allocate_cache(layout))
+        return self._cache[1]
+
+    def _allocate_cache(self, layout: tuple) -> KVCache | RollingKVCache:
+        p, cfg = self.preset, self.dit.cfg
         if p.sampler == "rolling":
             return rolling_cache(self.dit, self.latent_hw, p.block_frames, attention_window(p), len(self.plan.steps),
                                  dtype=self.dtype, device=self.device)
-        capacity, rolling = cache_window(p, total_frames)
+        capacity, rolling = layout
         return KVCache(cfg.num_layers, 1, capacity, self.dit.frame_tokens(*self.latent_hw), cfg.num_heads,
                        cfg.head_dim, sink_frames=p.sink_frames if rolling else 0, rolling=rolling,
                        dtype=self.dtype, device=self.device)
 
+    @torch.inference_mode()
     def text_kv(self, context: Tensor) -> Tensor:
         """Cross-attention K/V for umT5 features [1, L, text_dim] (computed once per prompt)."""
         return self.dit.text_kv(context.to(self.device, self.dtype))
@@ -144,7 +175,7 @@ class Engine:
             raise CfError("the long-video (rolling) sampler cannot start from given frames",
                           "generate from text only, or start from a picture or clip with a framewise/chunkwise preset")
         sampler_cls = RollingSampler if self.preset.sampler == "rolling" else CausalSampler
-        sampler = sampler_cls(self.dit, self.schedule, self.plan, bf, self.new_cache(n_ctx + latent_frames))
+        sampler = sampler_cls(self.runner, self.schedule, self.plan, bf, self.new_cache(n_ctx + latent_frames))
         decoder = self.vae.stream_decoder() if decode else None
         side = torch.cuda.Stream(self.device) if decode and self.device.type == "cuda" else None
 

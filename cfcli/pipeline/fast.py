@@ -1,0 +1,127 @@
+"""The fast path on CUDA: compiled block stages and CUDA graphs of whole DiT calls. Neither changes what is computed.
+
+- `compile_blocks(dit)` compiles each block's two cache-free stages (`Block.project`: modulated norm, q/k/v, RMS norms
+  and RoPE; `Block.finish`: output projection, gated residuals, cross-attention, FFN) with `torch.compile`, which fuses
+  their ~60 elementwise kernels a layer into a few. The stage between them (KV-cache write and self-attention) stays
+  eager. All 30 blocks share one compiled graph per stage and token count. Fusion keeps bf16 intermediates in
+  float32 registers, so results move within bf16 rounding of the eager path.
+- `GraphedDiT` wraps the DiT call of the block-causal sampler: the first call with a given KV-cache plan (the slots
+  it writes and reads) runs eagerly, the second is captured into a CUDA graph, and every later call with that plan
+  replays it — one launch instead of ~2,000. Inputs (latents, timesteps, RoPE table, text K/V) are copied into
+  static buffers first; the graph writes the KV cache in place, exactly as the eager call. Bit-exact with eager.
+
+A frame-wise 81-frame video has 21 cache plans (one per block; its steps and clean pass share it), so the first video
+captures 21 graphs and every later one with the same cache replays them. Calls on caches without a fixed plan (the
+long-video rolling cache, which re-ropes its anchor per call) run eagerly.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from cfcli.models.dit import CausalWanDiT
+
+
+def compile_blocks(dit: CausalWanDiT) -> None:
+    """Compile every block's `project` and `finish` stages in place (the block's `forward` is unchanged)."""
+    for blk in dit.blocks:
+        blk.project = torch.compile(blk.project, dynamic=False, fullgraph=True)
+        blk.finish = torch.compile(blk.finish, dynamic=False, fullgraph=True)
+
+
+@dataclass
+class _Graph:
+    graph: "torch.cuda.CUDAGraph"
+    out: Tensor
+
+
+class GraphedDiT:
+    """Callable like the DiT (`(x, t, text_kv, cache, start_frame) -> flow`), replaying CUDA graphs per cache plan.
+
+    Graphs belong to one cache buffer: a call on another cache drops them. Reuse one cache across videos (as
+    `Engine` does) to replay them from the second video on. `max_graphs` bounds how many are kept.
+    """
+
+    def __init__(self, dit: CausalWanDiT, max_graphs: int = 64):
+        self.dit = dit
+        self.max_graphs = max_graphs
+        self.pool = None  # the memory pool all graphs share: the first graph's
+        self.stream = torch.cuda.Stream()
+        self.graphs: dict[tuple, _Graph] = {}
+        self.seen: set[tuple] = set()  # plans run once eagerly (the warm-up a capture needs)
+        self.inputs: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}  # static x, t, rope by shape
+        self.text: Tensor | None = None  # static text K/V
+        self.text_src: Tensor | None = None  # the tensor last copied into it (held, so its identity stays valid)
+        self.cache_buf: Tensor | None = None
+        self.captures = self.replays = 0
+
+    def __call__(self, x: Tensor, t: Tensor, text_kv: Tensor, cache, start_frame: int) -> Tensor:
+        f, h, w = x.shape[1], x.shape[3], x.shape[4]
+        if not hasattr(cache, "plan_key"):
+            return self.dit(x, t, text_kv, cache, start_frame)
+        if cache.kv is not self.cache_buf:
+            self.reset()
+            self.cache_buf = cache.kv
+        rope = self.dit.rope(start_frame, f, h, w)
+        cache.begin(start_frame, f)
+        key = (tuple(x.shape), x.dtype, tuple(t.shape), tuple(text_kv.shape), cache.plan_key())
+        sx, st, srope = self._load(x, t, text_kv, rope)
+        entry = self.graphs.get(key)
+        if entry is None and key not in self.seen:
+            # Warm-up, eagerly on the very buffers the capture will use: anything done once per input (kernel
+            # choice, compilation, autotuning) happens here, as capturing must not synchronise.
+            self.seen.add(key)
+            out = self.dit.denoise(sx, st, self.text, srope, cache)
+        else:
+            if entry is None:
+                entry = self._capture(key, sx, st, srope, cache)
+            entry.graph.replay()
+            self.replays += 1
+            out = entry.out.clone()  # the static output is overwritten by the next replay
+        cache.end()
+        return out
+
+    def reset(self) -> None:
+        """Drop every graph. The next capture starts a new pool: PyTorch cannot share a pool none of whose graphs
+        is alive any more."""
+        self.graphs.clear()
+        self.seen.clear()
+        self.pool = None
+
+    def _load(self, x: Tensor, t: Tensor, text_kv: Tensor, rope: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        shape = (tuple(x.shape), tuple(t.shape), tuple(rope.shape))
+        if shape not in self.inputs:
+            self.inputs[shape] = (torch.empty_like(x), torch.empty_like(t), torch.empty_like(rope))
+        sx, st, srope = self.inputs[shape]
+        sx.copy_(x)
+        st.copy_(t)
+        srope.copy_(rope)
+        if self.text is None or self.text.shape != text_kv.shape:
+            self.reset()
+            self.text = torch.empty_like(text_kv)
+            self.text_src = None
+        if text_kv is not self.text_src:
+            self.text.copy_(text_kv)
+            self.text_src = text_kv
+        return sx, st, srope
+
+    def _capture(self, key: tuple, x: Tensor, t: Tensor, rope: Tensor, cache) -> _Graph:
+        if len(self.graphs) >= self.max_graphs:
+            self.graphs.pop(next(iter(self.graphs)))
+        graph = torch.cuda.CUDAGraph()
+        # Capture on a side stream, "thread_local" so that the video writer's thread may wait on its events meanwhile.
+        # Capturing launches nothing: the replay right after runs the call.
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
+            try:
+                out = self.dit.denoise(x, t, self.text, rope, cache)
+            finally:
+                graph.capture_end()
+        torch.cuda.current_stream().wait_stream(self.stream)
+        if self.pool is None:
+            self.pool = graph.pool()
+        self.graphs[key] = entry = _Graph(graph, out)
+        self.captures += 1
+        return entry
