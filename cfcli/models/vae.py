@@ -96,13 +96,24 @@ class CausalConv3d(nn.Conv3d):
         # Spatial zero padding is done by the convolution itself (no padded copy of the input).
         super().__init__(in_dim, out_dim, kernel, padding=(0, padding, padding))
         self.history = kernel[0] - 1
+        self.layout = torch.contiguous_format  # of its input; `WanVAE.channels_last_` changes it
 
     def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
-        return super().forward(cache.extend(self, x, self.history))
+        x = cache.extend(self, x, self.history)
+        if self.layout is not torch.contiguous_format:
+            x = x.contiguous(memory_format=self.layout)  # a no-op once the activations are in that layout
+        return super().forward(x)
+
+
+def rms_norm_silu(x: Tensor, gamma: Tensor, scale: float) -> Tensor:
+    """SiLU(`RMSNorm`(x)), step by step in place on the fresh normalised tensor (the reference's rounding)."""
+    return F.silu(F.normalize(x, dim=1).mul_(scale).mul_(gamma), inplace=True)
 
 
 class RMSNorm(nn.Module):
     """Wan VAE's RMS norm over channels (dim 1): `normalize(x) * sqrt(dim) * gamma`, in the input dtype."""
+
+    norm_silu = staticmethod(rms_norm_silu)  # `cfcli.pipeline.fast` puts a compiled (fused) one on instances
 
     def __init__(self, dim: int, spatial_dims: int):
         super().__init__()
@@ -113,16 +124,36 @@ class RMSNorm(nn.Module):
         # In place on the fresh normalised tensor: same rounding as `* scale * gamma`, fewer big temporaries.
         return F.normalize(x, dim=1).mul_(self.scale).mul_(self.gamma)
 
+    def then_silu(self, x: Tensor) -> Tensor:
+        """SiLU(norm(x)): every use in the VAE is followed by a SiLU, which fuses with the norm when compiled."""
+        return self.norm_silu(x, self.gamma, self.scale)
+
+
+def channels_last(x: Tensor) -> bool:
+    """Whether x (4D or 5D) is stored channels-last (the layout `WanVAE.channels_last_` switches the decoder to)."""
+    fmt = torch.channels_last_3d if x.dim() == 5 else torch.channels_last
+    return not x.is_contiguous() and x.is_contiguous(memory_format=fmt)
+
 
 def to_frames(x: Tensor) -> Tensor:
-    """[B, C, T, H, W] -> [B*T, C, H, W], for the layers that work on each frame alone."""
+    """[B, C, T, H, W] -> [B*T, C, H, W], for the layers that work on each frame alone (a view in channels-last)."""
     b, c, t, h, w = x.shape
     return x.transpose(1, 2).reshape(b * t, c, h, w)
 
 
 def from_frames(x: Tensor, batch: int) -> Tensor:
-    """[B*T, C, H, W] -> contiguous [B, C, T, H, W] (free when T == 1)."""
-    return x.unflatten(0, (batch, -1)).transpose(1, 2).contiguous()
+    """[B*T, C, H, W] -> dense [B, C, T, H, W] in x's layout (free when T == 1 or channels-last)."""
+    fmt = torch.channels_last_3d if channels_last(x) else torch.contiguous_format
+    return x.unflatten(0, (batch, -1)).transpose(1, 2).contiguous(memory_format=fmt)
+
+
+def interleave_pairs(pairs: Tensor) -> Tensor:
+    """[B, 2, C, T, H, W] (even and odd frames) -> [B*2T, C, H, W], frame 2i+j from half j at time i; one copy, in the
+    input's layout."""
+    b, _, c, t, h, w = pairs.shape
+    if pairs.stride(2) == 1:  # channels-last: keep channels innermost
+        return pairs.permute(0, 3, 1, 4, 5, 2).reshape(b * t * 2, h, w, c).permute(0, 3, 1, 2)
+    return pairs.permute(0, 3, 1, 2, 4, 5).reshape(b * t * 2, c, h, w)
 
 
 class ResidualBlock(nn.Module):
@@ -130,8 +161,8 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__()
-        # Sequential only to keep the official parameter names (residual.0, .2, .3, .6). SiLU can work in
-        # place: it always gets a norm's fresh output.
+        # Sequential only to keep the official parameter names (residual.0, .2, .3, .6); each norm runs with the
+        # SiLU after it (`RMSNorm.then_silu`).
         self.residual = nn.Sequential(
             RMSNorm(in_dim, 3), nn.SiLU(inplace=True), CausalConv3d(in_dim, out_dim, 3, padding=1),
             RMSNorm(out_dim, 3), nn.SiLU(inplace=True), nn.Dropout(0.0),
@@ -139,10 +170,10 @@ class ResidualBlock(nn.Module):
         self.shortcut = nn.Conv3d(in_dim, out_dim, 1) if in_dim != out_dim else nn.Identity()
 
     def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
-        norm1, act1, conv1, norm2, act2, dropout, conv2 = self.residual
+        norm1, _, conv1, norm2, _, dropout, conv2 = self.residual
         # Step by step so that each big intermediate is dropped as soon as the next one exists.
-        h = conv1(act1(norm1(x)), cache)
-        h = dropout(act2(norm2(h)))
+        h = conv1(norm1.then_silu(x), cache)
+        h = dropout(norm2.then_silu(h))
         h = conv2(h, cache)
         return h.add_(self.shortcut(x))
 
@@ -207,9 +238,7 @@ class Upsample(nn.Module):
     def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
         b, c, t, h, w = x.shape
         if self.temporal and not cache.first_visit(self):
-            pairs = self.time_conv(x, cache).view(b, 2, c, t, h, w)
-            # Straight to per-frame layout [B*2T, C, H, W], frame 2i+j from half j at time i: one copy.
-            frames = pairs.permute(0, 3, 1, 2, 4, 5).reshape(b * t * 2, c, h, w)
+            frames = interleave_pairs(self.time_conv(x, cache).unflatten(1, (2, c)))
         else:
             frames = to_frames(x)
         # Nearest upsampling is exact in any dtype, so there is no float32 round trip here.
@@ -221,8 +250,8 @@ def _head(dim: int, out_dim: int) -> nn.Sequential:
 
 
 def _run_head(head: nn.Sequential, x: Tensor, cache: CausalCache) -> Tensor:
-    norm, act, conv = head
-    return conv(act(norm(x)), cache)
+    norm, _, conv = head
+    return conv(norm.then_silu(x), cache)
 
 
 class Encoder3d(nn.Module):
@@ -339,6 +368,20 @@ class WanVAE(nn.Module):
         mu = F.conv3d(feats, self.conv1.weight[:z], self.conv1.bias[:z])
         mean, inv_std = (s.view(-1, 1, 1, 1) for s in self.latent_stats(mu))  # against [B, z, T, h, w]
         return ((mu - mean) * inv_std).transpose(1, 2).contiguous()
+
+    def channels_last_(self) -> WanVAE:
+        """Store the decoder's convolution weights channels-last, so that its activations stay channels-last too
+        (cuDNN's fastest kernels on GPUs, no layout conversions around each convolution). Same arithmetic; the
+        convolutions may sum in another order."""
+        for m in self.decoder.modules():
+            if isinstance(m, nn.Conv2d | nn.Conv3d):
+                fmt = torch.channels_last_3d if m.weight.dim() == 5 else torch.channels_last
+                m.weight.data = m.weight.data.contiguous(memory_format=fmt)
+            if isinstance(m, CausalConv3d):
+                m.layout = torch.channels_last_3d
+        for m in (self.conv2,):
+            m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last_3d)
+        return self
 
     def stream_decoder(self) -> StreamingDecoder:
         """A decoder for one video, fed latent frames in order over successive calls."""

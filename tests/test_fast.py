@@ -1,0 +1,132 @@
+"""The CUDA fast path (`cfcli.pipeline.fast`): compiled block stages, CUDA graphs per KV-cache plan, cache reuse.
+
+Compilation is checked on the CPU against the official outputs (inductor compiles for the CPU too); graphs need a
+GPU, so those tests run where CUDA is present (`cf bench` on the device runs them at full size).
+"""
+
+import shutil
+
+import pytest
+import torch
+
+from cfcli.models.kv_cache import KVCache
+from cfcli.pipeline.engine import Engine
+from cfcli.presets import load_preset
+
+from conftest import FIXTURES, rel_err
+
+CUDA = torch.cuda.is_available()
+
+
+def fixture_engine(preset: str, device: str = "cpu") -> Engine:
+    return Engine.load(load_preset(FIXTURES / preset), device, torch.float32)
+
+
+def latents_of(engine: Engine, golden: dict, case: str, frames: int) -> torch.Tensor:
+    text_kv = engine.text_kv(golden[f"{case}.embeds"][None])
+    chunks = engine.generate(text_kv, frames, seed=0, decode=False)
+    return torch.cat([c.latents for c in chunks]).cpu()
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="inductor needs a C compiler")
+def test_compiled_blocks_still_match_the_official_latents(golden):
+    from cfcli.pipeline.fast import compile_blocks
+
+    engine = fixture_engine("tiny-framewise.yaml")
+    eager = latents_of(engine, golden, "framewise_4step_t2v", 21)
+    compile_blocks(engine.dit)
+    compiled = latents_of(engine, golden, "framewise_4step_t2v", 21)
+    want = golden["framewise_4step_t2v.latents"]
+    assert rel_err(eager, want) <= 1e-5
+    assert rel_err(compiled, want) <= 1e-5
+    # every block runs the compiled stages: the blocks' attributes are compiled wrappers, not the bound methods
+    assert all(blk.project.__class__.__name__ != "method" for blk in engine.dit.blocks)
+
+
+def test_accelerate_is_a_no_op_off_the_gpu():
+    engine = fixture_engine("tiny-framewise.yaml")
+    assert engine.accelerate() is engine and engine.runner is engine.dit
+
+
+def test_one_cache_buffer_serves_every_video_of_the_same_layout():
+    engine = fixture_engine("tiny-framewise.yaml")
+    first = engine.new_cache(21)
+    first.begin(0, 1)
+    first.end()
+    again = engine.new_cache(21)
+    assert again is first and again.frames == 0  # reset, not reallocated
+    longer = engine.new_cache(30)  # past the horizon: a rolling cache of another layout
+    assert longer is not first and longer.rolling
+
+
+def test_plan_key_is_shared_by_a_blocks_steps_and_clean_pass_only():
+    cache = KVCache(2, 1, 4, 6, 2, 4)
+    keys = []
+    for block in range(4):
+        step_keys = set()
+        for _ in range(3):  # steps, then the clean pass: same slots
+            cache.begin(block, 1)
+            step_keys.add(cache.plan_key())
+            cache.end()
+        assert len(step_keys) == 1
+        keys.append(step_keys.pop())
+    assert len(set(keys)) == 4
+
+
+def test_a_full_rolling_cache_repeats_its_plan():
+    cache = KVCache(2, 1, 3, 6, 2, 4, sink_frames=1, rolling=True)
+    keys = []
+    for block in range(6):
+        cache.begin(block, 1)
+        keys.append(cache.plan_key())
+        cache.end()
+    assert keys[3] == keys[4] == keys[5] != keys[2]  # once full, every append evicts the same way
+
+
+@pytest.mark.skipif(not CUDA, reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("case,preset,frames", [("framewise_4step_t2v", "tiny-framewise.yaml", 21),
+                                                ("chunkwise_4step_t2v", "tiny-chunkwise.yaml", 21),
+                                                ("framewise_4step_rolling", "tiny-framewise-rolling.yaml", 21)])
+def test_graphs_replay_exactly_what_the_eager_calls_compute(golden, case, preset, frames):
+    engine = fixture_engine(preset, "cuda")
+    eager = latents_of(engine, golden, case, frames)
+    engine.accelerate(compile=False, graphs=True)
+    first = latents_of(engine, golden, case, frames)
+    captured = engine.runner.captures
+    second = latents_of(engine, golden, case, frames)
+    assert torch.equal(first, eager) and torch.equal(second, eager)
+    assert captured > 0 and engine.runner.captures == captured  # the second video only replays
+    assert rel_err(second, golden[f"{case}.latents"]) <= 1e-4
+
+
+def test_channels_last_decoder_gives_the_same_pixels():
+    """The layout the fast path puts the VAE decoder in: same arithmetic (CPU float32: within summation order)."""
+    from cfcli.models.vae import VAEConfig, WanVAE
+    from cfcli.pipeline.fast import tune_vae
+
+    torch.manual_seed(0)
+    vae = WanVAE(VAEConfig(dim=8)).eval()
+    for p in vae.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    z = torch.randn(1, 3, 16, 6, 8)
+    plain = vae.decode(z)
+    tune_vae(vae, fuse=True)  # no Triton kernel on the CPU: only the layout changes
+    tuned = vae.decode(z)
+    assert vae.decoder.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert plain.shape == tuned.shape == (1, 9, 3, 48, 64)
+    assert (plain - tuned).abs().max() < 1e-5 and plain.std() > 0.01
+
+
+@pytest.mark.skipif(not CUDA, reason="the fused kernel is Triton on CUDA")
+@pytest.mark.parametrize("shape", [(1, 96, 4, 24, 40), (1, 384, 1, 6, 10), (2, 20, 3, 8, 8)])
+def test_fused_norm_silu_matches_the_eager_ops(shape):
+    from cfcli.models.vae import rms_norm_silu
+    from cfcli.ops.fused_norm import norm_silu
+
+    x = torch.randn(shape, device="cuda").contiguous(memory_format=torch.channels_last_3d)
+    gamma = torch.rand(shape[1], 1, 1, 1, device="cuda") + 0.5
+    scale = shape[1] ** 0.5
+    want = rms_norm_silu(x.clone(), gamma, scale)
+    got = norm_silu(x, (gamma * scale).flatten())
+    assert got.is_contiguous(memory_format=torch.channels_last_3d)
+    assert rel_err(got, want) < 1e-6
