@@ -130,3 +130,23 @@ def test_fused_norm_silu_matches_the_eager_ops(shape):
     got = norm_silu(x, (gamma * scale).flatten())
     assert got.is_contiguous(memory_format=torch.channels_last_3d)
     assert rel_err(got, want) < 1e-6
+
+
+def test_fp8_off_an_fp8_gpu_is_refused_before_anything_loads(cf, tmp_path):
+    out = tmp_path / "v.mp4"
+    r = cf("generate", "a fox", "--preset", FIXTURES / "tiny-framewise.yaml", "--device", "cpu", "--quantize", "fp8",
+           "--out", out)
+    assert r.exit_code == 1 and "compute capability 8.9" in r.output and not out.exists()
+    r = cf("bench", "--preset", FIXTURES / "tiny-framewise.yaml", "--device", "cpu", "--quantize", "int4")
+    assert r.exit_code == 1 and "unknown quantization 'int4'" in r.output
+
+
+def test_a_decoded_block_comes_out_one_latent_frame_at_a_time(golden):
+    engine = fixture_engine("tiny-chunkwise.yaml")
+    text_kv = engine.text_kv(golden["chunkwise_4step_t2v.embeds"][None])
+    chunks = list(engine.generate(text_kv, 6, seed=0))
+    assert [c.latents.shape[0] for c in chunks] == [1] * 6
+    assert [c.block_end for c in chunks] == [False, False, True] * 2
+    assert [c.pixels.shape[0] for c in chunks] == [1, 4, 4, 4, 4, 4]  # 1 + 4k frames in all
+    whole = torch.cat([c.latents for c in engine.generate(text_kv, 6, seed=0, decode=False)])
+    assert torch.equal(torch.cat([c.latents for c in chunks]), whole)

@@ -4,8 +4,8 @@ import json
 
 import typer
 
-from cfcli.cli.common import (CompileOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt, ModeOpt, PresetOpt, StepsOpt,
-                              console, friendly, is_tty, pick_device, pick_dtype, preset_name)
+from cfcli.cli.common import (CompileOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt, ModeOpt, PresetOpt, QuantizeOpt,
+                              StepsOpt, console, friendly, is_tty, pick_device, pick_dtype, preset_name)
 from cfcli.errors import CfError
 
 
@@ -27,6 +27,7 @@ def register(app: typer.Typer) -> None:
         dtype: DtypeOpt = None,
         compile: CompileOpt = True,
         cuda_graphs: GraphsOpt = True,
+        quantize: QuantizeOpt = None,
         peak_tflops: float = typer.Option(None, "--peak-tflops",
                                           help="Matmul rate for the FLOP floors (default: 700, an assumed H100 "
                                                "bf16 rate)."),
@@ -36,11 +37,13 @@ def register(app: typer.Typer) -> None:
         from cfcli.pipeline import bench as job
         from cfcli.pipeline.engine import latent_frames_for
         from cfcli.pipeline.generate import plan_frames
+        from cfcli.pipeline.engine import check_quantization
         from cfcli.presets import load_preset
 
         p = job.with_resolution(load_preset(preset_name(preset, mode, steps)), height, width)
         dev = pick_device(device)
         dt = pick_dtype(dtype, dev)
+        check_quantization(quantize, dev)
         if repeat < 1:
             raise CfError(f"--repeat must be at least 1, got {repeat}")
         if peak_tflops is not None and peak_tflops <= 0:
@@ -54,7 +57,7 @@ def register(app: typer.Typer) -> None:
                           "size (same speed, meaningless pixels)")
         req = job.BenchRequest(p, dev, dt, latent_frames_for(real), repeat, random_weights,
                                peak_tflops=peak_tflops or job.DEFAULT_PEAK_TFLOPS, compile=compile,
-                               graphs=cuda_graphs)
+                               graphs=cuda_graphs, quantize=quantize)
         if is_tty() and not json_out:
             with console.status("benchmarking") as spinner:
                 result = job.run(req, lambda m: spinner.update(f"benchmarking: {m}"))

@@ -8,8 +8,8 @@ import typer
 from typer.core import TyperCommand
 
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt, ModeOpt,
-                              OverwriteOpt, PresetOpt, QuietOpt, SeedOpt, StepsOpt, check_out, console, friendly,
-                              new_seed, pick_device, pick_dtype, preset_name)
+                              OverwriteOpt, PresetOpt, QuantizeOpt, QuietOpt, SeedOpt, StepsOpt, check_out, console,
+                              friendly, new_seed, pick_device, pick_dtype, preset_name)
 from cfcli.cli.progress import ProgressView
 from cfcli.errors import CfError
 
@@ -71,6 +71,7 @@ def register(app: typer.Typer) -> None:
         dtype: DtypeOpt = None,
         compile: CompileOpt = True,
         cuda_graphs: GraphsOpt = True,
+        quantize: QuantizeOpt = None,
         save_latents: Path = typer.Option(None, "--save-latents", help="Also write the latents (safetensors)."),
         prompt_file: Path = typer.Option(None, "--prompt-file", help="One prompt per line; models load once."),
         prompt_at: list[str] = typer.Option(None, "--prompt-at", metavar="TIME PROMPT",
@@ -84,6 +85,7 @@ def register(app: typer.Typer) -> None:
         """Generate a video from a text prompt (and optionally a starting picture)."""
         from cfcli.pipeline import generate as job
         from cfcli.pipeline.video import CODECS
+        from cfcli.pipeline.engine import check_quantization
         from cfcli.presets import load_preset
 
         schedule = read_schedule(prompt, prompt_at, prompt_schedule, prompt_file)
@@ -93,6 +95,7 @@ def register(app: typer.Typer) -> None:
         p = load_preset(preset_name(preset, mode, steps))
         dev = pick_device(device)
         dt = pick_dtype(dtype, dev)
+        check_quantization(quantize, dev)
         fps_ = fps or p.fps
         want = frames if frames is not None else (round(seconds * fps_) + 1 if seconds is not None else p.frames)
         if seconds is not None and seconds <= 0:
@@ -112,7 +115,7 @@ def register(app: typer.Typer) -> None:
         # Every prompt is encoded in one umT5 load, which is gone before the DiT loads (once, for all prompts).
         encoder = job.PromptEncoder(p, dev, dt)
         encoder.encode(schedule.prompts() if schedule else prompts)
-        engine = job.Engine.load(p, dev, dt).accelerate(compile, cuda_graphs)
+        engine = job.Engine.load(p, dev, dt).quantize(quantize).accelerate(compile, cuda_graphs)
         for text, s, path in runs:
             if not quiet:
                 console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {real} frames → {path}")

@@ -59,6 +59,7 @@ class BenchRequest:
     peak_tflops: float = DEFAULT_PEAK_TFLOPS
     compile: bool = True  # the CUDA fast path (`Engine.accelerate`); no effect off the GPU
     graphs: bool = True
+    quantize: str | None = None  # `Engine.quantize`: "fp8"
 
 
 @dataclass
@@ -93,7 +94,7 @@ class BenchResult:
     text_peak_vram_gib: float | None
     realtime: bool
     realtime_factor: float
-    fast_path: str  # "compile+graphs", "compile", "graphs" or "eager"
+    fast_path: str  # "compile+graphs", "compile", "graphs" or "eager", then "+fp8" when quantised
     warmup_s: float  # the warm-up generation, compilation and graph captures included
     finite: bool
     dit_tflop: float
@@ -294,21 +295,25 @@ def bench_text(preset: Preset, device, dtype, random: bool, repeat: int, clock: 
 # Generation timing
 
 def timed_generation(engine: Engine, context: Tensor, latent_frames: int, seed: int, decode: bool,
-                     clock: Clock) -> tuple[list[float], Tensor]:
-    """Seconds from the start (cross K/V included) to each chunk being handed out, and the last block's latents.
+                     clock: Clock) -> tuple[float, list[float], Tensor]:
+    """Seconds from the start (cross K/V included) to the first chunk and to each block's last chunk being handed
+    out, and the last block's latents.
 
     With `decode` the chunk's pixels are decoded when it is handed out; without, only the DiT has run.
     """
     clock.sync()  # the start mark must not queue behind earlier work
     start = clock.mark()
     text_kv = engine.text_kv(context)
-    marks, last = [], None
+    marks, first, last = [], None, None
     for chunk in engine.generate(text_kv, latent_frames, seed, decode=decode):
         # With decoding on CUDA the pixels are ready when the side stream's event fires, not on the main stream.
-        marks.append(chunk.ready if chunk.ready is not None else clock.mark())
+        mark = chunk.ready if chunk.ready is not None else clock.mark()
+        first = first or mark
+        if chunk.block_end:
+            marks.append(mark)
         last = chunk.latents  # pixels are dropped at once, as a writer would
     clock.sync()
-    return [clock.seconds(start, m) for m in marks], last
+    return clock.seconds(start, first), [clock.seconds(start, m) for m in marks], last
 
 
 @dataclass
@@ -320,10 +325,10 @@ class Repeat:
 
 
 def one_repeat(engine: Engine, context: Tensor, latent_frames: int, seed: int, clock: Clock) -> Repeat:
-    ready, _ = timed_generation(engine, context, latent_frames, seed, True, clock)
-    dit_only, _ = timed_generation(engine, context, latent_frames, seed, False, clock)
+    first, ready, _ = timed_generation(engine, context, latent_frames, seed, True, clock)
+    _, dit_only, _ = timed_generation(engine, context, latent_frames, seed, False, clock)
     blocks = [b - a for a, b in zip([0.0] + ready[:-1], ready)]
-    return Repeat(ready[-1], dit_only[-1], ready[0], blocks)
+    return Repeat(ready[-1], dit_only[-1], first, blocks)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -369,14 +374,15 @@ def run(req: BenchRequest, status: Callable[[str], None] = lambda m: None) -> Be
         status("text encoder")
         text = bench_text(p, dev, dt, use_random, req.repeat, clock, req.seed)
         status("building the DiT and VAE")
-        engine = build_engine(p, dev, dt, use_random, req.seed).accelerate(req.compile, req.graphs)
+        engine = build_engine(p, dev, dt, use_random, req.seed).quantize(req.quantize)
+        engine.accelerate(req.compile, req.graphs)
         reset_peak(dev)
         status("warm-up" + (" (compiling)" if req.compile and dev.type == "cuda" else ""))
         # Kernels are chosen, blocks compiled and graphs captured within a few blocks; once past the horizon every
         # cache plan repeats, so a long video need not be made twice.
         warm = min(req.latent_frames, WARMUP_FRAMES // p.block_frames * p.block_frames)
         started = time.perf_counter()
-        _, last = timed_generation(engine, text.context, warm, req.seed, True, clock)
+        _, _, last = timed_generation(engine, text.context, warm, req.seed, True, clock)
         warmup_s = time.perf_counter() - started
         finite = bool(torch.isfinite(last.float()).all())
         repeats = []
@@ -390,9 +396,8 @@ def run(req: BenchRequest, status: Callable[[str], None] = lambda m: None) -> Be
 
 
 def fast_path_name(req: BenchRequest) -> str:
-    if req.device.type != "cuda":
-        return "eager"
-    return "+".join(n for n, on in (("compile", req.compile), ("graphs", req.graphs)) if on) or "eager"
+    on = [n for n, flag in (("compile", req.compile), ("graphs", req.graphs)) if flag and req.device.type == "cuda"]
+    return "+".join((on or ["eager"]) + ([req.quantize] if req.quantize else []))
 
 
 def summarise(req: BenchRequest, repeats: list[Repeat], text: TextTiming, flops: FlopPlan, random: bool,
@@ -407,7 +412,7 @@ def summarise(req: BenchRequest, repeats: list[Repeat], text: TextTiming, flops:
     tcfg = T5Config(**p.arch("text_encoder"))
     text_flops = t5_flops(tcfg, text.tokens)
     floor = {"fps_end_to_end": frames * rate / (dit + vae), "fps_generation": frames * rate / dit,
-             "first_frame_s": block_floor[0], "block_ms_p50": 1e3 * percentile(block_floor, 50),
+             "first_frame_s": (flops.dit_blocks[0] + flops.vae_first) / rate, "block_ms_p50": 1e3 * percentile(block_floor, 50),
              "block_ms_p95": 1e3 * percentile(block_floor, 95), "text_encode_s": text_flops / rate}
     return BenchResult(
         preset=p.name, device=str(req.device), gpu=gpu, dtype=str(req.dtype).removeprefix("torch."),

@@ -57,9 +57,25 @@ def cache_window(preset: Preset, total_frames: int) -> tuple[int, bool]:
     return (attention_window(preset) if rolling else total_frames), rolling
 
 
+def check_quantization(scheme: str | None, device: torch.device) -> None:
+    """Raise a CfError unless `Engine.quantize(scheme)` can run on `device` (checked before any model loads)."""
+    if scheme is None:
+        return
+    if scheme != "fp8":
+        raise CfError(f"unknown quantization {scheme!r}", "use --quantize fp8, or leave it out")
+    from cfcli.ops.fp8 import fp8_supported
+
+    ok, why = fp8_supported(device)
+    if not ok:
+        raise CfError(why, "leave out --quantize to run in the preset's precision")
+
+
 @dataclass
 class Chunk:
-    """One finished block: its latents [F, C, h, w] (on the device) and decoded pixels [n, 3, H, W] uint8.
+    """A finished block, or one latent frame of it: latents [F, C, h, w] (on the device), pixels [n, 3, H, W] uint8.
+
+    When decoding, a block of several latent frames is handed out one latent frame at a time, each as soon as its
+    pixels are decoded: the first frames of a chunk-wise block appear after one latent frame's decode, not three.
 
     On CUDA the pixels are decoded and copied to pinned host memory on a side stream while the DiT goes on with the
     next block; `ready` is the event that marks them done and `host_pixels()` waits for it (never for the DiT).
@@ -70,6 +86,7 @@ class Chunk:
     pixels: Tensor | None
     context: bool = False
     ready: "torch.cuda.Event | None" = None
+    block_end: bool = True  # the last chunk of its block (a decoded block comes out one latent frame at a time)
 
     def host_pixels(self) -> Tensor:
         if self.ready is not None:
@@ -87,6 +104,17 @@ class Engine:
                              if preset.first_block_steps else None)
         self.runner = dit  # what the samplers call: the DiT, or its CUDA-graph wrapper (`accelerate`)
         self._cache: tuple[tuple, KVCache | RollingKVCache] | None = None
+
+    def quantize(self, scheme: str | None) -> "Engine":
+        """Opt-in lower precision: `fp8` stores the DiT blocks' linear layers in float8 and runs them as FP8 matmuls
+        with per-tensor scales (`cfcli.ops.fp8`; Ada/Hopper GPUs). Call before `accelerate`."""
+        if scheme is None:
+            return self
+        check_quantization(scheme, self.device)
+        from cfcli.ops.fp8 import quantize_fp8_
+
+        quantize_fp8_(self.dit)
+        return self
 
     def accelerate(self, compile: bool = True, graphs: bool = True) -> "Engine":
         """Turn on the CUDA fast path (`cfcli.pipeline.fast`): compiled DiT block stages and/or CUDA graphs of DiT
@@ -182,12 +210,12 @@ class Engine:
         decoder = self.vae.stream_decoder() if decode else None
         side = torch.cuda.Stream(self.device) if decode and self.device.type == "cuda" else None
 
-        def chunk(latents: Tensor, is_context: bool) -> Chunk:
+        def chunk(latents: Tensor, is_context: bool, block_end: bool = True) -> Chunk:
             if decoder is None:
                 return Chunk(latents[0], None, is_context)
             if side is None:
-                return Chunk(latents[0], to_uint8(decoder.decode(latents)[0]), is_context)
-            return decode_aside(decoder, latents, side, is_context)
+                return Chunk(latents[0], to_uint8(decoder.decode(latents)[0]), is_context, None, block_end)
+            return decode_aside(decoder, latents, side, is_context, block_end)
 
         with torch.inference_mode():
             if context is not None:
@@ -199,10 +227,14 @@ class Engine:
             noise = torch.randn((1, latent_frames, self.dit.cfg.in_dim, h, w), generator=generator,
                                 dtype=self.dtype, device=self.device)
             for x0 in sampler.stream(noise, text_kv, generator):
-                yield chunk(x0, False)
+                if decoder is None:
+                    yield chunk(x0, False)
+                    continue
+                for i in range(x0.shape[1]):
+                    yield chunk(x0[:, i:i + 1], False, block_end=i + 1 == x0.shape[1])
 
 
-def decode_aside(decoder, latents: Tensor, side: "torch.cuda.Stream", is_context: bool) -> Chunk:
+def decode_aside(decoder, latents: Tensor, side: "torch.cuda.Stream", is_context: bool, block_end: bool) -> Chunk:
     """Decode `latents` on the `side` stream, overlapping the DiT's next block, into pinned host memory."""
     side.wait_stream(torch.cuda.current_stream(latents.device))  # the block's x0 must be finished
     latents.record_stream(side)  # the allocator must not hand its memory to the DiT before the decode has read it
@@ -212,4 +244,4 @@ def decode_aside(decoder, latents: Tensor, side: "torch.cuda.Stream", is_context
         host.copy_(pixels, non_blocking=True)
         ready = torch.cuda.Event(enable_timing=True)  # `cf bench` times blocks by it
         ready.record(side)
-    return Chunk(latents[0], host, is_context, ready)
+    return Chunk(latents[0], host, is_context, ready, block_end)

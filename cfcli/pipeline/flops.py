@@ -121,6 +121,7 @@ def t5_flops(cfg: T5Config, tokens: int) -> int:
 class FlopPlan:
     dit_blocks: list[int]  # DiT FLOPs timed in each block's interval (block 0 includes the text K/V)
     vae_blocks: list[int]  # decoder FLOPs of each block's latents
+    vae_first: int  # decoder FLOPs of the video's first latent frame (its pixels come out first)
 
 
 def flop_plan(preset: Preset, latent_frames: int) -> FlopPlan:
@@ -133,4 +134,4 @@ def flop_plan(preset: Preset, latent_frames: int) -> FlopPlan:
     first, later = vae_latent_flops(VAEConfig(**preset.arch("vae")), h, w)
     bf = preset.block_frames
     vae = [first + (bf - 1) * later if i == 0 else bf * later for i in range(len(dit))]
-    return FlopPlan(dit, vae)
+    return FlopPlan(dit, vae, first)

@@ -39,6 +39,7 @@ class GenerateRequest:
     schedule: PromptSchedule | None = None  # prompt switches; its opening prompt is `prompt`
     compile: bool = True  # the CUDA fast path (`Engine.accelerate`), when `run` loads the engine itself
     graphs: bool = True
+    quantize: str | None = None  # `Engine.quantize`
 
 
 @dataclass
@@ -102,7 +103,8 @@ def run(req: GenerateRequest, on_progress: Callable[[Progress], None] = lambda p
     prompt_encoder = prompt_encoder or PromptEncoder(p, req.device, req.dtype)
     prompts = schedule.prompts()
     features = prompt_encoder.encode(prompts)  # each distinct prompt once, before the DiT loads
-    engine = engine or Engine.load(p, req.device, req.dtype).accelerate(req.compile, req.graphs)
+    engine = engine or Engine.load(p, req.device, req.dtype).quantize(req.quantize).accelerate(req.compile,
+                                                                                           req.graphs)
     kv = {text: engine.text_kv(f) for text, f in zip(prompts, features)}
     text_kv = (TextSchedule(starts, tuple(kv[e.prompt] for e in schedule.entries)) if schedule.has_switches
                else kv[schedule.opening])
