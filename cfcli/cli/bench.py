@@ -4,8 +4,8 @@ import json
 
 import typer
 
-from cfcli.cli.common import (CompileOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt, ModeOpt, PresetOpt, QuantizeOpt,
-                              StepsOpt, console, friendly, is_tty, pick_device, pick_dtype, preset_name)
+from cfcli.cli.common import (CompileOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt, ModeOpt, PresetOpt,
+                              QuantizeOpt, StepsOpt, console, friendly, is_tty, pick_device, pick_dtype, preset_name)
 from cfcli.errors import CfError
 
 
@@ -28,6 +28,7 @@ def register(app: typer.Typer) -> None:
         compile: CompileOpt = True,
         cuda_graphs: GraphsOpt = True,
         quantize: QuantizeOpt = None,
+        decoder: DecoderOpt = "wan",
         peak_tflops: float = typer.Option(None, "--peak-tflops",
                                           help="Matmul rate for the FLOP floors (default: 700, an assumed H100 "
                                                "bf16 rate)."),
@@ -37,13 +38,14 @@ def register(app: typer.Typer) -> None:
         from cfcli.pipeline import bench as job
         from cfcli.pipeline.engine import latent_frames_for
         from cfcli.pipeline.generate import plan_frames
-        from cfcli.pipeline.engine import check_quantization
+        from cfcli.pipeline.engine import check_decoder, check_quantization
         from cfcli.presets import load_preset
 
         p = job.with_resolution(load_preset(preset_name(preset, mode, steps)), height, width)
         dev = pick_device(device)
         dt = pick_dtype(dtype, dev)
         check_quantization(quantize, dev)
+        check_decoder(decoder, need_weights=False)
         if repeat < 1:
             raise CfError(f"--repeat must be at least 1, got {repeat}")
         if peak_tflops is not None and peak_tflops <= 0:
@@ -57,7 +59,7 @@ def register(app: typer.Typer) -> None:
                           "size (same speed, meaningless pixels)")
         req = job.BenchRequest(p, dev, dt, latent_frames_for(real), repeat, random_weights,
                                peak_tflops=peak_tflops or job.DEFAULT_PEAK_TFLOPS, compile=compile,
-                               graphs=cuda_graphs, quantize=quantize)
+                               graphs=cuda_graphs, quantize=quantize, decoder=decoder)
         if is_tty() and not json_out:
             with console.status("benchmarking") as spinner:
                 result = job.run(req, lambda m: spinner.update(f"benchmarking: {m}"))
@@ -75,7 +77,8 @@ def render(r, assumed_rate: bool) -> None:
 
     weights = "cached weights" if r.weights == "cached" else "random weights (preset size)"
     blocks = f"{r.blocks} block{'s' if r.blocks != 1 else ''}"
-    console.print(f"[bold]{r.preset}[/] · {r.frames} frames ({blocks}) at {r.width}×{r.height} · {r.dtype} "
+    decoder = " · TAEHV decoder" if r.decoder == "taehv" else ""
+    console.print(f"[bold]{r.preset}[/] · {r.frames} frames ({blocks}) at {r.width}×{r.height} · {r.dtype}{decoder} "
                   f"· {r.gpu} ({r.device}) · [cyan]{weights}[/]")
     f = r.floor
     table = Table(box=None, pad_edge=False)

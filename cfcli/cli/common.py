@@ -33,6 +33,9 @@ GraphsOpt = Annotated[bool, typer.Option("--cuda-graphs/--no-cuda-graphs",
 QuantizeOpt = Annotated[str | None, typer.Option("--quantize", metavar="fp8",
                                                  help="fp8: the DiT's linear layers in float8 (Ada/Hopper GPUs): "
                                                       "faster, slightly different pixels.")]
+DecoderOpt = Annotated[str, typer.Option("--decoder", metavar="wan|taehv",
+                                         help="wan: the full VAE. taehv: the tiny TAEHV decoder, many times faster, "
+                                              "softer detail (`cf download --decoder taehv`).")]
 DTYPES = ("float32", "bfloat16", "float16")
 
 

@@ -40,12 +40,22 @@ def register(app: typer.Typer) -> None:
         dry_run: bool = typer.Option(False, "--dry-run", help="List files, sizes and what is cached; fetch nothing."),
         list_: bool = typer.Option(False, "--list", help="List the shipped presets and whether they are ready."),
         verify: bool = typer.Option(False, "--verify", help="Hash cached files again, even those checked before."),
+        decoder: str = typer.Option(None, "--decoder", metavar="taehv",
+                                    help="Also fetch the TAEHV tiny decoder (`--decoder taehv`; alone: only it)."),
         quiet: QuietOpt = False,
     ) -> None:
         """Download the weights a preset needs (only those files), verified, then convert the generator once."""
         if list_:
             show_models(as_json=False)
             return
+        if decoder is not None:
+            if decoder != "taehv":
+                raise CfError(f"--decoder {decoder} has nothing to download", "use --decoder taehv (the Wan VAE comes "
+                              "with every preset)")
+            if not dry_run:
+                download_taehv(quiet, force=verify)
+            if not (all_ or preset or mode or steps):
+                return
         if all_ and (preset or mode or steps):
             raise CfError("--all cannot be combined with --preset/--mode/--steps", "use one or the other")
         names = shipped_presets() if all_ else [preset_name(preset, mode, steps)]
@@ -153,6 +163,21 @@ def convert_all(job: Job, *, quiet: bool) -> None:
             size = hub.human(target.stat().st_size)
             console.print(f"[green]✓[/] converted {f.path} → {target}  [dim]{size} bf16 safetensors "
                           f"({'EMA' if need.preset.use_ema else 'non-EMA'} weights)[/]")
+
+
+def download_taehv(quiet: bool, force: bool) -> None:
+    from cfcli.taehv_weights import fetch_taehv, taehv_path
+
+    if taehv_path().is_file() and not force:
+        if not quiet:
+            console.print(f"[green]✓[/] TAEHV decoder ready ({taehv_path()})")
+        return
+    with Progress(TextColumn("TAEHV taew2_1.pth"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=console, disable=not _live(quiet)) as bar:
+        task = bar.add_task("taehv", total=None)
+        path = fetch_taehv(lambda done, total: bar.update(task, completed=done, total=total), force=force)
+    if not quiet:
+        console.print(f"[green]✓[/] TAEHV decoder ready ({path}): use --decoder taehv")
 
 
 def report_ready(p: Preset, quiet: bool) -> None:

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import typer
 
-from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt, ModeOpt,
-                              OverwriteOpt, PresetOpt, QuantizeOpt, QuietOpt, SeedOpt, StepsOpt, check_out, console,
-                              friendly, new_seed, pick_device, pick_dtype, preset_name)
+from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt,
+                              ModeOpt, OverwriteOpt, PresetOpt, QuantizeOpt, QuietOpt, SeedOpt, StepsOpt, check_out,
+                              console, friendly, new_seed, pick_device, pick_dtype, preset_name)
 from cfcli.cli.generate import report
 from cfcli.cli.progress import ProgressView
 from cfcli.errors import CfError
@@ -37,6 +37,7 @@ def register(app: typer.Typer) -> None:
         compile: CompileOpt = True,
         cuda_graphs: GraphsOpt = True,
         quantize: QuantizeOpt = None,
+        decoder: DecoderOpt = "wan",
         save_latents: Path = typer.Option(None, "--save-latents", help="Write context + new latents."),
         quiet: QuietOpt = False,
         json_out: JsonOpt = False,
@@ -44,7 +45,7 @@ def register(app: typer.Typer) -> None:
         """Continue a video clip; the output is the clip followed by the new frames (or only the new ones)."""
         from cfcli.pipeline import extend as job
         from cfcli.pipeline.video import CODECS
-        from cfcli.pipeline.engine import check_quantization
+        from cfcli.pipeline.engine import check_decoder, check_quantization
         from cfcli.presets import load_preset
 
         if codec not in CODECS:
@@ -55,6 +56,7 @@ def register(app: typer.Typer) -> None:
         dev = pick_device(device)
         dt = pick_dtype(dtype, dev)
         check_quantization(quantize, dev)
+        check_decoder(decoder, need_weights=True)
         if seconds is not None and seconds <= 0:
             raise CfError(f"--seconds must be positive, got {seconds}")
         new = frames if frames is not None or seconds is not None else 64
@@ -64,7 +66,7 @@ def register(app: typer.Typer) -> None:
         if not quiet:
             console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {clip} + {new or f'{seconds}s'} frames → {path}")
         req = job.ExtendRequest(clip, prompt, p, s, new, path, dev, dt, context_frames, only_new, codec, crf, fps,
-                                save_latents, seconds, compile, cuda_graphs, quantize)
+                                save_latents, seconds, compile, cuda_graphs, quantize, decoder)
         note = (lambda m: None) if quiet else (lambda m: console.print(f"[yellow]note:[/] {m}"))
         with ProgressView(enabled=not quiet, fps=fps or p.fps, device=dev) as view:
             summary = job.run(req, view.update, note=note)

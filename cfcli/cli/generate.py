@@ -7,9 +7,9 @@ from pathlib import Path
 import typer
 from typer.core import TyperCommand
 
-from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt, ModeOpt,
-                              OverwriteOpt, PresetOpt, QuantizeOpt, QuietOpt, SeedOpt, StepsOpt, check_out, console,
-                              friendly, new_seed, pick_device, pick_dtype, preset_name)
+from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt,
+                              ModeOpt, OverwriteOpt, PresetOpt, QuantizeOpt, QuietOpt, SeedOpt, StepsOpt, check_out,
+                              console, friendly, new_seed, pick_device, pick_dtype, preset_name)
 from cfcli.cli.progress import ProgressView
 from cfcli.errors import CfError
 
@@ -72,6 +72,7 @@ def register(app: typer.Typer) -> None:
         compile: CompileOpt = True,
         cuda_graphs: GraphsOpt = True,
         quantize: QuantizeOpt = None,
+        decoder: DecoderOpt = "wan",
         save_latents: Path = typer.Option(None, "--save-latents", help="Also write the latents (safetensors)."),
         prompt_file: Path = typer.Option(None, "--prompt-file", help="One prompt per line; models load once."),
         prompt_at: list[str] = typer.Option(None, "--prompt-at", metavar="TIME PROMPT",
@@ -85,7 +86,7 @@ def register(app: typer.Typer) -> None:
         """Generate a video from a text prompt (and optionally a starting picture)."""
         from cfcli.pipeline import generate as job
         from cfcli.pipeline.video import CODECS
-        from cfcli.pipeline.engine import check_quantization
+        from cfcli.pipeline.engine import check_decoder, check_quantization
         from cfcli.presets import load_preset
 
         schedule = read_schedule(prompt, prompt_at, prompt_schedule, prompt_file)
@@ -96,6 +97,7 @@ def register(app: typer.Typer) -> None:
         dev = pick_device(device)
         dt = pick_dtype(dtype, dev)
         check_quantization(quantize, dev)
+        check_decoder(decoder, need_weights=True)
         fps_ = fps or p.fps
         want = frames if frames is not None else (round(seconds * fps_) + 1 if seconds is not None else p.frames)
         if seconds is not None and seconds <= 0:
@@ -115,7 +117,7 @@ def register(app: typer.Typer) -> None:
         # Every prompt is encoded in one umT5 load, which is gone before the DiT loads (once, for all prompts).
         encoder = job.PromptEncoder(p, dev, dt)
         encoder.encode(schedule.prompts() if schedule else prompts)
-        engine = job.Engine.load(p, dev, dt).quantize(quantize).accelerate(compile, cuda_graphs)
+        engine = job.Engine.load(p, dev, dt).use_decoder(decoder).quantize(quantize).accelerate(compile, cuda_graphs)
         for text, s, path in runs:
             if not quiet:
                 console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {real} frames → {path}")

@@ -30,10 +30,12 @@ from cfcli import hub
 from cfcli.errors import CfError
 from cfcli.models.dit import CausalWanDiT, DiTConfig
 from cfcli.models.t5 import T5Config, UMT5Encoder, encode_text
+from cfcli.models.taehv import TAEHV, TAEHVConfig
 from cfcli.models.vae import VAEConfig, WanVAE
 from cfcli.pipeline.engine import Engine, video_frames_for
 from cfcli.pipeline.flops import FlopPlan, flop_plan, t5_flops
 from cfcli.presets import WEIGHT_ROLES, Preset
+from cfcli.taehv_weights import taehv_path
 
 DEFAULT_PEAK_TFLOPS = 700.0  # dense bf16 matmul rate assumed for an H100 (the 8192³ GEMM reaches ~800 there)
 INIT_STD = 0.02
@@ -60,6 +62,7 @@ class BenchRequest:
     compile: bool = True  # the CUDA fast path (`Engine.accelerate`); no effect off the GPU
     graphs: bool = True
     quantize: str | None = None  # `Engine.quantize`: "fp8"
+    decoder: str = "wan"  # `Engine.use_decoder`: "wan" or "taehv"
 
 
 @dataclass
@@ -94,6 +97,7 @@ class BenchResult:
     text_peak_vram_gib: float | None
     realtime: bool
     realtime_factor: float
+    decoder: str  # "wan" or "taehv"
     fast_path: str  # "compile+graphs", "compile", "graphs" or "eager", then "+fp8" when quantised
     warmup_s: float  # the warm-up generation, compilation and graph captures included
     finite: bool
@@ -176,6 +180,14 @@ def build_engine(preset: Preset, device: torch.device, dtype: torch.dtype, rando
     dit = build_random(CausalWanDiT, DiTConfig(**preset.arch("dit")), device, dtype, seed)
     vae = build_random(WanVAE, VAEConfig(**preset.arch("vae")), device, dtype, seed + 1)
     return Engine(preset, dit, vae, device, dtype)
+
+
+def use_decoder(engine: Engine, name: str, random: bool, seed: int) -> None:
+    """The requested decoder; TAEHV random (full size) like the rest when its weights are not downloaded."""
+    if name == "taehv" and (random or not taehv_path().is_file()):
+        engine.use_decoder(name, build_random(TAEHV, TAEHVConfig(), engine.device, torch.float32, seed + 2))
+    else:
+        engine.use_decoder(name)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -375,6 +387,7 @@ def run(req: BenchRequest, status: Callable[[str], None] = lambda m: None) -> Be
         text = bench_text(p, dev, dt, use_random, req.repeat, clock, req.seed)
         status("building the DiT and VAE")
         engine = build_engine(p, dev, dt, use_random, req.seed).quantize(req.quantize)
+        use_decoder(engine, req.decoder, use_random, req.seed)
         engine.accelerate(req.compile, req.graphs)
         reset_peak(dev)
         status("warm-up" + (" (compiling)" if req.compile and dev.type == "cuda" else ""))
@@ -391,7 +404,7 @@ def run(req: BenchRequest, status: Callable[[str], None] = lambda m: None) -> Be
             repeats.append(one_repeat(engine, text.context, req.latent_frames, req.seed, clock))
         peak = peak_memory(dev)
         attention = attention_backends(dev, dt, engine.dit.cfg)
-    flops = flop_plan(p, req.latent_frames)
+    flops = flop_plan(p, req.latent_frames, req.decoder)
     return summarise(req, repeats, text, flops, use_random, finite, peak, attention, gpu_name(dev), warmup_s)
 
 
@@ -412,7 +425,8 @@ def summarise(req: BenchRequest, repeats: list[Repeat], text: TextTiming, flops:
     tcfg = T5Config(**p.arch("text_encoder"))
     text_flops = t5_flops(tcfg, text.tokens)
     floor = {"fps_end_to_end": frames * rate / (dit + vae), "fps_generation": frames * rate / dit,
-             "first_frame_s": (flops.dit_blocks[0] + flops.vae_first) / rate, "block_ms_p50": 1e3 * percentile(block_floor, 50),
+             "first_frame_s": (flops.dit_blocks[0] + flops.vae_first) / rate,
+             "block_ms_p50": 1e3 * percentile(block_floor, 50),
              "block_ms_p95": 1e3 * percentile(block_floor, 95), "text_encode_s": text_flops / rate}
     return BenchResult(
         preset=p.name, device=str(req.device), gpu=gpu, dtype=str(req.dtype).removeprefix("torch."),
@@ -425,6 +439,6 @@ def summarise(req: BenchRequest, repeats: list[Repeat], text: TextTiming, flops:
         block_ms_p95=med(1e3 * percentile(r.block_s, 95) for r in repeats),
         text_encode_s=text.encode_s, text_load_s=text.load_s, text_tokens=text.tokens, peak_vram_gib=peak,
         text_peak_vram_gib=text.peak_gib, realtime=fps_e2e >= p.fps, realtime_factor=fps_e2e / p.fps,
-        fast_path=fast_path_name(req), warmup_s=warmup_s,
+        decoder=req.decoder, fast_path=fast_path_name(req), warmup_s=warmup_s,
         finite=finite, dit_tflop=dit / 1e12, vae_decode_tflop=vae / 1e12, text_encode_tflop=text_flops / 1e12,
         peak_tflops=req.peak_tflops, floor=floor)

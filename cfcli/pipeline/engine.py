@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from cfcli import hub
 from cfcli.errors import CfError
@@ -55,6 +55,19 @@ def cache_window(preset: Preset, total_frames: int) -> tuple[int, bool]:
     horizon the model was trained on, the `attention_window` beyond it."""
     rolling = preset.local_attn_frames != -1 or total_frames > preset.horizon_frames
     return (attention_window(preset) if rolling else total_frames), rolling
+
+
+DECODERS = ("wan", "taehv")
+
+
+def check_decoder(name: str, need_weights: bool = False) -> None:
+    """Raise a CfError for an unknown decoder or (with `need_weights`) TAEHV weights that are not downloaded."""
+    if name not in DECODERS:
+        raise CfError(f"unknown decoder {name!r}", f"use one of: {', '.join(DECODERS)}")
+    if name == "taehv" and need_weights:
+        from cfcli.taehv_weights import cached_taehv
+
+        cached_taehv()
 
 
 def check_quantization(scheme: str | None, device: torch.device) -> None:
@@ -102,8 +115,24 @@ class Engine:
         self.plan = StepPlan(tuple(self.schedule.warp(list(preset.steps))),
                              tuple(self.schedule.warp(list(preset.first_block_steps)))
                              if preset.first_block_steps else None)
+        self.decoder = vae  # what turns latents into pixels: the Wan VAE, or TAEHV (`use_decoder`)
         self.runner = dit  # what the samplers call: the DiT, or its CUDA-graph wrapper (`accelerate`)
         self._cache: tuple[tuple, KVCache | RollingKVCache] | None = None
+
+    def use_decoder(self, name: str, model: nn.Module | None = None) -> "Engine":
+        """Decode with the Wan VAE (`wan`) or the TAEHV tiny decoder (`taehv`: its cached weights unless `model` is
+        given; float16 on GPUs as upstream runs it). Encoding (I2V, clips to extend) always uses the Wan VAE."""
+        check_decoder(name)
+        if name == "wan":
+            self.decoder = self.vae
+            return self
+        from cfcli.models.taehv import load_taehv
+        from cfcli.taehv_weights import cached_taehv
+
+        dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.decoder = model.to(self.device, dtype) if model is not None else load_taehv(cached_taehv(), self.device,
+                                                                                         dtype)
+        return self
 
     def quantize(self, scheme: str | None) -> "Engine":
         """Opt-in lower precision: `fp8` stores the DiT blocks' linear layers in float8 and runs them as FP8 matmuls
@@ -207,7 +236,7 @@ class Engine:
                           "generate from text only, or start from a picture or clip with a framewise/chunkwise preset")
         sampler_cls = RollingSampler if self.preset.sampler == "rolling" else CausalSampler
         sampler = sampler_cls(self.runner, self.schedule, self.plan, bf, self.new_cache(n_ctx + latent_frames))
-        decoder = self.vae.stream_decoder() if decode else None
+        decoder = self.decoder.stream_decoder() if decode else None
         side = torch.cuda.Stream(self.device) if decode and self.device.type == "cuda" else None
 
         def chunk(latents: Tensor, is_context: bool, block_end: bool = True) -> Chunk:

@@ -42,6 +42,7 @@ class ExtendRequest:
     compile: bool = True  # the CUDA fast path (`Engine.accelerate`)
     graphs: bool = True
     quantize: str | None = None  # `Engine.quantize`
+    decoder: str = "wan"  # `Engine.use_decoder`
 
 
 def load_clip(path: Path) -> Clip:
@@ -106,8 +107,9 @@ def run(req: ExtendRequest, on_progress: Callable[[Progress], None] = lambda p: 
         note(f"{new_frames} new frames is not a length the model makes; generating {new_latents * 4}")
     context = frames[-video_frames_for(n_ctx):]
     text = PromptEncoder(p, req.device, req.dtype).encode([prompt])[0]
-    engine = engine or Engine.load(p, req.device, req.dtype).quantize(req.quantize).accelerate(req.compile,
-                                                                                           req.graphs)
+    if engine is None:
+        engine = Engine.load(p, req.device, req.dtype).use_decoder(req.decoder).quantize(req.quantize)
+        engine.accelerate(req.compile, req.graphs)
     ctx_latents = engine.encode_video(to_model_range(context).permute(1, 0, 2, 3))
     total = new_latents * 4 + (0 if req.only_new else frames.shape[0])
     meta = metadata(prompt, req.seed, p, total, round(float(fps), 3), extended_from=str(req.clip),

@@ -14,6 +14,7 @@ import torch
 
 from cfcli.models.dit import DiTConfig
 from cfcli.models.t5 import T5Config
+from cfcli.models.taehv import TAEHV, TAEHVConfig
 from cfcli.models.vae import VAEConfig, WanVAE
 from cfcli.pipeline.engine import VAE_SPACE, attention_window, cache_window
 from cfcli.presets import Preset
@@ -97,11 +98,24 @@ def vae_latent_flops(cfg: VAEConfig, h: int, w: int) -> tuple[int, int]:
     middle attention's matmuls, exactly as shaped at this resolution, no arithmetic run. Every later latent frame
     runs identical ops (the first skips the time upsampling and makes 1 frame instead of 4).
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     with torch.device("meta"):
         vae = WanVAE(cfg)
-    z = torch.empty(1, 2, cfg.z_dim, h, w, device="meta")
+    return decoder_latent_flops(vae, cfg.z_dim, h, w)
+
+
+@functools.lru_cache(maxsize=8)
+def taehv_latent_flops(cfg: TAEHVConfig, h: int, w: int) -> tuple[int, int]:
+    """`vae_latent_flops` for the TAEHV tiny decoder (`--decoder taehv`)."""
+    with torch.device("meta"):
+        model = TAEHV(cfg)
+    return decoder_latent_flops(model, cfg.latent_channels, h, w)
+
+
+def decoder_latent_flops(model, channels: int, h: int, w: int) -> tuple[int, int]:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    vae = model
+    z = torch.empty(1, 2, channels, h, w, device="meta")
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         decoder = vae.stream_decoder()
         decoder.decode(z[:, :1])
@@ -124,14 +138,17 @@ class FlopPlan:
     vae_first: int  # decoder FLOPs of the video's first latent frame (its pixels come out first)
 
 
-def flop_plan(preset: Preset, latent_frames: int) -> FlopPlan:
+def flop_plan(preset: Preset, latent_frames: int, decoder: str = "wan") -> FlopPlan:
     dcfg = DiTConfig(**preset.arch("dit"))
     h, w = preset.height // VAE_SPACE, preset.width // VAE_SPACE
     ph, pw = dcfg.patch_size[1:]
     tokens = (h // ph) * (w // pw)
     dit = [sum(dit_call_flops(dcfg, tokens, c) for c in calls) for calls in dit_block_calls(preset, latent_frames)]
     dit[0] += text_kv_flops(dcfg)
-    first, later = vae_latent_flops(VAEConfig(**preset.arch("vae")), h, w)
+    if decoder == "taehv":
+        first, later = taehv_latent_flops(TAEHVConfig(), h, w)
+    else:
+        first, later = vae_latent_flops(VAEConfig(**preset.arch("vae")), h, w)
     bf = preset.block_frames
     vae = [first + (bf - 1) * later if i == 0 else bf * later for i in range(len(dit))]
     return FlopPlan(dit, vae, first)

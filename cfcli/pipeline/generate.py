@@ -40,6 +40,7 @@ class GenerateRequest:
     compile: bool = True  # the CUDA fast path (`Engine.accelerate`), when `run` loads the engine itself
     graphs: bool = True
     quantize: str | None = None  # `Engine.quantize`
+    decoder: str = "wan"  # `Engine.use_decoder`
 
 
 @dataclass
@@ -103,8 +104,9 @@ def run(req: GenerateRequest, on_progress: Callable[[Progress], None] = lambda p
     prompt_encoder = prompt_encoder or PromptEncoder(p, req.device, req.dtype)
     prompts = schedule.prompts()
     features = prompt_encoder.encode(prompts)  # each distinct prompt once, before the DiT loads
-    engine = engine or Engine.load(p, req.device, req.dtype).quantize(req.quantize).accelerate(req.compile,
-                                                                                           req.graphs)
+    if engine is None:
+        engine = Engine.load(p, req.device, req.dtype).use_decoder(req.decoder).quantize(req.quantize)
+        engine.accelerate(req.compile, req.graphs)
     kv = {text: engine.text_kv(f) for text, f in zip(prompts, features)}
     text_kv = (TextSchedule(starts, tuple(kv[e.prompt] for e in schedule.entries)) if schedule.has_switches
                else kv[schedule.opening])
