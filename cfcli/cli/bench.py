@@ -101,7 +101,8 @@ def render(r, assumed_rate: bool) -> None:
         table.add_row("  text encoder phase", f"{r.text_peak_vram_gib:.2f} GiB", "", "")
     console.print(table)
     rate = f"{r.peak_tflops:g} TFLOP/s" + (" (assumed; --peak-tflops)" if assumed_rate else "")
-    console.print(f"[dim]work: DiT {r.dit_tflop:.4g} + VAE decode {r.vae_decode_tflop:.4g} TFLOP per video; "
+    console.print(f"[dim]work: DiT {r.dit_tflop:.4g} + {'TAEHV' if r.decoder == 'taehv' else 'VAE'} decode "
+                  f"{r.vae_decode_tflop:.4g} TFLOP per video; "
                   f"floors at {rate} · attention: {', '.join(r.attention) or 'none'} · {r.fast_path} "
                   f"(warm-up {r.warmup_s:.1f} s) · torch {r.torch} · median of {r.repeat}[/]")
     if not r.finite:
