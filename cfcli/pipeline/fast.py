@@ -1,4 +1,5 @@
-"""The fast path on CUDA: compiled block stages and CUDA graphs of whole DiT calls. Neither changes what is computed.
+"""The fast path on CUDA (`Engine.accelerate`): compiled block stages, CUDA graphs of whole DiT calls, a tuned VAE
+decoder. None changes what is computed; only rounding moves (measured in docs/performance.md).
 
 - `compile_blocks(dit)` compiles each block's two cache-free stages (`Block.project`: modulated norm, q/k/v, RMS norms
   and RoPE; `Block.finish`: output projection, gated residuals, cross-attention, FFN) with `torch.compile`, which fuses
@@ -9,6 +10,8 @@
   it writes and reads) runs eagerly, the second is captured into a CUDA graph, and every later call with that plan
   replays it — one launch instead of ~2,000. Inputs (latents, timesteps, RoPE table, text K/V) are copied into
   static buffers first; the graph writes the KV cache in place, exactly as the eager call. Bit-exact with eager.
+
+- `tune_vae(vae)` stores the decoder channels-last and fuses each RMS norm + SiLU pair (`cfcli.ops.fused_norm`).
 
 A frame-wise 81-frame video has 21 cache plans (one per block; its steps and clean pass share it), so the first video
 captures 21 graphs and every later one with the same cache replays them. Calls on caches without a fixed plan (the
