@@ -379,8 +379,7 @@ class WanVAE(nn.Module):
                 m.weight.data = m.weight.data.contiguous(memory_format=fmt)
             if isinstance(m, CausalConv3d):
                 m.layout = torch.channels_last_3d
-        for m in (self.conv2,):
-            m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last_3d)
+        self.conv2.weight.data = self.conv2.weight.data.contiguous(memory_format=torch.channels_last_3d)
         return self
 
     def stream_decoder(self) -> StreamingDecoder:

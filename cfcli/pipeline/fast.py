@@ -107,9 +107,12 @@ class GraphedDiT:
     def reset(self) -> None:
         """Drop every graph. The next capture starts a new pool: PyTorch cannot share a pool none of whose graphs
         is alive any more."""
+        had_graphs = bool(self.graphs)
         self.graphs.clear()
         self.seen.clear()
         self.pool = None
+        if had_graphs:
+            torch.cuda.empty_cache()  # give the old pool's memory back before the next video allocates
 
     def _load(self, x: Tensor, t: Tensor, text_kv: Tensor, rope: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         shape = (tuple(x.shape), tuple(t.shape), tuple(rope.shape))
