@@ -113,7 +113,7 @@ def rms_norm_silu(x: Tensor, gamma: Tensor, scale: float) -> Tensor:
 class RMSNorm(nn.Module):
     """Wan VAE's RMS norm over channels (dim 1): `normalize(x) * sqrt(dim) * gamma`, in the input dtype."""
 
-    norm_silu = staticmethod(rms_norm_silu)  # `cfcli.pipeline.fast` puts a compiled (fused) one on instances
+    norm_silu = staticmethod(rms_norm_silu)  # `cfcli.pipeline.fast.tune_vae` puts a fused kernel on instances
 
     def __init__(self, dim: int, spatial_dims: int):
         super().__init__()
@@ -125,7 +125,7 @@ class RMSNorm(nn.Module):
         return F.normalize(x, dim=1).mul_(self.scale).mul_(self.gamma)
 
     def then_silu(self, x: Tensor) -> Tensor:
-        """SiLU(norm(x)): every use in the VAE is followed by a SiLU, which fuses with the norm when compiled."""
+        """SiLU(norm(x)): the decoder follows every norm with a SiLU; on GPUs the pair runs as one kernel."""
         return self.norm_silu(x, self.gamma, self.scale)
 
 
