@@ -12,6 +12,7 @@ import torch
 
 from cfcli.models.dit import CausalWanDiT, DiTConfig
 from cfcli.models.t5 import T5Config
+from cfcli.models.taehv import TAEHVConfig
 from cfcli.models.vae import VAEConfig
 from cfcli.pipeline import bench, flops
 from cfcli.pipeline.engine import Engine
@@ -24,7 +25,8 @@ KEYS = {"preset": str, "device": str, "dtype": str, "frames": int, "height": int
         "fps_end_to_end": float, "fps_generation": float, "first_frame_s": float, "block_ms_p50": float,
         "block_ms_p95": float, "text_encode_s": float, "realtime": bool, "attention": list, "gpu": str,
         "blocks": int, "dit_tflop": float, "vae_decode_tflop": float, "text_encode_tflop": float,
-        "realtime_factor": float, "latent_frames": int, "floor": dict}
+        "realtime_factor": float, "latent_frames": int, "floor": dict, "decoder": str, "fast_path": str,
+        "warmup_s": float}
 
 
 def bench_json(cf, preset: str, *extra) -> dict:
@@ -175,6 +177,23 @@ def test_dit_flops_match_the_spec_at_full_size():
         p = load_preset(name)
         assert sum(flops.flop_plan(p, 21).dit_blocks) / 1e12 == pytest.approx(tflop, rel=2e-3), name
     assert flops.t5_flops(T5Config(), 512) / 1e12 == pytest.approx(4.85, rel=5e-3)
+
+
+def test_taehv_bench_counts_the_tiny_decoder(cf):
+    """--decoder taehv without downloaded weights: random full-size TAEHV, and the floors count its FLOPs."""
+    wan = bench_json(cf, "tiny-framewise.yaml", "--frames", 9, "--random-weights")
+    out = bench_json(cf, "tiny-framewise.yaml", "--frames", 9, "--random-weights", "--decoder", "taehv")
+    check_shape(out)
+    assert (out["decoder"], wan["decoder"], out["fast_path"]) == ("taehv", "wan", "eager")  # CPU: no fast path
+    first, later = flops.taehv_latent_flops(TAEHVConfig(), 6, 10)
+    assert out["vae_decode_tflop"] * 1e12 == pytest.approx(first + 2 * later, rel=1e-12)
+    assert out["vae_decode_tflop"] != wan["vae_decode_tflop"] and out["dit_tflop"] == wan["dit_tflop"]
+
+
+def test_taehv_decode_flops_at_480p():
+    """TAEHV: ~25× fewer FLOPs per latent frame than the Wan VAE (docs/performance.md)."""
+    first, later = flops.taehv_latent_flops(TAEHVConfig(), 60, 104)
+    assert first == later and later / 1e12 == pytest.approx(0.5442, rel=1e-3)
 
 
 def test_vae_decode_flops_at_480p():
