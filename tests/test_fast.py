@@ -164,3 +164,65 @@ def test_a_decoded_block_comes_out_one_latent_frame_at_a_time(golden):
     assert [c.pixels.shape[0] for c in chunks] == [1, 4, 4, 4, 4, 4]  # 1 + 4k frames in all
     whole = torch.cat([c.latents for c in engine.generate(text_kv, 6, seed=0, decode=False)])
     assert torch.equal(torch.cat([c.latents for c in chunks]), whole)
+
+
+class RerunOnReplay:
+    """A CPU stand-in for `CudaGraphs` with its contract: capturing runs nothing; a replay runs the captured call on
+    whatever its captured (static) buffers hold at that moment, like a CUDA graph. A wrapper that forgot to refresh
+    a static input would replay stale data and fail the comparisons below."""
+
+    def __init__(self):
+        self.resets = 0
+
+    def capture(self, fn):
+        from cfcli.pipeline.fast import CapturedCall
+
+        call = CapturedCall(None, None)
+
+        def replay():
+            call.out = fn()
+
+        call.replay = replay
+        return call
+
+    def reset(self):
+        self.resets += 1
+
+
+def graphed(engine: Engine):
+    from cfcli.pipeline.fast import GraphedDiT
+
+    engine.runner = GraphedDiT(engine.dit, capturer=RerunOnReplay())
+    return engine.runner
+
+
+def test_graph_bookkeeping_replays_every_plan_with_fresh_inputs(golden):
+    engine = fixture_engine("tiny-framewise.yaml")
+    eager = latents_of(engine, golden, "framewise_4step_t2v", 21)
+    runner = graphed(engine)
+    first = latents_of(engine, golden, "framewise_4step_t2v", 21)
+    assert torch.equal(first, eager)
+    # 21 blocks, one plan each: block k's first call warms up, its second is captured; 4 steps + clean pass, none
+    # after the last block
+    assert runner.captures == 21 and runner.replays == 20 * 4 + 3
+    second = latents_of(engine, golden, "framewise_4step_t2v", 21)
+    assert torch.equal(second, eager)
+    assert runner.captures == 21 and runner.replays == 83 + 20 * 5 + 4  # the second video only replays
+
+
+def test_graphs_follow_a_prompt_switch_and_a_new_cache_layout(golden):
+    from cfcli.pipeline.prompts import TextSchedule
+
+    engine = fixture_engine("tiny-framewise.yaml")
+    a = engine.text_kv(golden["framewise_4step_t2v.embeds"][None])
+    b = engine.text_kv(golden["chunkwise_4step_t2v.embeds"][None])
+    schedule = TextSchedule((0, 5), (a, b))
+
+    def run(frames):
+        return torch.cat([c.latents for c in engine.generate(schedule, frames, seed=3, decode=False)])
+
+    eager_short, eager_long = run(9), run(30)  # 30 latent frames: past the horizon, a rolling cache
+    runner = graphed(engine)
+    assert torch.equal(run(9), eager_short)
+    assert torch.equal(run(30), eager_long) and runner.capturer.resets == 1  # new buffer: graphs dropped once
+    assert runner.captures < 9 + 30  # once the window is full, every block has the same plan

@@ -19,6 +19,7 @@ long-video rolling cache, which re-ropes its anchor per call) run eagerly.
 """
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -57,25 +58,55 @@ def _fused_norm_silu(weight: Tensor, x: Tensor, gamma: Tensor, scale: float) -> 
     return fused_norm.norm_silu(x, weight)  # `RMSNorm.norm_silu`'s signature; `weight` is gamma·scale
 
 
+class CudaGraphs:
+    """Captures calls into CUDA graphs that share one memory pool; `GraphedDiT`'s default capturer."""
+
+    def __init__(self):
+        self.pool = None  # the first graph's, shared by the later ones
+        self.stream = torch.cuda.Stream()
+
+    def capture(self, fn: Callable[[], Tensor]) -> "CapturedCall":
+        """Record `fn()` (capturing launches nothing); `replay()` runs it, its result lands in `.out`."""
+        graph = torch.cuda.CUDAGraph()
+        # On a side stream, "thread_local" so that the video writer's thread may wait on its events meanwhile.
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
+            try:
+                out = fn()
+            finally:
+                graph.capture_end()
+        torch.cuda.current_stream().wait_stream(self.stream)
+        if self.pool is None:
+            self.pool = graph.pool()
+        return CapturedCall(graph.replay, out)
+
+    def reset(self) -> None:
+        """Forget the pool once no graph uses it (PyTorch cannot share a pool none of whose graphs is alive), and
+        give its memory back."""
+        self.pool = None
+        torch.cuda.empty_cache()
+
+
 @dataclass
-class _Graph:
-    graph: "torch.cuda.CUDAGraph"
-    out: Tensor
+class CapturedCall:
+    replay: Callable[[], None]
+    out: Tensor  # overwritten by every replay
 
 
 class GraphedDiT:
     """Callable like the DiT (`(x, t, text_kv, cache, start_frame) -> flow`), replaying CUDA graphs per cache plan.
 
     Graphs belong to one cache buffer: a call on another cache drops them. Reuse one cache across videos (as
-    `Engine` does) to replay them from the second video on. `max_graphs` bounds how many are kept.
+    `Engine` does) to replay them from the second video on. `max_graphs` bounds how many are kept. `capturer` makes
+    and replays the graphs (`CudaGraphs`; tests pass a CPU stand-in with the same contract).
     """
 
-    def __init__(self, dit: CausalWanDiT, max_graphs: int = 64):
+    def __init__(self, dit: CausalWanDiT, max_graphs: int = 64, capturer: "CudaGraphs | None" = None):
         self.dit = dit
         self.max_graphs = max_graphs
-        self.pool = None  # the memory pool all graphs share: the first graph's
-        self.stream = torch.cuda.Stream()
-        self.graphs: dict[tuple, _Graph] = {}
+        self.capturer = capturer or CudaGraphs()
+        self.graphs: dict[tuple, CapturedCall] = {}
         self.seen: set[tuple] = set()  # plans run once eagerly (the warm-up a capture needs)
         self.inputs: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}  # static x, t, rope by shape
         self.text: Tensor | None = None  # static text K/V
@@ -103,7 +134,7 @@ class GraphedDiT:
         else:
             if entry is None:
                 entry = self._capture(key, sx, st, srope, cache)
-            entry.graph.replay()
+            entry.replay()
             self.replays += 1
             out = entry.out.clone()  # the static output is overwritten by the next replay
         cache.end()
@@ -115,9 +146,8 @@ class GraphedDiT:
         had_graphs = bool(self.graphs)
         self.graphs.clear()
         self.seen.clear()
-        self.pool = None
         if had_graphs:
-            torch.cuda.empty_cache()  # give the old pool's memory back before the next video allocates
+            self.capturer.reset()
 
     def _load(self, x: Tensor, t: Tensor, text_kv: Tensor, rope: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         shape = (tuple(x.shape), tuple(t.shape), tuple(rope.shape))
@@ -136,22 +166,10 @@ class GraphedDiT:
             self.text_src = text_kv
         return sx, st, srope
 
-    def _capture(self, key: tuple, x: Tensor, t: Tensor, rope: Tensor, cache) -> _Graph:
+    def _capture(self, key: tuple, x: Tensor, t: Tensor, rope: Tensor, cache) -> CapturedCall:
         if len(self.graphs) >= self.max_graphs:
             self.graphs.pop(next(iter(self.graphs)))
-        graph = torch.cuda.CUDAGraph()
-        # Capture on a side stream, "thread_local" so that the video writer's thread may wait on its events meanwhile.
-        # Capturing launches nothing: the replay right after runs the call.
-        self.stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(self.stream):
-            graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
-            try:
-                out = self.dit.denoise(x, t, self.text, rope, cache)
-            finally:
-                graph.capture_end()
-        torch.cuda.current_stream().wait_stream(self.stream)
-        if self.pool is None:
-            self.pool = graph.pool()
-        self.graphs[key] = entry = _Graph(graph, out)
+        text = self.text
+        self.graphs[key] = entry = self.capturer.capture(lambda: self.dit.denoise(x, t, text, rope, cache))
         self.captures += 1
         return entry
