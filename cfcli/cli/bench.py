@@ -36,16 +36,15 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Time warm generations: end-to-end and DiT-only FPS, first frame, block latency, memory, floors."""
         from cfcli.pipeline import bench as job
-        from cfcli.pipeline.engine import latent_frames_for
+        from cfcli.pipeline.engine import EngineOptions, latent_frames_for
         from cfcli.pipeline.generate import plan_frames
-        from cfcli.pipeline.engine import check_decoder, check_quantization
         from cfcli.presets import load_preset
 
         p = job.with_resolution(load_preset(preset_name(preset, mode, steps)), height, width)
         dev = pick_device(device)
         dt = pick_dtype(dtype, dev)
-        check_quantization(quantize, dev)
-        check_decoder(decoder, need_weights=False)
+        options = EngineOptions(compile, cuda_graphs, quantize, decoder)
+        options.check(dev, need_weights=False)  # random TAEHV weights stand in, like the rest
         if repeat < 1:
             raise CfError(f"--repeat must be at least 1, got {repeat}")
         if peak_tflops is not None and peak_tflops <= 0:
@@ -58,8 +57,7 @@ def register(app: typer.Typer) -> None:
             console.print(f"[yellow]note:[/] {p.name} weights are not downloaded: using random weights of the same "
                           "size (same speed, meaningless pixels)")
         req = job.BenchRequest(p, dev, dt, latent_frames_for(real), repeat, random_weights,
-                               peak_tflops=peak_tflops or job.DEFAULT_PEAK_TFLOPS, compile=compile,
-                               graphs=cuda_graphs, quantize=quantize, decoder=decoder)
+                               peak_tflops=peak_tflops or job.DEFAULT_PEAK_TFLOPS, options=options)
         if is_tty() and not json_out:
             with console.status("benchmarking") as spinner:
                 result = job.run(req, lambda m: spinner.update(f"benchmarking: {m}"))

@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
         """Continue a video clip; the output is the clip followed by the new frames (or only the new ones)."""
         from cfcli.pipeline import extend as job
         from cfcli.pipeline.video import CODECS
-        from cfcli.pipeline.engine import check_decoder, check_quantization
+        from cfcli.pipeline.engine import EngineOptions
         from cfcli.presets import load_preset
 
         if codec not in CODECS:
@@ -55,8 +55,8 @@ def register(app: typer.Typer) -> None:
             raise CfError(f"{p.name} cannot extend clips", "use --mode framewise or --mode chunkwise")
         dev = pick_device(device)
         dt = pick_dtype(dtype, dev)
-        check_quantization(quantize, dev)
-        check_decoder(decoder, need_weights=True)
+        options = EngineOptions(compile, cuda_graphs, quantize, decoder)
+        options.check(dev)
         if seconds is not None and seconds <= 0:
             raise CfError(f"--seconds must be positive, got {seconds}")
         new = frames if frames is not None or seconds is not None else 64
@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
         if not quiet:
             console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {clip} + {new or f'{seconds}s'} frames → {path}")
         req = job.ExtendRequest(clip, prompt, p, s, new, path, dev, dt, context_frames, only_new, codec, crf, fps,
-                                save_latents, seconds, compile, cuda_graphs, quantize, decoder)
+                                save_latents, seconds, options)
         note = (lambda m: None) if quiet else (lambda m: console.print(f"[yellow]note:[/] {m}"))
         with ProgressView(enabled=not quiet, fps=fps or p.fps, device=dev) as view:
             summary = job.run(req, view.update, note=note)

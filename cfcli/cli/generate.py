@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
         """Generate a video from a text prompt (and optionally a starting picture)."""
         from cfcli.pipeline import generate as job
         from cfcli.pipeline.video import CODECS
-        from cfcli.pipeline.engine import check_decoder, check_quantization
+        from cfcli.pipeline.engine import EngineOptions
         from cfcli.presets import load_preset
 
         schedule = read_schedule(prompt, prompt_at, prompt_schedule, prompt_file)
@@ -96,8 +96,8 @@ def register(app: typer.Typer) -> None:
         p = load_preset(preset_name(preset, mode, steps))
         dev = pick_device(device)
         dt = pick_dtype(dtype, dev)
-        check_quantization(quantize, dev)
-        check_decoder(decoder, need_weights=True)
+        options = EngineOptions(compile, cuda_graphs, quantize, decoder)
+        options.check(dev)
         fps_ = fps or p.fps
         want = frames if frames is not None else (round(seconds * fps_) + 1 if seconds is not None else p.frames)
         if seconds is not None and seconds <= 0:
@@ -117,7 +117,7 @@ def register(app: typer.Typer) -> None:
         # Every prompt is encoded in one umT5 load, which is gone before the DiT loads (once, for all prompts).
         encoder = job.PromptEncoder(p, dev, dt)
         encoder.encode(schedule.prompts() if schedule else prompts)
-        engine = job.Engine.load(p, dev, dt).use_decoder(decoder).quantize(quantize).accelerate(compile, cuda_graphs)
+        engine = job.Engine.load(p, dev, dt).configure(options)
         for text, s, path in runs:
             if not quiet:
                 console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {real} frames → {path}")

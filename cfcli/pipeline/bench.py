@@ -32,7 +32,7 @@ from cfcli.models.dit import CausalWanDiT, DiTConfig
 from cfcli.models.t5 import T5Config, UMT5Encoder, encode_text
 from cfcli.models.taehv import TAEHV, TAEHVConfig
 from cfcli.models.vae import VAEConfig, WanVAE
-from cfcli.pipeline.engine import Engine, video_frames_for
+from cfcli.pipeline.engine import Engine, EngineOptions, video_frames_for
 from cfcli.pipeline.flops import FlopPlan, flop_plan, t5_flops
 from cfcli.presets import WEIGHT_ROLES, Preset
 from cfcli.taehv_weights import taehv_path
@@ -59,10 +59,7 @@ class BenchRequest:
     random_weights: bool = False  # True: random even when the weights are cached
     seed: int = 0
     peak_tflops: float = DEFAULT_PEAK_TFLOPS
-    compile: bool = True  # the CUDA fast path (`Engine.accelerate`); no effect off the GPU
-    graphs: bool = True
-    quantize: str | None = None  # `Engine.quantize`: "fp8"
-    decoder: str = "wan"  # `Engine.use_decoder`: "wan" or "taehv"
+    options: EngineOptions = EngineOptions()
 
 
 @dataclass
@@ -386,11 +383,12 @@ def run(req: BenchRequest, status: Callable[[str], None] = lambda m: None) -> Be
         status("text encoder")
         text = bench_text(p, dev, dt, use_random, req.repeat, clock, req.seed)
         status("building the DiT and VAE")
-        engine = build_engine(p, dev, dt, use_random, req.seed).quantize(req.quantize)
-        use_decoder(engine, req.decoder, use_random, req.seed)
-        engine.accelerate(req.compile, req.graphs)
+        opts = req.options
+        engine = build_engine(p, dev, dt, use_random, req.seed).quantize(opts.quantize)
+        use_decoder(engine, opts.decoder, use_random, req.seed)
+        engine.accelerate(opts.compile, opts.graphs)
         reset_peak(dev)
-        status("warm-up" + (" (compiling)" if req.compile and dev.type == "cuda" else ""))
+        status("warm-up" + (" (compiling)" if opts.compile and dev.type == "cuda" else ""))
         # Kernels are chosen, blocks compiled and graphs captured within a few blocks; once past the horizon every
         # cache plan repeats, so a long video need not be made twice.
         warm = min(req.latent_frames, WARMUP_FRAMES // p.block_frames * p.block_frames)
@@ -404,13 +402,14 @@ def run(req: BenchRequest, status: Callable[[str], None] = lambda m: None) -> Be
             repeats.append(one_repeat(engine, text.context, req.latent_frames, req.seed, clock))
         peak = peak_memory(dev)
         attention = attention_backends(dev, dt, engine.dit.cfg)
-    flops = flop_plan(p, req.latent_frames, req.decoder)
+    flops = flop_plan(p, req.latent_frames, req.options.decoder)
     return summarise(req, repeats, text, flops, use_random, finite, peak, attention, gpu_name(dev), warmup_s)
 
 
 def fast_path_name(req: BenchRequest) -> str:
-    on = [n for n, flag in (("compile", req.compile), ("graphs", req.graphs)) if flag and req.device.type == "cuda"]
-    return "+".join((on or ["eager"]) + ([req.quantize] if req.quantize else []))
+    opts = req.options
+    on = [n for n, flag in (("compile", opts.compile), ("graphs", opts.graphs)) if flag and req.device.type == "cuda"]
+    return "+".join((on or ["eager"]) + ([opts.quantize] if opts.quantize else []))
 
 
 def summarise(req: BenchRequest, repeats: list[Repeat], text: TextTiming, flops: FlopPlan, random: bool,
@@ -439,6 +438,6 @@ def summarise(req: BenchRequest, repeats: list[Repeat], text: TextTiming, flops:
         block_ms_p95=med(1e3 * percentile(r.block_s, 95) for r in repeats),
         text_encode_s=text.encode_s, text_load_s=text.load_s, text_tokens=text.tokens, peak_vram_gib=peak,
         text_peak_vram_gib=text.peak_gib, realtime=fps_e2e >= p.fps, realtime_factor=fps_e2e / p.fps,
-        decoder=req.decoder, fast_path=fast_path_name(req), warmup_s=warmup_s,
+        decoder=req.options.decoder, fast_path=fast_path_name(req), warmup_s=warmup_s,
         finite=finite, dit_tflop=dit / 1e12, vae_decode_tflop=vae / 1e12, text_encode_tflop=text_flops / 1e12,
         peak_tflops=req.peak_tflops, floor=floor)

@@ -83,6 +83,22 @@ def check_quantization(scheme: str | None, device: torch.device) -> None:
         raise CfError(why, "leave out --quantize to run in the preset's precision")
 
 
+@dataclass(frozen=True)
+class EngineOptions:
+    """How an engine runs beyond what its preset says: the CUDA fast path, quantisation and the decoder."""
+
+    compile: bool = True  # `Engine.accelerate`; no effect off the GPU
+    graphs: bool = True
+    quantize: str | None = None  # `Engine.quantize`: "fp8"
+    decoder: str = "wan"  # `Engine.use_decoder`: "wan" or "taehv"
+
+    def check(self, device: torch.device, need_weights: bool = True) -> None:
+        """Raise a CfError for what cannot run on `device` (before any model loads); `need_weights`: the TAEHV
+        weights must be downloaded too."""
+        check_quantization(self.quantize, device)
+        check_decoder(self.decoder, need_weights)
+
+
 @dataclass
 class Chunk:
     """A finished block, or one latent frame of it: latents [F, C, h, w] (on the device), pixels [n, 3, H, W] uint8.
@@ -144,6 +160,11 @@ class Engine:
 
         quantize_fp8_(self.dit)
         return self
+
+    def configure(self, options: EngineOptions) -> "Engine":
+        """Decoder, quantisation, then the fast path (the order they must come in)."""
+        return self.use_decoder(options.decoder).quantize(options.quantize).accelerate(options.compile,
+                                                                                       options.graphs)
 
     def accelerate(self, compile: bool = True, graphs: bool = True) -> "Engine":
         """Turn on the CUDA fast path (`cfcli.pipeline.fast`): compiled DiT block stages and/or CUDA graphs of DiT

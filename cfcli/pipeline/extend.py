@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from cfcli.errors import CfError
-from cfcli.pipeline.engine import Engine, latent_frames_for, video_frames_for
+from cfcli.pipeline.engine import Engine, EngineOptions, latent_frames_for, video_frames_for
 from cfcli.pipeline.generate import Progress, SafeWriter, Summary, metadata, stream_to_file
 from cfcli.pipeline.media import fit_frames, to_model_range
 from cfcli.pipeline.text import PromptEncoder
@@ -39,10 +39,7 @@ class ExtendRequest:
     fps: float | None = None
     save_latents: Path | None = None
     seconds: float | None = None  # instead of new_frames, at the output's frame rate
-    compile: bool = True  # the CUDA fast path (`Engine.accelerate`)
-    graphs: bool = True
-    quantize: str | None = None  # `Engine.quantize`
-    decoder: str = "wan"  # `Engine.use_decoder`
+    options: EngineOptions = EngineOptions()  # when `run` loads the engine itself
 
 
 def load_clip(path: Path) -> Clip:
@@ -108,8 +105,7 @@ def run(req: ExtendRequest, on_progress: Callable[[Progress], None] = lambda p: 
     context = frames[-video_frames_for(n_ctx):]
     text = PromptEncoder(p, req.device, req.dtype).encode([prompt])[0]
     if engine is None:
-        engine = Engine.load(p, req.device, req.dtype).use_decoder(req.decoder).quantize(req.quantize)
-        engine.accelerate(req.compile, req.graphs)
+        engine = Engine.load(p, req.device, req.dtype).configure(req.options)
     ctx_latents = engine.encode_video(to_model_range(context).permute(1, 0, 2, 3))
     total = new_latents * 4 + (0 if req.only_new else frames.shape[0])
     meta = metadata(prompt, req.seed, p, total, round(float(fps), 3), extended_from=str(req.clip),

@@ -14,7 +14,7 @@ import torch
 
 from cfcli import __version__
 from cfcli.errors import CfError
-from cfcli.pipeline.engine import Chunk, Engine, video_frames_for
+from cfcli.pipeline.engine import Chunk, Engine, EngineOptions, video_frames_for
 from cfcli.pipeline.media import load_image
 from cfcli.pipeline.prompts import PromptSchedule, TextSchedule
 from cfcli.pipeline.text import PromptEncoder
@@ -37,10 +37,7 @@ class GenerateRequest:
     image: Path | None = None
     save_latents: Path | None = None
     schedule: PromptSchedule | None = None  # prompt switches; its opening prompt is `prompt`
-    compile: bool = True  # the CUDA fast path (`Engine.accelerate`), when `run` loads the engine itself
-    graphs: bool = True
-    quantize: str | None = None  # `Engine.quantize`
-    decoder: str = "wan"  # `Engine.use_decoder`
+    options: EngineOptions = EngineOptions()  # when `run` loads the engine itself
 
 
 @dataclass
@@ -105,8 +102,7 @@ def run(req: GenerateRequest, on_progress: Callable[[Progress], None] = lambda p
     prompts = schedule.prompts()
     features = prompt_encoder.encode(prompts)  # each distinct prompt once, before the DiT loads
     if engine is None:
-        engine = Engine.load(p, req.device, req.dtype).use_decoder(req.decoder).quantize(req.quantize)
-        engine.accelerate(req.compile, req.graphs)
+        engine = Engine.load(p, req.device, req.dtype).configure(req.options)
     kv = {text: engine.text_kv(f) for text, f in zip(prompts, features)}
     text_kv = (TextSchedule(starts, tuple(kv[e.prompt] for e in schedule.entries)) if schedule.has_switches
                else kv[schedule.opening])
