@@ -317,7 +317,7 @@ def timed_generation(engine: Engine, context: Tensor, latent_frames: int, seed: 
     for chunk in engine.generate(text_kv, latent_frames, seed, decode=decode):
         # With decoding on CUDA the pixels are ready when the side stream's event fires, not on the main stream.
         mark = chunk.ready if chunk.ready is not None else clock.mark()
-        first = first or mark
+        first = mark if first is None else first
         if chunk.block_end:
             marks.append(mark)
         last = chunk.latents  # pixels are dropped at once, as a writer would

@@ -111,13 +111,13 @@ def taehv_latent_flops(cfg: TAEHVConfig, h: int, w: int) -> tuple[int, int]:
     return decoder_latent_flops(model, cfg.latent_channels, h, w)
 
 
-def decoder_latent_flops(model, channels: int, h: int, w: int) -> tuple[int, int]:
+def decoder_latent_flops(model: WanVAE | TAEHV, channels: int, h: int, w: int) -> tuple[int, int]:
+    """(first, each later) latent frame's FLOPs of `model`'s streaming decoder, built on the meta device."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    vae = model
     z = torch.empty(1, 2, channels, h, w, device="meta")
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        decoder = vae.stream_decoder()
+        decoder = model.stream_decoder()
         decoder.decode(z[:, :1])
         first = counter.get_total_flops()
         decoder.decode(z[:, 1:])
