@@ -131,19 +131,109 @@ def test_channels_last_decoder_gives_the_same_pixels():
     assert (plain - tuned).abs().max() < 1e-5 and plain.std() > 0.01
 
 
+def test_time_stacked_causal_conv_equals_the_3d_conv_chunk_after_chunk():
+    """`CausalConv3d.stack_taps_`: a 2D convolution over time-stacked channels, fed 1, 4, 2 frames (the past carried
+    over, zeros before the start) gives what the 3D convolution gives."""
+    from cfcli.models.vae import CausalCache, CausalConv3d
+
+    torch.manual_seed(0)
+    conv = CausalConv3d(6, 5, 3, padding=1)
+    chunks = [torch.randn(2, 6, t, 7, 9) for t in (1, 4, 2)]
+    plain_cache, stacked_cache = CausalCache(), CausalCache()
+    with torch.no_grad():
+        plain = [conv(x, plain_cache) for x in chunks]
+        conv.stack_taps_()
+        stacked = [conv(x, stacked_cache) for x in chunks]
+    for p, s in zip(plain, stacked):
+        assert p.shape == s.shape and rel_err(s, p) < 1e-6
+    assert stacked[1].std() > 0.1
+
+
+def test_stack_taps_puts_frame_t_plus_j_in_channel_block_j():
+    from cfcli.ops.time_taps import stack_taps
+
+    past = torch.arange(2.0).view(1, 1, 2, 1, 1).expand(1, 3, 2, 2, 2)
+    x = torch.arange(2.0, 5.0).view(1, 1, 3, 1, 1).expand(1, 3, 3, 2, 2)
+    out = stack_taps(past, x)  # [3 frames, 3 taps x 3 channels, 2, 2]
+    assert out.shape == (3, 9, 2, 2) and out.is_contiguous(memory_format=torch.channels_last)
+    assert out[:, :, 0, 0].tolist() == [[t + j for j in range(3) for _ in range(3)] for t in range(3)]
+
+
+@pytest.mark.skipif(not CUDA, reason="the stacking kernel is Triton on CUDA")
+@pytest.mark.parametrize("shape", [(1, 96, 4, 24, 40), (2, 20, 1, 8, 8), (1, 8, 2, 5, 3)])
+def test_triton_stack_taps_copies_exactly_what_the_torch_one_does(shape):
+    from cfcli.ops import time_taps
+
+    b, c, t, h, w = shape
+    fmt = torch.channels_last_3d
+    past = torch.randn(b, c, 2, h, w, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=fmt)
+    x = torch.randn(shape, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=fmt)
+    got = time_taps.stack_taps(past, x)
+    want = time_taps.stack_taps(past.cpu(), x.cpu())
+    assert got.is_contiguous(memory_format=torch.channels_last) and torch.equal(got.cpu(), want)
+
+
+def test_upsample_nearest_2x_equals_nn_upsample_in_both_layouts():
+    from cfcli.models.vae import upsample_nearest_2x
+
+    x = torch.randn(2, 5, 3, 4)
+    want = torch.nn.Upsample(scale_factor=2.0, mode="nearest")(x)
+    assert torch.equal(upsample_nearest_2x(x), want)
+    last = upsample_nearest_2x(x.contiguous(memory_format=torch.channels_last))
+    assert torch.equal(last, want) and last.is_contiguous(memory_format=torch.channels_last)
+
+
 @pytest.mark.skipif(not CUDA, reason="the fused kernel is Triton on CUDA")
 @pytest.mark.parametrize("shape", [(1, 96, 4, 24, 40), (1, 384, 1, 6, 10), (2, 20, 3, 8, 8)])
-def test_fused_norm_silu_matches_the_eager_ops(shape):
-    from cfcli.models.vae import rms_norm_silu
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_fused_norm_silu_matches_the_eager_ops(shape, with_bias):
+    from cfcli.models.vae import per_channel, rms_norm_silu
     from cfcli.ops.fused_norm import norm_silu
 
     x = torch.randn(shape, device="cuda").contiguous(memory_format=torch.channels_last_3d)
     gamma = torch.rand(shape[1], 1, 1, 1, device="cuda") + 0.5
+    bias = torch.randn(shape[1], device="cuda") if with_bias else None
     scale = shape[1] ** 0.5
-    want = rms_norm_silu(x.clone(), gamma, scale)
-    got = norm_silu(x, (gamma * scale).flatten())
+    want = rms_norm_silu(x + per_channel(bias, x) if with_bias else x.clone(), gamma, scale)
+    got = norm_silu(x, (gamma * scale).flatten(), bias)
     assert got.is_contiguous(memory_format=torch.channels_last_3d)
     assert rel_err(got, want) < 1e-6
+
+
+@pytest.mark.skipif(not CUDA, reason="the fused kernel is Triton on CUDA")
+def test_fused_bias_residual_add_matches_the_eager_ops():
+    from cfcli.ops.fused_norm import add_bias_residual_
+
+    fmt = torch.channels_last_3d
+    h = torch.randn(1, 96, 4, 24, 40, device="cuda").contiguous(memory_format=fmt)
+    r = torch.randn(1, 96, 4, 24, 40, device="cuda").contiguous(memory_format=fmt)
+    bias = torch.randn(96, device="cuda")
+    want = h + bias.view(-1, 1, 1, 1) + r
+    got = add_bias_residual_(h, bias, r)
+    assert got is h and rel_err(got, want) < 1e-6
+    with pytest.raises(ValueError, match="channels-last"):
+        add_bias_residual_(torch.randn(1, 96, 2, 4, 4, device="cuda"), bias, r[:, :, :2, :4, :4])
+
+
+@pytest.mark.skipif(not CUDA, reason="the tuned decoder's kernels are Triton on CUDA")
+def test_tuned_decoder_on_the_gpu_stays_within_bf16_rounding_of_the_plain_one():
+    from cfcli.models.vae import VAEConfig, WanVAE
+    from cfcli.pipeline.fast import tune_vae
+
+    torch.manual_seed(0)
+    vae = WanVAE(VAEConfig(dim=16)).eval()
+    for p in vae.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    vae = vae.cuda()
+    z = torch.randn(1, 3, 16, 6, 8, device="cuda")
+    exact = vae.decode(z)  # float32
+    vae = vae.to(torch.bfloat16)
+    plain = vae.decode(z)
+    tune_vae(vae, fuse=True)
+    assert vae.decoder.head[0].fused_weight is not None and any(
+        getattr(m, "taps_weight", None) is not None for m in vae.decoder.modules())
+    tuned = vae.decode(z)
+    assert rel_err(plain, exact) < 0.03 and rel_err(tuned, exact) < 0.03 and exact.std() > 0.01
 
 
 def test_fp8_off_an_fp8_gpu_is_refused_before_anything_loads(cf, tmp_path):

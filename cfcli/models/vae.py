@@ -23,6 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cfcli.ops import fused_norm
+from cfcli.ops.time_taps import stack_taps
+
 # Per-channel statistics of the latent space, from the official wrapper.
 LATENT_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
                0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
@@ -75,6 +78,17 @@ class CausalCache:
         self._past[layer] = x[:, :, -frames:].clone()
         return x
 
+    def past(self, layer: nn.Module, x: Tensor, frames: int) -> Tensor:
+        """The layer's previous `frames` input frames (zeros before the video starts), remembering x's for next time:
+        `extend` without joining them."""
+        past = self._past.get(layer)
+        if past is None:
+            b, c, _, h, w = x.shape
+            past = x.new_zeros(b, c, frames, h, w)
+        tail = x[:, :, -frames:] if x.shape[2] >= frames else torch.cat([past, x], dim=2)[:, :, -frames:]
+        self._past[layer] = tail.clone()
+        return past
+
     def swap(self, layer: nn.Module, keep: Tensor) -> Tensor | None:
         """Remember `keep` for the layer; return what it remembered before (None the first time)."""
         past = self._past.get(layer)
@@ -97,12 +111,27 @@ class CausalConv3d(nn.Conv3d):
         super().__init__(in_dim, out_dim, kernel, padding=(0, padding, padding))
         self.history = kernel[0] - 1
         self.layout = torch.contiguous_format  # of its input; `WanVAE.channels_last_` changes it
+        self.taps_weight: Tensor | None = None  # set by `stack_taps_`
+
+    def stack_taps_(self) -> None:
+        """Run as a 2D convolution over the time taps stacked into channels (`cfcli.ops.time_taps`): the same
+        products, summed in another order; faster where cuDNN lacks good 3D kernels for the width."""
+        o, c, k, kh, kw = self.weight.shape
+        weight = self.weight.detach().transpose(1, 2).reshape(o, k * c, kh, kw)  # channel j·C + c = tap j, channel c
+        self.taps_weight = weight.contiguous(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
+        return self.convolve(x, cache, self.bias)
+
+    def convolve(self, x: Tensor, cache: CausalCache, bias: Tensor | None) -> Tensor:
+        """The convolution with `bias` (None: leave it to the next op, which adds it in the same pass)."""
+        if self.taps_weight is not None:
+            stacked = stack_taps(cache.past(self, x, self.history), x)
+            return from_frames(F.conv2d(stacked, self.taps_weight, bias, padding=self.padding[1:]), x.shape[0])
         x = cache.extend(self, x, self.history)
         if self.layout is not torch.contiguous_format:
             x = x.contiguous(memory_format=self.layout)  # a no-op once the activations are in that layout
-        return super().forward(x)
+        return self._conv_forward(x, self.weight, bias)
 
 
 def rms_norm_silu(x: Tensor, gamma: Tensor, scale: float) -> Tensor:
@@ -110,23 +139,34 @@ def rms_norm_silu(x: Tensor, gamma: Tensor, scale: float) -> Tensor:
     return F.silu(F.normalize(x, dim=1).mul_(scale).mul_(gamma), inplace=True)
 
 
+def per_channel(bias: Tensor, like: Tensor) -> Tensor:
+    """bias [C] viewed to broadcast over like [B, C, *spatial]."""
+    return bias.view(-1, *(1,) * (like.dim() - 2))
+
+
 class RMSNorm(nn.Module):
     """Wan VAE's RMS norm over channels (dim 1): `normalize(x) * sqrt(dim) * gamma`, in the input dtype."""
-
-    norm_silu = staticmethod(rms_norm_silu)  # `cfcli.pipeline.fast.tune_vae` puts a fused kernel on instances
 
     def __init__(self, dim: int, spatial_dims: int):
         super().__init__()
         self.scale = dim**0.5
         self.gamma = nn.Parameter(torch.ones(dim, *(1,) * spatial_dims))
+        self.fused_weight: Tensor | None = None  # set by `fuse_`
 
     def forward(self, x: Tensor) -> Tensor:
         # In place on the fresh normalised tensor: same rounding as `* scale * gamma`, fewer big temporaries.
         return F.normalize(x, dim=1).mul_(self.scale).mul_(self.gamma)
 
-    def then_silu(self, x: Tensor) -> Tensor:
-        """SiLU(norm(x)): the decoder follows every norm with a SiLU; on GPUs the pair runs as one kernel."""
-        return self.norm_silu(x, self.gamma, self.scale)
+    def fuse_(self) -> None:
+        """Run `then_silu` as one Triton kernel (`cfcli.ops.fused_norm`, CUDA only): float32 inside, one rounding."""
+        self.fused_weight = (self.gamma.detach().float() * self.scale).flatten()
+
+    def then_silu(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        """SiLU(norm(x + bias)): the decoder follows every norm with a SiLU, and `bias` is the convolution's before it
+        (`CausalConv3d.convolve`), so that on GPUs all three run as one kernel."""
+        if self.fused_weight is not None:
+            return fused_norm.norm_silu(x, self.fused_weight, bias)
+        return rms_norm_silu(x if bias is None else x + per_channel(bias, x), self.gamma, self.scale)
 
 
 def channels_last(x: Tensor) -> bool:
@@ -156,6 +196,16 @@ def interleave_pairs(pairs: Tensor) -> Tensor:
     return pairs.permute(0, 3, 1, 2, 4, 5).reshape(b * t * 2, c, h, w)
 
 
+def upsample_nearest_2x(x: Tensor) -> Tensor:
+    """[N, C, H, W] -> [N, C, 2H, 2W], each pixel repeated 2x2, in x's layout: `nn.Upsample(scale_factor=2.0)`'s
+    values as one broadcast copy (twice as fast as its channels-last kernel on GPUs)."""
+    n, c, h, w = x.shape
+    if channels_last(x):
+        rows = x.permute(0, 2, 3, 1)[:, :, None, :, None].expand(n, h, 2, w, 2, c)
+        return rows.reshape(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+    return x[:, :, :, None, :, None].expand(n, c, h, 2, w, 2).reshape(n, c, 2 * h, 2 * w)
+
+
 class ResidualBlock(nn.Module):
     """(RMS norm, SiLU, causal 3x3x3 conv) twice, plus a 1x1x1 shortcut when the width changes."""
 
@@ -168,14 +218,22 @@ class ResidualBlock(nn.Module):
             RMSNorm(out_dim, 3), nn.SiLU(inplace=True), nn.Dropout(0.0),
             CausalConv3d(out_dim, out_dim, 3, padding=1))
         self.shortcut = nn.Conv3d(in_dim, out_dim, 1) if in_dim != out_dim else nn.Identity()
+        self.fused = False  # set by `fuse_`
+
+    def fuse_(self) -> None:
+        """Add the output's bias and shortcut in one Triton kernel (`cfcli.ops.fused_norm`, CUDA only)."""
+        self.fused = True
 
     def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
         norm1, _, conv1, norm2, _, dropout, conv2 = self.residual
-        # Step by step so that each big intermediate is dropped as soon as the next one exists.
-        h = conv1(norm1.then_silu(x), cache)
-        h = dropout(norm2.then_silu(h))
-        h = conv2(h, cache)
-        return h.add_(self.shortcut(x))
+        # Step by step so that each big intermediate is dropped as soon as the next one exists. Each convolution's
+        # bias is added by the op after it, in the same rounding order as the reference's conv-then-bias.
+        h = conv1.convolve(norm1.then_silu(x), cache, bias=None)
+        h = dropout(norm2.then_silu(h, conv1.bias))
+        h = conv2.convolve(h, cache, bias=None)
+        if self.fused:
+            return fused_norm.add_bias_residual_(h, conv2.bias, self.shortcut(x))
+        return h.add_(per_channel(conv2.bias, h)).add_(self.shortcut(x))
 
 
 class AttentionBlock(nn.Module):
@@ -191,7 +249,8 @@ class AttentionBlock(nn.Module):
         b, c, t, h, w = x.shape
         qkv = self.to_qkv(self.norm(to_frames(x)))  # [B*T, 3C, H, W]
         # One head: [B*T, 1, H*W, C] each, as the reference shapes them.
-        q, k, v = qkv.flatten(2).transpose(1, 2).unsqueeze(1).chunk(3, dim=-1)
+        # Contiguous: memory-efficient SDPA kernels need unit-stride heads (else the float32 math path runs).
+        q, k, v = qkv.flatten(2).transpose(1, 2).contiguous().unsqueeze(1).chunk(3, dim=-1)
         out = F.scaled_dot_product_attention(q, k, v)
         out = out.squeeze(1).transpose(1, 2).reshape(b * t, c, h, w)
         return from_frames(self.proj(out), b).add_(x)
@@ -236,13 +295,13 @@ class Upsample(nn.Module):
         self.temporal = temporal
 
     def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
-        b, c, t, h, w = x.shape
+        b, c = x.shape[:2]
         if self.temporal and not cache.first_visit(self):
             frames = interleave_pairs(self.time_conv(x, cache).unflatten(1, (2, c)))
         else:
             frames = to_frames(x)
         # Nearest upsampling is exact in any dtype, so there is no float32 round trip here.
-        return from_frames(self.resample(frames), b)
+        return from_frames(self.resample[1](upsample_nearest_2x(frames)), b)
 
 
 def _head(dim: int, out_dim: int) -> nn.Sequential:
