@@ -154,9 +154,10 @@ def test_stack_taps_puts_frame_t_plus_j_in_channel_block_j():
 
     past = torch.arange(2.0).view(1, 1, 2, 1, 1).expand(1, 3, 2, 2, 2)
     x = torch.arange(2.0, 5.0).view(1, 1, 3, 1, 1).expand(1, 3, 3, 2, 2)
-    out = stack_taps(past, x)  # [3 frames, 3 taps x 3 channels, 2, 2]
+    out, tail = stack_taps(past, x)  # [3 frames, 3 taps x 3 channels, 2, 2]
     assert out.shape == (3, 9, 2, 2) and out.is_contiguous(memory_format=torch.channels_last)
     assert out[:, :, 0, 0].tolist() == [[t + j for j in range(3) for _ in range(3)] for t in range(3)]
+    assert tail[0, 0, :, 0, 0].tolist() == [3.0, 4.0]
 
 
 @pytest.mark.skipif(not CUDA, reason="the stacking kernel is Triton on CUDA")
@@ -168,9 +169,10 @@ def test_triton_stack_taps_copies_exactly_what_the_torch_one_does(shape):
     fmt = torch.channels_last_3d
     past = torch.randn(b, c, 2, h, w, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=fmt)
     x = torch.randn(shape, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=fmt)
-    got = time_taps.stack_taps(past, x)
-    want = time_taps.stack_taps(past.cpu(), x.cpu())
+    got, got_tail = time_taps.stack_taps(past, x)
+    want, want_tail = time_taps.stack_taps(past.cpu(), x.cpu())
     assert got.is_contiguous(memory_format=torch.channels_last) and torch.equal(got.cpu(), want)
+    assert got_tail.is_contiguous(memory_format=torch.channels_last_3d) and torch.equal(got_tail.cpu(), want_tail)
 
 
 def test_upsample_nearest_2x_equals_nn_upsample_in_both_layouts():

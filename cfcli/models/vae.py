@@ -78,16 +78,18 @@ class CausalCache:
         self._past[layer] = x[:, :, -frames:].clone()
         return x
 
-    def past(self, layer: nn.Module, x: Tensor, frames: int) -> Tensor:
-        """The layer's previous `frames` input frames (zeros before the video starts), remembering x's for next time:
-        `extend` without joining them."""
+    def recall(self, layer: nn.Module, like: Tensor, frames: int) -> Tensor:
+        """What the layer remembered, or `frames` zero frames shaped and laid out like `like` before the video
+        starts (`extend`'s past, for layers that join it to their input themselves)."""
         past = self._past.get(layer)
         if past is None:
-            b, c, _, h, w = x.shape
-            past = x.new_zeros(b, c, frames, h, w)
-        tail = x[:, :, -frames:] if x.shape[2] >= frames else torch.cat([past, x], dim=2)[:, :, -frames:]
-        self._past[layer] = tail.clone()
+            b, c, _, h, w = like.shape
+            layout = torch.channels_last_3d if channels_last(like) else torch.contiguous_format
+            past = like.new_zeros(b, c, frames, h, w).contiguous(memory_format=layout)
         return past
+
+    def remember(self, layer: nn.Module, frames: Tensor) -> None:
+        self._past[layer] = frames
 
     def swap(self, layer: nn.Module, keep: Tensor) -> Tensor | None:
         """Remember `keep` for the layer; return what it remembered before (None the first time)."""
@@ -126,7 +128,8 @@ class CausalConv3d(nn.Conv3d):
     def convolve(self, x: Tensor, cache: CausalCache, bias: Tensor | None) -> Tensor:
         """The convolution with `bias` (None: leave it to the next op, which adds it in the same pass)."""
         if self.taps_weight is not None:
-            stacked = stack_taps(cache.past(self, x, self.history), x)
+            stacked, tail = stack_taps(cache.recall(self, x, self.history), x)
+            cache.remember(self, tail)
             return from_frames(F.conv2d(stacked, self.taps_weight, bias, padding=self.padding[1:]), x.shape[0])
         x = cache.extend(self, x, self.history)
         if self.layout is not torch.contiguous_format:

@@ -30,7 +30,9 @@ def norm_silu(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """SiLU(y / max(‖y‖₂ over dim 1, 1e-12) · weight), y = x + bias, for x [B, C, *spatial] on CUDA; weight [C] float32
     (the norm's gamma times its √C scale), bias [C] or None. Returns a channels-last tensor of x's dtype."""
     x = _rows(x)
-    out = torch.empty_like(x)
+    # Canonical channels-last strides: `x` may be a frame of ambiguous strides (size-1 dims), which later ops read as
+    # channels-first and convert.
+    out = torch.empty_like(x, memory_format=_format(x))
     _launch(_kernels()[0], x, (x, weight, bias if bias is not None else weight, out), HAS_BIAS=bias is not None)
     return out
 

@@ -16,16 +16,20 @@ from torch import Tensor
 _KERNEL = None
 
 
-def stack_taps(past: Tensor, x: Tensor) -> Tensor:
-    """past [B, C, k-1, H, W], x [B, C, T, H, W] -> [B·T, k·C, H, W] channels-last, where channels j·C .. (j+1)·C of
-    frame t hold frame t+j of [past, x]."""
+def stack_taps(past: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """past [B, C, k-1, H, W], x [B, C, T, H, W] -> (stacked, tail):
+
+    - stacked [B·T, k·C, H, W] channels-last, where channels j·C .. (j+1)·C of frame t hold frame t+j of [past, x];
+    - tail [B, C, k-1, H, W], the last k-1 frames of [past, x] (the next chunk's past), a fresh tensor.
+    """
     b, c, t, h, w = x.shape
     taps = past.shape[2] + 1
     if x.is_cuda and _triton():
         return _stack_triton(past, x, taps)
     joined = torch.cat([past, x], dim=2)
     stacked = torch.cat([joined[:, :, j:j + t] for j in range(taps)], dim=1)  # [B, k·C, T, H, W]
-    return stacked.transpose(1, 2).reshape(b * t, taps * c, h, w).contiguous(memory_format=torch.channels_last)
+    stacked = stacked.transpose(1, 2).reshape(b * t, taps * c, h, w).contiguous(memory_format=torch.channels_last)
+    return stacked, joined[:, :, t:].clone()
 
 
 def _triton() -> bool:
@@ -42,12 +46,13 @@ def _stack_triton(past: Tensor, x: Tensor, taps: int) -> Tensor:
     x = x.contiguous(memory_format=torch.channels_last_3d)
     out = torch.empty(b * t, h, w, taps * c, dtype=x.dtype, device=x.device)
     hist = taps - 1
+    tail = torch.empty(b, hist, h, w, c, dtype=x.dtype, device=x.device)
     rows = b * (hist + t) * h * w  # one row = one pixel's C channels of one input frame
     block_c = 1 << (c - 1).bit_length()
     per_program = max(1, 4096 // block_c)
     grid = ((rows + per_program - 1) // per_program,)
-    _kernel()[grid](past, x, out, rows, t, h * w, c, HIST=hist, BLOCK_C=block_c, ROWS=per_program)
-    return out.permute(0, 3, 1, 2)  # [B·T, k·C, H, W], channels-last
+    _kernel()[grid](past, x, out, tail, rows, t, h * w, c, HIST=hist, BLOCK_C=block_c, ROWS=per_program)
+    return out.permute(0, 3, 1, 2), tail.permute(0, 4, 1, 2, 3)  # both channels-last
 
 
 def _kernel():
@@ -62,7 +67,7 @@ def _build():
     import triton.language as tl
 
     @triton.jit
-    def stack_taps_rows(past_ptr, x_ptr, out_ptr, n_rows, frames, pixels, channels,
+    def stack_taps_rows(past_ptr, x_ptr, out_ptr, tail_ptr, n_rows, frames, pixels, channels,
                         HIST: tl.constexpr, BLOCK_C: tl.constexpr, ROWS: tl.constexpr):
         # Row r = (batch, s, pixel) over the joined frames s of [past (HIST), x (frames)].
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]
@@ -83,5 +88,8 @@ def _build():
             ok = mask & (t >= 0) & (t < frames)
             out_row = (batch * frames + t) * pixels + pixel
             tl.store(out_ptr + (out_row.to(tl.int64) * (HIST + 1) + j) * channels + cols, v, mask=ok)
+        # The last HIST joined frames are the next chunk's past.
+        tail_row = (batch * HIST + s - frames) * pixels + pixel
+        tl.store(tail_ptr + tail_row.to(tl.int64) * channels + cols, v, mask=mask & (s >= frames))
 
     return stack_taps_rows
