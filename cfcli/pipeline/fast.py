@@ -11,7 +11,9 @@ decoder. None changes what is computed; only rounding moves (measured in docs/pe
   replays it — one launch instead of ~2,000. Inputs (latents, timesteps, RoPE table, text K/V) are copied into
   static buffers first; the graph writes the KV cache in place, exactly as the eager call. Bit-exact with eager.
 
-- `tune_vae(vae)` stores the decoder channels-last and fuses each RMS norm + SiLU pair (`cfcli.ops.fused_norm`).
+- `tune_vae(vae)` stores the decoder channels-last, runs its 96-channel causal convolutions as 2D convolutions over
+  time-stacked channels (`cfcli.ops.time_taps`) and adds each convolution's bias inside a fused norm + SiLU or
+  bias + residual kernel (`cfcli.ops.fused_norm`).
 
 A frame-wise 81-frame video has 21 cache plans (one per block; its steps and clean pass share it), so the first video
 captures 21 graphs and every later one with the same cache replays them. Calls on caches without a fixed plan (the
