@@ -73,14 +73,13 @@ class CausalCache:
 
     def extend(self, layer: nn.Module, x: Tensor, frames: int) -> Tensor:
         """`x` with the layer's previous `frames` input frames in front (zeros before the video starts)."""
-        past = self._past.get(layer)
-        x = F.pad(x, (0, 0, 0, 0, frames, 0)) if past is None else torch.cat([past, x], dim=2)
-        self._past[layer] = x[:, :, -frames:].clone()
-        return x
+        joined = torch.cat([self.recall(layer, x, frames), x], dim=2)
+        self.remember(layer, joined[:, :, -frames:].clone())
+        return joined
 
     def recall(self, layer: nn.Module, like: Tensor, frames: int) -> Tensor:
-        """What the layer remembered, or `frames` zero frames shaped and laid out like `like` before the video
-        starts (`extend`'s past, for layers that join it to their input themselves)."""
+        """The layer's previous input frames, or `frames` zero frames shaped and laid out like `like` before the
+        video starts."""
         past = self._past.get(layer)
         if past is None:
             b, c, _, h, w = like.shape
@@ -89,6 +88,7 @@ class CausalCache:
         return past
 
     def remember(self, layer: nn.Module, frames: Tensor) -> None:
+        """Keep `frames` as the layer's past for its next call."""
         self._past[layer] = frames
 
     def swap(self, layer: nn.Module, keep: Tensor) -> Tensor | None:
