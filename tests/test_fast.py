@@ -114,7 +114,8 @@ def test_graphs_replay_exactly_what_the_eager_calls_compute(golden, case, preset
 
 
 def test_channels_last_decoder_gives_the_same_pixels():
-    """The layout the fast path puts the VAE decoder in: same arithmetic (CPU float32: within summation order)."""
+    """The layout and time stacking the fast path puts the VAE decoder in: same arithmetic (CPU float32: within
+    summation order)."""
     from cfcli.models.vae import VAEConfig, WanVAE
     from cfcli.pipeline.fast import tune_vae
 
@@ -124,9 +125,10 @@ def test_channels_last_decoder_gives_the_same_pixels():
         torch.nn.init.normal_(p, std=0.1)
     z = torch.randn(1, 3, 16, 6, 8)
     plain = vae.decode(z)
-    tune_vae(vae, fuse=True)  # no Triton kernel on the CPU: only the layout changes
+    tune_vae(vae, fuse=True, stack=True)  # no Triton kernels on the CPU: the layout, and torch's time stacking
     tuned = vae.decode(z)
     assert vae.decoder.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert sum(getattr(m, "taps_weight", None) is not None for m in vae.decoder.modules()) == 27  # every equal-width 3x3x3 conv
     assert plain.shape == tuned.shape == (1, 9, 3, 48, 64)
     assert (plain - tuned).abs().max() < 1e-5 and plain.std() > 0.01
 
@@ -231,7 +233,7 @@ def test_tuned_decoder_on_the_gpu_stays_within_bf16_rounding_of_the_plain_one():
     exact = vae.decode(z)  # float32
     vae = vae.to(torch.bfloat16)
     plain = vae.decode(z)
-    tune_vae(vae, fuse=True)
+    tune_vae(vae, fuse=True, stack=True)
     assert vae.decoder.head[0].fused_weight is not None and any(
         getattr(m, "taps_weight", None) is not None for m in vae.decoder.modules())
     tuned = vae.decode(z)

@@ -43,17 +43,26 @@ def compile_blocks(dit: CausalWanDiT) -> None:
         blk.finish = torch.compile(blk.finish, dynamic=False)
 
 
-def tune_vae(vae: WanVAE, fuse: bool, stack_below: int = 128) -> None:
-    """Run the VAE decoder channels-last (cuDNN's fastest convolutions, no layout conversion around each one); its
-    3-tap causal convolutions narrower than `stack_below` channels as 2D convolutions over time-stacked channels
-    (`CausalConv3d.stack_taps_`: cuDNN runs the 96-channel full-resolution ones on an sm80 kernel at a third of the
-    2D speed on Hopper); and, with `fuse` where Triton is available, each RMS norm + SiLU pair as one kernel
-    (`cfcli.ops.fused_norm`): one read and one write of the activation instead of six passes."""
+def tune_vae(vae: WanVAE, fuse: bool, stack: bool | None = None, stack_below: int = 128) -> None:
+    """Tune the VAE decoder in place; the same arithmetic, summed in another order.
+
+    - Channels-last weights and activations (cuDNN's fastest convolutions, no layout conversion around each one).
+    - With `stack`, its 3-tap causal convolutions narrower than `stack_below` channels run as 2D convolutions over
+      time-stacked channels (`CausalConv3d.stack_taps_`): on Hopper cuDNN runs the 96-channel full-resolution ones
+      on an sm80 kernel at a third of the 2D speed. Default: on GPUs of compute capability 9.0 and newer, the ones
+      it was measured on (docs/performance.md); elsewhere the stacking copy could cost more than it saves.
+    - With `fuse` where Triton is available, each RMS norm + SiLU pair, with the bias of the convolution before it,
+      as one kernel, and each residual block's `h + bias + shortcut` as another (`cfcli.ops.fused_norm`).
+    """
     vae.channels_last_()
-    for m in vae.decoder.modules():
-        if isinstance(m, CausalConv3d) and m.history == 2 and m.in_channels == m.out_channels < stack_below:
-            m.stack_taps_()
-    if not fuse or not fused_norm.available(vae.conv2.weight):
+    weight = vae.conv2.weight
+    if stack is None:
+        stack = weight.is_cuda and torch.cuda.get_device_capability(weight.device) >= (9, 0)
+    if stack:
+        for m in vae.decoder.modules():
+            if isinstance(m, CausalConv3d) and m.history == 2 and m.in_channels == m.out_channels < stack_below:
+                m.stack_taps_()
+    if not fuse or not fused_norm.available(weight):
         return
     for m in vae.decoder.modules():
         if isinstance(m, RMSNorm | ResidualBlock):
