@@ -9,21 +9,12 @@ Each pixel's channels are contiguous in the channels-last layout, so a pixel is 
 matrix. The convolutions before them run without bias (`CausalConv3d.convolve`) so that the bias rides along here.
 """
 
+import functools
+
 import torch
 from torch import Tensor
 
-_KERNELS = None
-
-
-def available(x: Tensor) -> bool:
-    """True where the Triton kernels can run on x (a CUDA tensor, Triton installed)."""
-    if not x.is_cuda:
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+from cfcli.ops.triton_rows import tiling
 
 
 def norm_silu(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -33,7 +24,7 @@ def norm_silu(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     # Canonical channels-last strides: `x` may be a frame of ambiguous strides (size-1 dims), which later ops read as
     # channels-first and convert.
     out = torch.empty_like(x, memory_format=_format(x))
-    _launch(_kernels()[0], x, (x, weight, bias if bias is not None else weight, out), HAS_BIAS=bias is not None)
+    _launch(_build()[0], x, (x, weight, bias if bias is not None else weight, out), HAS_BIAS=bias is not None)
     return out
 
 
@@ -41,7 +32,7 @@ def add_bias_residual_(h: Tensor, bias: Tensor, shortcut: Tensor) -> Tensor:
     """h += bias + shortcut in one pass (float32 sums, one rounding), for channels-last h [B, C, *spatial] on CUDA."""
     if not h.is_contiguous(memory_format=_format(h)):
         raise ValueError("add_bias_residual_ writes in place: h must be channels-last")
-    _launch(_kernels()[1], h, (h, bias, _rows(shortcut)))
+    _launch(_build()[1], h, (h, bias, _rows(shortcut)))
     return h
 
 
@@ -56,19 +47,11 @@ def _rows(x: Tensor) -> Tensor:
 def _launch(kernel, like: Tensor, tensors: tuple[Tensor, ...], **flags) -> None:
     c = like.shape[1]
     rows = like.numel() // c
-    block_c = 1 << (c - 1).bit_length()
-    per_program = max(1, 4096 // block_c)
-    grid = ((rows + per_program - 1) // per_program,)
-    kernel[grid](*tensors, rows, c, BLOCK_C=block_c, ROWS=per_program, **flags)
+    grid, blocks = tiling(rows, c)
+    kernel[grid](*tensors, rows, c, **blocks, **flags)
 
 
-def _kernels():
-    global _KERNELS
-    if _KERNELS is None:
-        _KERNELS = _build()
-    return _KERNELS
-
-
+@functools.cache
 def _build():
     import triton
     import triton.language as tl

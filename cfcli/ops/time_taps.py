@@ -10,10 +10,12 @@ speed (docs/performance.md).
 up to k places it goes; elsewhere it is a concatenation of the k windows. Both are exact copies.
 """
 
+import functools
+
 import torch
 from torch import Tensor
 
-_KERNEL = None
+from cfcli.ops.triton_rows import available, tiling
 
 
 def stack_taps(past: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -24,7 +26,7 @@ def stack_taps(past: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
     """
     b, c, t, h, w = x.shape
     taps = past.shape[2] + 1
-    if x.is_cuda and _triton():
+    if available(x):
         return _stack_triton(past, x, taps)
     joined = torch.cat([past, x], dim=2)
     stacked = torch.cat([joined[:, :, j:j + t] for j in range(taps)], dim=1)  # [B, k·C, T, H, W]
@@ -32,15 +34,7 @@ def stack_taps(past: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
     return stacked, joined[:, :, t:].clone()
 
 
-def _triton() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _stack_triton(past: Tensor, x: Tensor, taps: int) -> Tensor:
+def _stack_triton(past: Tensor, x: Tensor, taps: int) -> tuple[Tensor, Tensor]:
     b, c, t, h, w = x.shape
     past = past.contiguous(memory_format=torch.channels_last_3d)  # [B, k-1, H, W, C] in memory; free if already so
     x = x.contiguous(memory_format=torch.channels_last_3d)
@@ -48,20 +42,12 @@ def _stack_triton(past: Tensor, x: Tensor, taps: int) -> Tensor:
     hist = taps - 1
     tail = torch.empty(b, hist, h, w, c, dtype=x.dtype, device=x.device)
     rows = b * (hist + t) * h * w  # one row = one pixel's C channels of one input frame
-    block_c = 1 << (c - 1).bit_length()
-    per_program = max(1, 4096 // block_c)
-    grid = ((rows + per_program - 1) // per_program,)
-    _kernel()[grid](past, x, out, tail, rows, t, h * w, c, HIST=hist, BLOCK_C=block_c, ROWS=per_program)
+    grid, blocks = tiling(rows, c)
+    _build()[grid](past, x, out, tail, rows, t, h * w, c, HIST=hist, **blocks)
     return out.permute(0, 3, 1, 2), tail.permute(0, 4, 1, 2, 3)  # both channels-last
 
 
-def _kernel():
-    global _KERNEL
-    if _KERNEL is None:
-        _KERNEL = _build()
-    return _KERNEL
-
-
+@functools.cache
 def _build():
     import triton
     import triton.language as tl

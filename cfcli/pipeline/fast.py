@@ -28,7 +28,7 @@ from torch import Tensor
 
 from cfcli.models.dit import CausalWanDiT
 from cfcli.models.vae import CausalConv3d, ResidualBlock, RMSNorm, WanVAE
-from cfcli.ops import fused_norm
+from cfcli.ops import triton_rows
 
 
 def compile_blocks(dit: CausalWanDiT) -> None:
@@ -62,7 +62,7 @@ def tune_vae(vae: WanVAE, fuse: bool, stack: bool | None = None, stack_below: in
         for m in vae.decoder.modules():
             if isinstance(m, CausalConv3d) and m.history == 2 and m.in_channels == m.out_channels < stack_below:
                 m.stack_taps_()
-    if not fuse or not fused_norm.available(weight):
+    if not fuse or not triton_rows.available(weight):
         return
     for m in vae.decoder.modules():
         if isinstance(m, RMSNorm | ResidualBlock):
