@@ -44,6 +44,21 @@ def cf():
     return run
 
 
+def stream_in_chunks(model, latents, chunks):
+    """Decode latents [B, F, ...] through `model.stream_decoder()` in chunks of the given sizes; each chunk must give
+    1 + 4(n-1) frames the first time and 4n after. Returns the frames joined along time."""
+    import torch
+
+    stream = model.stream_decoder()
+    parts, start = [], 0
+    for i, n in enumerate(chunks):
+        part = stream.decode(latents[:, start:start + n])
+        assert part.shape[1] == (1 + 4 * (n - 1) if i == 0 else 4 * n)
+        parts.append(part)
+        start += n
+    return torch.cat(parts, dim=1)
+
+
 def rel_err(a, b) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
 

@@ -13,6 +13,8 @@ from safetensors.torch import load_file
 from cfcli.errors import CfError
 from cfcli.models.taehv import TAEHV, TAEHVConfig, load_taehv
 
+from conftest import stream_in_chunks
+
 FIXTURES = Path(__file__).parent / "fixtures" / "taehv"
 WEIGHTS = FIXTURES / "tiny_taew.pth"
 TINY = TAEHVConfig(channels=(12, 8, 6, 4))
@@ -63,14 +65,7 @@ def test_decode_matches_official(model, cases, case):
 def test_streaming_equals_whole_decode(model, cases, chunks):
     z = cases["a.latents"]
     whole = model.decode(z)
-    stream = model.stream_decoder()
-    parts, start = [], 0
-    for i, n in enumerate(chunks):
-        part = stream.decode(z[:, start:start + n])
-        assert part.shape[1] == (1 + 4 * (n - 1) if i == 0 else 4 * n)
-        parts.append(part)
-        start += n
-    assert torch.equal(torch.cat(parts, dim=1), whole)
+    assert torch.equal(stream_in_chunks(model, z, chunks), whole)
 
 
 @pytest.mark.parametrize("f", [1, 2, 5])

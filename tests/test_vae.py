@@ -9,6 +9,8 @@ from safetensors.torch import load_file
 
 from cfcli.models.vae import LATENT_MEAN, LATENT_STD, VAEConfig, WanVAE
 
+from conftest import stream_in_chunks
+
 FIXTURES = Path(__file__).parent / "fixtures"
 CASES = json.loads((FIXTURES / "cases.json").read_text())
 
@@ -53,14 +55,7 @@ def test_decode_matches_official(vae, tensors, case):
 def test_streaming_equals_whole_decode(vae, chunks):
     latents = torch.randn(1, sum(chunks), 16, 6, 10, generator=torch.Generator().manual_seed(0))
     whole = vae.decode(latents)
-    stream = vae.stream_decoder()
-    parts, start = [], 0
-    for i, n in enumerate(chunks):
-        part = stream.decode(latents[:, start:start + n])
-        assert part.shape[1] == (1 + 4 * (n - 1) if i == 0 else 4 * n)
-        parts.append(part)
-        start += n
-    assert (torch.cat(parts, dim=1) - whole).abs().max().item() <= 1e-6
+    assert (stream_in_chunks(vae, latents, chunks) - whole).abs().max().item() <= 1e-6
 
 
 def test_batch_matches_single(vae, tensors):
