@@ -129,6 +129,7 @@ def test_channels_last_decoder_gives_the_same_pixels():
     tuned = vae.decode(z)
     assert vae.decoder.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
     assert sum(getattr(m, "taps_weight", None) is not None for m in vae.decoder.modules()) == 27  # every equal-width 3x3x3 conv
+    assert sum(getattr(m, "phase_weight", None) is not None for m in vae.decoder.modules()) == 3  # every upsampling
     assert plain.shape == tuned.shape == (1, 9, 3, 48, 64)
     assert (plain - tuned).abs().max() < 1e-5 and plain.std() > 0.01
 
@@ -185,6 +186,50 @@ def test_upsample_nearest_2x_equals_nn_upsample_in_both_layouts():
     assert torch.equal(upsample_nearest_2x(x), want)
     last = upsample_nearest_2x(x.contiguous(memory_format=torch.channels_last))
     assert torch.equal(last, want) and last.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_subpixel_upsample_conv_equals_nearest_upsampling_then_the_3x3_conv(layout):
+    from cfcli.ops.subpixel import phase_weights, upsample_conv
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 4, 3, padding=1).double()
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64).contiguous(memory_format=layout)
+    want = conv(torch.nn.Upsample(scale_factor=2.0, mode="nearest")(x))
+    weight, bias = phase_weights(conv.weight.detach().contiguous(memory_format=layout), conv.bias.detach())
+    got = upsample_conv(x, weight, bias)
+    assert weight.shape == (16, 6, 2, 2) and got.shape == want.shape == (2, 4, 10, 14)
+    assert got.is_contiguous(memory_format=layout) and (got - want).abs().max() < 1e-12  # borders included
+    with pytest.raises(ValueError, match="3×3"):
+        phase_weights(torch.zeros(4, 6, 1, 1), None)
+
+
+def test_linear_gelu_is_the_linear_layer_then_tanh_gelu():
+    from cfcli.ops.linear import linear_gelu
+
+    torch.manual_seed(0)
+    up = torch.nn.Linear(8, 12)
+    x = torch.randn(2, 3, 8)
+    assert torch.equal(linear_gelu(x, up.weight, up.bias), torch.nn.functional.gelu(up(x), approximate="tanh"))
+
+
+@pytest.mark.skipif(not CUDA, reason="the GELU epilogue is cuBLASLt's")
+def test_linear_gelu_on_the_gpu_is_the_tanh_gelu_rounded_once():
+    """Pre-activations fed exactly (one non-zero input column, unit weights) where the tanh and erf GELUs differ by
+    1-10 % relative: bf16 rounding (0.4 %) cannot hide which one the epilogue computes."""
+    from cfcli.ops.linear import linear_gelu
+
+    v = torch.linspace(-3.5, -2.0, 64, device="cuda").to(torch.bfloat16)
+    x = torch.zeros(64, 16, device="cuda", dtype=torch.bfloat16)
+    x[:, 0] = v
+    weight = torch.zeros(32, 16, device="cuda", dtype=torch.bfloat16)
+    weight[:, 0] = 1.0
+    got = linear_gelu(x[None], weight, torch.zeros(32, device="cuda", dtype=torch.bfloat16))
+    assert got.shape == (1, 64, 32) and got.dtype == torch.bfloat16
+    pre = v.float()[:, None].expand(64, 32)
+    tanh, erf = torch.nn.functional.gelu(pre, approximate="tanh"), torch.nn.functional.gelu(pre)
+    assert ((got[0].float() - tanh) / tanh).abs().max() < 0.01
+    assert ((got[0].float() - erf) / erf).abs().max() > 0.03
 
 
 @pytest.mark.skipif(not CUDA, reason="the fused kernel is Triton on CUDA")

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from cfcli.models.kv_cache import KVCache
 from cfcli.ops.attention import attend
+from cfcli.ops.linear import linear_gelu
 from cfcli.ops.norm import layer_norm, rms_norm
 from cfcli.ops.rope import apply_rope, rope_table
 
@@ -138,8 +139,13 @@ class Block(nn.Module):
         gate1, shift2, scale2, gate2 = (self.modulation[:, 2:].unsqueeze(1) + e0[:, :, 2:]).chunk(4, dim=2)
         x = x + self.self_attn.o(y).view_as(x) * gate1
         x = x + self.cross_attn(self.norm3(x).flatten(1, 2), text_kv).view_as(x)
-        y = self.ffn(self.norm2(x) * (1 + scale2) + shift2)
-        return x + y * gate2
+        return x + self.feed_forward(self.norm2(x) * (1 + scale2) + shift2) * gate2
+
+    def feed_forward(self, x: Tensor) -> Tensor:
+        up, act, down = self.ffn
+        if type(up) is nn.Linear:  # (not once `--quantize fp8` has replaced it)
+            return down(linear_gelu(x, up.weight, up.bias))
+        return down(act(up(x)))
 
 
 class Head(nn.Module):

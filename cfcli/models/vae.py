@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cfcli.ops import fused_norm
+from cfcli.ops import fused_norm, subpixel
 from cfcli.ops.time_taps import stack_taps
 
 # Per-channel statistics of the latent space, from the official wrapper.
@@ -296,6 +296,15 @@ class Upsample(nn.Module):
         if temporal:
             self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1))
         self.temporal = temporal
+        self.phase_weight: Tensor | None = None  # set by `subpixel_`
+        self.phase_bias: Tensor | None = None
+
+    def subpixel_(self) -> None:
+        """Upsample and convolve as four 2×2 convolutions on the small input (`cfcli.ops.subpixel`): 2.25× fewer
+        products and no upsampled copy; the summed taps are rounded to the weight dtype once."""
+        conv = self.resample[1]
+        bias = None if conv.bias is None else conv.bias.detach()
+        self.phase_weight, self.phase_bias = subpixel.phase_weights(conv.weight.detach(), bias)
 
     def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
         b, c = x.shape[:2]
@@ -303,6 +312,8 @@ class Upsample(nn.Module):
             frames = interleave_pairs(self.time_conv(x, cache).unflatten(1, (2, c)))
         else:
             frames = to_frames(x)
+        if self.phase_weight is not None:
+            return from_frames(subpixel.upsample_conv(frames, self.phase_weight, self.phase_bias), b)
         # Nearest upsampling is exact in any dtype, so there is no float32 round trip here.
         return from_frames(self.resample[1](upsample_nearest_2x(frames)), b)
 
