@@ -178,6 +178,35 @@ def test_triton_stack_taps_copies_exactly_what_the_torch_one_does(shape):
     assert got_tail.is_contiguous(memory_format=torch.channels_last_3d) and torch.equal(got_tail.cpu(), want_tail)
 
 
+def test_stack_taps_with_a_norm_stacks_the_normalised_new_frames_and_keeps_the_past():
+    from cfcli.models.vae import per_channel, rms_norm_silu
+    from cfcli.ops.time_taps import stack_taps
+
+    torch.manual_seed(0)
+    past, x = torch.randn(1, 6, 2, 3, 4), torch.randn(1, 6, 3, 3, 4)
+    gamma, bias = torch.rand(6, 1, 1, 1) + 0.5, torch.randn(6)
+    got, got_tail = stack_taps(past, x, norm=((gamma * 6**0.5).flatten(), bias))
+    want, want_tail = stack_taps(past, rms_norm_silu(x + per_channel(bias, x), gamma, 6**0.5))
+    assert rel_err(got, want) < 1e-6 and rel_err(got_tail, want_tail) < 1e-6
+    assert torch.equal(got[0, :12], torch.cat([past[0, :, 0], past[0, :, 1]]))  # the past as it was
+
+
+@pytest.mark.skipif(not CUDA, reason="the stacking kernel is Triton on CUDA")
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_triton_stack_taps_with_a_norm_equals_the_fused_norm_then_stacking(with_bias):
+    from cfcli.ops import time_taps
+    from cfcli.ops.fused_norm import norm_silu
+
+    fmt = torch.channels_last_3d
+    past = torch.randn(1, 96, 2, 24, 40, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=fmt)
+    x = torch.randn(1, 96, 4, 24, 40, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=fmt)
+    weight = torch.rand(96, device="cuda") + 0.5
+    bias = torch.randn(96, device="cuda", dtype=torch.bfloat16) if with_bias else None
+    got, got_tail = time_taps.stack_taps(past, x, norm=(weight, bias))
+    want, want_tail = time_taps.stack_taps(past, norm_silu(x, weight, bias))
+    assert torch.equal(got, want) and torch.equal(got_tail, want_tail)
+
+
 def test_upsample_nearest_2x_equals_nn_upsample_in_both_layouts():
     from cfcli.models.vae import upsample_nearest_2x
 

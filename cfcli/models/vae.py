@@ -128,13 +128,24 @@ class CausalConv3d(nn.Conv3d):
     def convolve(self, x: Tensor, cache: CausalCache, bias: Tensor | None) -> Tensor:
         """The convolution with `bias` (None: leave it to the next op, which adds it in the same pass)."""
         if self.taps_weight is not None:
-            stacked, tail = stack_taps(cache.recall(self, x, self.history), x)
-            cache.remember(self, tail)
-            return from_frames(F.conv2d(stacked, self.taps_weight, bias, padding=self.padding[1:]), x.shape[0])
+            return self._convolve_stacked(x, cache, bias)
         x = cache.extend(self, x, self.history)
         if self.layout is not torch.contiguous_format:
             x = x.contiguous(memory_format=self.layout)  # a no-op once the activations are in that layout
         return self._conv_forward(x, self.weight, bias)
+
+    def convolve_normed(self, x: Tensor, norm: RMSNorm, norm_bias: Tensor | None, cache: CausalCache) -> Tensor:
+        """`convolve(norm.then_silu(x, norm_bias), cache, bias=None)`; with stacked taps and a fused norm the norm runs
+        inside the stacking kernel, so its output is never written on its own."""
+        if self.taps_weight is None or norm.fused_weight is None:
+            return self.convolve(norm.then_silu(x, norm_bias), cache, None)
+        return self._convolve_stacked(x, cache, None, norm=(norm.fused_weight, norm_bias))
+
+    def _convolve_stacked(self, x: Tensor, cache: CausalCache, bias: Tensor | None,
+                          norm: tuple[Tensor, Tensor | None] | None = None) -> Tensor:
+        stacked, tail = stack_taps(cache.recall(self, x, self.history), x, norm)
+        cache.remember(self, tail)
+        return from_frames(F.conv2d(stacked, self.taps_weight, bias, padding=self.padding[1:]), x.shape[0])
 
 
 def rms_norm_silu(x: Tensor, gamma: Tensor, scale: float) -> Tensor:
@@ -228,12 +239,11 @@ class ResidualBlock(nn.Module):
         self.fused = True
 
     def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
-        norm1, _, conv1, norm2, _, dropout, conv2 = self.residual
+        norm1, _, conv1, norm2, _, _, conv2 = self.residual
         # Step by step so that each big intermediate is dropped as soon as the next one exists. Each convolution's
         # bias is added by the op after it, in the same rounding order as the reference's conv-then-bias.
-        h = conv1.convolve(norm1.then_silu(x), cache, bias=None)
-        h = dropout(norm2.then_silu(h, conv1.bias))
-        h = conv2.convolve(h, cache, bias=None)
+        h = conv1.convolve_normed(x, norm1, None, cache)
+        h = conv2.convolve_normed(h, norm2, conv1.bias, cache)  # (`dropout` is the identity at inference)
         if self.fused:
             return fused_norm.add_bias_residual_(h, conv2.bias, self.shortcut(x))
         return h.add_(per_channel(conv2.bias, h)).add_(self.shortcut(x))
