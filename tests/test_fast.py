@@ -233,6 +233,26 @@ def test_subpixel_upsample_conv_equals_nearest_upsampling_then_the_3x3_conv(layo
         phase_weights(torch.zeros(4, 6, 1, 1), None)
 
 
+@pytest.mark.skipif(not CUDA, reason="the interleaving kernel is Triton on CUDA")
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_triton_subpixel_interleave_equals_the_copies(with_bias):
+    from cfcli.ops import subpixel
+
+    conv = torch.nn.Conv2d(96, 48, 3, padding=1).cuda().to(torch.bfloat16)
+    x = torch.randn(3, 96, 7, 10, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    weight, bias = subpixel.phase_weights(conv.weight.detach().contiguous(memory_format=torch.channels_last),
+                                          conv.bias.detach() if with_bias else None)
+    got = subpixel.upsample_conv(x, weight, bias)
+    y = torch.nn.functional.conv2d(x, weight, None, padding=1)  # the phases, [3, 4·48, 8, 11]
+    want = torch.empty(3, 48, 14, 20, device="cuda", dtype=torch.bfloat16)
+    for a in (0, 1):
+        for b in (0, 1):
+            phase = y[:, (2 * a + b) * 48:(2 * a + b + 1) * 48, a:a + 7, b:b + 10]
+            want[:, :, a::2, b::2] = phase if bias is None else phase + bias[:48].view(-1, 1, 1)
+    assert got.is_contiguous(memory_format=torch.channels_last) and got.shape == (3, 48, 14, 20)
+    assert torch.equal(got, want)
+
+
 def test_linear_gelu_is_the_linear_layer_then_tanh_gelu():
     from cfcli.ops.linear import linear_gelu
 
@@ -276,6 +296,14 @@ def test_fused_norm_silu_matches_the_eager_ops(shape, with_bias):
     got = norm_silu(x, (gamma * scale).flatten(), bias)
     assert got.is_contiguous(memory_format=torch.channels_last_3d)
     assert rel_err(got, want) < 1e-6
+    # Into the frames after a 2-frame past of a larger buffer (the causal convolution's joined input), per video.
+    b, c, t, h, w = shape
+    joined = torch.zeros(b, c, 2 + t, h, w, device="cuda").contiguous(memory_format=torch.channels_last_3d)
+    for i in range(b):
+        norm_silu(x[i:i + 1], (gamma * scale).flatten(), bias, out=joined[i:i + 1, :, 2:])
+    assert torch.equal(joined[:, :, 2:], got) and not joined[:, :, :2].any()
+    with pytest.raises(ValueError, match="channels-last"):
+        norm_silu(x, (gamma * scale).flatten(), bias, out=torch.empty(shape, device="cuda"))
 
 
 @pytest.mark.skipif(not CUDA, reason="the fused kernel is Triton on CUDA")

@@ -134,12 +134,24 @@ class CausalConv3d(nn.Conv3d):
             x = x.contiguous(memory_format=self.layout)  # a no-op once the activations are in that layout
         return self._conv_forward(x, self.weight, bias)
 
-    def convolve_normed(self, x: Tensor, norm: RMSNorm, norm_bias: Tensor | None, cache: CausalCache) -> Tensor:
-        """`convolve(norm.then_silu(x, norm_bias), cache, bias=None)`; with stacked taps and a fused norm the norm runs
-        inside the stacking kernel, so its output is never written on its own."""
-        if self.taps_weight is None or norm.fused_weight is None:
-            return self.convolve(norm.then_silu(x, norm_bias), cache, None)
-        return self._convolve_stacked(x, cache, None, norm=(norm.fused_weight, norm_bias))
+    def convolve_normed(self, x: Tensor, norm: RMSNorm, norm_bias: Tensor | None, cache: CausalCache,
+                        bias: Tensor | None = None) -> Tensor:
+        """`convolve(norm.then_silu(x, norm_bias), cache, bias)`. With a fused norm, its output is written only where
+        the convolution reads it: inside the stacking kernel (stacked taps), or right after the cached past frames
+        (no separate join copy)."""
+        if norm.fused_weight is None:
+            return self.convolve(norm.then_silu(x, norm_bias), cache, bias)
+        if self.taps_weight is not None:
+            return self._convolve_stacked(x, cache, bias, norm=(norm.fused_weight, norm_bias))
+        b, c, t, h, w = x.shape
+        past = self.history
+        joined = torch.empty((b, c, past + t, h, w), dtype=x.dtype, device=x.device,
+                             memory_format=torch.channels_last_3d)
+        joined[:, :, :past] = cache.recall(self, x, past)
+        for i in range(b):  # (one video's frames after its past are contiguous rows)
+            fused_norm.norm_silu(x[i:i + 1], norm.fused_weight, norm_bias, out=joined[i:i + 1, :, past:])
+        cache.remember(self, joined[:, :, t:].clone())
+        return self._conv_forward(joined, self.weight, bias)
 
     def _convolve_stacked(self, x: Tensor, cache: CausalCache, bias: Tensor | None,
                           norm: tuple[Tensor, Tensor | None] | None = None) -> Tensor:
@@ -334,7 +346,7 @@ def _head(dim: int, out_dim: int) -> nn.Sequential:
 
 def _run_head(head: nn.Sequential, x: Tensor, cache: CausalCache) -> Tensor:
     norm, _, conv = head
-    return conv(norm.then_silu(x), cache)
+    return conv.convolve_normed(x, norm, None, cache, conv.bias)
 
 
 class Encoder3d(nn.Module):

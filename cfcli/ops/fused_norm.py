@@ -17,13 +17,17 @@ from torch import Tensor
 from cfcli.ops.triton_rows import tiling
 
 
-def norm_silu(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+def norm_silu(x: Tensor, weight: Tensor, bias: Tensor | None = None, out: Tensor | None = None) -> Tensor:
     """SiLU(y / max(‖y‖₂ over dim 1, 1e-12) · weight), y = x + bias, for x [B, C, *spatial] on CUDA; weight [C] float32
-    (the norm's gamma times its √C scale), bias [C] or None. Returns a channels-last tensor of x's dtype."""
+    (the norm's gamma times its √C scale), bias [C] or None. Returns a channels-last tensor of x's dtype: `out` if
+    given (channels-last, x's shape; a view into a larger buffer is fine), else a new one."""
     x = _rows(x)
-    # Canonical channels-last strides: `x` may be a frame of ambiguous strides (size-1 dims), which later ops read as
-    # channels-first and convert.
-    out = torch.empty_like(x, memory_format=_format(x))
+    if out is None:
+        # Canonical channels-last strides: `x` may be a frame of ambiguous strides (size-1 dims), which later ops
+        # read as channels-first and convert.
+        out = torch.empty_like(x, memory_format=_format(x))
+    elif out.shape != x.shape or out.dtype != x.dtype or not out.is_contiguous(memory_format=_format(out)):
+        raise ValueError(f"norm_silu writes whole rows: out must be channels-last {list(x.shape)} {x.dtype}")
     _launch(_build()[0], x, (x, weight, bias if bias is not None else weight, out), HAS_BIAS=bias is not None)
     return out
 
