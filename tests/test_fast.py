@@ -130,6 +130,7 @@ def test_channels_last_decoder_gives_the_same_pixels():
     assert vae.decoder.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
     assert sum(getattr(m, "taps_weight", None) is not None for m in vae.decoder.modules()) == 27  # every equal-width 3x3x3 conv
     assert sum(getattr(m, "phase_weight", None) is not None for m in vae.decoder.modules()) == 3  # every upsampling
+    assert vae.decoder.head[2].tap_outputs_weight is not None
     assert plain.shape == tuned.shape == (1, 9, 3, 48, 64)
     assert (plain - tuned).abs().max() < 1e-5 and plain.std() > 0.01
 
@@ -150,6 +151,25 @@ def test_time_stacked_causal_conv_equals_the_3d_conv_chunk_after_chunk():
     for p, s in zip(plain, stacked):
         assert p.shape == s.shape and rel_err(s, p) < 1e-6
     assert stacked[1].std() > 0.1
+
+
+def test_tap_outputs_causal_conv_equals_the_3d_conv_chunk_after_chunk():
+    """`CausalConv3d.tap_outputs_` (the decoder head's form): each frame convolved once with the taps as output channels,
+    the taps of the last frames summed, the per-frame results carried over between chunks."""
+    from cfcli.models.vae import CausalCache, CausalConv3d
+
+    torch.manual_seed(0)
+    conv = CausalConv3d(6, 3, 3, padding=1)
+    chunks = [torch.randn(2, 6, t, 7, 9) for t in (1, 4, 2)]
+    plain_cache, taps_cache = CausalCache(), CausalCache()
+    with torch.no_grad():
+        plain = [conv(x, plain_cache) for x in chunks]
+        conv.tap_outputs_()
+        taps = [conv(x, taps_cache) for x in chunks]
+    assert conv.tap_outputs_weight.shape == (16, 6, 3, 3)  # 3 taps x 3 outputs, padded to 16
+    for p, s in zip(plain, taps):
+        assert p.shape == s.shape and rel_err(s, p) < 1e-6
+    assert taps[1].std() > 0.1
 
 
 def test_stack_taps_puts_frame_t_plus_j_in_channel_block_j():

@@ -114,6 +114,7 @@ class CausalConv3d(nn.Conv3d):
         self.history = kernel[0] - 1
         self.layout = torch.contiguous_format  # of its input; `WanVAE.channels_last_` changes it
         self.taps_weight: Tensor | None = None  # set by `stack_taps_`
+        self.tap_outputs_weight: Tensor | None = None  # set by `tap_outputs_`
 
     def stack_taps_(self) -> None:
         """Run as a 2D convolution over the time taps stacked into channels (`cfcli.ops.time_taps`): the same
@@ -122,6 +123,16 @@ class CausalConv3d(nn.Conv3d):
         weight = self.weight.detach().transpose(1, 2).reshape(o, k * c, kh, kw)  # channel j·C + c = tap j, channel c
         self.taps_weight = weight.contiguous(memory_format=torch.channels_last)
 
+    def tap_outputs_(self) -> None:
+        """For few output channels (the decoder's 96 → 3 head, on which cuDNN's 3D kernels idle): convolve each new frame
+        once, in 2D, with the k time taps' weights stacked as output channels, and sum each output frame's k taps from
+        the last k frames' results, in float32 with the bias, rounded once. The cache keeps those per-frame results
+        (k·O channels) instead of input frames. Each tap's partial sum is rounded to the module dtype before the sum."""
+        o, c, k, kh, kw = self.weight.shape
+        weight = self.weight.detach().permute(2, 0, 1, 3, 4).reshape(k * o, c, kh, kw)  # channel j·O + o: tap j
+        weight = F.pad(weight, (0, 0, 0, 0, 0, 0, 0, -(k * o) % 8))  # 8-aligned output channels for cuDNN
+        self.tap_outputs_weight = weight.contiguous(memory_format=torch.channels_last)
+
     def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
         return self.convolve(x, cache, self.bias)
 
@@ -129,6 +140,8 @@ class CausalConv3d(nn.Conv3d):
         """The convolution with `bias` (None: leave it to the next op, which adds it in the same pass)."""
         if self.taps_weight is not None:
             return self._convolve_stacked(x, cache, bias)
+        if self.tap_outputs_weight is not None:
+            return self._convolve_tap_outputs(x, cache, bias)
         x = cache.extend(self, x, self.history)
         if self.layout is not torch.contiguous_format:
             x = x.contiguous(memory_format=self.layout)  # a no-op once the activations are in that layout
@@ -139,7 +152,7 @@ class CausalConv3d(nn.Conv3d):
         """`convolve(norm.then_silu(x, norm_bias), cache, bias)`. With a fused norm, its output is written only where
         the convolution reads it: inside the stacking kernel (stacked taps), or right after the cached past frames
         (no separate join copy)."""
-        if norm.fused_weight is None:
+        if norm.fused_weight is None or self.tap_outputs_weight is not None:
             return self.convolve(norm.then_silu(x, norm_bias), cache, bias)
         if self.taps_weight is not None:
             return self._convolve_stacked(x, cache, bias, norm=(norm.fused_weight, norm_bias))
@@ -158,6 +171,17 @@ class CausalConv3d(nn.Conv3d):
         stacked, tail = stack_taps(cache.recall(self, x, self.history), x, norm)
         cache.remember(self, tail)
         return from_frames(F.conv2d(stacked, self.taps_weight, bias, padding=self.padding[1:]), x.shape[0])
+
+    def _convolve_tap_outputs(self, x: Tensor, cache: CausalCache, bias: Tensor | None) -> Tensor:
+        b, t = x.shape[0], x.shape[2]
+        o, k = self.out_channels, self.history + 1
+        taps = from_frames(F.conv2d(to_frames(x), self.tap_outputs_weight, None, padding=self.padding[1:]), b)
+        joined = torch.cat([cache.recall(self, taps, self.history), taps], dim=2)  # [B, k·O (padded), k-1 + T, H, W]
+        cache.remember(self, joined[:, :, t:].clone())
+        out = sum(joined[:, j * o:(j + 1) * o, j:j + t].float() for j in range(k))  # output frame i: frames i .. i+k-1
+        if bias is not None:
+            out = out + per_channel(bias.float(), out)
+        return out.to(x.dtype)
 
 
 def rms_norm_silu(x: Tensor, gamma: Tensor, scale: float) -> Tensor:
