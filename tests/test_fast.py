@@ -442,3 +442,51 @@ def test_graphs_follow_a_prompt_switch_and_a_new_cache_layout(golden):
     assert torch.equal(run(9), eager_short)
     assert torch.equal(run(30), eager_long) and runner.capturer.resets == 1  # new buffer: graphs dropped once
     assert runner.captures < 9 + 30  # once the window is full, every block has the same plan
+
+
+@pytest.mark.parametrize("queries, keys, splits", [(1560, 32760, 4), (1560, 9360, 4), (1560, 3120, 1), (1560, 1560, 1),
+                                                   (4680, 32760, 2), (4680, 9360, 2), (4680, 1560, 1)])
+def test_kv_splits_fill_the_gpu_without_tiny_parts(queries, keys, splits):
+    from cfcli.ops.split_attention import kv_splits
+
+    assert kv_splits(queries, keys, heads=12, sms=132) == splits  # the DiT's calls on an H100 / H200
+
+
+def _partial_attention(q, k, v):
+    scores = torch.einsum("bnhd,bkhd->bhnk", q, k) * q.shape[-1] ** -0.5
+    return torch.einsum("bhnk,bkhd->bnhd", scores.softmax(-1), v), scores.logsumexp(-1)
+
+
+def test_merged_partial_attentions_are_the_attention_over_all_keys():
+    from cfcli.ops.split_attention import merge_partials
+
+    torch.manual_seed(0)
+    q = torch.randn(1, 5, 2, 8, dtype=torch.float64)
+    k, v = torch.randn(1, 12, 2, 8, dtype=torch.float64), torch.randn(1, 12, 2, 8, dtype=torch.float64)
+    k[:, 8:] *= 4  # the parts' log-sum-exps differ a lot
+    whole, _ = _partial_attention(q, k, v)
+    parts = [_partial_attention(q, k[:, i:i + 4], v[:, i:i + 4]) for i in (0, 4, 8)]
+    merged = merge_partials(torch.cat([o for o, _ in parts]), torch.cat([lse for _, lse in parts]))
+    assert merged.shape == whole.shape and (merged - whole).abs().max() < 1e-12
+
+
+@pytest.mark.skipif(not CUDA, reason="split-KV attention runs on cuDNN, its merge in Triton")
+def test_split_kv_attention_on_the_gpu_equals_one_pass_within_bf16_rounding():
+    from cfcli.ops import split_attention
+    from cfcli.ops.attention import attend
+
+    if split_attention._sms(0) is None:
+        pytest.skip("split-KV attention runs on compute capability 9.0+")
+    torch.manual_seed(0)
+    cache = torch.randn(2, 1, 32760, 12, 128, device="cuda", dtype=torch.bfloat16)
+    cache[:, :, 16380:] *= 2  # the halves' log-sum-exps differ: a wrong merge weight would show
+    q = torch.randn(1, 1560, 12, 128, device="cuda", dtype=torch.bfloat16)
+    k, v = cache[0, :, :32760], cache[1, :, :32760]
+    assert split_attention.kv_splits(1560, 32760, 12, split_attention._sms(0)) > 1
+    got, want = split_attention.attend_long(q, k, v), attend(q, k, v)
+    exact = attend(q.double(), k.double(), v.double())
+    assert got.shape == want.shape and rel_err(got, exact) < 2 * rel_err(want, exact) + 1e-3
+    parts = torch.randn(3, 40, 12, 128, device="cuda", dtype=torch.bfloat16)
+    lse = torch.randn(3, 12, 40, device="cuda") * 3
+    fused = split_attention.merge_partials(parts, lse)  # the Triton kernel
+    assert rel_err(fused.cpu(), split_attention.merge_partials(parts.cpu(), lse.cpu())) < 4e-3

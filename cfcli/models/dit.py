@@ -18,6 +18,7 @@ from cfcli.ops.attention import attend
 from cfcli.ops.linear import linear_gelu
 from cfcli.ops.norm import layer_norm, rms_norm
 from cfcli.ops.rope import apply_rope, rope_table
+from cfcli.ops.split_attention import attend_long
 
 
 ROPE_MEMO = 16  # tables kept: every position a block's steps and the rolling window revisit
@@ -85,7 +86,7 @@ class SelfAttention(nn.Module):
         """Store k/v in the cache and attend to what it holds; [B, N, heads·head_dim], before the output layer."""
         if cache is not None:
             k, v = cache.update(self.layer, k, v, raw_k)
-        return attend(q, k, v).flatten(2)
+        return attend_long(q, k, v).flatten(2)
 
 
 class CrossAttention(nn.Module):
