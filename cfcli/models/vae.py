@@ -105,7 +105,11 @@ class CausalCache:
 
 
 class CausalConv3d(nn.Conv3d):
-    """A 3D convolution padded in time on the past side only; the past comes from the cache."""
+    """A 3D convolution padded in time on the past side only; the past comes from the cache.
+
+    `cfcli.pipeline.fast.tune_vae` may switch it to one of two 2D forms with the same products: the time taps stacked
+    into input channels (`stack_taps_`, for the narrow full-resolution layers) or into output channels
+    (`tap_outputs_`, for few outputs)."""
 
     def __init__(self, in_dim: int, out_dim: int, kernel: int | tuple[int, int, int], padding: int = 0):
         kernel = (kernel,) * 3 if isinstance(kernel, int) else kernel

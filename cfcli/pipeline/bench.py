@@ -16,6 +16,7 @@ umT5 analytically. Floor time = FLOPs / an assumed matmul rate (`peak_tflops`).
 """
 
 import contextlib
+import gc
 import math
 import platform
 import statistics
@@ -377,6 +378,9 @@ def run(req: BenchRequest, status: Callable[[str], None] = lambda m: None) -> Be
     if req.repeat < 1:
         raise CfError(f"--repeat must be at least 1, got {req.repeat}")
     use_random = req.random_weights or not weights_cached(p)
+    # An engine of an earlier run in this process is freed only by the cycle collector (each compiled block stage
+    # refers back to its block); until then its weights would count in this run's peak memory.
+    gc.collect()
     device_ctx = torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()
     with device_ctx:
         clock = Clock(dev)
