@@ -135,41 +135,26 @@ def test_channels_last_decoder_gives_the_same_pixels():
     assert (plain - tuned).abs().max() < 1e-5 and plain.std() > 0.01
 
 
-def test_time_stacked_causal_conv_equals_the_3d_conv_chunk_after_chunk():
-    """`CausalConv3d.stack_taps_`: a 2D convolution over time-stacked channels, fed 1, 4, 2 frames (the past carried
-    over, zeros before the start) gives what the 3D convolution gives."""
+@pytest.mark.parametrize("outputs, form, weight, shape", [(5, "stack_taps_", "taps_weight", (5, 18, 3, 3)),
+                                                           (3, "tap_outputs_", "tap_outputs_weight", (16, 6, 3, 3))])
+def test_2d_forms_of_the_causal_conv_equal_the_3d_conv_chunk_after_chunk(outputs, form, weight, shape):
+    """`CausalConv3d.stack_taps_` (time taps stacked into input channels) and `tap_outputs_` (into output channels, the
+    decoder head's form), fed 1, 4, 2 frames (the past carried over, zeros before the start), give what the 3D
+    convolution gives."""
     from cfcli.models.vae import CausalCache, CausalConv3d
 
     torch.manual_seed(0)
-    conv = CausalConv3d(6, 5, 3, padding=1)
+    conv = CausalConv3d(6, outputs, 3, padding=1)
     chunks = [torch.randn(2, 6, t, 7, 9) for t in (1, 4, 2)]
-    plain_cache, stacked_cache = CausalCache(), CausalCache()
+    plain_cache, cache_2d = CausalCache(), CausalCache()
     with torch.no_grad():
         plain = [conv(x, plain_cache) for x in chunks]
-        conv.stack_taps_()
-        stacked = [conv(x, stacked_cache) for x in chunks]
-    for p, s in zip(plain, stacked):
+        getattr(conv, form)()
+        as_2d = [conv(x, cache_2d) for x in chunks]
+    assert getattr(conv, weight).shape == shape  # tap outputs: 3 taps x 3 outputs, padded to 16
+    for p, s in zip(plain, as_2d):
         assert p.shape == s.shape and rel_err(s, p) < 1e-6
-    assert stacked[1].std() > 0.1
-
-
-def test_tap_outputs_causal_conv_equals_the_3d_conv_chunk_after_chunk():
-    """`CausalConv3d.tap_outputs_` (the decoder head's form): each frame convolved once with the taps as output channels,
-    the taps of the last frames summed, the per-frame results carried over between chunks."""
-    from cfcli.models.vae import CausalCache, CausalConv3d
-
-    torch.manual_seed(0)
-    conv = CausalConv3d(6, 3, 3, padding=1)
-    chunks = [torch.randn(2, 6, t, 7, 9) for t in (1, 4, 2)]
-    plain_cache, taps_cache = CausalCache(), CausalCache()
-    with torch.no_grad():
-        plain = [conv(x, plain_cache) for x in chunks]
-        conv.tap_outputs_()
-        taps = [conv(x, taps_cache) for x in chunks]
-    assert conv.tap_outputs_weight.shape == (16, 6, 3, 3)  # 3 taps x 3 outputs, padded to 16
-    for p, s in zip(plain, taps):
-        assert p.shape == s.shape and rel_err(s, p) < 1e-6
-    assert taps[1].std() > 0.1
+    assert as_2d[1].std() > 0.1
 
 
 def test_stack_taps_puts_frame_t_plus_j_in_channel_block_j():
