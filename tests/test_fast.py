@@ -135,6 +135,35 @@ def test_channels_last_decoder_gives_the_same_pixels():
     assert (plain - tuned).abs().max() < 1e-5 and plain.std() > 0.01
 
 
+def test_a_fused_norm_writes_straight_after_the_cached_past_chunk_after_chunk(monkeypatch):
+    """`CausalConv3d.convolve_normed` with a fused norm (the GPU kernel stood in for by its float32 arithmetic on the
+    CPU) fills the frames after the past in place (`CausalCache.extend(fill=...)`): what the norm, then the
+    convolution, give."""
+    from cfcli.models.vae import CausalCache, CausalConv3d, RMSNorm
+    from cfcli.ops import fused_norm
+    from cfcli.ops.time_taps import _norm_silu
+
+    def norm_silu_on_cpu(x, weight, bias=None, out=None):
+        assert out is not None and out.is_contiguous(memory_format=torch.channels_last_3d)
+        out.copy_(_norm_silu(x, weight, bias))
+        return out
+
+    torch.manual_seed(0)
+    conv, norm = CausalConv3d(6, 5, 3, padding=1), RMSNorm(6, 3)
+    torch.nn.init.uniform_(norm.gamma, 0.5, 1.5)
+    bias = torch.randn(6)
+    chunks = [torch.randn(2, 6, t, 7, 9).contiguous(memory_format=torch.channels_last_3d) for t in (1, 4, 2)]
+    plain_cache, fused_cache = CausalCache(), CausalCache()
+    with torch.no_grad():
+        plain = [conv.convolve_normed(x, norm, bias, plain_cache) for x in chunks]
+        norm.fuse_()
+        monkeypatch.setattr(fused_norm, "norm_silu", norm_silu_on_cpu)
+        fused = [conv.convolve_normed(x, norm, bias, fused_cache) for x in chunks]
+    for p, f in zip(plain, fused):
+        assert p.shape == f.shape and rel_err(f, p) < 1e-5
+    assert fused[1].std() > 0.1
+
+
 @pytest.mark.parametrize("outputs, form, weight, shape", [(5, "stack_taps_", "taps_weight", (5, 18, 3, 3)),
                                                            (3, "tap_outputs_", "tap_outputs_weight", (16, 6, 3, 3))])
 def test_2d_forms_of_the_causal_conv_equal_the_3d_conv_chunk_after_chunk(outputs, form, weight, shape):

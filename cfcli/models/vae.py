@@ -17,6 +17,7 @@ reference wrapper, so downstream uint8 conversion matches it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -71,9 +72,22 @@ class CausalCache:
         self._past: dict[nn.Module, Tensor] = {}
         self._visited: set[nn.Module] = set()
 
-    def extend(self, layer: nn.Module, x: Tensor, frames: int) -> Tensor:
-        """`x` with the layer's previous `frames` input frames in front (zeros before the video starts)."""
-        joined = torch.cat([self.recall(layer, x, frames), x], dim=2)
+    def extend(self, layer: nn.Module, x: Tensor, frames: int,
+               fill: Callable[[Tensor], None] | None = None) -> Tensor:
+        """`x` with the layer's previous `frames` input frames in front (zeros before the video starts).
+
+        With `fill`, x only gives the shape and layout: `fill(view)` writes the frames after the past straight into
+        the joined tensor (a fused kernel's output lands there instead of being copied in).
+        """
+        past = self.recall(layer, x, frames)
+        if fill is None:
+            joined = torch.cat([past, x], dim=2)
+        else:
+            b, c, t, h, w = x.shape
+            layout = torch.channels_last_3d if channels_last(x) else torch.contiguous_format
+            joined = torch.empty((b, c, frames + t, h, w), dtype=x.dtype, device=x.device, memory_format=layout)
+            joined[:, :, :frames] = past
+            fill(joined[:, :, frames:])
         self.remember(layer, joined[:, :, -frames:].clone())
         return joined
 
@@ -128,10 +142,11 @@ class CausalConv3d(nn.Conv3d):
         self.taps_weight = weight.contiguous(memory_format=torch.channels_last)
 
     def tap_outputs_(self) -> None:
-        """For few output channels (the decoder's 96 → 3 head, on which cuDNN's 3D kernels idle): convolve each new frame
-        once, in 2D, with the k time taps' weights stacked as output channels, and sum each output frame's k taps from
-        the last k frames' results, in float32 with the bias, rounded once. The cache keeps those per-frame results
-        (k·O channels) instead of input frames. Each tap's partial sum is rounded to the module dtype before the sum."""
+        """For few output channels (the decoder's 96 → 3 head, on which cuDNN's 3D kernels idle): convolve each new
+        frame once, in 2D, with the k time taps' weights stacked as output channels, and sum each output frame's k
+        taps from the last k frames' results, in float32 with the bias, rounded once. The cache keeps those per-frame
+        results (k·O channels) instead of input frames. Each tap's partial sum is rounded to the module dtype before
+        the sum."""
         o, c, k, kh, kw = self.weight.shape
         weight = self.weight.detach().permute(2, 0, 1, 3, 4).reshape(k * o, c, kh, kw)  # channel j·O + o: tap j
         weight = F.pad(weight, (0, 0, 0, 0, 0, 0, 0, -(k * o) % 8))  # 8-aligned output channels for cuDNN
@@ -160,15 +175,13 @@ class CausalConv3d(nn.Conv3d):
             return self.convolve(norm.then_silu(x, norm_bias), cache, bias)
         if self.taps_weight is not None:
             return self._convolve_stacked(x, cache, bias, norm=(norm.fused_weight, norm_bias))
-        b, c, t, h, w = x.shape
-        past = self.history
-        joined = torch.empty((b, c, past + t, h, w), dtype=x.dtype, device=x.device,
-                             memory_format=torch.channels_last_3d)
-        joined[:, :, :past] = cache.recall(self, x, past)
-        for i in range(b):  # (one video's frames after its past are contiguous rows)
-            fused_norm.norm_silu(x[i:i + 1], norm.fused_weight, norm_bias, out=joined[i:i + 1, :, past:])
-        cache.remember(self, joined[:, :, t:].clone())
-        return self._conv_forward(joined, self.weight, bias)
+
+        def normalise_into(frames: Tensor) -> None:
+            for i in range(x.shape[0]):  # (one video's frames after its past are contiguous rows)
+                fused_norm.norm_silu(x[i:i + 1], norm.fused_weight, norm_bias, out=frames[i:i + 1])
+
+        x = x.contiguous(memory_format=torch.channels_last_3d)  # (the layout norm_silu writes)
+        return self._conv_forward(cache.extend(self, x, self.history, fill=normalise_into), self.weight, bias)
 
     def _convolve_stacked(self, x: Tensor, cache: CausalCache, bias: Tensor | None,
                           norm: tuple[Tensor, Tensor | None] | None = None) -> Tensor:
@@ -180,8 +193,7 @@ class CausalConv3d(nn.Conv3d):
         b, t = x.shape[0], x.shape[2]
         o, k = self.out_channels, self.history + 1
         taps = from_frames(F.conv2d(to_frames(x), self.tap_outputs_weight, None, padding=self.padding[1:]), b)
-        joined = torch.cat([cache.recall(self, taps, self.history), taps], dim=2)  # [B, k·O (padded), k-1 + T, H, W]
-        cache.remember(self, joined[:, :, t:].clone())
+        joined = cache.extend(self, taps, self.history)  # [B, k·O (padded), k-1 + T, H, W]
         out = sum(joined[:, j * o:(j + 1) * o, j:j + t].float() for j in range(k))  # output frame i: frames i .. i+k-1
         if bias is not None:
             out = out + per_channel(bias.float(), out)

@@ -49,7 +49,8 @@ def _norm_silu(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return (y / (1.0 + torch.exp(-y))).to(x.dtype)
 
 
-def _stack_triton(past: Tensor, x: Tensor, taps: int, norm: tuple[Tensor, Tensor | None] | None) -> tuple[Tensor, Tensor]:
+def _stack_triton(past: Tensor, x: Tensor, taps: int,
+                  norm: tuple[Tensor, Tensor | None] | None) -> tuple[Tensor, Tensor]:
     b, c, t, h, w = x.shape
     past = past.contiguous(memory_format=torch.channels_last_3d)  # [B, k-1, H, W, C] in memory; free if already so
     x = x.contiguous(memory_format=torch.channels_last_3d)
