@@ -84,7 +84,8 @@ class CausalCache:
             joined = torch.cat([past, x], dim=2)
         else:
             b, c, t, h, w = x.shape
-            layout = torch.channels_last_3d if channels_last(x) else torch.contiguous_format
+            cl = x.is_contiguous(memory_format=torch.channels_last_3d)  # (also where the layout is ambiguous)
+            layout = torch.channels_last_3d if cl else torch.contiguous_format
             joined = torch.empty((b, c, frames + t, h, w), dtype=x.dtype, device=x.device, memory_format=layout)
             joined[:, :, :frames] = past
             fill(joined[:, :, frames:])
