@@ -5,8 +5,7 @@ file is written block by block while later blocks are generated; on an error the
 Ctrl-C it is closed so the frames made so far play.
 """
 
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from cfcli.errors import CfError
 from cfcli.pipeline.engine import Chunk, Engine, EngineOptions, video_frames_for
 from cfcli.pipeline.media import load_image
 from cfcli.pipeline.prompts import PromptSchedule, TextSchedule
+from cfcli.pipeline.sinks import Progress, Sink, stream
 from cfcli.pipeline.text import PromptEncoder
 from cfcli.pipeline.video import VideoWriter
 from cfcli.presets import Preset
@@ -38,14 +38,6 @@ class GenerateRequest:
     save_latents: Path | None = None
     schedule: PromptSchedule | None = None  # prompt switches; its opening prompt is `prompt`
     options: EngineOptions = EngineOptions()  # when `run` loads the engine itself
-
-
-@dataclass
-class Progress:
-    frames_done: int
-    frames_total: int
-    elapsed: float
-    first_frame_s: float | None
 
 
 @dataclass
@@ -115,49 +107,15 @@ def run(req: GenerateRequest, on_progress: Callable[[Progress], None] = lambda p
 
 
 def stream_to_file(chunks: Iterable[Chunk], writer: "SafeWriter", total: int, req, on_progress,
-                   write_context: bool) -> Summary:
-    """Write each block's pixels as it arrives and report progress.
-
-    Context blocks (given latents) are written only when asked: an I2V picture is the video's first frame, the
-    context of an extended clip is already in the file as the original frames.
-    Ctrl-C closes the container so the frames so far play; any other error removes the half-written file.
-    """
+                   write_context: bool, extra_sinks: Sequence[Sink] = ()) -> Summary:
+    """Stream the chunks into the video file (and any `extra_sinks`, e.g. a live view); the summary of the file."""
     fps = writer.fps
-    latents, start, first, interrupted = [], time.perf_counter(), None, False
-
-    writing = False
-
-    def write(chunk: Chunk) -> None:
-        nonlocal first, writing
-        writing = True
-        writer.write(chunk.host_pixels())
-        writing = False
-        now = time.perf_counter() - start
-        first = first if first is not None else now
-        on_progress(Progress(writer.frames, total, now, first))
-
-    pending = None  # written one block late: the GPU already has the next block queued while we wait on this one
-    try:
-        for chunk in chunks:
-            if req.save_latents is not None:  # otherwise a long video need not keep its latents on the GPU
-                latents.append(chunk.latents)
-            done, pending = pending, (chunk if write_context or not chunk.context else None)
-            if done is not None:
-                write(done)
-        if pending is not None:
-            write(pending)
-    except KeyboardInterrupt:
-        interrupted = True
-        if pending is not None and not writing:  # the last finished block is decoded already: keep it
-            write(pending)
-    except BaseException:
-        writer.abort()
-        raise
-    writer.close()
-    if req.save_latents is not None and not interrupted:
-        save_latents(req.save_latents, torch.cat(latents))
-    return Summary(writer.path, writer.frames, fps, writer.frames / fps, first, time.perf_counter() - start,
-                   req.seed, req.preset.name, interrupted=interrupted)
+    done = stream(chunks, [writer, *extra_sinks], total, on_progress, write_context,
+                  keep_latents=req.save_latents is not None, frames_before=writer.frames)
+    if req.save_latents is not None and not done.interrupted:
+        save_latents(req.save_latents, torch.cat(done.latents))
+    return Summary(writer.path, writer.frames, fps, writer.frames / fps, done.first_frame_s, done.elapsed,
+                   req.seed, req.preset.name, interrupted=done.interrupted)
 
 
 class SafeWriter(VideoWriter):

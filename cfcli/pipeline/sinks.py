@@ -1,0 +1,87 @@
+"""One loop, many sinks: the engine's decoded chunks go to every front end through the same three verbs.
+
+A sink takes uint8 host frames [n, 3, H, W] in order (`write`), is told when the video is finished or was
+interrupted and keeps what it has (`close`), or that the run failed and it must leave nothing behind (`abort`).
+The file writer, the live stream and the live recorder are all sinks; `stream` drives them and knows none of them.
+"""
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from torch import Tensor
+
+
+class Sink(Protocol):
+    def write(self, frames: Tensor) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+@dataclass
+class Progress:
+    frames_done: int  # frames handed to the sinks so far (context frames included when they are written)
+    frames_total: int
+    elapsed: float
+    first_frame_s: float | None
+
+
+@dataclass
+class Streamed:
+    """What one pass of `stream` did: frames written, time to the first one, wall time, and the latents kept."""
+
+    frames: int
+    first_frame_s: float | None
+    elapsed: float
+    interrupted: bool
+    latents: list[Tensor]
+
+
+def stream(chunks: Iterable, sinks: Sequence[Sink], total: int,
+           on_progress: Callable[[Progress], None] = lambda p: None, write_context: bool = True,
+           keep_latents: bool = False, frames_before: int = 0) -> Streamed:
+    """Hand each decoded chunk's pixels to every sink as it arrives and report progress.
+
+    Context chunks (given latents) are written only with `write_context`: an I2V picture is the video's first frame,
+    the context of an extended clip is already in the file. `frames_before` counts frames the sinks already hold.
+    Ctrl-C closes the sinks so the frames so far are kept; any other error aborts them and re-raises.
+    """
+    latents, start, first, interrupted, writing = [], time.perf_counter(), None, False, False
+    done_frames = frames_before
+
+    def write(chunk) -> None:
+        nonlocal first, writing, done_frames
+        writing = True
+        pixels = chunk.host_pixels()
+        for sink in sinks:
+            sink.write(pixels)
+        writing = False
+        done_frames += pixels.shape[0]
+        now = time.perf_counter() - start
+        first = first if first is not None else now
+        on_progress(Progress(done_frames, total, now, first))
+
+    pending = None  # written one block late: the GPU already has the next block queued while we wait on this one
+    try:
+        for chunk in chunks:
+            if keep_latents:  # otherwise a long video need not keep its latents on the GPU
+                latents.append(chunk.latents)
+            done, pending = pending, (chunk if write_context or not chunk.context else None)
+            if done is not None:
+                write(done)
+        if pending is not None:
+            write(pending)
+    except KeyboardInterrupt:
+        interrupted = True
+        if pending is not None and not writing:  # the last finished block is decoded already: keep it
+            write(pending)
+    except BaseException:
+        for sink in sinks:
+            sink.abort()
+        raise
+    for sink in sinks:
+        sink.close()
+    return Streamed(done_frames, first, time.perf_counter() - start, interrupted, latents)
