@@ -87,45 +87,71 @@ def load_preset(name_or_path: str | Path) -> Preset:
     if not path.is_file():
         raise CfError(f"preset file not found: {path}", "check the path")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CfError(f"preset {path} is not a UTF-8 text file", "give a YAML preset file") from exc
     except (OSError, yaml.YAMLError) as exc:
         raise CfError(f"could not read preset {path}: {exc}".splitlines()[0], "fix the YAML file") from exc
+    if data is None:
+        raise CfError(f"preset {path} is empty", "see presets/framewise.yaml for the format")
     return parse_preset(data, path)
 
 
 def parse_preset(data: object, path: Path) -> Preset:
+    """A Preset from loaded YAML, after every value was checked (all problems reported in one message)."""
     where = f"preset {path}"
     if not isinstance(data, dict):
         raise CfError(f"{where} is not a mapping of keys", "see presets/framewise.yaml for the format")
     known = {f.name for f in fields(Preset)} - {"source"}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(str(k) for k in data if k not in known)
     required = sorted(k for k in known if k not in data and k not in {"architecture", "sampler", "horizon_frames"})
     if unknown or required:
         problems = ([f"unknown keys {unknown}"] if unknown else []) + ([f"missing keys {required}"] if required else [])
         raise CfError(f"{where}: {'; '.join(problems)}", "see presets/framewise.yaml for the format")
+    problems = check_values(data)
+    if problems:
+        raise CfError(f"{where}: {'; '.join(problems)}", "fix the preset (see presets/framewise.yaml for the format)")
     data = dict(data)
-    if data["mode"] not in MODES:
-        raise CfError(f"{where}: mode must be framewise or chunkwise, got {data['mode']!r}")
-    if data.get("sampler", "causal") not in SAMPLERS:
-        raise CfError(f"{where}: unknown sampler {data['sampler']!r}", f"use one of: {', '.join(SAMPLERS)}")
-    weights = data["weights"] or {}
-    if set(weights) != set(WEIGHT_ROLES):
-        raise CfError(f"{where}: weights must name exactly {', '.join(WEIGHT_ROLES)}")
-    data["weights"] = {role: _weight_ref(weights[role], path.parent, f"{where}: weights.{role}")
-                       for role in WEIGHT_ROLES}
+    data["weights"] = {role: _weight_ref(data["weights"][role], path.parent) for role in WEIGHT_ROLES}
     data["steps"] = tuple(data["steps"])
     if data["first_block_steps"] is not None:
         data["first_block_steps"] = tuple(data["first_block_steps"])
-    data["architecture"] = data.get("architecture") or {}
+    data["architecture"] = {part: dict(values or {}) for part, values in (data.get("architecture") or {}).items()}
     return Preset(**data, source=path)
 
 
-def _weight_ref(entry: object, base: Path, where: str) -> WeightRef:
-    if not isinstance(entry, dict) or set(entry) - {"repo", "file", "folder", "path", "revision"}:
-        raise CfError(f"{where} must be {{repo, file}}, {{repo, folder}} or {{path}}")
+def check_values(data: dict) -> list[str]:
+    """Every problem with the preset's values, worded `key must be …, got …`."""
+    from cfcli import preset_schema as schema
+
+    configs = architecture_configs()
+    problems = schema.Problems()
+    if not isinstance(data["mode"], str) or data["mode"] not in MODES:
+        problems.add("mode", "framewise or chunkwise", data["mode"])
+    if not isinstance(data.get("sampler", "causal"), str) or data.get("sampler", "causal") not in SAMPLERS:
+        problems.add("sampler", " or ".join(SAMPLERS), data["sampler"])
+    schema.check_steps(data, "steps", problems)
+    schema.check_steps(data, "first_block_steps", problems)
+    schema.check_scalars(data, MODES.get(data["mode"], 1) if isinstance(data["mode"], str) else 1, problems)
+    schema.check_architecture(data.get("architecture"), configs, problems)
+    schema.check_geometry(data.get("architecture"), configs, problems)
+    schema.check_size(data, schema.size_multiple(data.get("architecture"), configs), problems)
+    schema.check_weights(data["weights"], problems, WEIGHT_ROLES)
+    return problems
+
+
+def architecture_configs() -> dict[str, type]:
+    """The config dataclass each `architecture` part fills (imported here: the models pull in torch)."""
+    from cfcli.models.dit import DiTConfig
+    from cfcli.models.t5 import T5Config
+    from cfcli.models.vae import VAEConfig
+
+    return {"dit": DiTConfig, "vae": VAEConfig, "text_encoder": T5Config}
+
+
+def _weight_ref(entry: dict, base: Path) -> WeightRef:
+    """An entry `check_weights` accepted."""
     if "path" in entry:
         return WeightRef(path=(base / Path(entry["path"]).expanduser()).resolve())
-    if "repo" not in entry or ("file" in entry) == ("folder" in entry):
-        raise CfError(f"{where} must be {{repo, file}}, {{repo, folder}} or {{path}}")
     return WeightRef(repo=entry["repo"], file=entry.get("file"), folder=entry.get("folder"),
                      revision=entry.get("revision"))
