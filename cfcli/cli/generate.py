@@ -114,6 +114,7 @@ def register(app: typer.Typer) -> None:
                 path = out.with_name(f"{out.stem}-{i:03d}{out.suffix}")
             check_out(path, overwrite)
             runs.append((text, s, path))
+        job.check_image_input(p, image)  # a bad --image is refused before any model loads
         # Every prompt is encoded in one umT5 load, which is gone before the DiT loads (once, for all prompts).
         encoder = job.PromptEncoder(p, dev, dt)
         encoder.encode(schedule.prompts() if schedule else prompts)

@@ -80,9 +80,11 @@ def probe_clip(path: Path) -> ClipInfo:
 def _probe(path: Path, container) -> ClipInfo:
     stream = container.streams.video[0]
     pts = sorted(p.pts for p in container.demux(stream) if p.size and p.pts is not None)
-    container.seek(0)
-    first = next(container.decode(stream), None)
-    if first is None or not pts:
+    first = None
+    if pts:
+        with _open(path) as again:  # a fresh demuxer: seeking back fails on some damaged files
+            first = next(again.decode(again.streams.video[0]), None)
+    if first is None:
         raise CfError(f"{path} has no frames", "give a video file with at least one frame")
     rotation = _rotation(first, stream)
     w, h = (first.height, first.width) if rotation % 180 else (first.width, first.height)

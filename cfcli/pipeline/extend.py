@@ -14,9 +14,9 @@ import torch
 from cfcli.errors import CfError
 from cfcli.pipeline.engine import Engine, EngineOptions, latent_frames_for, video_frames_for
 from cfcli.pipeline.generate import Progress, SafeWriter, Summary, metadata, stream_to_file
+from cfcli.pipeline.clip_reader import ClipInfo, iter_frames, probe_clip, read_tail
 from cfcli.pipeline.media import fit_frames, to_model_range
 from cfcli.pipeline.text import PromptEncoder
-from cfcli.pipeline.video import Clip, NotAClip, read_video
 from cfcli.presets import Preset
 
 DEFAULT_CONTEXT_LATENTS = {1: 5, 3: 6}  # frame-wise 17 frames, chunk-wise 21 frames
@@ -42,17 +42,9 @@ class ExtendRequest:
     options: EngineOptions = EngineOptions()  # when `run` loads the engine itself
 
 
-def load_clip(path: Path) -> Clip:
-    path = Path(path)
-    if not path.is_file():
-        raise CfError(f"clip not found: {path}", "check the path of the video to extend")
-    try:
-        return read_video(path)
-    except NotAClip as exc:
-        raise CfError(f"{path} has {exc}", "give a video file with at least one frame") from exc
-    except Exception as exc:  # PyAV: not a media file, unknown codec, ...
-        raise CfError(f"cannot read {path} as a video: {exc}".splitlines()[0], "give a video file PyAV can decode") \
-            from exc
+def load_clip(path: Path) -> ClipInfo:
+    """The clip probed (frame count, rate, size, rotation) without decoding it; refused if it is not a video."""
+    return probe_clip(Path(path))
 
 
 def context_latents(preset: Preset, clip_frames: int, context_frames: int | None) -> int:
@@ -84,7 +76,9 @@ def context_latents(preset: Preset, clip_frames: int, context_frames: int | None
 def run(req: ExtendRequest, on_progress: Callable[[Progress], None] = lambda p: None,
         engine: Engine | None = None, note: Callable[[str], None] = lambda s: None) -> Summary:
     p = req.preset
-    clip = load_clip(req.clip)
+    clip = load_clip(req.clip)  # before any model loads: a file that is not a video is refused here
+    for line in clip.notes():
+        note(line)
     prompt = req.prompt or clip.metadata.get("prompt")
     if not prompt or not str(prompt).strip():
         raise CfError(f"{req.clip} has no prompt in its metadata", 'pass --prompt "what happens next"')
@@ -92,28 +86,28 @@ def run(req: ExtendRequest, on_progress: Callable[[Progress], None] = lambda p: 
     new_frames = req.new_frames if req.seconds is None else round(req.seconds * fps)
     if new_frames <= 0:
         raise CfError(f"--frames must be positive, got {new_frames}")
-    n_ctx = context_latents(p, clip.frames.shape[0], req.context_frames)
-    h, w = clip.frames.shape[-2:]
+    n_ctx = context_latents(p, clip.frames, req.context_frames)
+    h, w = clip.height, clip.width
     if (h, w) != (p.height, p.width):
         change = "crops and resizes" if w * p.height != h * p.width else "resizes"
         note(f"the clip is {w}×{h}; cfcli {change} it to the model's {p.width}×{p.height}")
-    frames = fit_frames(clip.frames, p.width, p.height)
     new_latents = -(-new_frames // 4)
     new_latents = -(-new_latents // p.block_frames) * p.block_frames
     if new_latents * 4 != new_frames:
         note(f"{new_frames} new frames is not a length the model makes; generating {new_latents * 4}")
-    context = frames[-video_frames_for(n_ctx):]
+    context = fit_frames(read_tail(req.clip, video_frames_for(n_ctx), clip), p.width, p.height)
     text = PromptEncoder(p, req.device, req.dtype).encode([prompt])[0]
     if engine is None:
         engine = Engine.load(p, req.device, req.dtype).configure(req.options)
     ctx_latents = engine.encode_video(to_model_range(context).permute(1, 0, 2, 3))
-    total = new_latents * 4 + (0 if req.only_new else frames.shape[0])
+    total = new_latents * 4 + (0 if req.only_new else clip.frames)
     meta = metadata(prompt, req.seed, p, total, round(float(fps), 3), extended_from=str(req.clip),
                     context_frames=video_frames_for(n_ctx))
     writer = SafeWriter(req.out, fps, p.width, p.height, req.codec, req.crf, meta)
     if not req.only_new:
         try:
-            writer.write(frames)
+            for batch in iter_frames(req.clip, rotation=clip.rotation):  # streamed: the clip is never held whole
+                writer.write(fit_frames(batch, p.width, p.height))
         except BaseException:
             writer.abort()
             raise

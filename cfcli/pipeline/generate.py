@@ -14,7 +14,7 @@ import torch
 from cfcli import __version__
 from cfcli.errors import CfError
 from cfcli.pipeline.engine import Chunk, Engine, EngineOptions, video_frames_for
-from cfcli.pipeline.media import load_image
+from cfcli.pipeline.media import check_image_input, load_image
 from cfcli.pipeline.prompts import PromptSchedule, TextSchedule
 from cfcli.pipeline.sinks import Progress, Sink, stream
 from cfcli.pipeline.text import PromptEncoder
@@ -84,8 +84,7 @@ def run(req: GenerateRequest, on_progress: Callable[[Progress], None] = lambda p
     p = req.preset
     if not req.prompt.strip():
         raise CfError("the prompt is empty", "describe the video to generate, e.g. cf generate \"a fox running\"")
-    if req.image is not None and p.block_frames != 1:
-        raise CfError(f"--image needs a frame-wise preset; {p.name} is {p.mode}", "use --mode framewise")
+    check_image_input(p, req.image)
     image = load_image(req.image, p.width, p.height) if req.image is not None else None
     frames, generated = plan_frames(p, req.video_frames, image is not None)
     schedule = req.schedule or PromptSchedule.build(req.prompt, [])

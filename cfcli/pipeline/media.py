@@ -56,6 +56,15 @@ def check_image(path: Path) -> None:
             raise CfError(f"could not read image {path}: {exc}".splitlines()[0], IMAGE_HINT) from exc
 
 
+def check_image_input(preset, image: Path | None) -> None:
+    """`--image` refused before any model loads: it needs a frame-wise preset and a readable picture."""
+    if image is None:
+        return
+    if preset.block_frames != 1:
+        raise CfError(f"--image needs a frame-wise preset; {preset.name} is {preset.mode}", "use --mode framewise")
+    check_image(image)
+
+
 @contextmanager
 def _opened(path: Path):
     """Image.open with the failures worded for the user; a decompression bomb is refused, not just warned about."""
