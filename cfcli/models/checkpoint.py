@@ -20,14 +20,20 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise CfError(f"weights file not found: {path}", "run `cf download` for this preset, or fix the path")
     try:
         if path.suffix == ".safetensors":
-            return SafetensorsDict(path)
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
-            return torch.load(path, map_location="cpu", weights_only=True)
+            raw = SafetensorsDict(path)
+        else:
+            try:
+                raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
+                raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any parse failure means a bad file
         raise CfError(f"could not read weights file {path}: {exc}".splitlines()[0],
                       "the file is truncated or not a weights file; delete it and run `cf download` again") from exc
+    if not isinstance(raw, Mapping) or not raw or not all(isinstance(k, str) for k in raw):
+        what = "an empty mapping" if isinstance(raw, Mapping) and not raw else f"a {type(raw).__name__}"
+        raise CfError(f"weights file {path} holds {what}, not a state dict of named tensors",
+                      "check the preset's weights entry names the right file")
+    return raw
 
 
 class SafetensorsDict(Mapping):
@@ -65,6 +71,8 @@ def generator_state_dict(raw: dict, use_ema: bool) -> dict[str, torch.Tensor]:
     sd = next((raw[k] for k in order if k in raw and isinstance(raw[k], dict)), raw)
     if isinstance(sd, SafetensorsDict) and not any(k.startswith(("model.", "_fsdp")) for k in sd):
         return sd  # already bare (a converted checkpoint): keep it lazy
+    if not all(isinstance(k, str) for k in sd):
+        raise CfError("the generator checkpoint's weights are not named by strings", "check the generator file")
     out = {}
     for key, value in sd.items():
         key = key.replace("_fsdp_wrapped_module.", "")
@@ -78,7 +86,7 @@ def load_strict(module: nn.Module, sd: dict[str, torch.Tensor], *, what: str, dt
     expected = module.state_dict()
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
-    shape = sd.shape if isinstance(sd, SafetensorsDict) else (lambda k: tuple(sd[k].shape))
+    shape = sd.shape if isinstance(sd, SafetensorsDict) else (lambda k: tuple(getattr(sd[k], "shape", ())))
     wrong = sorted(k for k in set(expected) & set(sd) if tuple(expected[k].shape) != shape(k))
     if missing or unexpected or wrong:
         detail = "; ".join(f"{name}: {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''} ({len(keys)})"
@@ -88,7 +96,18 @@ def load_strict(module: nn.Module, sd: dict[str, torch.Tensor], *, what: str, dt
                       "check that the preset's architecture matches the checkpoint, or re-download the file")
     cast = {}
     for key in expected:  # one tensor at a time: a lazy mapping never holds the whole file in RAM
-        v = sd[key]
+        v = _tensor_like(sd[key], expected[key], key, what)
         cast[key] = v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
     module.load_state_dict(cast, strict=True, assign=True)
     return module.eval().requires_grad_(False)
+
+
+def _tensor_like(value: object, want: torch.Tensor, key: str, what: str) -> torch.Tensor:
+    """`value` if it can stand in for the module's tensor `want`: a tensor, floating where `want` is."""
+    if not isinstance(value, torch.Tensor):
+        raise CfError(f"{what} weights: {key} is a {type(value).__name__}, not a tensor",
+                      "the file is not a checkpoint of this model; re-download it")
+    if want.is_floating_point() and not value.is_floating_point():
+        raise CfError(f"{what} weights: {key} holds {value.dtype} values where floating point weights belong",
+                      "the file is not a checkpoint of this model; re-download it")
+    return value

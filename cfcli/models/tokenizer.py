@@ -43,7 +43,17 @@ class PromptTokenizer:
         """Load `<folder>/tokenizer.json` (the `google/umt5-xxl` folder of the Wan checkpoint)."""
         from tokenizers import Tokenizer
 
-        return cls(Tokenizer.from_file(str(Path(folder) / "tokenizer.json")))
+        from cfcli.errors import CfError
+
+        file = Path(folder) / "tokenizer.json"
+        if not file.is_file():
+            raise CfError(f"tokenizer folder {folder} has no tokenizer.json",
+                          "re-download the tokenizer (`cf download`) or fix the preset's tokenizer path")
+        try:
+            return cls(Tokenizer.from_file(str(file)))
+        except Exception as exc:  # noqa: BLE001 - the Rust side raises a bare Exception for a bad file
+            raise CfError(f"could not read tokenizer {file}: {exc}".splitlines()[0],
+                          "the file is damaged; delete the tokenizer folder and run `cf download` again") from exc
 
     def __call__(self, prompts: list[str], length: int = 512) -> tuple[Tensor, Tensor]:
         """-> ids [B, length] int64 (EOS appended, 0-padded), mask [B, length] int64 (1 = real token)."""

@@ -6,7 +6,9 @@ and are written atomically. The encoder is loaded on the run's device only when 
 released before the DiT runs.
 """
 
+import contextlib
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -19,6 +21,8 @@ from cfcli.models.t5 import T5Config, UMT5Encoder, encode_text
 from cfcli.models.tokenizer import PromptTokenizer, clean_prompt
 from cfcli.paths import cf_home
 from cfcli.presets import Preset
+
+log = logging.getLogger(__name__)
 
 
 def _file_id(path: Path) -> str:
@@ -41,28 +45,57 @@ class PromptEncoder:
 
     def encode(self, prompts: list[str]) -> list[Tensor]:
         """umT5 features [1, text_len, dim] (padding rows zero) for each prompt, on the run's device."""
-        from safetensors.torch import load_file, save_file
-
         keys = [self._key(p) for p in prompts]
-        out: dict[str, Tensor] = {}
-        for key in set(keys):
-            f = self.cache_dir / f"{key}.safetensors"
-            if f.is_file():
-                try:
-                    out[key] = load_file(str(f))["embeds"]
-                except Exception:  # noqa: BLE001 - a damaged entry is recomputed
-                    f.unlink(missing_ok=True)
+        out = {key: rows for key in set(keys) if (rows := self._cached(key)) is not None}
         missing = [(k, p) for k, p in zip(keys, prompts) if k not in out]
         self.loaded_encoder = bool(missing)
         if missing:
             rows = self._run_encoder([p for _, p in missing])
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
             for (key, _), emb in zip(missing, rows):
                 out[key] = emb
-                tmp = self.cache_dir / f".{key}.{os.getpid()}.tmp"
+            self._store({key: out[key] for key, _ in missing})
+        return [self._pad(out[k]) for k in keys]
+
+    def _cached(self, key: str) -> Tensor | None:
+        """The cached rows for `key`, or None; an entry that is damaged or of the wrong shape/dtype is deleted."""
+        from safetensors.torch import load_file
+
+        f = self.cache_dir / f"{key}.safetensors"
+        try:
+            if not f.is_file():
+                return None
+            rows = load_file(str(f)).get("embeds")
+        except Exception:  # noqa: BLE001 - a damaged entry is recomputed
+            rows = None
+        if rows is not None and self._fits(rows):
+            return rows
+        with contextlib.suppress(OSError):
+            f.unlink(missing_ok=True)
+        return None
+
+    def _fits(self, rows: Tensor) -> bool:
+        dim = T5Config(**self.preset.arch("text_encoder")).dim
+        return (rows.ndim == 2 and 1 <= rows.shape[0] <= self.text_len and rows.shape[1] == dim
+                and rows.is_floating_point() and bool(torch.isfinite(rows).all()))
+
+    def _store(self, entries: dict[str, Tensor]) -> None:
+        """Write new entries beside their final names and rename; an unwritable cache only costs a note."""
+        from safetensors import SafetensorError
+        from safetensors.torch import save_file
+
+        for key, emb in entries.items():
+            tmp = self.cache_dir / f".{key}.{os.getpid()}.tmp"
+            try:
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
                 save_file({"embeds": emb.contiguous()}, str(tmp))
                 os.replace(tmp, self.cache_dir / f"{key}.safetensors")
-        return [self._pad(out[k]) for k in keys]
+            except (OSError, SafetensorError) as exc:
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
+                log.warning("note: the prompt cache %s is not writable (%s); prompts are encoded without caching "
+                            "(set CF_HOME to a writable folder to keep them)", self.cache_dir,
+                            getattr(exc, "strerror", None) or str(exc).splitlines()[0])
+                return
 
     def _pad(self, rows: Tensor) -> Tensor:
         full = torch.zeros(1, self.text_len, rows.shape[-1], dtype=self.dtype, device=self.device)
