@@ -9,6 +9,7 @@ file that looks finished.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -54,6 +55,7 @@ def convert_generator(source: Path, target: Path, use_ema: bool, *, metadata: di
 
     `on_tensor(done, total)` is called after each tensor (progress; raising from it aborts cleanly).
     """
+    from cfcli.converted_check import write_digest
     from cfcli.hub import check_space
 
     tensors = plan_tensors(source, use_ema)
@@ -63,8 +65,9 @@ def convert_generator(source: Path, target: Path, use_ema: bool, *, metadata: di
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     meta = {"format": "pt", "source": source.name, "weights": "generator_ema" if use_ema else "generator"}
     try:
-        _write_safetensors(tmp, tensors, {**meta, **(metadata or {})}, on_tensor)
+        digest = _write_safetensors(tmp, tensors, {**meta, **(metadata or {})}, on_tensor)
         _check_readable(tmp, len(tensors))
+        write_digest(target, digest)  # first: a digest without its file is harmless, the reverse is unverifiable
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)  # no-op after the rename; removes a partial file on any failure
@@ -78,9 +81,10 @@ def _cast(t):
 
 
 def _write_safetensors(path: Path, tensors: dict, metadata: dict[str, str],
-                       on_tensor: Callable[[int, int], None] | None) -> None:
+                       on_tensor: Callable[[int, int], None] | None) -> str:
     """The safetensors format written by hand (8-byte header length, JSON header, raw data) so each tensor can be
-    cast and written on its own: `safetensors.torch.save_file` would need every bf16 copy in memory at once."""
+    cast and written on its own: `safetensors.torch.save_file` would need every bf16 copy in memory at once.
+    Returns the file's sha256, computed as it is written (for `cf download --verify`)."""
     import torch
 
     codes = _dtype_codes()
@@ -95,17 +99,23 @@ def _write_safetensors(path: Path, tensors: dict, metadata: dict[str, str],
         offset += n
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % ALIGN)
+    digest = hashlib.sha256()
     with open(path, "wb") as fh:
-        fh.write(struct.pack("<Q", len(raw)))
-        fh.write(raw)
+        def put(chunk) -> None:
+            fh.write(chunk)
+            digest.update(chunk)
+
+        put(struct.pack("<Q", len(raw)))
+        put(raw)
         for i, t in enumerate(tensors.values()):
             data = _cast(t)
-            fh.write(data.view(-1).view(torch.uint8).numpy().data if data.numel() else b"")
+            put(data.view(-1).view(torch.uint8).numpy().data if data.numel() else b"")
             del data
             if on_tensor:
                 on_tensor(i + 1, len(tensors))
         fh.flush()
         os.fsync(fh.fileno())  # the rename must not land before the data does
+    return digest.hexdigest()
 
 
 def _check_readable(path: Path, count: int) -> None:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cfcli.converted_check import is_whole
 from cfcli.errors import CfError
 from cfcli.paths import cf_home
 from cfcli.presets import WEIGHT_ROLES, Preset, WeightRef, presets_dir
@@ -136,10 +137,10 @@ def converted_path(preset: Preset) -> Path | None:
     if source is not None:  # the cached checkpoint decides; a conversion of another version must not stand in
         etag = blob_etag(source)
         found = converted_dir() / converted_name(etag, preset.use_ema) if etag else None
-        return found if found is not None and found.is_file() else None
+        return found if found is not None and is_whole(found) else None
     rec = _read_json(_record_path(ref, preset.use_ema))
-    found = converted_dir() / rec["converted"] if rec.get("converted") else None
-    return found if found is not None and found.is_file() else None
+    found = converted_dir() / str(rec["converted"]) if rec.get("converted") else None
+    return found if found is not None and is_whole(found) else None
 
 
 def resolve(preset: Preset, role: str) -> Path:
@@ -252,7 +253,7 @@ class Need:
 
     def satisfied_by_conversion(self) -> bool:
         """A converted generator replaces its checkpoint: the `.pt` need not be fetched again."""
-        return self.converted is not None and self.converted.is_file()
+        return self.converted is not None and is_whole(self.converted)
 
 
 def plan(presets: Iterable[Preset]) -> list[Need]:
@@ -325,7 +326,7 @@ class Events:
     """What `fetch` reports while it works; the CLI draws it, this default draws nothing."""
 
     def start(self, f: HubFile, attempt: int) -> None:
-        """A (re)start of `f` from byte 0."""
+        """A (re)start of `f`: from byte 0, or from a kept partial (then `advance` first reports its bytes)."""
 
     def advance(self, n: int) -> None:
         """`n` more bytes of the current file arrived (negative when the client rewinds)."""
@@ -340,7 +341,7 @@ class Events:
 def fetch(f: HubFile, events: Events | None = None, *, retries: int = RETRIES, recheck: bool = False,
           sleep: Callable[[float], None] = time.sleep) -> Path:
     """Make `f` present and verified in the HF cache (downloading only if needed) and return its snapshot path."""
-    from huggingface_hub import hf_hub_download
+    from cfcli.resume import download
 
     events = events or Events()
     if not recheck and f.verified():
@@ -355,7 +356,7 @@ def fetch(f: HubFile, events: Events | None = None, *, retries: int = RETRIES, r
             sleep(wait)
         events.start(f, attempt)
         try:
-            path = Path(hf_hub_download(f.repo, f.path, revision=f.commit, tqdm_class=bar))
+            path = download(f.repo, f.path, f.commit, f.blob, f.size, bar)
         except Exception as exc:  # noqa: BLE001 - sorted into "try again" and "tell the user" below
             reason = _transient(exc, f)
             continue
@@ -430,6 +431,7 @@ def _bar_class(events: Events) -> type:
             self.n = kwargs.get("initial") or 0
             self.total = kwargs.get("total")
             self.format_dict: dict = {}
+            events.advance(self.n)  # bytes a resumed partial already holds
 
         def update(self, n: int = 1) -> None:
             self.n += n

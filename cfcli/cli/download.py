@@ -21,9 +21,10 @@ from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progre
                            TransferSpeedColumn)
 from rich.table import Table
 
-from cfcli import hub
+from cfcli import converted_check, hub
 from cfcli.cli.common import ModeOpt, PresetOpt, QuietOpt, StepsOpt, console, friendly, preset_name
 from cfcli.errors import CfError
+from cfcli.paths import cf_home, cf_home_variable, hf_cache_variable, usable_dir
 from cfcli.presets import Preset, load_preset, shipped_presets
 
 stdout = Console(highlight=False)
@@ -63,7 +64,8 @@ def register(app: typer.Typer) -> None:
         try:
             run_download(presets, dry_run=dry_run, recheck=verify, quiet=quiet)
         except KeyboardInterrupt:
-            console.print("[yellow]stopped:[/] finished files are kept; run the same command to continue")
+            console.print("[yellow]stopped:[/] finished files and the partial download are kept; run the same "
+                          "command to resume where it stopped")
             raise typer.Exit(130) from None
 
     @app.command("models")
@@ -85,9 +87,15 @@ class Job:
     converted: list[hub.Need] = field(default_factory=list)  # already converted: their `.pt` is not needed
 
     @classmethod
-    def of(cls, needs: list[hub.Need]) -> Job:
-        job = cls()
+    def of(cls, needs: list[hub.Need], recheck: bool = False) -> Job:
+        """`recheck` (`--verify`) hashes converted files too; one that fails is deleted and made again."""
+        job, checked = cls(), {}
         for need in needs:
+            if need.satisfied_by_conversion() and recheck:
+                ok = checked.setdefault(need.converted, converted_check.verify(need.converted))
+                if not ok:
+                    console.print(f"[yellow]damaged:[/] {need.converted} does not match its digest; converting again")
+                    converted_check.discard(need.converted)
             if need.satisfied_by_conversion():
                 job.converted.append(need)
                 continue
@@ -109,9 +117,12 @@ def run_download(presets: list[Preset], *, dry_run: bool, recheck: bool, quiet: 
     if constants.is_offline_mode():
         offline_check(presets, dry_run)
         return
+    if not dry_run:
+        usable_dir(hub.hub_cache(), hf_cache_variable())
+        usable_dir(cf_home(), cf_home_variable())
     with console.status("asking the Hub which files are needed …") if _live(quiet) else nullcontext():
         needs = hub.plan(presets)
-    job = Job.of(needs)
+    job = Job.of(needs, recheck=recheck)
     if dry_run:
         show_plan(job)
         return
@@ -148,8 +159,9 @@ def convert_all(job: Job, *, quiet: bool) -> None:
     from cfcli.convert import convert_generator
 
     for target, need in job.conversions.items():
-        if target.is_file():
+        if hub.is_whole(target):
             continue
+        converted_check.discard(target)  # a truncated file from an earlier run
         f = need.files[0]
         source = f.pointer
         with Progress(TextColumn("converting {task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -216,7 +228,7 @@ def show_plan(job: Job) -> None:
         f = need.files[0]
         table.add_row(f.label, hub.human(f.size), "not needed: converted", need.preset.name)
     for target, need in job.conversions.items():
-        table.add_row(f"→ {target}", "", "converted" if target.is_file() else "[yellow]convert after download[/]",
+        table.add_row(f"→ {target}", "", "converted" if hub.is_whole(target) else "[yellow]convert after download[/]",
                       need.preset.name)
     stdout.print(table)
     fresh = job.to_download()
