@@ -2,9 +2,9 @@
 
 Local look-ups (`resolve`, `cached_path`, `converted_path`, `local_status`) read only the Hugging Face cache and
 cfcli's own cache, never the network, so `cf generate` works with HF_HUB_OFFLINE=1. `plan` asks the Hub which files a
-preset names (size, sha256, commit) and `fetch` downloads one of them through huggingface_hub into the standard cache,
-retrying with backoff, and checks its content against the Hub's hash before anything may use it: a file that does not
-match is deleted and fetched again, never left in the cache.
+preset names (size, sha256, commit) and `fetch` downloads one of them into the standard cache (resuming a partial
+kept by an interrupted run: `cfcli.resume`), retrying with backoff, and checks its content against the Hub's hash
+before anything may use it: a file that does not match is deleted and fetched again, never left in the cache.
 
 huggingface_hub reads HF_HOME / HF_HUB_CACHE / HF_ENDPOINT / HF_HUB_OFFLINE at import time, so everything here reads
 `huggingface_hub.constants` at call time rather than copying the values.

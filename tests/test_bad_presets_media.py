@@ -310,6 +310,7 @@ def test_bad_images_are_refused_before_any_model(image_run, tmp_path, models_loa
     Image.new("RGB", (80, 48), (10, 20, 30)).save(png)
     (tmp_path / "cut.png").write_bytes(png.read_bytes()[:60])
     cases = [(tmp_path / "missing.png", "image not found"), (tmp_path / "text.png", "could not read image"),
+             (tmp_path, "is a folder, not a picture"),
              (tmp_path / "cut.png", "could not read image"),
              (png, "--image needs a frame-wise preset")]
     for image, phrase in cases:

@@ -7,6 +7,7 @@ import pytest
 from test_download import CF, VAE, WEIGHTS, cf, env, fake_hub, inproc, ok, plan_file, tiny_preset  # noqa: F401
 
 from cfcli import converted_check, hub
+from cfcli.cli.download import _pending
 
 
 class Killer(hub.Events):
@@ -31,6 +32,7 @@ def test_interrupted_download_resumes_from_its_byte_offset(inproc, tmp_path, mon
     partial = f.blob.with_name(f.blob.name + ".incomplete")
     kept = partial.stat().st_size
     assert 0 < kept < f.size and kept % (64 * 1024) == 0 and not f.blob.exists()
+    assert f"resumes at {hub.human(kept)}" in _pending(f)  # what `cf download --dry-run` shows
 
     inproc.reset_log()
     path = hub.fetch(f, sleep=lambda s: None)

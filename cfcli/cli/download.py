@@ -222,7 +222,7 @@ def show_plan(job: Job) -> None:
     for col, just in (("file", "left"), ("size", "right"), ("status", "left"), ("for", "left")):
         table.add_column(col, justify=just)
     for key, f in job.files.items():
-        status = ("cached, verified" if f.verified() else "cached") if f.cached() else "[yellow]download[/]"
+        status = ("cached, verified" if f.verified() else "cached") if f.cached() else _pending(f)
         table.add_row(f.label, hub.human(f.size), status, ", ".join(sorted(job.used_by[key])))
     for need in job.converted:
         f = need.files[0]
@@ -235,6 +235,14 @@ def show_plan(job: Job) -> None:
     total = sum(f.size for f in job.files.values())
     stdout.print(f"to download: {hub.human(sum(f.size for f in fresh))} in {len(fresh)} file(s) of "
                  f"{hub.human(total)} needed; {hub.human(hub.free_space(hub.hub_cache()))} free in {hub.hub_cache()}")
+
+
+def _pending(f: hub.HubFile) -> str:
+    from cfcli.resume import partial_path
+
+    partial = partial_path(f.blob)
+    done = partial.stat().st_size if partial.is_file() else 0
+    return f"[yellow]download[/] (resumes at {hub.human(done)})" if 0 < done <= f.size else "[yellow]download[/]"
 
 
 # --- cf models --------------------------------------------------------------------------------------------------------

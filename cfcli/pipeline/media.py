@@ -70,6 +70,8 @@ def _opened(path: Path):
     """Image.open with the failures worded for the user; a decompression bomb is refused, not just warned about."""
     from PIL import Image, UnidentifiedImageError
 
+    if path.is_dir():
+        raise CfError(f"image {path} is a folder, not a picture", IMAGE_HINT)
     if not path.is_file():
         raise CfError(f"image not found: {path}", "check the --image path")
     try:
