@@ -3,7 +3,7 @@
 Every problem is collected in one pass and reported together, so a preset with three mistakes needs one fix round.
 YAML booleans are not numbers here (`height: true` is refused), and a float is not an int (`height: 48.0` is refused).
 `architecture` parts are checked against the model config dataclasses' own fields and types, so a new field there is
-accepted without a change here.
+accepted without a change here (the caller passes them in: importing them imports torch).
 """
 
 import math
@@ -77,7 +77,8 @@ def check_size(data: dict, multiple: int, problems: Problems) -> None:
     for key in ("height", "width"):
         v = data.get(key)
         if not is_int(v) or v <= 0 or v % multiple:
-            problems.add(key, f"a positive multiple of {multiple} (e.g. 480 × 832)", v)
+            what = f"a positive multiple of {multiple}" if multiple > 1 else "a positive whole number"
+            problems.add(key, f"{what} (e.g. 480 × 832)", v)
 
 
 def check_weights(weights: object, problems: Problems, roles: tuple[str, ...]) -> None:

@@ -75,8 +75,11 @@ def shipped_presets() -> list[str]:
     return sorted(p.stem for p in presets_dir().glob("*.yaml"))
 
 
-def load_preset(name_or_path: str | Path) -> Preset:
-    """The preset called `name_or_path`, or the one in that YAML file."""
+def load_preset(name_or_path: str | Path, *, models: bool = True) -> Preset:
+    """The preset called `name_or_path`, or the one in that YAML file.
+
+    `models=False` (listing and downloading) skips the checks against the model configs, which import torch; every
+    command that builds a model loads its preset with them."""
     text = str(name_or_path)
     path = Path(text).expanduser()
     if not (text.endswith((".yaml", ".yml")) or path.is_file()):
@@ -94,10 +97,10 @@ def load_preset(name_or_path: str | Path) -> Preset:
         raise CfError(f"could not read preset {path}: {exc}".splitlines()[0], "fix the YAML file") from exc
     if data is None:
         raise CfError(f"preset {path} is empty", "see presets/framewise.yaml for the format")
-    return parse_preset(data, path)
+    return parse_preset(data, path, models=models)
 
 
-def parse_preset(data: object, path: Path) -> Preset:
+def parse_preset(data: object, path: Path, *, models: bool = True) -> Preset:
     """A Preset from loaded YAML, after every value was checked (all problems reported in one message)."""
     where = f"preset {path}"
     if not isinstance(data, dict):
@@ -108,7 +111,7 @@ def parse_preset(data: object, path: Path) -> Preset:
     if unknown or required:
         problems = ([f"unknown keys {unknown}"] if unknown else []) + ([f"missing keys {required}"] if required else [])
         raise CfError(f"{where}: {'; '.join(problems)}", "see presets/framewise.yaml for the format")
-    problems = check_values(data)
+    problems = check_values(data, architecture_configs() if models else None)
     if problems:
         raise CfError(f"{where}: {'; '.join(problems)}", "fix the preset (see presets/framewise.yaml for the format)")
     data = dict(data)
@@ -120,11 +123,10 @@ def parse_preset(data: object, path: Path) -> Preset:
     return Preset(**data, source=path)
 
 
-def check_values(data: dict) -> list[str]:
+def check_values(data: dict, configs: dict[str, type] | None) -> list[str]:
     """Every problem with the preset's values, worded `key must be …, got …`."""
     from cfcli import preset_schema as schema
 
-    configs = architecture_configs()
     problems = schema.Problems()
     if not isinstance(data["mode"], str) or data["mode"] not in MODES:
         problems.add("mode", "framewise or chunkwise", data["mode"])
@@ -133,9 +135,11 @@ def check_values(data: dict) -> list[str]:
     schema.check_steps(data, "steps", problems)
     schema.check_steps(data, "first_block_steps", problems)
     schema.check_scalars(data, MODES.get(data["mode"], 1) if isinstance(data["mode"], str) else 1, problems)
-    schema.check_architecture(data.get("architecture"), configs, problems)
-    schema.check_geometry(data.get("architecture"), configs, problems)
-    schema.check_size(data, schema.size_multiple(data.get("architecture"), configs), problems)
+    if configs is not None:
+        schema.check_architecture(data.get("architecture"), configs, problems)
+        schema.check_geometry(data.get("architecture"), configs, problems)
+    multiple = schema.size_multiple(data.get("architecture"), configs) if configs is not None else 1
+    schema.check_size(data, multiple, problems)
     schema.check_weights(data["weights"], problems, WEIGHT_ROLES)
     return problems
 

@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
         if all_ and (preset or mode or steps):
             raise CfError("--all cannot be combined with --preset/--mode/--steps", "use one or the other")
         names = shipped_presets() if all_ else [preset_name(preset, mode, steps)]
-        presets = [load_preset(n) for n in names]
+        presets = [load_preset(n, models=False) for n in names]
         try:
             run_download(presets, dry_run=dry_run, recheck=verify, quiet=quiet)
         except KeyboardInterrupt:
@@ -248,7 +248,7 @@ def _pending(f: hub.HubFile) -> str:
 # --- cf models --------------------------------------------------------------------------------------------------------
 
 def show_models(as_json: bool) -> None:
-    statuses = [hub.local_status(load_preset(n)) for n in shipped_presets()]
+    statuses = [hub.local_status(load_preset(n, models=False)) for n in shipped_presets()]
     if as_json:
         typer.echo(json.dumps([{"name": s.preset.name, "ready": s.ready, "missing": s.missing, "bytes": s.size,
                                 "converted": s.converted} for s in statuses]))
