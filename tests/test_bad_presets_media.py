@@ -79,7 +79,7 @@ def refused(result, phrase: str, out: Path) -> None:
     assert "Traceback" not in text and not out.exists()
 
 
-# --- presets: every value checked before anything loads ----------------------------------------------------------------
+# --- presets: every value checked before anything loads ---------------------------------------------------------------
 
 PRESET_CASES = {
     "steps-int": (dict(steps=1000), "steps must be a list of timesteps in 1…1000"),
@@ -238,7 +238,7 @@ def test_unusable_cache_dir_for_download_names_the_variable(tmp_path, monkeypatc
         assert err.value.message.startswith(f"{variable} points at {path}") and variable in err.value.hint
 
 
-# --- images -------------------------------------------------------------------------------------------------------------
+# --- images -----------------------------------------------------------------------------------------------------------
 
 def model_pixels(path: Path, w: int = 8, h: int = 8) -> np.ndarray:
     from cfcli.pipeline.media import load_image
@@ -323,7 +323,7 @@ def test_bad_images_are_refused_before_any_model(image_run, tmp_path, models_loa
     assert models_loaded == []
 
 
-# --- clips ---------------------------------------------------------------------------------------------------------------
+# --- clips ------------------------------------------------------------------------------------------------------------
 
 def write_clip(path: Path, frames: np.ndarray, *, rotation: int = 0, pts: list[int] | None = None,
                audio: bool = False, codec: str = "ffv1", gop: int | None = None) -> Path:

@@ -4,7 +4,7 @@ partials are adopted or cleaned, and converted checkpoints are really verified (
 from pathlib import Path
 
 import pytest
-from test_download import CF, VAE, WEIGHTS, cf, env, fake_hub, inproc, ok, plan_file, tiny_preset  # noqa: F401
+from test_download import CF, VAE, WEIGHTS, cf, env, fake_hub, inproc, ok, plan_file, tiny_preset  # noqa: F401, F811
 
 from cfcli import converted_check, hub
 from cfcli.cli.download import _pending

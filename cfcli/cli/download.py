@@ -159,7 +159,7 @@ def convert_all(job: Job, *, quiet: bool) -> None:
     from cfcli.convert import convert_generator
 
     for target, need in job.conversions.items():
-        if hub.is_whole(target):
+        if converted_check.is_whole(target):
             continue
         converted_check.discard(target)  # a truncated file from an earlier run
         f = need.files[0]
@@ -228,8 +228,8 @@ def show_plan(job: Job) -> None:
         f = need.files[0]
         table.add_row(f.label, hub.human(f.size), "not needed: converted", need.preset.name)
     for target, need in job.conversions.items():
-        table.add_row(f"→ {target}", "", "converted" if hub.is_whole(target) else "[yellow]convert after download[/]",
-                      need.preset.name)
+        done = converted_check.is_whole(target)
+        table.add_row(f"→ {target}", "", "converted" if done else "[yellow]convert after download[/]", need.preset.name)
     stdout.print(table)
     fresh = job.to_download()
     total = sum(f.size for f in job.files.values())

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 
 from cfcli.errors import CfError
+from cfcli.pipeline.clip_reader import ClipInfo, iter_frames, probe_clip, read_tail
 from cfcli.pipeline.engine import Engine, EngineOptions, latent_frames_for, video_frames_for
 from cfcli.pipeline.generate import Progress, SafeWriter, Summary, metadata, stream_to_file
-from cfcli.pipeline.clip_reader import ClipInfo, iter_frames, probe_clip, read_tail
 from cfcli.pipeline.media import fit_frames, to_model_range
 from cfcli.pipeline.text import PromptEncoder
 from cfcli.presets import Preset
