@@ -229,7 +229,8 @@ def show_plan(job: Job) -> None:
         table.add_row(f.label, hub.human(f.size), "not needed: converted", need.preset.name)
     for target, need in job.conversions.items():
         done = converted_check.is_whole(target)
-        table.add_row(f"→ {target}", "", "converted" if done else "[yellow]convert after download[/]", need.preset.name)
+        status = "converted" if done else "[yellow]convert after download[/]"
+        table.add_row(f"→ {target}", "", status, need.preset.name)
     stdout.print(table)
     fresh = job.to_download()
     total = sum(f.size for f in job.files.values())
