@@ -96,13 +96,21 @@ def test_stop_keeps_a_playable_mp4_of_every_streamed_frame(tmp_path):
         c.send(type="stop")
         ended = c.kind("ended")
         rec = c.kind("recording")
+        streamed = len(c.frames)
         clip = download(srv.url + rec["url"], tmp_path / "live.mp4")
         assert c.kind("status", state="idle")
         assert httpx.get(srv.url + "/recordings/..%2Fsecret.mp4").status_code == 404
+        c.send(type="restart", seed=9)  # the same prompt, another seed
+        assert c.kind("started")["seed"] == 9
+        c.until(frames=len(c.frames) + 1)
     assert ended["reason"] == "stopped" and 2 <= ended["frames"] < 65
-    assert rec["name"].endswith(".mp4") and clip.frames.shape[0] == rec["frames"] == ended["frames"] == len(c.frames)
+    assert rec["name"].endswith(".mp4") and clip.frames.shape[0] == rec["frames"] == ended["frames"] == streamed
     assert clip.metadata["prompt"] == PROMPT and clip.metadata["live"] is True
-    assert sorted(p.name for p in (tmp_path / "live").iterdir()) == [rec["name"]]  # no partial file left
+    saved = sorted(p.name for p in (tmp_path / "live").iterdir())
+    assert len(saved) == 2 and rec["name"] in saved and not any(".partial" in n for n in saved)
+    # the server shut down mid-video (as on Ctrl-C): that recording was closed and kept, and it plays
+    second = read_video(tmp_path / "live" / next(n for n in saved if n != rec["name"]))
+    assert second.metadata["seed"] == 9 and second.frames.shape[0] == second.metadata["frames"] >= 1
 
 
 def test_bad_requests_get_errors_and_the_server_survives(tmp_path):
@@ -174,3 +182,24 @@ def test_latency_measurement_runs_on_cpu(tmp_path):
     out = measure(engine, encoder, LiveConfig(tmp_path), switches=1, seed=1, blocks=2)
     assert out["switches"] == 1 and out["latency_s"]["p50"] == out["latency_s"]["max"] > 0
     assert out["block_s"] > 0 and out["decode_s"] > 0 and out["frames_per_s"] > 0 and out["text_device"] == "cpu"
+
+
+def test_start_from_a_picture_or_a_clip_equals_generate_and_extend(cf, tmp_path):
+    picture, clip = FIXTURES / "framewise_4step_i2v.png", FIXTURES / "framewise_4step_extend.mkv"
+    got = {}
+    with live_server(FRAMEWISE, tmp_path / "live", codec="ffv1", max_seconds=0.5) as srv, Client(srv.ws) as c:
+        c.send(type="claim")
+        for kind, path in (("image", picture), ("clip", clip)):
+            upload = httpx.post(f"{srv.url}/api/uploads/{kind}", content=path.read_bytes()).json()
+            c.send(type="start", prompt=PROMPT, seed=4, record=True, **{kind: upload["id"]})
+            rec = c.kind("recording")
+            got[kind] = download(srv.url + rec["url"], tmp_path / f"{kind}.mkv")
+            c.kind("status", state="idle")
+    common = ["--preset", FRAMEWISE, "--seed", 4, "--device", "cpu", "--dtype", "float32", "--codec", "ffv1"]
+    r = cf("generate", PROMPT, "--image", picture, "--frames", 9, "--out", tmp_path / "g.mkv", *common)
+    assert r.exit_code == 0, r.output
+    r = cf("extend", clip, "--prompt", PROMPT, "--frames", 8, "--out", tmp_path / "e.mkv", *common)
+    assert r.exit_code == 0, r.output
+    assert torch.equal(got["image"].frames, read_video(tmp_path / "g.mkv").frames)  # 9 frames, the picture first
+    assert torch.equal(got["clip"].frames, read_video(tmp_path / "e.mkv").frames)  # the clip's 81, then 8 new
+    assert got["clip"].metadata["context_frames"] == 17

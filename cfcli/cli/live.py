@@ -123,7 +123,9 @@ def build_app(engine, encoder, config, token: str | None, record: bool = True, s
     from cfcli.live.session import LiveSession
 
     hub = Hub()
-    session = LiveSession(engine, encoder, config, hub).begin()
+    session = LiveSession(engine, encoder, config, hub)
+    session.warm_up()
+    session.begin()
     p = engine.preset
     info = {"preset": p.name, "mode": p.mode, "fps": p.fps, "width": p.width, "height": p.height,
             "device": str(engine.device), "text_device": str(encoder.text_device), "record": record,

@@ -5,6 +5,7 @@ each, the time from submission to the first frame made under it. Beside it, with
 block's DiT time, one block's decode time, and unpaced generation speed (frames/s with decoding).
 """
 
+import itertools
 import random
 import statistics
 import tempfile
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from cfcli.live.session import LiveConfig, LiveSession, StartRequest
+from cfcli.live.session import Context, LiveConfig, LiveSession, StartRequest
 from cfcli.pipeline.engine import Engine
 from cfcli.pipeline.sinks import stream
 
@@ -48,8 +49,16 @@ class Collect:
 
 
 def measure(engine: Engine, encoder, config: LiveConfig, switches: int, seed: int = 0, blocks: int = 6) -> dict:
-    timings = component_timings(engine, encoder, seed, blocks)  # also the warm-up (compilation, graph capture)
-    latencies, encoded = switch_latencies(engine, encoder, config, switches, seed, timings["block_s"])
+    events = Collect()
+    with tempfile.TemporaryDirectory() as tmp:
+        session = LiveSession(engine, encoder, replace(config, out_dir=Path(tmp), max_seconds=None), events)
+        timings = component_timings(engine, session, seed, blocks)  # the warm-up too
+        session.begin()
+        try:
+            latencies, encoded = switch_latencies(session, events, switches, seed, timings["block_s"])
+        finally:
+            session.stop()
+            session.shutdown()
     p = engine.preset
     return {"preset": p.name, "mode": p.mode, "device": str(engine.device),
             "text_device": str(encoder.text_device), "switches": len(latencies),
@@ -63,24 +72,18 @@ def percentile50(values: list[float]) -> float | None:
     return round(statistics.median(values), 4) if values else None
 
 
-def switch_latencies(engine: Engine, encoder, config: LiveConfig, n: int, seed: int, block_s: float):
+def switch_latencies(session: LiveSession, events: Collect, n: int, seed: int, block_s: float):
     """Submit `n` prompts at random moments into a real-time live session; (made latencies, encode times)."""
-    events, rng = Collect(), random.Random(seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        session = LiveSession(engine, encoder, replace(config, out_dir=Path(tmp), max_seconds=None), events).begin()
-        try:
-            session.start(StartRequest(PROMPTS[0], seed))
-            events.wait(lambda: session.stats is not None and session.stats.frames > 0)
-            prompts = []
-            for i in range(n):
-                time.sleep(rng.uniform(0, 2 * block_s))  # a random moment within the next blocks
-                if session.state != "running":
-                    break
-                prompts.append(session.prompt(PROMPTS[(i + 1) % len(PROMPTS)]))
-                events.wait(lambda: prompts[-1].state in ("shown", "superseded") or session.state != "running")
-        finally:
-            session.stop()
-            session.shutdown()
+    rng = random.Random(seed)
+    session.start(StartRequest(PROMPTS[0], seed))
+    events.wait(lambda: session.stats is not None and session.stats.frames > 0)
+    prompts = []
+    for i in range(n):
+        time.sleep(rng.uniform(0, 2 * block_s))  # a random moment within the next blocks
+        if session.state != "running":
+            break
+        prompts.append(session.prompt(PROMPTS[(i + 1) % len(PROMPTS)]))
+        events.wait(lambda: prompts[-1].state in ("shown", "superseded") or session.state != "running")
     shown = [p for p in prompts if p.made_s is not None]
     return [p.made_s for p in shown], [p.encoded_s for p in shown]
 
@@ -106,14 +109,22 @@ class Null:
         pass
 
 
-def component_timings(engine: Engine, encoder, seed: int, blocks: int = 6) -> dict:
-    """Median DiT time per block, decode time per block, and frames/s of an unpaced run with decoding."""
+def component_timings(engine: Engine, session: LiveSession, seed: int, blocks: int = 6) -> dict:
+    """Median DiT time per block, decode time per block, and frames/s of an unpaced run with decoding, on the
+    live session's cache layout (warmed up first)."""
     p = engine.preset
-    kv = engine.text_kv(encoder.encode([PROMPTS[0]])[0])
+    session.warm_up()
+    kv = engine.text_kv(session.encoder.encode([PROMPTS[0]])[0])
+    total = session._latent_frames(Context())
     latents = blocks * p.block_frames
-    for _ in range(2):  # warm-up: compilation and graph capture happen here
-        stream(engine.generate(kv, latents, seed), [Null()], 0)
-    dit = synced(engine, lambda: list(engine.generate(kv, latents, seed, decode=False))) / blocks
+
+    def first_blocks(decode: bool):
+        chunks = engine.generate(kv, total, seed, decode=decode)
+        if not decode:
+            return list(take(chunks, blocks))
+        return take(chunks, latents)  # decoded blocks come one latent frame at a time
+
+    dit = synced(engine, lambda: first_blocks(False)) / blocks
     with torch.inference_mode():
         h, w = engine.latent_hw
         x = torch.randn(1, latents, engine.dit.cfg.in_dim, h, w, dtype=engine.dtype, device=engine.device)
@@ -121,6 +132,14 @@ def component_timings(engine: Engine, encoder, seed: int, blocks: int = 6) -> di
         dec.decode(x[:, :p.block_frames])  # the first block decodes 1 + 4(n − 1) frames: keep it out
         decode = [synced(engine, lambda i=i: dec.decode(x[:, i:i + p.block_frames]))
                   for i in range(p.block_frames, latents, p.block_frames)]
-    done = stream(engine.generate(kv, latents, seed), [Null()], 0)
-    return {"block_s": round(dit, 4), "decode_s": round(statistics.median(decode), 4),
+    done = stream(first_blocks(True), [Null()], 0)
+    return {"block_s": round(dit, 4), "decode_s": round(statistics.median(decode), 4) if decode else None,
             "frames_per_s": round(done.frames / done.elapsed, 2)}
+
+
+def take(chunks, n: int):
+    """The first `n` chunks; then the engine's generator is closed (its video is abandoned)."""
+    try:
+        yield from itertools.islice(chunks, n)
+    finally:
+        chunks.close()

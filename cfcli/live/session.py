@@ -159,6 +159,28 @@ class LiveSession:
             t.start()
         return self
 
+    def warm_up(self, latent_frames: int | None = None) -> None:
+        """Run the first `latent_frames` (default: past the attention window) of a live-length video and throw them
+        away: compilation and CUDA-graph capture for the live cache happen here, not under the first prompt.
+        Off the GPU there is nothing to warm."""
+        from cfcli.pipeline.engine import attention_window
+
+        if self.engine.device.type != "cuda":
+            return
+
+        total = self._latent_frames(Context())
+        n = latent_frames or attention_window(self.preset) + 2 * self.preset.block_frames
+        kv = self.engine.text_kv(self.encoder.encode(["warm-up"])[0])
+        chunks = self.engine.generate(kv, total, 0)
+        try:
+            for chunk in chunks:
+                chunk.host_pixels()
+                n -= 0 if chunk.context else chunk.latents.shape[0]
+                if n <= 0:
+                    break
+        finally:
+            chunks.close()
+
     def start(self, req: StartRequest) -> None:
         if self.state != "idle" or not self._commands.empty():
             raise CfError("a video is already running", "stop it first, or restart")
