@@ -315,7 +315,8 @@ def create_app(session: LiveSession, hub: Hub, settings: ServerSettings = Server
         kind = msg["type"]
         if kind == "start":
             session.start(StartRequest(msg["prompt"], pick_seed(msg["seed"]), uploads.path(msg["image"], "image"),
-                                       uploads.path(msg["clip"], "clip"), bool(msg["record"])))
+                                       uploads.path(msg["clip"], "clip"),
+                                       msg["record"] if msg["record"] is not None else bool(info.get("record"))))
         elif kind == "restart":
             last = session.last_request
             if last is None:
