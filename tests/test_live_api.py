@@ -71,6 +71,7 @@ def test_a_switch_lands_on_the_stated_block_and_equals_prompt_at(cf, tmp_path):
         c.send(type="start", prompt=PROMPT, seed=5, record=True)
         c.until(frames=1)  # frames arrive while the video is generated
         c.send(type="prompt", prompt=JUMP)
+        assert c.kind("prompt")["state"] == "submitted"  # the controller's own reply comes first
         landed = c.kind("prompt", state="landed")
         shown = c.kind("prompt", state="shown")
         assert c.kind("ended")["reason"] == "limit"

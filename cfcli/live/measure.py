@@ -82,7 +82,7 @@ def switch_latencies(session: LiveSession, events: Collect, n: int, seed: int, b
         time.sleep(rng.uniform(0, 2 * block_s))  # a random moment within the next blocks
         if session.state != "running":
             break
-        prompts.append(session.prompt(PROMPTS[(i + 1) % len(PROMPTS)]))
+        prompts.append(session.prompt(PROMPTS[(i + 1) % len(PROMPTS)])[0])
         events.wait(lambda: prompts[-1].state in ("shown", "superseded") or session.state != "running")
     shown = [p for p in prompts if p.made_s is not None]
     return [p.made_s for p in shown], [p.encoded_s for p in shown]

@@ -328,7 +328,7 @@ def create_app(session: LiveSession, hub: Hub, settings: ServerSettings = Server
         elif kind == "record":
             session.record(msg["on"])
         elif kind == "prompt":
-            return session.prompt(msg["prompt"]).as_message(session.fps)
+            return session.prompt(msg["prompt"])[1]
         return None
 
     routes = [Route("/", index), Route("/api/info", api_info), Route("/api/status", api_status),

@@ -199,14 +199,16 @@ class LiveSession:
         self.stats.record = on
         self.publish_status()
 
-    def prompt(self, text: str) -> LivePrompt:
-        """Queue a prompt switch; it is encoded on the text thread and lands at the next block to start."""
+    def prompt(self, text: str) -> tuple[LivePrompt, dict]:
+        """Queue a prompt switch: it is encoded on the text thread and lands at the next block to start.
+        Returns the prompt and its `submitted` message (taken before the text thread can move it on)."""
         schedule = self.schedule
         if self.state != "running" or schedule is None:
             raise CfError("nothing is running", "start a video first; its opening prompt is the start message's")
         p = LivePrompt(next(self._ids), text.strip(), time.perf_counter())
+        reply = p.as_message(self.fps)
         self._text.submit(self._encode_and_queue, p, schedule)
-        return p
+        return p, reply
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop the run (its recording is closed and kept if it was on) and the threads."""
