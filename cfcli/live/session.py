@@ -10,6 +10,7 @@ which may drop frames). Generation runs at most `lead_s` of video ahead of real-
 shows soon after it is typed; a waiting prompt cuts the wait short so it lands at the very next block.
 """
 
+import contextlib
 import itertools
 import logging
 import queue
@@ -244,7 +245,16 @@ class LiveSession:
 
     # --- the threads ---------------------------------------------------------------------------------------------
 
+    def _on_device(self):
+        """A new thread's current CUDA device is 0: side streams and graph pools must be made on the engine's."""
+        dev = self.engine.device
+        return torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()
+
     def _work(self) -> None:
+        with self._on_device():
+            self._serve_commands()
+
+    def _serve_commands(self) -> None:
         while True:
             kind, req = self._commands.get()
             if kind == "quit":
@@ -273,7 +283,8 @@ class LiveSession:
 
     def _encode_and_queue(self, p: LivePrompt, schedule: LiveSchedule) -> None:
         try:
-            p.kv = self.engine.text_kv(self.encoder.encode([p.prompt])[0])
+            with self._on_device():
+                p.kv = self.engine.text_kv(self.encoder.encode([p.prompt])[0])
         except Exception as exc:  # noqa: BLE001
             log.exception("prompt encoding failed")
             self.events.message({"type": "error", "message": f"could not encode the prompt: {exc}"})
