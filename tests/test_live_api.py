@@ -64,7 +64,7 @@ def download(url: str, path):
 
 
 def test_a_switch_lands_on_the_stated_block_and_equals_prompt_at(cf, tmp_path):
-    with live_server(FRAMEWISE, tmp_path / "live", codec="ffv1", max_seconds=1.0) as srv, Client(srv.ws) as c:
+    with live_server(FRAMEWISE, tmp_path / "live", codec="ffv1", max_seconds=1.25) as srv, Client(srv.ws) as c:
         assert c.kind("welcome")["fps"] == 16
         c.send(type="claim")
         assert c.kind("role")["role"] == "controller"
@@ -77,16 +77,16 @@ def test_a_switch_lands_on_the_stated_block_and_equals_prompt_at(cf, tmp_path):
         assert c.kind("ended")["reason"] == "limit"
         rec = c.kind("recording")
         clip = download(srv.url + rec["url"], tmp_path / "live.mkv")
-    assert 1 <= landed["latent"] <= 4 and landed["frame"] == video_frame(landed["latent"])
+    assert 1 <= landed["latent"] <= 5 and landed["frame"] == video_frame(landed["latent"])
     assert shown["made_s"] > 0
-    assert [f["frame"] for f in c.frames] == list(range(17)) == list(range(rec["frames"]))
+    assert [f["frame"] for f in c.frames] == list(range(21)) == list(range(rec["frames"]))
     ref = tmp_path / "ref.mkv"
-    r = cf("generate", PROMPT, "--preset", FRAMEWISE, "--seed", 5, "--frames", 17, "--device", "cpu", "--dtype",
+    r = cf("generate", PROMPT, "--preset", FRAMEWISE, "--seed", 5, "--frames", 21, "--device", "cpu", "--dtype",
            "float32", "--codec", "ffv1", "--out", ref, "--prompt-at", str(landed["seconds"]), JUMP)
     assert r.exit_code == 0, r.output
     assert torch.equal(clip.frames, read_video(ref).frames)  # bit for bit, the switch included
     assert clip.metadata["prompt_schedule"] == [[0.0, PROMPT], [landed["seconds"], JUMP]]
-    assert clip.metadata["seed"] == 5 and clip.metadata["frames"] == 17
+    assert clip.metadata["seed"] == 5 and clip.metadata["frames"] == 21
 
 
 def test_stop_keeps_a_playable_mp4_of_every_streamed_frame(tmp_path):

@@ -23,7 +23,7 @@ pytestmark = [
 
 def test_the_page_plays_switches_and_downloads_the_recording(tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright)")
-    with live_server(FIXTURES / "tiny-framewise.yaml", tmp_path / "live", codec="h264", max_seconds=1.5) as srv, \
+    with live_server(FIXTURES / "tiny-framewise.yaml", tmp_path / "live", codec="h264", max_seconds=2.0) as srv, \
             sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(accept_downloads=True)
@@ -31,6 +31,9 @@ def test_the_page_plays_switches_and_downloads_the_recording(tmp_path):
         page.wait_for_function("window.cfLive.role === 'controller'", timeout=30_000)
         page.fill("#seed", "7")
         page.fill("#prompt", PROMPT)
+        page.press("#prompt", "Enter")
+        page.wait_for_function("window.cfLive.framesReceived >= 1", timeout=60_000)
+        page.fill("#prompt", "the fox jumps into the river")  # early, so that it lands before the last block
         page.press("#prompt", "Enter")
         page.wait_for_function("window.cfLive.framesDrawn >= 2", timeout=60_000)
         spread = page.evaluate("""() => {
@@ -41,8 +44,6 @@ def test_the_page_plays_switches_and_downloads_the_recording(tmp_path):
             return hi - lo;
         }""")
         assert spread > 0  # a decoded frame is drawn, not a blank canvas
-        page.fill("#prompt", "the fox jumps into the river")
-        page.press("#prompt", "Enter")
         page.wait_for_function("Object.values(window.cfLive.prompts).some(p => p.submittedAt && p.onScreen > 0)",
                                timeout=60_000)
         assert "frame" in page.inner_text("#timeline")
@@ -55,6 +56,6 @@ def test_the_page_plays_switches_and_downloads_the_recording(tmp_path):
         recording = page.evaluate("window.cfLive.recordings[0]")
         browser.close()
     clip = read_video(path)
-    assert path.suffix == ".mp4" and clip.frames.shape[0] == recording["frames"] == 25
+    assert path.suffix == ".mp4" and clip.frames.shape[0] == recording["frames"] == 33
     assert clip.metadata["seed"] == 7 and clip.metadata["prompt_schedule"][1][1] == "the fox jumps into the river"
     assert drawn >= 2 and errors == []
