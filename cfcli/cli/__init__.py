@@ -2,7 +2,7 @@
 
 import typer
 
-from cfcli.cli import bench, download, extend, generate
+from cfcli.cli import bench, download, extend, generate, live
 
 app = typer.Typer(name="cf", help="Causal Forcing real-time video generation on your own GPU.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -10,6 +10,7 @@ generate.register(app)
 extend.register(app)
 bench.register(app)
 download.register(app)
+live.register(app)
 
 
 @app.callback()

@@ -182,5 +182,7 @@ class TextSchedule:
 
 
 def text_at(text: "Tensor | TextSchedule | None", frame: int) -> Tensor:
-    """Cross-attention K/V for a block starting at latent `frame`; a plain tensor (one prompt) serves every block."""
-    return text.at(frame) if isinstance(text, TextSchedule) else text
+    """Cross-attention K/V for a block starting at latent `frame`; a plain tensor (one prompt) serves every block.
+
+    Any object with an `at(frame)` method is a schedule (`cf live` steers with one that grows while it plays)."""
+    return text.at(frame) if hasattr(text, "at") else text

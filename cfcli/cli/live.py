@@ -1,0 +1,133 @@
+"""`cf live`: load the models once, serve the live page, steer the video while it plays (Ctrl-C to quit)."""
+
+import json
+import secrets
+from pathlib import Path
+
+import typer
+
+from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt,
+                              ModeOpt, PresetOpt, QuantizeOpt, SeedOpt, StepsOpt, console, friendly, pick_device,
+                              pick_dtype, preset_name)
+from cfcli.errors import CfError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("live")
+    @friendly
+    def live(
+        preset: PresetOpt = None,
+        mode: ModeOpt = None,
+        steps: StepsOpt = None,
+        seed: SeedOpt = None,
+        host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on; any but localhost needs the "
+                                                             "token."),
+        port: int = typer.Option(7860, "--port", help="Port to serve on."),
+        open_browser: bool = typer.Option(False, "--open", help="Open the page in the browser."),
+        token: str = typer.Option(None, "--token", help="Access token (default: generated when --host is not "
+                                                        "local)."),
+        out_dir: Path = typer.Option(Path("outputs/live"), "--out-dir", help="Where recordings are saved."),
+        record: bool = typer.Option(True, "--record/--no-record", help="Record each video unless the page turns "
+                                                                       "it off."),
+        codec: CodecOpt = "h264",
+        crf: CrfOpt = 18,
+        max_seconds: float = typer.Option(None, "--max-seconds", help="Stop each video after this long (default: "
+                                                                      "the model's position-table limit)."),
+        lead: float = typer.Option(1.0, "--lead", help="Seconds of video generated ahead of playback."),
+        text_device: str = typer.Option(None, "--text-device", metavar="cpu|cuda",
+                                        help="Where umT5 stays loaded (default: the GPU if it has room, else CPU)."),
+        max_upload_mb: int = typer.Option(64, "--max-upload-mb", help="Largest picture or clip upload."),
+        device: DeviceOpt = None,
+        dtype: DtypeOpt = None,
+        compile: CompileOpt = True,
+        cuda_graphs: GraphsOpt = True,
+        quantize: QuantizeOpt = None,
+        decoder: DecoderOpt = "wan",
+        random_weights: bool = typer.Option(False, "--random-weights",
+                                            help="Random weights of the preset's size (timing without downloads)."),
+        measure_latency: int = typer.Option(None, "--measure-latency", metavar="N",
+                                            help="No server: make N prompt switches at random moments and report "
+                                                 "submitted → first frame latency."),
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Serve a page that plays the video as it is generated; type to change where it goes."""
+        from cfcli.live.session import LiveConfig
+        from cfcli.pipeline.video import CODECS
+
+        if codec not in CODECS:
+            raise CfError(f"unknown codec {codec!r}", f"use one of: {', '.join(CODECS)}")
+        if text_device not in (None, "cpu", "cuda"):
+            raise CfError(f"unknown --text-device {text_device!r}", "use cpu or cuda")
+        if max_seconds is not None and max_seconds <= 0:
+            raise CfError(f"--max-seconds must be positive, got {max_seconds}")
+        if lead < 0:
+            raise CfError(f"--lead must be at least 0, got {lead}")
+        config = LiveConfig(out_dir, codec, crf, lead, max_seconds)
+        engine, encoder = load(preset_name(preset, mode, steps), device, dtype, text_device, random_weights,
+                               (compile, cuda_graphs, quantize, decoder))
+        if measure_latency is not None:
+            from cfcli.live.measure import measure
+
+            result = measure(engine, encoder, config, measure_latency, seed or 0)
+            typer.echo(json.dumps(result)) if json_out else console.print_json(data=result)
+            return
+        run_server(engine, encoder, config, host, port, token, record, seed, open_browser, max_upload_mb)
+
+
+def load(name: str, device, dtype, text_device, random_weights: bool, opts: tuple):
+    """(engine, resident prompt encoder), the encoder placed by `pick_text_device` and said where."""
+    from cfcli.live.text import ResidentPromptEncoder, pick_text_device
+    from cfcli.pipeline import bench
+    from cfcli.pipeline.engine import EngineOptions
+    from cfcli.presets import load_preset
+
+    p = load_preset(name)
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    options = EngineOptions(*opts)
+    options.check(dev, need_weights=not random_weights)
+    if text_device == "cuda" and dev.type != "cuda":
+        raise CfError("--text-device cuda needs the run on a GPU", "use --text-device cpu")
+    random = random_weights
+    console.print(f"[bold]{p.name}[/] · loading the models on {dev}{' (random weights)' if random else ''}")
+    engine = bench.build_engine(p, dev, dt, random, 0)
+    bench.use_decoder(engine, options.decoder, random, 0)
+    engine.quantize(options.quantize).accelerate(options.compile, options.graphs)
+    where = pick_text_device(text_device, dev, p, dt)
+    console.print(f"umT5 stays loaded on [cyan]{where}[/]" + ("" if text_device else " (automatic; --text-device)"))
+    return engine, ResidentPromptEncoder(p, dev, dt, where, random, 0).load()
+
+
+def run_server(engine, encoder, config, host: str, port: int, token: str | None, record: bool, seed: int | None,
+               open_browser: bool, max_upload_mb: int) -> None:
+    from cfcli.live.server import is_local, serve
+
+    if token is None and not is_local(host):
+        token = secrets.token_urlsafe(24)
+    app, _ = build_app(engine, encoder, config, token, record, seed, max_upload_mb * 2**20)
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
+    url += f"?token={token}" if token else ""
+    console.print(f"[green]live:[/] {url}   (Ctrl-C to quit; recordings go to {config.out_dir})")
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(url)
+    serve(app, host, port)
+    console.print("stopped")
+
+
+def build_app(engine, encoder, config, token: str | None, record: bool = True, seed: int | None = None,
+              max_upload_bytes: int = 64 * 2**20):
+    """(the ASGI app, its running `LiveSession`): what `cf live` serves, and what the tests serve."""
+    from cfcli.live.server import Hub, ServerSettings, create_app
+    from cfcli.live.session import LiveSession
+
+    hub = Hub()
+    session = LiveSession(engine, encoder, config, hub)
+    session.warm_up()
+    session.begin()
+    p = engine.preset
+    info = {"preset": p.name, "mode": p.mode, "fps": p.fps, "width": p.width, "height": p.height,
+            "device": str(engine.device), "text_device": str(encoder.text_device), "record": record,
+            "seed": seed, "max_seconds": config.max_seconds}
+    return create_app(session, hub, ServerSettings(token, max_upload_bytes), info), session

@@ -1,0 +1,89 @@
+"""The live API's wire format: JSON control messages checked at the edge, and the binary frame messages.
+
+Client → server messages are JSON objects with a `type` and only the fields listed in `MESSAGES` (docs/live.md).
+Anything else gets `{"type": "error", ...}` back; nothing a client sends reaches the generation thread unchecked.
+
+Server → client frames are binary WebSocket messages: a 16-byte little-endian header, then one JPEG picture:
+`magic b"CFLV" | session u32 | frame u32 | width u16 | height u16`.
+"""
+
+import io
+import json
+import struct
+
+MAX_PROMPT_CHARS = 2000
+MAX_MESSAGE_BYTES = 16 * 1024
+FRAME_HEADER = struct.Struct("<4sIIHH")
+FRAME_MAGIC = b"CFLV"
+
+# type -> {field: (accepted python types, required)}
+MESSAGES: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
+    "claim": {},  # become the controller (if nobody is)
+    "release": {},  # give control back
+    "start": {"prompt": ((str,), True), "seed": ((int, type(None)), False), "image": ((str, type(None)), False),
+              "clip": ((str, type(None)), False), "record": ((bool,), False)},
+    "stop": {},
+    "restart": {"seed": ((int, type(None)), False), "new_seed": ((bool,), False), "prompt": ((str, type(None)), False)},
+    "prompt": {"prompt": ((str,), True)},
+    "record": {"on": ((bool,), True)},
+    "status": {},  # ask for a status message now
+}
+CONTROL = {"start", "stop", "restart", "prompt", "record"}  # messages only the controller may send
+
+
+class BadMessage(ValueError):
+    """A client message that is not valid JSON or not one of `MESSAGES`; the text is sent back."""
+
+
+def parse(text: str | bytes | None) -> dict:
+    """Validate one client message; returns the dict with defaults for the optional fields left out."""
+    if not isinstance(text, str):
+        raise BadMessage("send control messages as JSON text, not binary")
+    if len(text.encode()) > MAX_MESSAGE_BYTES:
+        raise BadMessage(f"message over {MAX_MESSAGE_BYTES} bytes")
+    try:
+        msg = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadMessage(f"not JSON: {exc.msg}") from None
+    if not isinstance(msg, dict) or msg.get("type") not in MESSAGES:
+        raise BadMessage(f"unknown message type; use one of: {', '.join(MESSAGES)}")
+    fields = MESSAGES[msg["type"]]
+    extra = set(msg) - set(fields) - {"type"}
+    if extra:
+        raise BadMessage(f"{msg['type']}: unknown field(s) {', '.join(sorted(extra))}")
+    for name, (types, required) in fields.items():
+        if name not in msg:
+            if required:
+                raise BadMessage(f"{msg['type']}: {name!r} is required")
+            msg[name] = None
+        elif not isinstance(msg[name], types) or (isinstance(msg[name], bool) and bool not in types):
+            raise BadMessage(f"{msg['type']}: {name!r} has the wrong type")
+    check_values(msg)
+    return msg
+
+
+def check_values(msg: dict) -> None:
+    prompt = msg.get("prompt")
+    if prompt is not None and (not prompt.strip() or len(prompt) > MAX_PROMPT_CHARS):
+        raise BadMessage(f"{msg['type']}: the prompt must be 1-{MAX_PROMPT_CHARS} characters")
+    seed = msg.get("seed")
+    if seed is not None and not 0 <= seed < 2**63:
+        raise BadMessage(f"{msg['type']}: the seed must be in [0, 2^63)")
+
+
+def encode_frame(session: int, index: int, rgb, quality: int) -> bytes:
+    """One frame message: header + JPEG of `rgb` (a uint8 [3, H, W] tensor)."""
+    from PIL import Image
+
+    _, h, w = rgb.shape
+    buf = io.BytesIO()
+    buf.write(FRAME_HEADER.pack(FRAME_MAGIC, session, index, w, h))
+    Image.fromarray(rgb.permute(1, 2, 0).contiguous().numpy()).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def decode_header(data: bytes) -> dict:
+    magic, session, frame, width, height = FRAME_HEADER.unpack_from(data)
+    if magic != FRAME_MAGIC:
+        raise ValueError("not a cfcli live frame")
+    return {"session": session, "frame": frame, "width": width, "height": height}

@@ -1,0 +1,409 @@
+"""The live generation worker: one thread runs one video at a time through the shared loop, steered while it plays.
+
+States: `idle` → `loading` (prompt features, picture or clip context) → `running` → `stopping` → `idle`.
+Calls from the server (`start`, `stop`, `restart`, `prompt`, `record`) never block: they queue a command for the
+worker thread or hand a prompt to the text thread, which encodes it and queues it on the run's `LiveSchedule`.
+
+Each run is `Engine.generate` with the live schedule as its text, driven by `sinks.stream` (the loop `cf generate`
+and `cf extend` use) into two sinks: the recording (complete) and the live stream (frames to the viewers, each of
+which may drop frames). Generation runs at most `lead_s` of video ahead of real-time playback, so a new prompt
+shows soon after it is typed; a waiting prompt cuts the wait short so it lands at the very next block.
+"""
+
+import contextlib
+import itertools
+import logging
+import queue
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from cfcli.errors import CfError
+from cfcli.live.protocol import encode_frame
+from cfcli.live.recording import Recording
+from cfcli.live.schedule import LivePrompt, LiveSchedule
+from cfcli.pipeline.engine import MAX_ROPE_FRAMES, Engine, video_frames_for
+from cfcli.pipeline.generate import metadata, plan_frames
+from cfcli.pipeline.prompts import video_frame
+from cfcli.pipeline.sinks import stream
+
+log = logging.getLogger("cfcli.live")
+STATUS_EVERY_S = 0.5
+
+
+class Events(Protocol):
+    """Where the worker reports (thread-safe): JSON messages and encoded frames for every viewer."""
+
+    def message(self, msg: dict) -> None: ...
+
+    def frame(self, data: bytes) -> None: ...
+
+    def watching(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    out_dir: Path = Path("outputs/live")
+    codec: str = "h264"
+    crf: int = 18
+    lead_s: float = 1.0  # video generated ahead of real-time playback before the worker waits
+    max_seconds: float | None = None  # default: the model's position-table limit
+    jpeg_quality: int = 85
+
+
+@dataclass
+class StartRequest:
+    prompt: str
+    seed: int
+    image: Path | None = None  # a checked upload (server-chosen path)
+    clip: Path | None = None
+    record: bool = False
+
+
+@dataclass
+class Context:
+    """What a run starts from: latents to prime with, clip frames the recording opens with, the frame mapping."""
+
+    latents: torch.Tensor | None = None
+    clip_frames: torch.Tensor | None = None
+    image: bool = False
+
+    @property
+    def n_latents(self) -> int:
+        return 0 if self.latents is None else self.latents.shape[1]
+
+    def frame_of(self, latent: int) -> int:
+        """Streamed frame index made first by `latent` (a clip's context frames are not streamed)."""
+        return 4 * (latent - self.n_latents) if self.clip_frames is not None else video_frame(latent)
+
+
+@dataclass
+class RunStats:
+    session: int
+    seed: int
+    prompt: str
+    max_frames: int
+    started: float = field(default_factory=time.perf_counter)
+    frames: int = 0
+    busy_s: float = 0.0  # time spent inside the engine (not waiting for playback)
+    block_s: list[float] = field(default_factory=list)
+    t0: float | None = None  # playback clock: when frame 0 plays (moved on an underrun)
+    underruns: int = 0
+    record: bool = False
+    finished: bool = False  # the length limit was reached
+
+    def ahead_s(self, fps: float) -> float:
+        """Video generated but not yet played on the real-time clock; an underrun restarts the clock."""
+        if self.t0 is None:
+            return 0.0
+        ahead = self.frames / fps - (time.perf_counter() - self.t0)
+        if ahead < 0:
+            self.t0, self.underruns = time.perf_counter() - self.frames / fps, self.underruns + 1
+            return 0.0
+        return ahead
+
+
+class LiveStream:
+    """The sink that feeds the viewers: frames to the JPEG thread, prompt timeline and status on the way."""
+
+    def __init__(self, session: "LiveSession", stats: RunStats, schedule: LiveSchedule):
+        self.session, self.stats, self.schedule = session, stats, schedule
+        self._last_status = 0.0
+
+    def write(self, frames: torch.Tensor) -> None:
+        s = self.stats
+        if s.t0 is None:
+            s.t0 = time.perf_counter()
+        if self.session.events.watching():
+            for i, f in enumerate(frames):
+                self.session.jpeg_queue.put((s.session, s.frames + i, f))
+        s.frames += frames.shape[0]
+        for p in self.schedule.frames_written(s.frames):
+            self.session.events.message(p.as_message(self.session.fps))
+        if time.perf_counter() - self._last_status > STATUS_EVERY_S:
+            self._last_status = time.perf_counter()
+            self.session.publish_status()
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+class LiveSession:
+    def __init__(self, engine: Engine, encoder, config: LiveConfig, events: Events):
+        self.engine, self.encoder, self.config, self.events = engine, encoder, config, events
+        self.preset, self.fps = engine.preset, float(engine.preset.fps)
+        self.state, self.stats, self.schedule = "idle", None, None
+        self.recordings: dict[str, Path] = {}  # name -> file, the only files the server hands out
+        self.latencies: list[float] = []
+        self._commands: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._ids, self._sessions = itertools.count(1), itertools.count(1)
+        self._text = ThreadPoolExecutor(1, thread_name_prefix="cf-live-text")
+        self.jpeg_queue: queue.Queue = queue.Queue()
+        self._threads = [threading.Thread(target=self._work, name="cf-live-generate", daemon=True),
+                         threading.Thread(target=self._jpegs, name="cf-live-jpeg", daemon=True)]
+        self.last_request: StartRequest | None = None
+
+    # --- calls from the server (non-blocking) -------------------------------------------------------------------
+
+    def begin(self) -> "LiveSession":
+        for t in self._threads:
+            t.start()
+        return self
+
+    def warm_up(self, latent_frames: int | None = None) -> None:
+        """Run the first `latent_frames` (default: past the attention window) of a live-length video and throw them
+        away: compilation and CUDA-graph capture for the live cache happen here, not under the first prompt.
+        Off the GPU there is nothing to warm."""
+        from cfcli.pipeline.engine import attention_window
+
+        if self.engine.device.type != "cuda":
+            return
+
+        total = self._latent_frames(Context())
+        n = latent_frames or attention_window(self.preset) + 2 * self.preset.block_frames
+        kv = self.engine.text_kv(self.encoder.encode(["warm-up"])[0])
+        chunks = self.engine.generate(kv, total, 0)
+        try:
+            for chunk in chunks:
+                chunk.host_pixels()
+                n -= 0 if chunk.context else chunk.latents.shape[0]
+                if n <= 0:
+                    break
+        finally:
+            chunks.close()
+
+    def start(self, req: StartRequest) -> None:
+        if self.state != "idle" or not self._commands.empty():
+            raise CfError("a video is already running", "stop it first, or restart")
+        self._commands.put(("start", req))
+
+    def restart(self, req: StartRequest) -> None:
+        self._stop.set()
+        self._commands.put(("start", req))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def record(self, on: bool) -> None:
+        if self.stats is None:
+            raise CfError("nothing is running", "start a video; its recording covers it from the start")
+        self.stats.record = on
+        self.publish_status()
+
+    def prompt(self, text: str) -> tuple[LivePrompt, dict]:
+        """Queue a prompt switch: it is encoded on the text thread and lands at the next block to start.
+        Returns the prompt and its `submitted` message (taken before the text thread can move it on)."""
+        schedule = self.schedule
+        if self.state != "running" or schedule is None:
+            raise CfError("nothing is running", "start a video first; its opening prompt is the start message's")
+        p = LivePrompt(next(self._ids), text.strip(), time.perf_counter())
+        reply = p.as_message(self.fps)
+        self._text.submit(self._encode_and_queue, p, schedule)
+        return p, reply
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop the run (its recording is closed and kept if it was on) and the threads."""
+        self._stop.set()
+        self._commands.put(("quit", None))
+        self._threads[0].join(timeout)
+        self.jpeg_queue.put(None)
+        self._threads[1].join(timeout)
+        self._text.shutdown(wait=False, cancel_futures=True)
+
+    # --- reporting -----------------------------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        s, dev = self.stats, self.engine.device
+        gen_fps = s.frames / s.busy_s if s and s.busy_s > 0 else None
+        return {"type": "status", "state": self.state, "session": s.session if s else None,
+                "seed": s.seed if s else None, "frames": s.frames if s else 0,
+                "max_frames": s.max_frames if s else None, "fps": self.fps,
+                "gen_fps": round(gen_fps, 2) if gen_fps else None,
+                "realtime": round(gen_fps / self.fps, 3) if gen_fps else None,
+                "ahead_s": round(s.ahead_s(self.fps), 3) if s else 0.0, "underruns": s.underruns if s else 0,
+                "latency_s": self.latencies[-1] if self.latencies else None,
+                "block_s": round(sum(s.block_s[-8:]) / len(s.block_s[-8:]), 4) if s and s.block_s else None,
+                "recording": bool(s and s.record),
+                "gpu_mem_gib": round(torch.cuda.memory_allocated(dev) / 2**30, 2) if dev.type == "cuda" else None}
+
+    def publish_status(self) -> None:
+        self.events.message(self.status())
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        self.publish_status()
+
+    # --- the threads ---------------------------------------------------------------------------------------------
+
+    def _on_device(self):
+        """A new thread's current CUDA device is 0: side streams and graph pools must be made on the engine's."""
+        dev = self.engine.device
+        return torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()
+
+    def _work(self) -> None:
+        with self._on_device():
+            self._serve_commands()
+
+    def _serve_commands(self) -> None:
+        while True:
+            kind, req = self._commands.get()
+            if kind == "quit":
+                return
+            self._stop.clear()
+            try:
+                self._run(req)
+            except CfError as exc:
+                self.events.message({"type": "error", "message": exc.message, "hint": exc.hint})
+            except Exception as exc:  # noqa: BLE001 - the server must outlive a failed run
+                log.exception("live run failed")
+                self.events.message({"type": "error", "message": f"generation failed: {exc}".splitlines()[0]})
+            finally:
+                self.schedule, self.state = None, "idle"
+                self.jpeg_queue.put(self.status())  # after the run's last frames and messages
+
+    def _jpegs(self) -> None:
+        while (item := self.jpeg_queue.get()) is not None:
+            if isinstance(item, dict):  # a message that must follow the frames before it
+                self.events.message(item)
+                continue
+            session, index, rgb = item
+            if self.jpeg_queue.qsize() > 4 * self.fps:  # far behind: these frames would be dropped anyway
+                continue
+            self.events.frame(encode_frame(session, index, rgb, self.config.jpeg_quality))
+
+    def _encode_and_queue(self, p: LivePrompt, schedule: LiveSchedule) -> None:
+        try:
+            with self._on_device():
+                p.kv = self.engine.text_kv(self.encoder.encode([p.prompt])[0])
+        except Exception as exc:  # noqa: BLE001
+            log.exception("prompt encoding failed")
+            self.events.message({"type": "error", "message": f"could not encode the prompt: {exc}"})
+            return
+        schedule.submit(p)
+        self.events.message(p.as_message(self.fps))
+
+    def _run(self, req: StartRequest) -> None:
+        self.last_request = req
+        self._set_state("loading")
+        session = next(self._sessions)
+        opening = LivePrompt(next(self._ids), req.prompt.strip(), time.perf_counter())
+        opening.kv = self.engine.text_kv(self.encoder.encode([opening.prompt])[0])
+        ctx = self._context(req)
+        latents = self._latent_frames(ctx)
+        stats = RunStats(session, req.seed, opening.prompt, self._frames_made(ctx, latents), record=req.record)
+        schedule = LiveSchedule(opening, ctx.n_latents, ctx.frame_of,
+                                on_change=lambda p: self.events.message(p.as_message(self.fps)))
+        recording = self._recording(req, session, ctx)
+        self.stats, self.schedule = stats, schedule
+        self._set_state("running")
+        self.events.message({"type": "started", "session": session, "seed": req.seed, "prompt": opening.prompt,
+                             "max_frames": stats.max_frames, "fps": self.fps})
+        chunks = self.engine.generate(schedule, latents, req.seed, ctx.latents)
+        stream(self._paced(chunks, stats, schedule), [recording, LiveStream(self, stats, schedule)],
+               stats.max_frames, write_context=ctx.clip_frames is None, frames_before=recording.frames)
+        self.state = "stopping"
+        self._finish(recording, stats, schedule, ctx, "limit" if stats.finished else "stopped")
+        self.latencies += [p.made_s for p in schedule.entries[1:] if p.made_s is not None]
+
+    def _paced(self, chunks, stats: RunStats, schedule: LiveSchedule):
+        """The engine's chunks, pulled no faster than playback (+ lead) unless a prompt waits; ends on stop."""
+        try:
+            block_busy = 0.0
+            while not self._stop.is_set():
+                t = time.perf_counter()
+                chunk = next(chunks, None)
+                busy = time.perf_counter() - t
+                stats.busy_s, block_busy = stats.busy_s + busy, block_busy + busy
+                if chunk is None:
+                    stats.finished = True
+                    return
+                if chunk.block_end and not chunk.context:
+                    stats.block_s.append(block_busy)
+                    block_busy = 0.0
+                yield chunk
+                while (stats.ahead_s(self.fps) > self.config.lead_s and not schedule.has_pending
+                       and not self._stop.is_set()):
+                    time.sleep(0.01)
+        finally:
+            chunks.close()
+
+    def _context(self, req: StartRequest) -> Context:
+        p = self.preset
+        if req.image is not None:
+            from cfcli.pipeline.media import load_image
+
+            if p.block_frames != 1:
+                raise CfError(f"starting from a picture needs a frame-wise preset; {p.name} is {p.mode}",
+                              "run cf live --mode framewise")
+            image = load_image(req.image, p.width, p.height)
+            return Context(self.engine.encode_video(image[:, None]), image=True)
+        if req.clip is not None:
+            from cfcli.pipeline.extend import context_latents, load_clip
+            from cfcli.pipeline.media import fit_frames, to_model_range
+
+            if p.sampler != "causal":
+                raise CfError(f"{p.name} cannot continue clips", "run cf live --mode framewise or chunkwise")
+            frames = fit_frames(load_clip(req.clip).frames, p.width, p.height)
+            n = context_latents(p, frames.shape[0], None)
+            context = frames[-video_frames_for(n):]
+            return Context(self.engine.encode_video(to_model_range(context).permute(1, 0, 2, 3)), frames)
+        return Context()
+
+    def _latent_frames(self, ctx: Context) -> int:
+        """New latent frames: up to `--max-seconds` (as `cf generate --seconds` counts them) or the position table."""
+        p, bf = self.preset, self.preset.block_frames
+        most = (MAX_ROPE_FRAMES - 1 - ctx.n_latents) // bf * bf
+        if self.config.max_seconds is None:
+            return most
+        if ctx.clip_frames is not None:
+            want = -(-round(self.config.max_seconds * self.fps) // 4)
+            return min(most, max(bf, -(-want // bf) * bf))
+        return min(most, plan_frames(p, round(self.config.max_seconds * self.fps) + 1, ctx.image)[1])
+
+    def _frames_made(self, ctx: Context, latents: int) -> int:
+        return 4 * latents if ctx.clip_frames is not None else video_frames_for(latents + ctx.n_latents)
+
+    def _recording(self, req: StartRequest, session: int, ctx: Context) -> Recording:
+        p, c = self.preset, self.config
+        name = f"live-{slug(req.prompt)}-{req.seed}-{session}"
+        rec = Recording(c.out_dir, name, self.fps, p.width, p.height, c.codec, c.crf)
+        if ctx.clip_frames is not None:
+            try:
+                rec.write(ctx.clip_frames)
+            except BaseException:
+                rec.abort()
+                raise
+        return rec
+
+    def _finish(self, recording: Recording, stats: RunStats, schedule: LiveSchedule, ctx: Context,
+                reason: str) -> None:
+        self.jpeg_queue.put({"type": "ended", "session": stats.session, "reason": reason, "frames": stats.frames})
+        if not stats.record or stats.frames == 0:
+            recording.abort()
+            return
+        offset = 0 if ctx.clip_frames is None else ctx.clip_frames.shape[0]
+        extra = {"live": True}
+        if len(schedule.entries) > 1:
+            extra["prompt_schedule"] = schedule.as_metadata(self.fps, offset)
+        if ctx.clip_frames is not None:
+            extra["context_frames"] = video_frames_for(ctx.n_latents)
+        meta = metadata(stats.prompt, stats.seed, self.preset, recording.frames, self.fps, **extra)
+        path = recording.finish(meta)
+        self.recordings[path.name] = path
+        self.jpeg_queue.put({"type": "recording", "session": stats.session, "name": path.name,
+                             "url": f"/recordings/{path.name}", "frames": recording.frames,
+                             "seconds": round(recording.frames / self.fps, 3)})
+
+
+def slug(text: str, n: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:n].rstrip("-") or "video"

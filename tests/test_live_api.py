@@ -1,0 +1,206 @@
+"""`cf live`: the live schedule, the documented API against the real server (uvicorn on 127.0.0.1, tiny presets on
+CPU), the token, refused messages and uploads, and the latency measurement."""
+
+import threading
+
+import httpx
+import pytest
+import torch
+
+from cfcli.live.protocol import BadMessage, parse
+from cfcli.live.schedule import LivePrompt, LiveSchedule
+from cfcli.pipeline.prompts import video_frame
+from cfcli.pipeline.video import read_video
+
+from conftest import FIXTURES, PROMPT
+from live_server import Client, live_server
+
+FRAMEWISE = FIXTURES / "tiny-framewise.yaml"
+JUMP = "the fox jumps into the river"
+
+
+# --- the live schedule ----------------------------------------------------------------------------------------------
+
+def test_a_prompt_lands_at_the_first_block_not_yet_started():
+    changes = []
+    opening = LivePrompt(0, "a", 0.0, kv=torch.zeros(1))
+    s = LiveSchedule(opening, 0, video_frame, on_change=changes.append)
+    assert s.at(0).item() == 0 and s.at(1).item() == 0
+    s.submit(LivePrompt(1, "b", 0.0, kv=torch.ones(1)))
+    s.submit(LivePrompt(2, "c", 0.0, kv=torch.full((1,), 2.0)))  # within one block: the later prompt wins
+    assert s.at(1).item() == 0  # block 1 already started: a repeated lookup keeps its prompt
+    assert s.at(2).item() == 2 and s.at(3).item() == 2
+    assert [(p.id, p.state) for p in changes] == [(1, "superseded"), (2, "landed")]
+    assert (changes[1].latent, changes[1].frame) == (2, 5)  # latent 2 makes frames 5…8
+    assert s.frames_written(5) == [] and [p.id for p in s.frames_written(6)] == [2]
+    assert s.as_metadata(16) == [[0.0, "a"], [0.3125, "c"]]
+
+
+@pytest.mark.parametrize("raw, message", [
+    ("{", "not JSON"), ('"start"', "unknown message type"), ('{"type": "launch"}', "unknown message type"),
+    ('{"type": "start"}', "'prompt' is required"), ('{"type": "start", "prompt": 3}', "wrong type"),
+    ('{"type": "start", "prompt": "a", "path": "/etc"}', "unknown field"), ('{"type": "prompt", "prompt": " "}',
+                                                                             "1-2000 characters"),
+    ('{"type": "record", "on": 1}', "wrong type"), ('{"type": "restart", "seed": -1}', "seed must be"),
+    (b"\x00", "not binary"), ("x" * 20000, "over"),
+])
+def test_bad_messages_are_refused_with_a_reason(raw, message):
+    with pytest.raises(BadMessage, match=message):
+        parse(raw)
+
+
+def test_messages_get_defaults():
+    assert parse('{"type": "start", "prompt": "a fox"}') == {"type": "start", "prompt": "a fox", "seed": None,
+                                                              "image": None, "clip": None, "record": None}
+
+
+# --- through the real server ----------------------------------------------------------------------------------------
+
+def download(url: str, path):
+    r = httpx.get(url, timeout=30)
+    assert r.status_code == 200, r.text
+    path.write_bytes(r.content)
+    return read_video(path)
+
+
+def test_a_switch_lands_on_the_stated_block_and_equals_prompt_at(cf, tmp_path):
+    with live_server(FRAMEWISE, tmp_path / "live", codec="ffv1", max_seconds=1.25) as srv, Client(srv.ws) as c:
+        assert c.kind("welcome")["fps"] == 16
+        c.send(type="claim")
+        assert c.kind("role")["role"] == "controller"
+        c.send(type="start", prompt=PROMPT, seed=5, record=True)
+        c.until(frames=1)  # frames arrive while the video is generated
+        c.send(type="prompt", prompt=JUMP)
+        assert c.kind("prompt")["state"] == "submitted"  # the controller's own reply comes first
+        landed = c.kind("prompt", state="landed")
+        shown = c.kind("prompt", state="shown")
+        assert c.kind("ended")["reason"] == "limit"
+        rec = c.kind("recording")
+        clip = download(srv.url + rec["url"], tmp_path / "live.mkv")
+    assert 1 <= landed["latent"] <= 5 and landed["frame"] == video_frame(landed["latent"])
+    assert shown["made_s"] > 0
+    assert [f["frame"] for f in c.frames] == list(range(21)) == list(range(rec["frames"]))
+    ref = tmp_path / "ref.mkv"
+    r = cf("generate", PROMPT, "--preset", FRAMEWISE, "--seed", 5, "--frames", 21, "--device", "cpu", "--dtype",
+           "float32", "--codec", "ffv1", "--out", ref, "--prompt-at", str(landed["seconds"]), JUMP)
+    assert r.exit_code == 0, r.output
+    assert torch.equal(clip.frames, read_video(ref).frames)  # bit for bit, the switch included
+    assert clip.metadata["prompt_schedule"] == [[0.0, PROMPT], [landed["seconds"], JUMP]]
+    assert clip.metadata["seed"] == 5 and clip.metadata["frames"] == 21
+
+
+def test_stop_keeps_a_playable_mp4_of_every_streamed_frame(tmp_path):
+    with live_server(FRAMEWISE, tmp_path / "live", codec="h264", max_seconds=4.0) as srv, Client(srv.ws) as c:
+        c.send(type="claim")
+        c.send(type="start", prompt=PROMPT, seed=3, record=True)
+        c.until(frames=2)
+        c.send(type="stop")
+        ended = c.kind("ended")
+        rec = c.kind("recording")
+        streamed = len(c.frames)
+        clip = download(srv.url + rec["url"], tmp_path / "live.mp4")
+        assert c.kind("status", state="idle")
+        assert httpx.get(srv.url + "/recordings/..%2Fsecret.mp4").status_code == 404
+        c.send(type="restart", seed=9)  # the same prompt, another seed
+        assert c.kind("started")["seed"] == 9
+        c.until(frames=len(c.frames) + 1)
+    assert ended["reason"] == "stopped" and 2 <= ended["frames"] < 65
+    assert rec["name"].endswith(".mp4") and clip.frames.shape[0] == rec["frames"] == ended["frames"] == streamed
+    assert clip.metadata["prompt"] == PROMPT and clip.metadata["live"] is True
+    saved = sorted(p.name for p in (tmp_path / "live").iterdir())
+    assert len(saved) == 2 and rec["name"] in saved and not any(".partial" in n for n in saved)
+    # the server shut down mid-video (as on Ctrl-C): that recording was closed and kept, and it plays
+    second = read_video(tmp_path / "live" / next(n for n in saved if n != rec["name"]))
+    assert second.metadata["seed"] == 9 and second.frames.shape[0] == second.metadata["frames"] >= 1
+
+
+def test_bad_requests_get_errors_and_the_server_survives(tmp_path):
+    with live_server(FRAMEWISE, tmp_path / "live", max_upload_bytes=4096) as srv, Client(srv.ws) as a, \
+            Client(srv.ws) as b:
+        a.send(type="claim")
+        a.kind("role")
+        b.send(type="claim")
+        assert "another client controls" in b.kind("error")["message"]
+        b.send(type="stop")
+        assert "only watches" in b.kind("error")["message"]
+        for raw in ("nonsense", '{"type": "start", "prompt": "a", "path": "/etc/passwd"}', b"\x01\x02"):
+            a.ws.send(raw)
+            assert a.kind("error")
+        a.send(type="prompt", prompt="b")
+        assert "nothing is running" in a.kind("error")["message"]
+        a.send(type="start", prompt=PROMPT, image="image-0000")
+        assert "no image upload" in a.kind("error")["message"]
+        a.send(type="restart")
+        assert "nothing to restart" in a.kind("error")["message"]
+        r = httpx.post(srv.url + "/api/uploads/image", content=b"not a picture")
+        assert r.status_code == 415 and "not a picture" in r.json()["message"]
+        assert httpx.post(srv.url + "/api/uploads/clip", content=b"\x00" * 100).status_code == 415
+        assert httpx.post(srv.url + "/api/uploads/image", content=b"\x00" * 5000).status_code == 413
+        png = (FIXTURES / "framewise_4step_i2v.png").read_bytes()
+        if len(png) <= 4096:
+            assert httpx.post(srv.url + "/api/uploads/image", content=png).json()["kind"] == "image"
+        assert httpx.get(srv.url + "/api/status").json()["state"] == "idle"
+        a.send(type="status")
+        assert a.kind("status")["state"] == "idle"
+        assert httpx.get(srv.url + "/", headers={"Host": "evil.example:80"}).status_code == 403  # DNS rebinding
+    assert threading.active_count() >= 1
+
+
+def test_the_token_is_required_off_localhost(tmp_path):
+    from websockets.exceptions import InvalidStatus
+
+    with live_server(FRAMEWISE, tmp_path / "live", token="s3cret", host="0.0.0.0") as srv:
+        assert httpx.get(srv.url + "/api/info").status_code == 401
+        assert httpx.get(srv.url + "/api/info?token=wrong").status_code == 401
+        assert httpx.get(srv.url + "/api/info?token=s3cret").json()["auth"] is True
+        assert httpx.get(srv.url + "/api/status", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        page = httpx.get(srv.url + "/?token=s3cret")
+        assert page.status_code == 200 and page.cookies["cf_token"] == "s3cret"
+        assert httpx.get(srv.url + "/static/live.js", cookies={"cf_token": "s3cret"}).status_code == 200
+        with pytest.raises(InvalidStatus):
+            Client(srv.ws)
+        with pytest.raises(InvalidStatus):
+            Client(srv.ws, origin="http://evil.example", additional_headers={"X-CF-Token": "s3cret"})
+        with Client(srv.ws + "?token=s3cret") as c:
+            assert c.kind("welcome")["auth"] is True
+
+
+def test_cf_live_makes_a_token_for_a_public_host(cf, monkeypatch):
+    served = {}
+    monkeypatch.setattr("cfcli.live.server.serve", lambda app, host, port: served.update(host=host, port=port))
+    r = cf("live", "--preset", FRAMEWISE, "--device", "cpu", "--host", "0.0.0.0", "--port", 7999)
+    assert r.exit_code == 0, r.output
+    assert "?token=" in r.output and "umT5 stays loaded on cpu" in r.output
+    assert served == {"host": "0.0.0.0", "port": 7999}
+
+
+def test_latency_measurement_runs_on_cpu(tmp_path):
+    from cfcli.cli.live import load
+    from cfcli.live.measure import measure
+    from cfcli.live.session import LiveConfig
+
+    engine, encoder = load(str(FRAMEWISE), "cpu", "float32", None, False, (True, True, None, "wan"))
+    out = measure(engine, encoder, LiveConfig(tmp_path), switches=1, seed=1, blocks=2)
+    assert out["switches"] == 1 and out["latency_s"]["p50"] == out["latency_s"]["max"] > 0
+    assert out["block_s"] > 0 and out["decode_s"] > 0 and out["frames_per_s"] > 0 and out["text_device"] == "cpu"
+
+
+def test_start_from_a_picture_or_a_clip_equals_generate_and_extend(cf, tmp_path):
+    picture, clip = FIXTURES / "framewise_4step_i2v.png", FIXTURES / "framewise_4step_extend.mkv"
+    got = {}
+    with live_server(FRAMEWISE, tmp_path / "live", codec="ffv1", max_seconds=0.5) as srv, Client(srv.ws) as c:
+        c.send(type="claim")
+        for kind, path in (("image", picture), ("clip", clip)):
+            upload = httpx.post(f"{srv.url}/api/uploads/{kind}", content=path.read_bytes()).json()
+            c.send(type="start", prompt=PROMPT, seed=4, record=True, **{kind: upload["id"]})
+            rec = c.kind("recording")
+            got[kind] = download(srv.url + rec["url"], tmp_path / f"{kind}.mkv")
+            c.kind("status", state="idle")
+    common = ["--preset", FRAMEWISE, "--seed", 4, "--device", "cpu", "--dtype", "float32", "--codec", "ffv1"]
+    r = cf("generate", PROMPT, "--image", picture, "--frames", 9, "--out", tmp_path / "g.mkv", *common)
+    assert r.exit_code == 0, r.output
+    r = cf("extend", clip, "--prompt", PROMPT, "--frames", 8, "--out", tmp_path / "e.mkv", *common)
+    assert r.exit_code == 0, r.output
+    assert torch.equal(got["image"].frames, read_video(tmp_path / "g.mkv").frames)  # 9 frames, the picture first
+    assert torch.equal(got["clip"].frames, read_video(tmp_path / "e.mkv").frames)  # the clip's 81, then 8 new
+    assert got["clip"].metadata["context_frames"] == 17
