@@ -34,6 +34,8 @@ def test_a_prompt_lands_at_the_first_block_not_yet_started():
     assert (changes[1].latent, changes[1].frame) == (2, 5)  # latent 2 makes frames 5…8
     assert s.frames_written(5) == [] and [p.id for p in s.frames_written(6)] == [2]
     assert s.as_metadata(16) == [[0.0, "a"], [0.3125, "c"]]
+    s.submit(LivePrompt(3, "d", 0.0, kv=torch.ones(1)))
+    assert s.drop_pending().state == "dropped" and s.at(4).item() == 2 and s.drop_pending() is None
 
 
 @pytest.mark.parametrize("raw, message", [
