@@ -66,7 +66,8 @@ def download(url: str, path):
 
 
 def test_a_switch_lands_on_the_stated_block_and_equals_prompt_at(cf, tmp_path):
-    with live_server(FRAMEWISE, tmp_path / "live", codec="ffv1", max_seconds=1.25) as srv, Client(srv.ws) as c:
+    with live_server(FRAMEWISE, tmp_path / "live", codec="ffv1", max_seconds=1.25) as srv, Client(srv.ws) as c, \
+            Client(srv.ws) as viewer:
         assert c.kind("welcome")["fps"] == 16
         c.send(type="claim")
         assert c.kind("role")["role"] == "controller"
@@ -79,6 +80,10 @@ def test_a_switch_lands_on_the_stated_block_and_equals_prompt_at(cf, tmp_path):
         assert c.kind("ended")["reason"] == "limit"
         rec = c.kind("recording")
         clip = download(srv.url + rec["url"], tmp_path / "live.mkv")
+        viewer.until(frames=21)  # a second socket watches the same frames
+        assert viewer.kind("recording")["name"] == rec["name"]
+    assert [f["frame"] for f in viewer.frames] == list(range(21))
+    assert any(m["type"] == "prompt" and m["state"] == "landed" for m in viewer.messages)
     assert 1 <= landed["latent"] <= 5 and landed["frame"] == video_frame(landed["latent"])
     assert shown["made_s"] > 0
     assert [f["frame"] for f in c.frames] == list(range(21)) == list(range(rec["frames"]))
