@@ -34,6 +34,8 @@ def test_a_prompt_lands_at_the_first_block_not_yet_started():
     assert (changes[1].latent, changes[1].frame) == (2, 5)  # latent 2 makes frames 5…8
     assert s.frames_written(5) == [] and [p.id for p in s.frames_written(6)] == [2]
     assert s.as_metadata(16) == [[0.0, "a"], [0.3125, "c"]]
+    s.submit(LivePrompt(3, "d", 0.0, kv=torch.ones(1)))
+    assert s.drop_pending().state == "dropped" and s.at(4).item() == 2 and s.drop_pending() is None
 
 
 @pytest.mark.parametrize("raw, message", [
@@ -64,7 +66,8 @@ def download(url: str, path):
 
 
 def test_a_switch_lands_on_the_stated_block_and_equals_prompt_at(cf, tmp_path):
-    with live_server(FRAMEWISE, tmp_path / "live", codec="ffv1", max_seconds=1.25) as srv, Client(srv.ws) as c:
+    with live_server(FRAMEWISE, tmp_path / "live", codec="ffv1", max_seconds=1.25) as srv, Client(srv.ws) as c, \
+            Client(srv.ws) as viewer:
         assert c.kind("welcome")["fps"] == 16
         c.send(type="claim")
         assert c.kind("role")["role"] == "controller"
@@ -77,6 +80,10 @@ def test_a_switch_lands_on_the_stated_block_and_equals_prompt_at(cf, tmp_path):
         assert c.kind("ended")["reason"] == "limit"
         rec = c.kind("recording")
         clip = download(srv.url + rec["url"], tmp_path / "live.mkv")
+        viewer.until(frames=21)  # a second socket watches the same frames
+        assert viewer.kind("recording")["name"] == rec["name"]
+    assert [f["frame"] for f in viewer.frames] == list(range(21))
+    assert any(m["type"] == "prompt" and m["state"] == "landed" for m in viewer.messages)
     assert 1 <= landed["latent"] <= 5 and landed["frame"] == video_frame(landed["latent"])
     assert shown["made_s"] > 0
     assert [f["frame"] for f in c.frames] == list(range(21)) == list(range(rec["frames"]))

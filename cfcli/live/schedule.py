@@ -23,7 +23,8 @@ class LivePrompt:
     id: int
     prompt: str
     submitted: float  # time.perf_counter() when the client's message arrived
-    state: str = "submitted"  # submitted → queued (encoded) → landed → shown (first frame made), or superseded
+    state: str = "submitted"  # submitted → queued (encoded) → landed → shown (first frame made); or superseded,
+    # dropped (the video ended first)
     latent: int | None = None  # first latent frame generated under it
     frame: int | None = None
     made_s: float | None = None  # submitted → first frame made under it
@@ -86,6 +87,14 @@ class LiveSchedule:
         """`[[seconds, prompt], ...]` as `cf generate` stores its schedule (`frame_offset`: frames before the stream)."""
         with self._lock:
             return [[round((p.frame + frame_offset) / fps, 4), p.prompt] for p in self.entries]
+
+    def drop_pending(self) -> LivePrompt | None:
+        """The video ended with a prompt still waiting: it never lands (`dropped`)."""
+        with self._lock:
+            p, self._pending = self._pending, None
+        if p is not None:
+            p.state = "dropped"
+        return p
 
     @property
     def has_pending(self) -> bool:

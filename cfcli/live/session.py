@@ -387,6 +387,8 @@ class LiveSession:
 
     def _finish(self, recording: Recording, stats: RunStats, schedule: LiveSchedule, ctx: Context,
                 reason: str) -> None:
+        if (dropped := schedule.drop_pending()) is not None:
+            self.jpeg_queue.put(dropped.as_message(self.fps))
         self.jpeg_queue.put({"type": "ended", "session": stats.session, "reason": reason, "frames": stats.frames})
         if not stats.record or stats.frames == 0:
             recording.abort()
