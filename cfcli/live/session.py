@@ -331,11 +331,16 @@ class LiveSession:
                     stats.block_s.append(block_busy)
                     block_busy = 0.0
                 yield chunk
-                while (stats.ahead_s(self.fps) > self.config.lead_s and not schedule.has_pending
-                       and not self._stop.is_set()):
+                if self._should_wait(stats, schedule):
+                    yield None  # `stream` writes the chunk it holds: a new prompt's first frames go out now
+                while self._should_wait(stats, schedule):
                     time.sleep(0.01)
         finally:
             chunks.close()
+
+    def _should_wait(self, stats: RunStats, schedule: LiveSchedule) -> bool:
+        return (stats.ahead_s(self.fps) > self.config.lead_s and not schedule.has_pending
+                and not self._stop.is_set())
 
     def _context(self, req: StartRequest) -> Context:
         p = self.preset

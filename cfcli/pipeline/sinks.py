@@ -47,7 +47,9 @@ def stream(chunks: Iterable, sinks: Sequence[Sink], total: int,
 
     Context chunks (given latents) are written only with `write_context`: an I2V picture is the video's first frame,
     the context of an extended clip is already in the file. `frames_before` counts frames the sinks already hold.
-    Ctrl-C closes the sinks so the frames so far are kept; any other error aborts them and re-raises.
+    Each chunk is written one chunk late, so the GPU already has the next block queued while the host waits on this
+    one's pixels; a source that is about to wait (live playback pacing) yields None to have the held chunk written
+    now. Ctrl-C closes the sinks so the frames so far are kept; any other error aborts them and re-raises.
     """
     latents, start, first, interrupted, writing = [], time.perf_counter(), None, False, False
     done_frames = frames_before
@@ -67,6 +69,11 @@ def stream(chunks: Iterable, sinks: Sequence[Sink], total: int,
     pending = None  # written one block late: the GPU already has the next block queued while we wait on this one
     try:
         for chunk in chunks:
+            if chunk is None:  # the source is about to wait (live pacing): nothing to overlap, write what we hold
+                if pending is not None:
+                    write(pending)
+                pending = None
+                continue
             if keep_latents:  # otherwise a long video need not keep its latents on the GPU
                 latents.append(chunk.latents)
             done, pending = pending, (chunk if write_context or not chunk.context else None)
