@@ -71,8 +71,8 @@ def get(name: str) -> Codec:
     codecs = available()
     if name not in codecs:
         known = [c.name for c in TABLE]
-        why = "is not in this PyAV build's ffmpeg" if name in known else "is not a codec cfcli writes"
-        raise CfError(f"codec {name!r} {why}", f"use one of: {', '.join(codecs)}")
+        what = f"codec {name!r} is not in this PyAV build's ffmpeg" if name in known else f"unknown codec {name!r}"
+        raise CfError(what, f"use one of: {', '.join(codecs)}")
     return codecs[name]
 
 
