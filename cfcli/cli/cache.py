@@ -16,8 +16,7 @@ from cfcli.errors import CfError
 from cfcli.hub import converted_dir, converted_path, disk_size, human
 from cfcli.paths import cf_home
 
-cache_app = typer.Typer(help="List and clear cfcli's cache: converted checkpoints and prompt embeddings.",
-                        invoke_without_command=True)
+cache_app = typer.Typer(invoke_without_command=True)
 
 
 @dataclass
@@ -39,7 +38,7 @@ def register(app: typer.Typer) -> None:
 @cache_app.callback()
 @friendly
 def _cache(ctx: typer.Context, json_out: JsonOpt = False) -> None:
-    """List cfcli's cache (`cf cache`), or clear part of it (`cf cache clear`).
+    """List cfcli's cache (converted checkpoints, prompt embeddings), or clear part of it.
 
     Examples:
 

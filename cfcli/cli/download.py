@@ -44,7 +44,15 @@ def register(app: typer.Typer) -> None:
                                     help="Also fetch the TAEHV tiny decoder (`--decoder taehv`; alone: only it)."),
         quiet: QuietOpt = False,
     ) -> None:
-        """Download the weights a preset needs (only those files), verified, then convert the generator once."""
+        """Download the weights a preset needs (only those files), verified, then convert the generator once.
+
+        Examples:
+
+        \b
+          cf download
+          cf download --mode chunkwise --dry-run
+          cf download --all --decoder taehv
+        """
         if list_:
             show_models(as_json=False)
             return

@@ -100,7 +100,7 @@ def register(app: typer.Typer) -> None:
           cf generate "a fox running through a snowy forest" --seconds 5
           cf generate "a red kite over the sea" --mode chunkwise --count 4 --open
           cf generate "waves at dusk" --image beach.jpg --codec h265 --poster
-          cf generate "a fox" --seconds 20 --prompt-at 10s "the fox jumps into a river"
+          cf generate "a fox" --seconds 20 --prompt-at 10s "the fox jumps in a river"
           cf generate "city at night" -o night.gif --frames 33
         """
         from cfcli.pipeline import generate as job
