@@ -141,7 +141,7 @@ def test_extend_counts_and_rates_only_generated_frames(cf, tmp_path):
     ("tiny-chunkwise.yaml", "0.1", "later than asked: a switch starts at the next block (3 latent frames, frame 9)"),
 ])
 def test_prompt_switch_says_why_it_moved(cf, tmp_path, preset, at, why):
-    r = cf("generate", PROMPT, "--preset", FIXTURES / preset, "--device", "cpu", "--frames", 33, "--seed", 1,
+    r = cf("generate", PROMPT, "--preset", FIXTURES / preset, "--device", "cpu", "--frames", 17, "--seed", 1,
            "--prompt-at", at, "the fox sleeps", "--out", tmp_path / "s.mp4")
     assert r.exit_code == 0, r.output
     assert why in flat(r.stderr)

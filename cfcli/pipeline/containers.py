@@ -51,6 +51,14 @@ TABLE = (
 )
 
 
+# Decoders PyAV may pick, by the format they decode (ffprobe's codec_name).
+FORMAT_OF_DECODER = {"libdav1d": "av1", "libaom-av1": "av1", "libvpx-vp9": "vp9", "libvpx": "vp8"}
+
+
+def format_name(decoder: str) -> str:
+    return FORMAT_OF_DECODER.get(decoder, decoder)
+
+
 def available() -> dict[str, Codec]:
     """The codecs this PyAV build can encode, by name."""
     import av
