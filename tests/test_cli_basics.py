@@ -55,9 +55,12 @@ def test_dash_h_and_examples_on_every_command(cf, args):
         assert lines and all(ln.startswith(f"cf {args[0]}") for ln in lines), lines
 
 
-def test_completion_is_offered(cf):
+def test_completion_is_offered_and_commands_listed_whole(cf):
     out = cf("--help").output
     assert "--install-completion" in out and "--show-completion" in out
+    listed = help_text([], 80).split("Commands:")[1].strip().splitlines()
+    assert [ln.split()[0] for ln in listed] == ["generate", "extend", "info", "bench", "download", "models", "cache"]
+    assert not any(ln.endswith("...") for ln in listed)
 
 
 def option_records(args: list[str]) -> list[str]:

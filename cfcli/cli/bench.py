@@ -10,7 +10,7 @@ from cfcli.errors import CfError
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("bench")
+    @app.command("bench", short_help="Measure generation speed on this machine.")
     @friendly
     def bench(
         preset: PresetOpt = None,

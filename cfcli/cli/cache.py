@@ -32,7 +32,7 @@ class Entry:
 
 
 def register(app: typer.Typer) -> None:
-    app.add_typer(cache_app, name="cache")
+    app.add_typer(cache_app, name="cache", short_help="List or clear cfcli's cache.")
 
 
 @cache_app.callback()

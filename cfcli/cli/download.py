@@ -30,7 +30,7 @@ stdout = Console(highlight=False)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("download")
+    @app.command("download", short_help="Download (and convert) a preset's weights.")
     @friendly
     def download(
         mode: ModeOpt = None,
@@ -74,7 +74,7 @@ def register(app: typer.Typer) -> None:
             console.print("[yellow]stopped:[/] finished files are kept; run the same command to continue")
             raise typer.Exit(130) from None
 
-    @app.command("models")
+    @app.command("models", short_help="List the shipped presets and what is downloaded.")
     @friendly
     def models(json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout.")) -> None:
         """List the shipped presets: whether each is ready to run offline, and its size on disk."""

@@ -14,7 +14,7 @@ from cfcli.errors import CfError
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("extend")
+    @app.command("extend", short_help="Continue a video clip past its last frame.")
     @friendly
     def extend(
         clip: Path = typer.Argument(..., help="The video to continue."),

@@ -52,7 +52,7 @@ def join_prompt_at(args: list[str]) -> list[str]:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("generate", cls=_GenerateCommand)
+    @app.command("generate", cls=_GenerateCommand, short_help="Make a video from a prompt (and a picture).")
     @friendly
     def generate(
         prompt: str = typer.Argument(None, help="What the video shows."),

@@ -42,7 +42,7 @@ class ProgressView:
                                  TextColumn("{task.fields[speed]}"), TimeRemainingColumn(),
                                  TextColumn("{task.fields[mem]}"), console=console, transient=True)
             self._bar.__enter__()
-            self._task = self._bar.add_task("gen", total=goal, speed="", mem="")
+            self._task = self._bar.add_task("gen", total=goal, completed=made, speed=speed, mem="")
         self._bar.update(self._task, completed=made, total=goal, speed=speed, mem=self._mem())
 
     def _mem(self) -> str:
