@@ -219,3 +219,10 @@ def test_bench_on_the_cpu_has_no_h100_floor_and_names_the_cpu(cf):
     assert cpu_name() in r.stderr
     if Path("/proc/cpuinfo").is_file():
         assert cpu_name() != "x86_64"
+
+
+def test_cpu_notice_quotes_the_last_cpu_bench(cf, tmp_path):
+    r = cf("bench", "--preset", TINY, "--device", "cpu", "--repeat", 1, "--frames", 5, "--json")
+    fps = json.loads(r.stdout)["fps_end_to_end"]
+    r = gen(cf, PROMPT, "--frames", 5, "--out", tmp_path / "a.mp4")
+    assert r.exit_code == 0 and f"`cf bench` measured {fps:.2g} frames/s here (tiny-framewise, 80×48)" in r.stderr

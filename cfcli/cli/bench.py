@@ -6,6 +6,7 @@ import typer
 
 from cfcli.cli.common import (CompileOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt, ModeOpt, PresetOpt,
                               QuantizeOpt, StepsOpt, console, friendly, is_tty, pick_device, pick_dtype, preset_name)
+from cfcli.cli.progress import record_bench
 from cfcli.errors import CfError
 
 
@@ -71,6 +72,7 @@ def register(app: typer.Typer) -> None:
                 result = job.run(req, lambda m: spinner.update(f"benchmarking: {m}"))
         else:
             result = job.run(req)
+        record_bench(result.to_json())
         if json_out:
             typer.echo(json.dumps(result.to_json()))
         else:

@@ -66,9 +66,40 @@ def status_line(quiet: bool):
 
 
 def cpu_notice(device, asked: str | None, quiet: bool) -> None:
-    """Say so when generation runs on the CPU: it works, at a small fraction of a GPU's speed."""
+    """Say so when generation runs on the CPU: it works, at a small fraction of a GPU's speed (the last
+    `cf bench --device cpu` on this machine says how small)."""
     if quiet or device.type != "cpu":
         return
     why = "no CUDA GPU found" if asked is None else f"--device {asked}"
-    console.print(f"[yellow]note:[/] running on the CPU ({why}): far slower than a GPU; "
-                  "`cf bench --device cpu` measures this machine")
+    last = recorded_bench("cpu")
+    speed = (f"`cf bench` measured {last['fps_end_to_end']:.2g} frames/s here ({last['preset']}, "
+             f"{last['width']}×{last['height']})" if last else "`cf bench --device cpu` measures this machine")
+    console.print(f"[yellow]note:[/] running on the CPU ({why}): far slower than a GPU; {speed}")
+
+
+def bench_record(device_type: str):
+    from cfcli.paths import cf_home
+
+    return cf_home() / "bench" / f"last-{device_type}.json"
+
+
+def record_bench(result: dict) -> None:
+    """Keep the last `cf bench` result per device type, for the CPU notice."""
+    import json
+    import os
+
+    path = bench_record(result["device"].split(":")[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, path)
+
+
+def recorded_bench(device_type: str) -> dict | None:
+    import json
+
+    try:
+        data = json.loads(bench_record(device_type).read_text())
+        return data if isinstance(data.get("fps_end_to_end"), float) else None
+    except (OSError, ValueError, AttributeError):
+        return None
