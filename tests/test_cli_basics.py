@@ -152,14 +152,14 @@ def test_prompt_switch_says_why_it_moved(cf, tmp_path, preset, at, why):
 
 def test_count_makes_distinct_videos_with_printed_seeds(cf, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    r = gen(cf, PROMPT, "--frames", 5, "--seed", 10, "--count", 3)
+    r = gen(cf, PROMPT, "--frames", 1, "--seed", 10, "--count", 3)
     assert r.exit_code == 0, r.output
     paths = [Path("outputs") / f"a-fox-running-through-a-snowy-forest-at-dawn-{s}.mp4" for s in (10, 11, 12)]
     clips = [read_video(p) for p in paths]
     assert [c.metadata["seed"] for c in clips] == [10, 11, 12]
     assert all(f"seed {s}" in r.stderr for s in (10, 11, 12))
     assert not torch.equal(clips[0].frames, clips[1].frames) and not torch.equal(clips[1].frames, clips[2].frames)
-    r = gen(cf, PROMPT, "--frames", 5, "--count", 2, "--out", "pair.mp4", "--json", "--quiet")
+    r = gen(cf, PROMPT, "--frames", 1, "--count", 2, "--out", "pair.mp4", "--json", "--quiet")
     seeds = [json.loads(line)["seed"] for line in r.stdout.splitlines()]
     assert len(set(seeds)) == 2 and Path("pair-000.mp4").is_file() and Path("pair-001.mp4").is_file()
     assert gen(cf, PROMPT, "--count", 0).exit_code == 1
@@ -187,12 +187,12 @@ def test_poster_is_the_first_frame_and_never_overwritten(cf, tmp_path):
     frames = read_video(out).frames.float()
     assert poster.shape == frames[0].shape
     assert (poster - frames).abs().mean(dim=(1, 2, 3)).argmin() == 0  # JPEG: near, closest to the first frame
-    r = gen(cf, PROMPT, "--frames", 5, "--codec", "ffv1", "--out", tmp_path / "q.mkv", "--poster")
+    r = gen(cf, PROMPT, "--frames", 1, "--codec", "ffv1", "--out", tmp_path / "q.mkv", "--poster")
     assert r.exit_code == 0 and (tmp_path / "q.jpg").is_file()
     (tmp_path / "r.jpg").write_bytes(b"mine")
     r = gen(cf, PROMPT, "--frames", 5, "--out", tmp_path / "r.mp4", "--poster")
     assert r.exit_code == 1 and "r.jpg already exists" in r.output and not (tmp_path / "r.mp4").exists()
-    assert not (tmp_path / "a.jpg").exists() and gen(cf, PROMPT, "--frames", 5, "--out", tmp_path / "a.mp4").exit_code == 0
+    assert gen(cf, PROMPT, "--frames", 1, "--out", tmp_path / "a.mp4").exit_code == 0
     assert not (tmp_path / "a.jpg").exists()  # opt-in
 
 
@@ -203,17 +203,17 @@ def test_open_plays_the_result_with_the_desktop_opener(cf, tmp_path, monkeypatch
     monkeypatch.setattr(files.sys, "platform", "linux")
     monkeypatch.setattr(files.subprocess, "Popen", lambda argv, **kw: calls.append(argv))
     out = tmp_path / "o.mp4"
-    assert gen(cf, PROMPT, "--frames", 5, "--out", out, "--open").exit_code == 0
+    assert gen(cf, PROMPT, "--frames", 1, "--out", out, "--open").exit_code == 0
     assert calls == [["xdg-open", str(out)]]
     monkeypatch.setattr(files.sys, "platform", "darwin")
-    assert gen(cf, PROMPT, "--frames", 5, "--count", 2, "--out", out, "--open").exit_code == 0
+    assert gen(cf, PROMPT, "--frames", 1, "--count", 2, "--out", out, "--open").exit_code == 0
     assert calls[1] == ["open", str(tmp_path)]  # several videos: their folder
 
 
 def test_bench_on_the_cpu_has_no_h100_floor_and_names_the_cpu(cf):
     from cfcli.pipeline.bench import cpu_name
 
-    r = cf("bench", "--preset", TINY, "--device", "cpu", "--repeat", 1, "--frames", 5)
+    r = cf("bench", "--preset", TINY, "--device", "cpu", "--repeat", 1, "--frames", 1)
     assert r.exit_code == 0, r.output
     assert "n/a" in r.stderr and not re.search(r"\b\d+%", r.stderr) and "700" not in r.stderr
     assert cpu_name() in r.stderr
@@ -222,7 +222,7 @@ def test_bench_on_the_cpu_has_no_h100_floor_and_names_the_cpu(cf):
 
 
 def test_cpu_notice_quotes_the_last_cpu_bench(cf, tmp_path):
-    r = cf("bench", "--preset", TINY, "--device", "cpu", "--repeat", 1, "--frames", 5, "--json")
+    r = cf("bench", "--preset", TINY, "--device", "cpu", "--repeat", 1, "--frames", 1, "--json")
     fps = json.loads(r.stdout)["fps_end_to_end"]
-    r = gen(cf, PROMPT, "--frames", 5, "--out", tmp_path / "a.mp4")
+    r = gen(cf, PROMPT, "--frames", 1, "--out", tmp_path / "a.mp4")
     assert r.exit_code == 0 and f"`cf bench` measured {fps:.2g} frames/s here (tiny-framewise, 80×48)" in r.stderr

@@ -21,9 +21,9 @@ def write_config(text: str) -> Path:
 
 
 def made(cf, tmp_path, *args) -> dict:
-    """Generate a 5-frame clip with the given flags (none for what the test leaves to defaults); its metadata."""
+    """Generate a 1-frame clip with the given flags (none for what the test leaves to defaults); its metadata."""
     out = tmp_path / "clip.mkv"
-    r = cf("generate", PROMPT, "--frames", 5, "--seed", 1, "--out", out, "--overwrite", "-q", *args)
+    r = cf("generate", PROMPT, "--frames", 1, "--seed", 1, "--out", out, "--overwrite", "-q", *args)
     assert r.exit_code == 0, r.output
     return read_video(out).metadata
 
@@ -54,9 +54,9 @@ def test_crf_from_env_and_file(cf, tmp_path, monkeypatch):
         if env:
             monkeypatch.setenv("CF_CRF", env)
         out = tmp_path / f"{want}.mp4"
-        assert cf("generate", PROMPT, "--frames", 5, "-q", *args, out).exit_code == 0
+        assert cf("generate", PROMPT, "--frames", 1, "-q", *args, out).exit_code == 0
         assert read_video(out).metadata["crf"] == want
-    assert cf("generate", PROMPT, "--frames", 5, "-q", "--crf", 12, *args, tmp_path / "f.mp4").exit_code == 0
+    assert cf("generate", PROMPT, "--frames", 1, "-q", "--crf", 12, *args, tmp_path / "f.mp4").exit_code == 0
     assert read_video(tmp_path / "f.mp4").metadata["crf"] == 12
 
 
@@ -73,7 +73,8 @@ def test_output_dir_from_config(cf, tmp_path, monkeypatch):
     write_config(f"output_dir: {tmp_path / 'videos'}\ncodec: ffv1\n")
     r = cf("generate", PROMPT, "--preset", FRAMEWISE, "--device", "cpu", "--frames", 5, "--seed", 4, "--json", "-q")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["path"] == str(tmp_path / "videos" / "a-fox-running-through-a-snowy-forest-at-dawn-4.mkv")
+    want = tmp_path / "videos" / "a-fox-running-through-a-snowy-forest-at-dawn-4.mkv"
+    assert json.loads(r.stdout)["path"] == str(want)
     monkeypatch.setenv("CF_OUTPUT_DIR", str(tmp_path / "env"))
     r = cf("generate", PROMPT, "--preset", FRAMEWISE, "--device", "cpu", "--frames", 5, "--seed", 4, "--json", "-q")
     assert json.loads(r.stdout)["path"].startswith(str(tmp_path / "env"))

@@ -5,8 +5,8 @@ from pathlib import Path
 import typer
 
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, ExtendModeOpt,
-                              GraphsOpt, JsonOpt, OverwriteOpt, PresetOpt, QuantizeOpt, QuietOpt, SeedOpt, StepsOpt, check_out,
-                              console, friendly, new_seed, pick_device, pick_dtype, preset_name)
+                              GraphsOpt, JsonOpt, OverwriteOpt, PresetOpt, QuantizeOpt, QuietOpt, SeedOpt, StepsOpt,
+                              check_out, console, friendly, new_seed, pick_device, pick_dtype, preset_name)
 from cfcli.cli.generate import report
 from cfcli.cli.files import open_file, output_codec, poster_path, write_poster
 from cfcli.cli.progress import ProgressView, cpu_notice, status_line
@@ -77,7 +77,8 @@ def register(app: typer.Typer) -> None:
             check_out(poster_path(path), overwrite)
         cpu_notice(dev, device, quiet)
         if not quiet:
-            console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {clip} + {new or f'{seconds}s'} frames → {path}")
+            console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {clip} + {new or f'{seconds}s'} frames → "
+                          f"{path}")
         req = job.ExtendRequest(clip, prompt, p, s, new, path, dev, dt, context_frames, only_new, fmt.name, crf, fps,
                                 save_latents, seconds, options)
         note = (lambda m: None) if quiet else (lambda m: console.print(f"[yellow]note:[/] {m}"))

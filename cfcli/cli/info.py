@@ -54,7 +54,8 @@ def probe(path: Path) -> dict:
             s = container.streams.video[0]
             cc = s.codec_context
             frames = s.frames or sum(1 for _ in container.decode(s))
-            stream = {"codec": format_name(cc.name), "tag": s.codec_tag.strip("\x00") or None, "width": cc.width, "height": cc.height,
+            stream = {"codec": format_name(cc.name), "tag": s.codec_tag.strip("\x00") or None, "width": cc.width,
+                      "height": cc.height,
                       "pix_fmt": cc.pix_fmt, "fps": float(s.average_rate or s.guessed_rate or 0), "frames": frames,
                       "color_range": int(cc.color_range), "color_primaries": int(cc.color_primaries),
                       "color_trc": int(cc.color_trc), "colorspace": int(cc.colorspace)}

@@ -13,6 +13,7 @@ import torch
 
 from cfcli import __version__
 from cfcli.errors import CfError
+from cfcli.pipeline import containers
 from cfcli.pipeline.engine import Chunk, Engine, EngineOptions, video_frames_for
 from cfcli.pipeline.media import load_image
 from cfcli.pipeline.prompts import PromptSchedule, TextSchedule
@@ -86,16 +87,14 @@ def metadata(prompt: str, seed: int, p: Preset, frames: int, fps: float, schedul
 
 def made_with(req) -> dict:
     """Metadata beyond the prompt and preset: what else decides the pixels and the file (for `cf info`)."""
-    from cfcli.pipeline.containers import get
-
     facts = {"width": req.preset.width, "height": req.preset.height, "device": req.device.type,
              "dtype": str(req.dtype).removeprefix("torch."), "codec": req.codec, "decoder": req.options.decoder}
-    if get(req.codec).tagged_bt709:  # the codecs CRF applies to
+    if containers.get(req.codec).tagged_bt709:  # the codecs CRF applies to
         facts["crf"] = req.crf
     if req.options.quantize:
         facts["quantize"] = req.options.quantize
-    if req.preset.source is not None and req.preset.source.parent != presets_dir():
-        facts["preset_file"] = str(req.preset.source.resolve())  # not a shipped preset: its name alone cannot remake the clip
+    if req.preset.source is not None and req.preset.source.parent != presets_dir():  # its name cannot remake it
+        facts["preset_file"] = str(req.preset.source.resolve())
     if getattr(req, "image", None) is not None:
         facts["image"] = Path(req.image).name
     return facts
