@@ -24,6 +24,9 @@ def golden() -> dict:
 def isolated_home(tmp_path, monkeypatch):
     """Every test gets its own cfcli cache and an empty Hugging Face cache: nothing leaks between tests."""
     monkeypatch.setenv("CF_HOME", str(tmp_path / "cf-home"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # no user config file, no CF_* defaults
+    for name in ("CF_CONFIG", "CF_DEVICE", "CF_DTYPE", "CF_CODEC", "CF_CRF", "CF_PRESET", "CF_OUTPUT_DIR"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     import huggingface_hub.constants as hc
 

@@ -178,7 +178,7 @@ def _no_output(tmp_path):
     ([PROMPT, "--frames", -4], "--frames must be positive"),
     ([PROMPT, "--image", "missing.png"], "image not found"),
     ([PROMPT, "--dtype", "float8"], "unknown dtype"),
-    ([PROMPT, "--codec", "gif"], "unknown codec"),
+    ([PROMPT, "--codec", "mpeg2"], "unknown codec"),
 ])
 def test_bad_input_is_one_clear_message(cf, tmp_path, args, message):
     r = gen(cf, *args, "--out", tmp_path / "x.mp4")

@@ -2,20 +2,43 @@
 
 import typer
 
-from cfcli.cli import bench, download, extend, generate, live
+from cfcli import __version__
+from cfcli.cli import bench, cache, download, extend, generate, info, live
+from cfcli.cli.common import friendly
 
+# Plain (click) help: readable at 80 columns, nothing cut; `-h` as well as `--help` on every command.
 app = typer.Typer(name="cf", help="Causal Forcing real-time video generation on your own GPU.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+                  context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 generate.register(app)
 extend.register(app)
+live.register(app)
+info.register(app)
 bench.register(app)
 download.register(app)
-live.register(app)
+cache.register(app)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"cf (cfcli) {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
-def _root() -> None:
-    """Causal Forcing real-time video generation on your own GPU."""
+@friendly
+def _root(ctx: typer.Context,
+          version: bool = typer.Option(False, "--version", "-V", callback=_show_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Causal Forcing real-time video generation on your own GPU.
+
+    Defaults for --device, --dtype, --codec, --crf, the preset and the output folder come from CF_DEVICE,
+    CF_DTYPE, CF_CODEC, CF_CRF, CF_PRESET, CF_OUTPUT_DIR, else the config file
+    ($XDG_CONFIG_HOME/cfcli/config.yaml, or $CF_CONFIG); a flag always wins.
+    """
+    from cfcli.config import default_map, read_config
+
+    ctx.default_map = default_map(read_config())
 
 
 def main() -> None:

@@ -6,11 +6,12 @@ import typer
 
 from cfcli.cli.common import (CompileOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt, ModeOpt, PresetOpt,
                               QuantizeOpt, StepsOpt, console, friendly, is_tty, pick_device, pick_dtype, preset_name)
+from cfcli.cli.progress import record_bench
 from cfcli.errors import CfError
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("bench")
+    @app.command("bench", short_help="Measure generation speed on this machine.")
     @friendly
     def bench(
         preset: PresetOpt = None,
@@ -30,11 +31,19 @@ def register(app: typer.Typer) -> None:
         quantize: QuantizeOpt = None,
         decoder: DecoderOpt = "wan",
         peak_tflops: float = typer.Option(None, "--peak-tflops",
-                                          help="Matmul rate for the FLOP floors (default: 700, an assumed H100 "
-                                               "bf16 rate)."),
+                                          help="Matmul rate for the FLOP floors (default on a GPU: 700, an "
+                                               "assumed H100 bf16 rate; on the CPU no floors unless given)."),
         json_out: JsonOpt = False,
     ) -> None:
-        """Time warm generations: end-to-end and DiT-only FPS, first frame, block latency, memory, floors."""
+        """Time warm generations: end-to-end and DiT-only FPS, first frame, block latency, memory, floors.
+
+        Examples:
+
+        \b
+          cf bench
+          cf bench --mode chunkwise --decoder taehv --json
+          cf bench --device cpu --preset framewise --height 240 --width 416 --frames 9
+        """
         from cfcli.pipeline import bench as job
         from cfcli.pipeline.engine import EngineOptions, latent_frames_for
         from cfcli.pipeline.generate import plan_frames
@@ -63,14 +72,18 @@ def register(app: typer.Typer) -> None:
                 result = job.run(req, lambda m: spinner.update(f"benchmarking: {m}"))
         else:
             result = job.run(req)
+        record_bench(result.to_json())
         if json_out:
             typer.echo(json.dumps(result.to_json()))
         else:
-            render(result, peak_tflops is None)
+            render(result, peak_tflops is None, floors=dev.type == "cuda" or peak_tflops is not None)
 
 
-def render(r, assumed_rate: bool) -> None:
-    """The table for people: each measured number next to its FLOP floor and how close it comes."""
+def render(r, assumed_rate: bool, floors: bool = True) -> None:
+    """The table for people: each measured number next to its FLOP floor and how close it comes.
+
+    Without `floors` (the CPU, no --peak-tflops given) the floor columns read n/a: an H100's rate means nothing
+    there."""
     from rich.table import Table
 
     weights = "cached weights" if r.weights == "cached" else "random weights (preset size)"
@@ -91,6 +104,9 @@ def render(r, assumed_rate: bool) -> None:
     for name, value, floor, fmt, higher_better in rows:
         share = value / floor if higher_better else floor / value if value > 0 else 0.0
         unit = fmt.split()[-1]
+        if not floors:
+            table.add_row(name, fmt.format(value), "n/a", "n/a")
+            continue
         table.add_row(name, fmt.format(value), f"{floor:.4g} {unit}", f"{100 * share:.0f}%")
     if r.text_load_s is not None:
         table.add_row("text encoder load", f"{r.text_load_s:.2f} s", "", "")
@@ -99,6 +115,7 @@ def render(r, assumed_rate: bool) -> None:
         table.add_row("  text encoder phase", f"{r.text_peak_vram_gib:.2f} GiB", "", "")
     console.print(table)
     rate = f"{r.peak_tflops:g} TFLOP/s" + (" (assumed; --peak-tflops)" if assumed_rate else "")
+    rate = rate if floors else "n/a on the CPU (give --peak-tflops for this CPU's rate)"
     console.print(f"[dim]work: DiT {r.dit_tflop:.4g} + {'TAEHV' if r.decoder == 'taehv' else 'VAE'} decode "
                   f"{r.vae_decode_tflop:.4g} TFLOP per video; "
                   f"floors at {rate} · attention: {', '.join(r.attention) or 'none'} · {r.fast_path} "

@@ -31,7 +31,7 @@ stdout = Console(highlight=False)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("download")
+    @app.command("download", short_help="Download (and convert) a preset's weights.")
     @friendly
     def download(
         mode: ModeOpt = None,
@@ -45,7 +45,15 @@ def register(app: typer.Typer) -> None:
                                     help="Also fetch the TAEHV tiny decoder (`--decoder taehv`; alone: only it)."),
         quiet: QuietOpt = False,
     ) -> None:
-        """Download the weights a preset needs (only those files), verified, then convert the generator once."""
+        """Download the weights a preset needs (only those files), verified, then convert the generator once.
+
+        Examples:
+
+        \b
+          cf download
+          cf download --mode chunkwise --dry-run
+          cf download --all --decoder taehv
+        """
         if list_:
             show_models(as_json=False)
             return
@@ -68,7 +76,7 @@ def register(app: typer.Typer) -> None:
                           "command to resume where it stopped")
             raise typer.Exit(130) from None
 
-    @app.command("models")
+    @app.command("models", short_help="List the shipped presets and what is downloaded.")
     @friendly
     def models(json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout.")) -> None:
         """List the shipped presets: whether each is ready to run offline, and its size on disk."""
@@ -121,7 +129,14 @@ def run_download(presets: list[Preset], *, dry_run: bool, recheck: bool, quiet: 
         usable_dir(hub.hub_cache(), hf_cache_variable())
         usable_dir(cf_home(), cf_home_variable())
     with console.status("asking the Hub which files are needed …") if _live(quiet) else nullcontext():
-        needs = hub.plan(presets)
+        try:
+            needs = hub.plan(presets)
+        except CfError as exc:
+            if not (dry_run and unreachable(exc)):
+                raise
+            console.print(f"[yellow]note:[/] {exc.message}; sizes below are from the manifest shipped with cfcli")
+            show_manifest(presets)
+            return
     job = Job.of(needs, recheck=recheck)
     if dry_run:
         show_plan(job)
@@ -207,6 +222,7 @@ def offline_check(presets: list[Preset], dry_run: bool) -> None:
     missing = [s for s in statuses if not s.ready]
     if dry_run:
         show_local(statuses)
+        show_manifest(presets)
     if missing and not dry_run:
         s = missing[0]
         raise CfError(f"HF_HUB_OFFLINE is set and {s.preset.name} is missing {', '.join(s.missing)}",
@@ -215,6 +231,33 @@ def offline_check(presets: list[Preset], dry_run: bool) -> None:
         for s in statuses:
             console.print(f"[green]✓[/] {s.preset.name} ready ({hub.human(s.size)}); HF_HUB_OFFLINE is set, so it "
                           "was not checked against the Hub")
+
+
+def unreachable(exc: CfError) -> bool:
+    """Whether the Hub could not be reached at all (no network, DNS, refused, timeouts), not what it answered."""
+    return isinstance(exc.__cause__, (OSError, *hub._network_errors()))
+
+
+def show_manifest(presets: list[Preset]) -> None:
+    """What each preset downloads, by the shipped manifest (the Hub not asked): ≈ marks sizes not from the Hub."""
+    from cfcli import manifest
+
+    table = Table(title="files the preset needs (shipped manifest)", title_justify="left", box=None, pad_edge=False)
+    for col, just in (("file", "left"), ("size", "right"), ("for", "left")):
+        table.add_column(col, justify=just, overflow="fold")
+    items, used_by = {}, {}
+    for p in presets:
+        for item in manifest.listed(p):
+            items[item.label] = item
+            used_by.setdefault(item.label, []).append(p.name)
+    for label, item in items.items():
+        size = "?" if item.size is None else ("≈ " if item.approx else "") + hub.human(item.size)
+        table.add_row(label, size, ", ".join(used_by[label]))
+    stdout.print(table)
+    known, exact = manifest.total(list(items.values()))
+    more = "" if all(i.size is not None for i in items.values()) else " + files of unknown size"
+    stdout.print(f"to download at most: {'' if exact else '≈ '}{hub.human(known)}{more} (shared files counted once; "
+                 "cached ones above are not fetched again)")
 
 
 def show_plan(job: Job) -> None:

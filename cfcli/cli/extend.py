@@ -4,16 +4,17 @@ from pathlib import Path
 
 import typer
 
-from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt,
-                              ModeOpt, OverwriteOpt, PresetOpt, QuantizeOpt, QuietOpt, SeedOpt, StepsOpt, check_out,
-                              console, friendly, new_seed, pick_device, pick_dtype, preset_name)
+from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, ExtendModeOpt,
+                              GraphsOpt, JsonOpt, OverwriteOpt, PresetOpt, QuantizeOpt, QuietOpt, SeedOpt, StepsOpt,
+                              check_out, console, friendly, new_seed, pick_device, pick_dtype, preset_name)
 from cfcli.cli.generate import report
-from cfcli.cli.progress import ProgressView
+from cfcli.cli.files import open_file, output_codec, poster_path, write_poster
+from cfcli.cli.progress import ProgressView, cpu_notice, status_line
 from cfcli.errors import CfError
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("extend")
+    @app.command("extend", short_help="Continue a video clip past its last frame.")
     @friendly
     def extend(
         clip: Path = typer.Argument(..., help="The video to continue."),
@@ -24,13 +25,14 @@ def register(app: typer.Typer) -> None:
                                            help="Clip frames used as context (1 + 4k; default 17 / 21)."),
         only_new: bool = typer.Option(False, "--only-new", help="Write only the continuation."),
         preset: PresetOpt = None,
-        mode: ModeOpt = None,
+        mode: ExtendModeOpt = None,
         steps: StepsOpt = None,
         seed: SeedOpt = None,
         fps: int = typer.Option(None, "--fps", help="Playback frame rate (default: the clip's)."),
-        out: Path = typer.Option(None, "--out", "-o", help="Output file (default <clip>-extended-<seed>.mp4)."),
+        out: Path = typer.Option(None, "--out", "-o", help="Output file (default <clip>-extended-<seed>.mp4; "
+                                                           "the codec's container, e.g. .mkv for ffv1)."),
         overwrite: OverwriteOpt = False,
-        codec: CodecOpt = "h264",
+        codec: CodecOpt = None,
         crf: CrfOpt = 18,
         device: DeviceOpt = None,
         dtype: DtypeOpt = None,
@@ -39,17 +41,25 @@ def register(app: typer.Typer) -> None:
         quantize: QuantizeOpt = None,
         decoder: DecoderOpt = "wan",
         save_latents: Path = typer.Option(None, "--save-latents", help="Write context + new latents."),
+        poster: bool = typer.Option(False, "--poster", help="Also write the first frame as <video>.jpg beside it."),
+        open_: bool = typer.Option(False, "--open", help="Play the video when done."),
         quiet: QuietOpt = False,
         json_out: JsonOpt = False,
     ) -> None:
-        """Continue a video clip; the output is the clip followed by the new frames (or only the new ones)."""
+        """Continue a video clip; the output is the clip followed by the new frames (or only the new ones).
+
+        Examples:
+
+        \b
+          cf extend fox.mp4 --seconds 4
+          cf extend fox.mp4 --prompt "the fox jumps into the river" --frames 32
+          cf extend holiday.mov --prompt "the waves roll in" --only-new --codec ffv1
+        """
         from cfcli.pipeline import extend as job
-        from cfcli.pipeline.video import CODECS
         from cfcli.pipeline.engine import EngineOptions
         from cfcli.presets import load_preset
 
-        if codec not in CODECS:
-            raise CfError(f"unknown codec {codec!r}", f"use one of: {', '.join(CODECS)}")
+        fmt = output_codec(codec, out)
         p = load_preset(preset_name(preset, mode, steps))
         if p.sampler != "causal":
             raise CfError(f"{p.name} cannot extend clips", "use --mode framewise or --mode chunkwise")
@@ -61,15 +71,35 @@ def register(app: typer.Typer) -> None:
             raise CfError(f"--seconds must be positive, got {seconds}")
         new = frames if frames is not None or seconds is not None else 64
         s = new_seed(seed)
-        path = out or clip.with_name(f"{clip.stem}-extended-{s}.mp4")
+        path = out or clip.with_name(f"{clip.stem}-extended-{s}{fmt.suffix}")
         check_out(path, overwrite)
+        if poster:
+            check_out(poster_path(path), overwrite)
+        cpu_notice(dev, device, quiet)
         if not quiet:
-            console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {clip} + {new or f'{seconds}s'} frames → {path}")
-        req = job.ExtendRequest(clip, prompt, p, s, new, path, dev, dt, context_frames, only_new, codec, crf, fps,
+            console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {clip} + {new or f'{seconds}s'} frames → "
+                          f"{path}")
+        req = job.ExtendRequest(clip, prompt, p, s, new, path, dev, dt, context_frames, only_new, fmt.name, crf, fps,
                                 save_latents, seconds, options)
         note = (lambda m: None) if quiet else (lambda m: console.print(f"[yellow]note:[/] {m}"))
-        with ProgressView(enabled=not quiet, fps=fps or p.fps, device=dev) as view:
-            summary = job.run(req, view.update, note=note)
+        with ProgressView(enabled=not quiet, fps=fps or clip_fps(clip) or p.fps, device=dev) as view:
+            summary = job.run(req, view.update, note=note, status=status_line(quiet))
         report(summary, quiet, json_out)
         if summary.interrupted:
             raise typer.Exit(130)
+        if poster:
+            write_poster(path)
+        if open_:
+            open_file(path)
+
+
+def clip_fps(path: Path) -> float | None:
+    """The clip's frame rate from its header (what the output plays at); None when unreadable (the job says why)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            return float(stream.average_rate or stream.guessed_rate or 0) or None
+    except (OSError, IndexError, av.FFmpegError):
+        return None

@@ -10,7 +10,8 @@ from typer.core import TyperCommand
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt,
                               ModeOpt, OverwriteOpt, PresetOpt, QuantizeOpt, QuietOpt, SeedOpt, StepsOpt, check_out,
                               console, friendly, new_seed, pick_device, pick_dtype, preset_name)
-from cfcli.cli.progress import ProgressView
+from cfcli.cli.files import open_file, output_codec, output_dir, poster_path, write_poster
+from cfcli.cli.progress import ProgressView, cpu_notice, status_line
 from cfcli.errors import CfError
 
 
@@ -51,7 +52,7 @@ def join_prompt_at(args: list[str]) -> list[str]:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("generate", cls=_GenerateCommand)
+    @app.command("generate", cls=_GenerateCommand, short_help="Make a video from a prompt (and a picture).")
     @friendly
     def generate(
         prompt: str = typer.Argument(None, help="What the video shows."),
@@ -61,11 +62,17 @@ def register(app: typer.Typer) -> None:
         frames: int = typer.Option(None, "--frames", help="Video frames (rounded up to what the model makes)."),
         seconds: float = typer.Option(None, "--seconds", help="Video length in seconds (instead of --frames)."),
         fps: int = typer.Option(None, "--fps", help="Playback frame rate (default: the preset's)."),
+        height: int = typer.Option(None, "--height", help="Video height, a multiple of 16 (default: the preset's)."),
+        width: int = typer.Option(None, "--width", help="Video width, a multiple of 16 (default: the preset's)."),
         seed: SeedOpt = None,
+        count: int = typer.Option(1, "--count", "-n", help="Videos per prompt, each with its own seed (--seed S: "
+                                                             "S, S+1, ...)."),
         image: Path = typer.Option(None, "--image", help="Start from this picture (frame-wise only)."),
-        out: Path = typer.Option(None, "--out", "-o", help="Output file (default outputs/<prompt>-<seed>.mp4)."),
+        out: Path = typer.Option(None, "--out", "-o", help="Output file; its suffix picks the container (default "
+                                                           "outputs/<prompt>-<seed>.mp4, .mkv for ffv1, .webm for "
+                                                           "vp9/av1, .gif for gif)."),
         overwrite: OverwriteOpt = False,
-        codec: CodecOpt = "h264",
+        codec: CodecOpt = None,
         crf: CrfOpt = 18,
         device: DeviceOpt = None,
         dtype: DtypeOpt = None,
@@ -80,20 +87,31 @@ def register(app: typer.Typer) -> None:
         prompt_schedule: Path = typer.Option(None, "--prompt-schedule",
                                              help="Prompt switches: lines SECONDS<TAB>PROMPT (a line at 0 may "
                                                   "replace PROMPT)."),
+        poster: bool = typer.Option(False, "--poster", help="Also write the first frame as <video>.jpg beside it."),
+        open_: bool = typer.Option(False, "--open", help="Play the video when done (several: open their folder)."),
         quiet: QuietOpt = False,
         json_out: JsonOpt = False,
     ) -> None:
-        """Generate a video from a text prompt (and optionally a starting picture)."""
+        """Generate a video from a text prompt (and optionally a starting picture).
+
+        Examples:
+
+        \b
+          cf generate "a fox running through a snowy forest" --seconds 5
+          cf generate "a red kite over the sea" --mode chunkwise --count 4 --open
+          cf generate "waves at dusk" --image beach.jpg --codec h265 --poster
+          cf generate "a fox" --seconds 20 --prompt-at 10s "the fox jumps in a river"
+          cf generate "city at night" -o night.gif --frames 33
+        """
         from cfcli.pipeline import generate as job
-        from cfcli.pipeline.video import CODECS
+        from cfcli.pipeline.bench import with_resolution
         from cfcli.pipeline.engine import EngineOptions
         from cfcli.presets import load_preset
 
         schedule = read_schedule(prompt, prompt_at, prompt_schedule, prompt_file)
         prompts = [schedule.opening] if schedule else read_prompts(prompt, prompt_file)
-        if codec not in CODECS:
-            raise CfError(f"unknown codec {codec!r}", f"use one of: {', '.join(CODECS)}")
-        p = load_preset(preset_name(preset, mode, steps))
+        fmt = output_codec(codec, out)
+        p = with_resolution(load_preset(preset_name(preset, mode, steps)), height, width)
         dev = pick_device(device)
         dt = pick_dtype(dtype, dev)
         options = EngineOptions(compile, cuda_graphs, quantize, decoder)
@@ -106,30 +124,47 @@ def register(app: typer.Typer) -> None:
         if real != want and not quiet:
             console.print(f"[yellow]note:[/] {want} frames is not a length the model makes; generating {real}")
         starts = schedule.block_starts(fps_, real, p.block_frames) if schedule else ()  # refused before models load
-        runs = []  # (prompt, seed, path), every output path checked before any model loads
-        for i, text in enumerate(prompts):
-            s = new_seed(seed)
-            path = out or Path("outputs") / f"{slug(text)}-{s}.mp4"
-            if out is not None and len(prompts) > 1:
-                path = out.with_name(f"{out.stem}-{i:03d}{out.suffix}")
-            check_out(path, overwrite)
-            runs.append((text, s, path))
+        runs = plan_runs(prompts, seed, count, out, fmt.suffix, overwrite, poster)
+        status = status_line(quiet)
+        cpu_notice(dev, device, quiet)
         job.check_image_input(p, image)  # a bad --image is refused before any model loads
         # Every prompt is encoded in one umT5 load, which is gone before the DiT loads (once, for all prompts).
-        encoder = job.PromptEncoder(p, dev, dt)
+        encoder = job.PromptEncoder(p, dev, dt, note=status)
         encoder.encode(schedule.prompts() if schedule else prompts)
-        engine = job.Engine.load(p, dev, dt).configure(options)
+        engine = job.Engine.load(p, dev, dt, note=status).configure(options)
         for text, s, path in runs:
             if not quiet:
                 console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {real} frames → {path}")
                 show_switches(schedule, starts, fps_, p)
-            req = job.GenerateRequest(text, p, s, real, path, dev, dt, codec, crf, fps, image, save_latents,
-                                      schedule)
+            req = job.GenerateRequest(text, p, s, real, path, dev, dt, fmt.name, crf, fps, image, save_latents,
+                                      schedule, options)
             with ProgressView(enabled=not quiet, fps=fps_, device=dev) as view:
                 summary = job.run(req, view.update, engine=engine, prompt_encoder=encoder)
             report(summary, quiet, json_out)
             if summary.interrupted:
                 raise typer.Exit(130)
+            if poster:
+                write_poster(path)
+        if open_:
+            open_file(runs[0][2] if len(runs) == 1 else runs[0][2].parent)
+
+
+def plan_runs(prompts: list[str], seed: int | None, count: int, out: Path | None, suffix: str, overwrite: bool,
+              poster: bool) -> list[tuple[str, int, Path]]:
+    """(prompt, seed, path) of every video, `count` per prompt; each path checked before any model loads."""
+    if count < 1:
+        raise CfError(f"--count must be at least 1, got {count}")
+    jobs = [(text, seed + k if seed is not None else new_seed(None)) for text in prompts for k in range(count)]
+    runs = []
+    for i, (text, s) in enumerate(jobs):
+        path = out or output_dir() / f"{slug(text)}-{s}{suffix}"
+        if out is not None and len(jobs) > 1:
+            path = out.with_name(f"{out.stem}-{i:03d}{out.suffix}")
+        check_out(path, overwrite)
+        if poster:
+            check_out(poster_path(path), overwrite)
+        runs.append((text, s, path))
+    return runs
 
 
 def read_prompts(prompt: str | None, prompt_file: Path | None) -> list[str]:
@@ -176,14 +211,27 @@ def show_switches(schedule, starts: tuple[int, ...], fps: float, preset) -> None
         frame, touched = video_frame(start), video_frame(max(0, start - in_flight))
         rolling = f", blocks in flight from frame {touched} finish under it" if touched != frame else ""
         console.print(f"[dim]prompt switch at {entry.seconds:g}s → from frame {frame} ({frame / fps:.2f}s)"
-                      f"{rolling}:[/] {escape(entry.prompt)}")
+                      f"{rolling}{switch_rounding(entry.seconds, fps, frame, preset)}:[/] {escape(entry.prompt)}")
+
+
+def switch_rounding(seconds: float, fps: float, frame: int, preset) -> str:
+    """Why a switch lands before or after the time asked: it applies to whole latent frames, at block starts."""
+    asked = round(seconds * fps)
+    if frame < asked:
+        return (f", earlier than asked: frame {asked} is made by the latent frame that starts at frame {frame} "
+                f"(each latent frame makes 4 video frames)")
+    if frame > asked:
+        size = f"{preset.block_frames} latent frames" if preset.block_frames > 1 else "1 latent frame"
+        return f", later than asked: a switch starts at the next block ({size}, frame {frame})"
+    return ""
 
 
 def report(s, quiet: bool, json_out: bool) -> None:
     if json_out:
         typer.echo(json.dumps({"path": str(s.path), "frames": s.frames, "fps": s.fps, "seconds": s.seconds,
                                "seed": s.seed, "preset": s.preset, "first_frame_s": s.first_frame_s,
-                               "elapsed_s": s.elapsed, "generation_fps": s.generation_fps,
+                               "elapsed_s": s.elapsed, "generated_frames": s.generated,
+                               "generation_fps": s.generation_fps,
                                "interrupted": s.interrupted}))
     if quiet:
         return
@@ -191,5 +239,7 @@ def report(s, quiet: bool, json_out: bool) -> None:
         console.print(f"[yellow]stopped:[/] {s.frames} frames kept in {s.path}")
         return
     first = f"{s.first_frame_s:.2f}s" if s.first_frame_s is not None else "-"
-    console.print(f"[green]✓[/] {s.path}  ·  {s.frames} frames, {s.seconds:.2f}s at {s.fps:g} fps  ·  "
-                  f"first frame {first}  ·  {s.generation_fps:.1f} frames/s  ·  seed {s.seed}")
+    new = f" ({s.generated} new)" if s.generated != s.frames else ""
+    console.print(f"[green]✓[/] {s.path}  ·  {s.frames} frames{new}, {s.seconds:.2f}s at {s.fps:g} fps  ·  "
+                  f"first frame {first}  ·  generated {s.generation_fps:.1f} frames/s "
+                  f"({s.generation_fps / s.fps:.2f}× real time)  ·  seed {s.seed}")

@@ -13,7 +13,7 @@ from cfcli.errors import CfError
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("live")
+    @app.command("live", short_help="Play and steer generation live in the browser.")
     @friendly
     def live(
         preset: PresetOpt = None,
@@ -50,7 +50,14 @@ def register(app: typer.Typer) -> None:
                                                  "submitted → first frame latency."),
         json_out: JsonOpt = False,
     ) -> None:
-        """Serve a page that plays the video as it is generated; type to change where it goes."""
+        """Serve a page that plays the video as it is generated; type to change where it goes.
+
+        \b
+        Examples:
+          cf live --mode framewise --open
+          cf live --mode chunkwise --seed 7 --port 8000
+          cf live --host 0.0.0.0 --token secret      # other machines may connect, with the token
+        """
         from cfcli.live.session import LiveConfig
         from cfcli.pipeline.video import CODECS
 

@@ -347,7 +347,17 @@ def one_repeat(engine: Engine, context: Tensor, latent_frames: int, seed: int, c
 def gpu_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine() or "cpu"
+    return cpu_name()
+
+
+def cpu_name() -> str:
+    """The CPU's model name (`/proc/cpuinfo` on Linux), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine() or "cpu"
 
 
 def attention_backends(device: torch.device, dtype: torch.dtype, cfg: DiTConfig) -> list[str]:

@@ -6,8 +6,9 @@ device); the text encoder is loaded only when a prompt needs encoding and is dro
 while the next block is generated.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -55,6 +56,11 @@ def cache_window(preset: Preset, total_frames: int) -> tuple[int, bool]:
     horizon the model was trained on, the `attention_window` beyond it."""
     rolling = preset.local_attn_frames != -1 or total_frames > preset.horizon_frames
     return (attention_window(preset) if rolling else total_frames), rolling
+
+
+def loading(what: str, path: Path) -> str:
+    """The status line for a model about to load: what, how big, from where."""
+    return f"loading {what} {hub.human(path.stat().st_size)} from {path}"
 
 
 DECODERS = ("wan", "taehv")
@@ -186,14 +192,18 @@ class Engine:
         return self
 
     @classmethod
-    def load(cls, preset: Preset, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "Engine":
+    def load(cls, preset: Preset, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+             note: Callable[[str], None] = lambda m: None) -> "Engine":
+        """The preset's DiT and VAE on `device`; `note` hears a status line before each loads."""
         device = torch.device(device)
         gen_path, vae_path = hub.resolve(preset, "generator"), hub.resolve(preset, "vae")
+        note(loading("DiT", gen_path))
         with torch.device("meta"):
             dit = CausalWanDiT(DiTConfig(**preset.arch("dit")))
             vae = WanVAE(VAEConfig(**preset.arch("vae")))
         sd = generator_state_dict(read_state_dict(gen_path), preset.use_ema)
         load_strict(dit, sd, what=f"generator ({gen_path.name})", dtype=dtype, device=device)
+        note(loading("VAE", vae_path))
         load_strict(vae, read_state_dict(vae_path), what=f"VAE ({vae_path.name})", dtype=dtype, device=device)
         return cls(preset, dit, vae, device, dtype)
 

@@ -14,7 +14,7 @@ import torch
 from cfcli.errors import CfError
 from cfcli.pipeline.clip_reader import ClipInfo, iter_frames, probe_clip, read_tail
 from cfcli.pipeline.engine import Engine, EngineOptions, latent_frames_for, video_frames_for
-from cfcli.pipeline.generate import Progress, SafeWriter, Summary, metadata, stream_to_file
+from cfcli.pipeline.generate import Progress, SafeWriter, Summary, made_with, metadata, stream_to_file
 from cfcli.pipeline.media import fit_frames, to_model_range
 from cfcli.pipeline.text import PromptEncoder
 from cfcli.presets import Preset
@@ -73,8 +73,19 @@ def context_latents(preset: Preset, clip_frames: int, context_frames: int | None
     return n
 
 
+def source_facts(clip: ClipInfo, fps: float, preset: Preset) -> dict:
+    """What the extended clip keeps of its source: the seed that made it, and the new frames' own motion rate when
+    the file plays at another one (a 30 fps clip continues with 16 fps motion, played at 30)."""
+    facts = {"source_seed": clip.metadata["seed"]} if "seed" in clip.metadata else {}
+    if round(float(fps), 3) != preset.fps:
+        facts["motion_fps"] = preset.fps
+    return facts
+
+
 def run(req: ExtendRequest, on_progress: Callable[[Progress], None] = lambda p: None,
-        engine: Engine | None = None, note: Callable[[str], None] = lambda s: None) -> Summary:
+        engine: Engine | None = None, note: Callable[[str], None] = lambda s: None,
+        status: Callable[[str], None] = lambda s: None) -> Summary:
+    """Extend the clip; `note` hears what was changed or rounded, `status` each model about to load."""
     p = req.preset
     clip = load_clip(req.clip)  # before any model loads: a file that is not a video is refused here
     for line in clip.notes():
@@ -96,13 +107,17 @@ def run(req: ExtendRequest, on_progress: Callable[[Progress], None] = lambda p: 
     if new_latents * 4 != new_frames:
         note(f"{new_frames} new frames is not a length the model makes; generating {new_latents * 4}")
     context = fit_frames(read_tail(req.clip, video_frames_for(n_ctx), clip), p.width, p.height)
-    text = PromptEncoder(p, req.device, req.dtype).encode([prompt])[0]
+    if round(float(fps), 3) != p.fps:
+        note(f"the clip plays at {fps:g} fps; the new frames move at the model's {p.fps} fps (played at "
+             f"{fps:g}, recorded as motion_fps)")
+    text = PromptEncoder(p, req.device, req.dtype, note=status).encode([prompt])[0]
     if engine is None:
-        engine = Engine.load(p, req.device, req.dtype).configure(req.options)
+        engine = Engine.load(p, req.device, req.dtype, note=status).configure(req.options)
     ctx_latents = engine.encode_video(to_model_range(context).permute(1, 0, 2, 3))
     total = new_latents * 4 + (0 if req.only_new else clip.frames)
     meta = metadata(prompt, req.seed, p, total, round(float(fps), 3), extended_from=str(req.clip),
-                    context_frames=video_frames_for(n_ctx))
+                    context_frames=video_frames_for(n_ctx), new_frames=new_latents * 4, only_new=req.only_new,
+                    **made_with(req), **source_facts(clip, fps, p))
     writer = SafeWriter(req.out, fps, p.width, p.height, req.codec, req.crf, meta)
     if not req.only_new:
         try:

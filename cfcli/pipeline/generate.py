@@ -13,13 +13,14 @@ import torch
 
 from cfcli import __version__
 from cfcli.errors import CfError
+from cfcli.pipeline import containers
 from cfcli.pipeline.engine import Chunk, Engine, EngineOptions, video_frames_for
 from cfcli.pipeline.media import check_image_input, load_image
 from cfcli.pipeline.prompts import PromptSchedule, TextSchedule
 from cfcli.pipeline.sinks import Progress, Sink, stream
 from cfcli.pipeline.text import PromptEncoder
 from cfcli.pipeline.video import VideoWriter
-from cfcli.presets import Preset
+from cfcli.presets import Preset, presets_dir
 
 
 @dataclass
@@ -52,10 +53,15 @@ class Summary:
     preset: str
     interrupted: bool = False
     extra: dict = field(default_factory=dict)
+    made: int | None = None  # frames generated in this run (an extended clip's copied frames excluded)
+
+    @property
+    def generated(self) -> int:
+        return self.frames if self.made is None else self.made
 
     @property
     def generation_fps(self) -> float:
-        return self.frames / self.elapsed if self.elapsed > 0 else 0.0
+        return self.generated / self.elapsed if self.elapsed > 0 else 0.0
 
 
 def plan_frames(preset: Preset, video_frames: int, image: bool) -> tuple[int, int]:
@@ -79,6 +85,21 @@ def metadata(prompt: str, seed: int, p: Preset, frames: int, fps: float, schedul
             "frames": frames, "fps": fps, "cfcli": __version__} | extra
 
 
+def made_with(req) -> dict:
+    """Metadata beyond the prompt and preset: what else decides the pixels and the file (for `cf info`)."""
+    facts = {"width": req.preset.width, "height": req.preset.height, "device": req.device.type,
+             "dtype": str(req.dtype).removeprefix("torch."), "codec": req.codec, "decoder": req.options.decoder}
+    if containers.get(req.codec).tagged_bt709:  # the codecs CRF applies to
+        facts["crf"] = req.crf
+    if req.options.quantize:
+        facts["quantize"] = req.options.quantize
+    if req.preset.source is not None and req.preset.source.parent != presets_dir():  # its name cannot remake it
+        facts["preset_file"] = str(req.preset.source.resolve())
+    if getattr(req, "image", None) is not None:
+        facts["image"] = Path(req.image).name
+    return facts
+
+
 def run(req: GenerateRequest, on_progress: Callable[[Progress], None] = lambda p: None,
         engine: Engine | None = None, prompt_encoder: PromptEncoder | None = None) -> Summary:
     p = req.preset
@@ -99,7 +120,7 @@ def run(req: GenerateRequest, on_progress: Callable[[Progress], None] = lambda p
                else kv[schedule.opening])
     ctx_latents = engine.encode_video(image[:, None]) if image is not None else None
     fps = req.fps or p.fps
-    meta = metadata(req.prompt, req.seed, p, frames, fps, req.schedule)
+    meta = metadata(req.prompt, req.seed, p, frames, fps, req.schedule, **made_with(req))
     writer = SafeWriter(req.out, fps, p.width, p.height, req.codec, req.crf, meta)
     chunks = engine.generate(text_kv, generated, req.seed, ctx_latents)
     return stream_to_file(chunks, writer, frames, req, on_progress, write_context=True)
@@ -108,13 +129,13 @@ def run(req: GenerateRequest, on_progress: Callable[[Progress], None] = lambda p
 def stream_to_file(chunks: Iterable[Chunk], writer: "SafeWriter", total: int, req, on_progress,
                    write_context: bool, extra_sinks: Sequence[Sink] = ()) -> Summary:
     """Stream the chunks into the video file (and any `extra_sinks`, e.g. a live view); the summary of the file."""
-    fps = writer.fps
+    fps, before = writer.fps, writer.frames
     done = stream(chunks, [writer, *extra_sinks], total, on_progress, write_context,
                   keep_latents=req.save_latents is not None, frames_before=writer.frames)
     if req.save_latents is not None and not done.interrupted:
         save_latents(req.save_latents, torch.cat(done.latents))
     return Summary(writer.path, writer.frames, fps, writer.frames / fps, done.first_frame_s, done.elapsed,
-                   req.seed, req.preset.name, interrupted=done.interrupted)
+                   req.seed, req.preset.name, interrupted=done.interrupted, made=done.frames - before)
 
 
 class SafeWriter(VideoWriter):

@@ -27,6 +27,7 @@ class Progress:
     frames_total: int
     elapsed: float
     first_frame_s: float | None
+    frames_before: int = 0  # frames the sinks held before this pass (copied, not generated): progress counts past them
 
 
 @dataclass
@@ -64,7 +65,7 @@ def stream(chunks: Iterable, sinks: Sequence[Sink], total: int,
         done_frames += pixels.shape[0]
         now = time.perf_counter() - start
         first = first if first is not None else now
-        on_progress(Progress(done_frames, total, now, first))
+        on_progress(Progress(done_frames, total, now, first, frames_before))
 
     pending = None  # written one block late: the GPU already has the next block queued while we wait on this one
     try:

@@ -20,6 +20,7 @@ from cfcli.models.checkpoint import load_strict, read_state_dict
 from cfcli.models.t5 import T5Config, UMT5Encoder, encode_text
 from cfcli.models.tokenizer import PromptTokenizer, clean_prompt
 from cfcli.paths import cf_home
+from cfcli.pipeline.engine import loading
 from cfcli.presets import Preset
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,9 @@ def _file_id(path: Path) -> str:
 
 
 class PromptEncoder:
-    def __init__(self, preset: Preset, device: torch.device, dtype: torch.dtype, cache_dir: Path | None = None):
-        self.preset, self.device, self.dtype = preset, device, dtype
+    def __init__(self, preset: Preset, device: torch.device, dtype: torch.dtype, cache_dir: Path | None = None,
+                 note=lambda m: None):
+        self.preset, self.device, self.dtype, self.note = preset, device, dtype, note  # note: loading status
         self.text_len = int(preset.arch("dit").get("text_len", 512))
         self.cache_dir = cache_dir if cache_dir is not None else cf_home() / "prompts"
         self.loaded_encoder = False  # for tests and `cf bench`: did the last call need umT5?
@@ -105,6 +107,7 @@ class PromptEncoder:
     def _run_encoder(self, prompts: list[str]) -> list[Tensor]:
         tokenizer = PromptTokenizer.from_folder(hub.resolve(self.preset, "tokenizer"))
         path = hub.resolve(self.preset, "text_encoder")
+        self.note(loading("text encoder (umT5)", path))
         with torch.device("meta"):
             encoder = UMT5Encoder(T5Config(**self.preset.arch("text_encoder")))
         load_strict(encoder, read_state_dict(path), what=f"text encoder ({path.name})", dtype=self.dtype,

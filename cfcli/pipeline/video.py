@@ -1,6 +1,7 @@
 """Video files: a streaming writer (frames appended as they arrive) and a reader, both through PyAV.
 
-Codecs: h264 / h265 (yuv420p, quality by CRF) for sharing, ffv1 (lossless RGB, `bgr0`) for exact round trips.
+Codecs (`containers.TABLE`): h264 / h265 / vp9 / av1 (yuv420p, BT.709 tagged, quality by CRF) and gif for sharing,
+ffv1 (lossless RGB, `bgr0`) for exact round trips.
 How a clip was made (prompt, seed, preset, …) is stored as JSON in the container's `comment` tag.
 """
 
@@ -12,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-CODECS = {"h264": ("libx264", "yuv420p"), "h265": ("libx265", "yuv420p"), "ffv1": ("ffv1", "bgr0")}
+from cfcli.pipeline import containers
+
+CODECS = {c.name: (c.encoders[0], c.pix_fmt) for c in containers.TABLE}
 META_KEY = "comment"
 # Streaming: flush every packet to disk, and pick container layouts that play while still being written
 # (fragmented MP4 every 0.25 s; Matroska clusters every 100 ms), so a viewer or a crash sees the frames so far.
@@ -20,10 +23,8 @@ CONTAINER_OPTIONS = {
     ".mp4": {"movflags": "frag_keyframe+empty_moov+default_base_moof", "frag_duration": "250000"},
     ".mov": {"movflags": "frag_keyframe+empty_moov+default_base_moof", "frag_duration": "250000"},
     ".mkv": {"cluster_time_limit": "100"},
+    ".webm": {"cluster_time_limit": "100"},
 }
-# A short encoder lookahead keeps the file close behind the generator (x264/x265 default to 40+ frames).
-ENCODER_PARAMS = {"h264": ("x264-params", "rc-lookahead=8:log-level=error"),
-                  "h265": ("x265-params", "rc-lookahead=8:log-level=error")}
 
 
 class VideoWriter:
@@ -33,9 +34,7 @@ class VideoWriter:
                  metadata: dict | None = None):
         import av
 
-        if codec not in CODECS:
-            raise ValueError(f"unknown codec {codec!r}")
-        name, pix_fmt = CODECS[codec]
+        self.codec = containers.get(codec)
         self.path = Path(path)
         self.fps = fps
         self.frames = 0
@@ -44,20 +43,34 @@ class VideoWriter:
         if metadata:
             self._container.metadata[META_KEY] = json.dumps(metadata, ensure_ascii=False)
         rate = Fraction(fps).limit_denominator(1001)  # 29.97 -> 30000/1001
-        self._stream = self._container.add_stream(name, rate=rate)
-        self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, pix_fmt
-        if codec in ENCODER_PARAMS:
-            key, params = ENCODER_PARAMS[codec]
-            self._stream.options = {"crf": str(crf), key: params}
+        self._stream = self._container.add_stream(containers.encoder(self.codec), rate=rate)
+        self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, self.codec.pix_fmt
+        self._stream.options = self.codec.encoder_options(crf)
+        if self.codec.tag and self.path.suffix.lower() in (".mp4", ".mov"):
+            self._stream.codec_tag = self.codec.tag
+        if self.codec.tagged_bt709:
+            cc = self._stream.codec_context
+            cc.color_primaries = cc.color_trc = cc.colorspace = containers.BT709
+            cc.color_range = containers.LIMITED
 
     def write(self, frames: torch.Tensor) -> None:
-        import av
-
         for img in frames.permute(0, 2, 3, 1).contiguous().cpu().numpy():
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame = self._frame(img)
             for packet in self._stream.encode(frame):
                 self._container.mux(packet)
             self.frames += 1
+
+    def _frame(self, img: np.ndarray):
+        """One RGB picture as the frame the encoder takes: BT.709 limited-range 4:2:0, or a GIF palette picture."""
+        import av
+
+        if self.codec.pix_fmt == "pal8":
+            return av.VideoFrame.from_ndarray(palette_image(img), format="pal8")
+        frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+        if not self.codec.tagged_bt709:
+            return frame
+        return frame.reformat(format="yuv420p", dst_colorspace="itu709", dst_color_range="MPEG",
+                              dst_color_trc=containers.BT709, dst_color_primaries=containers.BT709)
 
     def close(self) -> None:
         if self._container is None:
@@ -66,6 +79,17 @@ class VideoWriter:
             self._container.mux(packet)
         self._container.close()
         self._container = None
+
+
+def palette_image(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB picture as (indices, 256 ARGB colours): its own adaptive palette (median cut), as GIF needs."""
+    from PIL import Image
+
+    pal = Image.fromarray(img).quantize(256, method=Image.Quantize.MEDIANCUT)
+    rgb = np.array(pal.getpalette()[:768], dtype=np.uint8).reshape(-1, 3)
+    argb = np.zeros((256, 4), dtype=np.uint8)
+    argb[: len(rgb), 0], argb[: len(rgb), 1:] = 255, rgb
+    return np.asarray(pal, dtype=np.uint8), argb
 
 
 class NotAClip(ValueError):

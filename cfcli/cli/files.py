@@ -1,0 +1,59 @@
+"""What a command writes and where: the codec an output path means, default paths, poster frames and `--open`."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from cfcli.errors import CfError
+
+
+def output_codec(codec: str | None, out: Path | None):
+    """The `containers.Codec` to write: --codec (env, config) as given, else the one --out's suffix means, else
+    h264; checked against --out's container (FFV1 in MP4 is refused, it plays nowhere)."""
+    from cfcli.pipeline import containers
+
+    name = codec or (containers.for_suffix(out.suffix) if out is not None else None) or "h264"
+    chosen = containers.get(name)
+    if out is not None:
+        containers.check_pair(chosen, out.suffix)
+    return chosen
+
+
+def output_dir() -> Path:
+    """Where default output paths go: CF_OUTPUT_DIR, else the config file's `output_dir`, else ./outputs."""
+    from cfcli.config import read_config, setting
+
+    return Path(setting("output_dir", read_config()) or "outputs").expanduser()
+
+
+def poster_path(video: Path) -> Path:
+    return video.with_suffix(".jpg")
+
+
+def write_poster(video: Path) -> Path:
+    """A JPEG of the clip's first frame beside it (`clip.jpg`), for file browsers and web pages."""
+    import av
+
+    target = poster_path(video)
+    with av.open(str(video)) as container:
+        frame = next(container.decode(video=0), None)
+        if frame is None:
+            raise CfError(f"{video} has no frame to make a poster from")
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        frame.to_image().save(tmp, format="JPEG", quality=90)
+    os.replace(tmp, target)
+    return target
+
+
+def open_file(path: Path) -> None:
+    """Play `path` with the desktop's default application (`open`, `startfile`, `xdg-open`)."""
+    if sys.platform == "win32":
+        os.startfile(str(path))  # noqa: S606 - the user asked for it with --open
+        return
+    opener = "open" if sys.platform == "darwin" else "xdg-open"
+    try:
+        subprocess.Popen([opener, str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError as exc:
+        raise CfError(f"cannot open {path}: {opener} failed ({exc.strerror})",
+                      "open the file yourself; the video is written") from exc

@@ -1,0 +1,75 @@
+"""`cf cache`: list cfcli's own cache with sizes (converted checkpoints and which presets use them, prompt
+embeddings), and clear it by kind, asking first unless --yes."""
+
+import json
+
+from cfcli import hub
+from cfcli.presets import load_preset
+
+from conftest import FIXTURES, PROMPT
+
+TINY = FIXTURES / "tiny-framewise.yaml"
+
+
+def converted(name: str, size: int):
+    path = hub.converted_dir() / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\0" * size)
+    return path
+
+
+def listing(cf) -> list[dict]:
+    r = cf("cache", "--json")
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+def fill(cf, tmp_path):
+    """A conversion the framewise preset uses, an old one, and one cached prompt embedding."""
+    p = load_preset("framewise")
+    used = converted(hub.converted_name("a" * 64, p.use_ema), 3000)
+    hub.record_conversion(p.weights["generator"], p.use_ema, "a" * 64, "0" * 40)
+    old = converted(hub.converted_name("b" * 64, True), 2000)
+    r = cf("generate", PROMPT, "--preset", TINY, "--device", "cpu", "--frames", 5, "--out", tmp_path / "x.mp4", "-q")
+    assert r.exit_code == 0, r.output
+    return used, old
+
+
+def test_lists_kinds_sizes_and_users(cf, tmp_path):
+    assert listing(cf) == []
+    assert "is empty" in cf("cache").stderr
+    used, old = fill(cf, tmp_path)
+    rows = {(e["kind"], e["path"]): e for e in listing(cf)}
+    assert rows[("converted", str(used))]["bytes"] == 3000 and rows[("converted", str(used))]["old"] is False
+    assert "framewise" in rows[("converted", str(used))]["note"].split(", ")
+    assert rows[("converted", str(old))]["bytes"] == 2000 and rows[("converted", str(old))]["old"] is True
+    prompts = next(e for e in rows.values() if e["kind"] == "prompts")
+    assert prompts["bytes"] > 0 and prompts["note"] == "1 file"
+    text = cf("cache").stderr
+    assert "old: no preset uses it" in text and "3.0 kB" in text and "2.0 kB" in text
+
+
+def test_clear_by_kind(cf, tmp_path):
+    used, old = fill(cf, tmp_path)
+    r = cf("cache", "clear", "--old", "--yes")
+    assert r.exit_code == 0 and "cleared 1 item(s), 2.0 kB" in r.stderr
+    assert used.is_file() and not old.exists()
+    r = cf("cache", "clear", "--prompts", "-y")
+    assert r.exit_code == 0 and {e["kind"] for e in listing(cf)} == {"converted"}
+    assert cf("cache", "clear", "--old", "-y").stderr.strip() == "nothing to clear"
+    assert cf("cache", "clear", "--converted", "-y").exit_code == 0 and listing(cf) == []
+
+
+def test_clear_asks_first_and_needs_a_kind(cf, tmp_path):
+    from typer.testing import CliRunner
+
+    from cfcli.cli import app
+
+    used, old = fill(cf, tmp_path)
+    r = CliRunner().invoke(app, ["cache", "clear", "--all"], input="n\n")
+    assert r.exit_code == 1 and "delete 3 cached item(s)" in r.output
+    assert used.is_file() and old.is_file()
+    r = CliRunner().invoke(app, ["cache", "clear", "--all"], input="y\n")
+    assert r.exit_code == 0 and listing(cf) == []
+    r = cf("cache", "clear")
+    assert r.exit_code == 1 and "--old, --converted, --prompts or --all" in r.output

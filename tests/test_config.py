@@ -1,0 +1,92 @@
+"""Defaults from the config file and CF_* variables; precedence flag > environment > file > preset/built-in."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cfcli.config import config_path
+from cfcli.pipeline.video import read_video
+
+from conftest import FIXTURES, PROMPT
+
+FRAMEWISE, CHUNKWISE = FIXTURES / "tiny-framewise.yaml", FIXTURES / "tiny-chunkwise.yaml"
+
+
+def write_config(text: str) -> Path:
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def made(cf, tmp_path, *args) -> dict:
+    """Generate a 1-frame clip with the given flags (none for what the test leaves to defaults); its metadata."""
+    out = tmp_path / "clip.mkv"
+    r = cf("generate", PROMPT, "--frames", 1, "--seed", 1, "--out", out, "--overwrite", "-q", *args)
+    assert r.exit_code == 0, r.output
+    return read_video(out).metadata
+
+
+def test_config_file_is_in_the_xdg_config_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "x"))
+    assert config_path() == tmp_path / "x" / "cfcli" / "config.yaml"
+    monkeypatch.setenv("CF_CONFIG", str(tmp_path / "mine.yaml"))
+    assert config_path() == tmp_path / "mine.yaml"
+
+
+def test_flag_beats_env_beats_file_beats_preset(cf, tmp_path, monkeypatch):
+    write_config(f"device: cpu\ndtype: bfloat16\ncodec: ffv1\ncrf: 30\npreset: {CHUNKWISE}\n")
+    meta = made(cf, tmp_path)  # all from the file
+    assert (meta["dtype"], meta["codec"], meta["preset"]) == ("bfloat16", "ffv1", "tiny-chunkwise")
+    monkeypatch.setenv("CF_DTYPE", "float32")
+    monkeypatch.setenv("CF_PRESET", str(FRAMEWISE))
+    meta = made(cf, tmp_path)  # the environment over the file
+    assert (meta["dtype"], meta["preset"], meta["device"]) == ("float32", "tiny-framewise", "cpu")
+    meta = made(cf, tmp_path, "--dtype", "bfloat16", "--preset", CHUNKWISE)  # flags over both
+    assert (meta["dtype"], meta["preset"]) == ("bfloat16", "tiny-chunkwise")
+
+
+def test_crf_from_env_and_file(cf, tmp_path, monkeypatch):
+    write_config("device: cpu\ncrf: 30\n")
+    args = ["--preset", FRAMEWISE, "--codec", "h264", "--out"]
+    for env, want in ((None, 30), ("24", 24)):
+        if env:
+            monkeypatch.setenv("CF_CRF", env)
+        out = tmp_path / f"{want}.mp4"
+        assert cf("generate", PROMPT, "--frames", 1, "-q", *args, out).exit_code == 0
+        assert read_video(out).metadata["crf"] == want
+    assert cf("generate", PROMPT, "--frames", 1, "-q", "--crf", 12, *args, tmp_path / "f.mp4").exit_code == 0
+    assert read_video(tmp_path / "f.mp4").metadata["crf"] == 12
+
+
+def test_mode_flag_beats_a_configured_preset(cf, tmp_path):
+    write_config("preset: chunkwise\n")
+    r = cf("download", "--mode", "framewise", "--steps", 2, "--dry-run")  # no clash with the file's preset
+    assert r.exit_code == 0 and "framewise-2step" in r.output and "chunkwise" not in r.output
+    r = cf("download", "--dry-run")
+    assert r.exit_code == 0 and "chunkwise" in r.output
+
+
+def test_output_dir_from_config(cf, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_config(f"output_dir: {tmp_path / 'videos'}\ncodec: ffv1\n")
+    r = cf("generate", PROMPT, "--preset", FRAMEWISE, "--device", "cpu", "--frames", 5, "--seed", 4, "--json", "-q")
+    assert r.exit_code == 0, r.output
+    want = tmp_path / "videos" / "a-fox-running-through-a-snowy-forest-at-dawn-4.mkv"
+    assert json.loads(r.stdout)["path"] == str(want)
+    monkeypatch.setenv("CF_OUTPUT_DIR", str(tmp_path / "env"))
+    r = cf("generate", PROMPT, "--preset", FRAMEWISE, "--device", "cpu", "--frames", 5, "--seed", 4, "--json", "-q")
+    assert json.loads(r.stdout)["path"].startswith(str(tmp_path / "env"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("devise: cpu\n", "unknown keys in"),
+    ("crf: high\n", "crf must be a int"),
+    ("- cpu\n", "is not a mapping"),
+    ("codec: [\n", "cannot read the config file"),
+])
+def test_bad_config_is_one_clear_message(cf, text, message):
+    write_config(text)
+    r = cf("generate", PROMPT, "--preset", FRAMEWISE)
+    assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output
