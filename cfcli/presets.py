@@ -131,7 +131,7 @@ def check_values(data: dict, configs: dict[str, type] | None) -> list[str]:
     if not isinstance(data["mode"], str) or data["mode"] not in MODES:
         problems.add("mode", "framewise or chunkwise", data["mode"])
     if not isinstance(data.get("sampler", "causal"), str) or data.get("sampler", "causal") not in SAMPLERS:
-        problems.add("sampler", " or ".join(SAMPLERS), data["sampler"])
+        problems.append(f"unknown sampler {data['sampler']!r} (use one of: {', '.join(SAMPLERS)})")
     schema.check_steps(data, "steps", problems)
     schema.check_steps(data, "first_block_steps", problems)
     schema.check_scalars(data, MODES.get(data["mode"], 1) if isinstance(data["mode"], str) else 1, problems)

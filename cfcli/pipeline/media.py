@@ -97,7 +97,7 @@ def to_rgb(img):
     from PIL import Image, ImageOps
 
     img = ImageOps.exif_transpose(img)
-    if img.mode.startswith(("I;16", "I")) or img.mode == "F":
+    if img.mode.startswith("I") or img.mode == "F":  # I, I;16, I;16B, …
         scale = 1 / 257 if img.mode != "F" else 255.0
         grey = np.asarray(img, dtype=np.float64) * scale
         img = Image.fromarray(np.clip(np.round(grey), 0, 255).astype(np.uint8), "L")
