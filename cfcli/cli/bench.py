@@ -4,6 +4,7 @@ import json
 
 import typer
 
+from cfcli.cli.checks import check_options
 from cfcli.cli.common import (CompileOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt, ModeOpt, PresetOpt,
                               QuantizeOpt, StepsOpt, console, friendly, is_tty, pick_device, pick_dtype, preset_name)
 from cfcli.errors import CfError
@@ -40,6 +41,7 @@ def register(app: typer.Typer) -> None:
         from cfcli.pipeline.generate import plan_frames
         from cfcli.presets import load_preset
 
+        check_options(frames)
         p = job.with_resolution(load_preset(preset_name(preset, mode, steps)), height, width)
         dev = pick_device(device)
         dt = pick_dtype(dtype, dev)

@@ -4,9 +4,10 @@ from pathlib import Path
 
 import typer
 
+from cfcli.cli.checks import check_options, codec_note
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt,
-                              ModeOpt, OverwriteOpt, PresetOpt, QuantizeOpt, QuietOpt, SeedOpt, StepsOpt, check_out,
-                              console, friendly, new_seed, pick_device, pick_dtype, preset_name)
+                              ModeOpt, OverwriteOpt, PresetOpt, QuantizeOpt, QuietOpt, SeedOpt, StepsOpt, console,
+                              friendly, new_seed, pick_device, pick_dtype, preset_name)
 from cfcli.cli.generate import report
 from cfcli.cli.progress import ProgressView
 from cfcli.errors import CfError
@@ -46,8 +47,10 @@ def register(app: typer.Typer) -> None:
         from cfcli.pipeline import extend as job
         from cfcli.pipeline.video import CODECS
         from cfcli.pipeline.engine import EngineOptions
+        from cfcli.pipeline.signals import exit_code, stop_on_signals
         from cfcli.presets import load_preset
 
+        check_options(frames, seconds, seed, fps, crf)
         if codec not in CODECS:
             raise CfError(f"unknown codec {codec!r}", f"use one of: {', '.join(CODECS)}")
         p = load_preset(preset_name(preset, mode, steps))
@@ -57,19 +60,22 @@ def register(app: typer.Typer) -> None:
         dt = pick_dtype(dtype, dev)
         options = EngineOptions(compile, cuda_graphs, quantize, decoder)
         options.check(dev)
-        if seconds is not None and seconds <= 0:
-            raise CfError(f"--seconds must be positive, got {seconds}")
         new = frames if frames is not None or seconds is not None else 64
         s = new_seed(seed)
         path = out or clip.with_name(f"{clip.stem}-extended-{s}.mp4")
-        check_out(path, overwrite)
-        if not quiet:
-            console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {clip} + {new or f'{seconds}s'} frames → {path}")
-        req = job.ExtendRequest(clip, prompt, p, s, new, path, dev, dt, context_frames, only_new, codec, crf, fps,
-                                save_latents, seconds, options)
         note = (lambda m: None) if quiet else (lambda m: console.print(f"[yellow]note:[/] {m}"))
-        with ProgressView(enabled=not quiet, fps=fps or p.fps, device=dev) as view:
-            summary = job.run(req, view.update, note=note)
-        report(summary, quiet, json_out)
-        if summary.interrupted:
-            raise typer.Exit(130)
+        if codec_note(codec):
+            note(codec_note(codec))
+        with stop_on_signals():
+            # Reserved (checked, locked, temp file created) before any model loads.
+            with job.reserve_outputs(path, save_latents, overwrite, codec, crf, p, inputs=(clip,)) as outputs:
+                if not quiet:
+                    console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {clip} + {new or f'{seconds}s'} frames "
+                                  f"→ {path}")
+                req = job.ExtendRequest(clip, prompt, p, s, new, path, dev, dt, context_frames, only_new, codec, crf,
+                                        fps, save_latents, seconds, options, overwrite, outputs)
+                with ProgressView(enabled=not quiet, fps=fps or p.fps, device=dev) as view:
+                    summary = job.run(req, view.update, note=note)
+            report(summary, quiet, json_out)
+            if summary.interrupted:
+                raise typer.Exit(exit_code())

@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 
 from cfcli.errors import CfError
-from cfcli.pipeline.engine import Engine, EngineOptions, latent_frames_for, video_frames_for
-from cfcli.pipeline.generate import Progress, SafeWriter, Summary, metadata, stream_to_file
+from cfcli.pipeline.engine import MAX_ROPE_FRAMES, Engine, EngineOptions, latent_frames_for, video_frames_for
+from cfcli.pipeline.generate import Progress, SafeWriter, Summary, metadata, reserve_outputs, stream_to_file
+from cfcli.pipeline.outputs import Outputs
 from cfcli.pipeline.media import fit_frames, to_model_range
 from cfcli.pipeline.text import PromptEncoder
 from cfcli.pipeline.video import Clip, NotAClip, read_video
@@ -40,6 +41,8 @@ class ExtendRequest:
     save_latents: Path | None = None
     seconds: float | None = None  # instead of new_frames, at the output's frame rate
     options: EngineOptions = EngineOptions()  # when `run` loads the engine itself
+    overwrite: bool = False  # replace existing files at `out` / `save_latents` (`out` may be `clip` itself)
+    outputs: Outputs | None = None  # reserved by the caller before the models loaded (`reserve_outputs`)
 
 
 def load_clip(path: Path) -> Clip:
@@ -83,6 +86,13 @@ def context_latents(preset: Preset, clip_frames: int, context_frames: int | None
 
 def run(req: ExtendRequest, on_progress: Callable[[Progress], None] = lambda p: None,
         engine: Engine | None = None, note: Callable[[str], None] = lambda s: None) -> Summary:
+    """Extend one clip; its outputs are `req.outputs` when the caller reserved them, else reserved here first."""
+    with req.outputs or reserve_outputs(req.out, req.save_latents, req.overwrite, req.codec, req.crf, req.preset,
+                                        inputs=(req.clip,)) as outputs:
+        return _run(req, outputs, on_progress, engine, note)
+
+
+def _run(req: ExtendRequest, outputs: Outputs, on_progress, engine, note) -> Summary:
     p = req.preset
     clip = load_clip(req.clip)
     prompt = req.prompt or clip.metadata.get("prompt")
@@ -102,6 +112,10 @@ def run(req: ExtendRequest, on_progress: Callable[[Progress], None] = lambda p: 
     new_latents = -(-new_latents // p.block_frames) * p.block_frames
     if new_latents * 4 != new_frames:
         note(f"{new_frames} new frames is not a length the model makes; generating {new_latents * 4}")
+    if n_ctx + new_latents > MAX_ROPE_FRAMES - 1:
+        most = (MAX_ROPE_FRAMES - 1 - n_ctx) * 4
+        raise CfError(f"{new_frames} new frames is more than the model's position table holds after the context",
+                      f"extend by at most {most} frames at a time")
     context = frames[-video_frames_for(n_ctx):]
     text = PromptEncoder(p, req.device, req.dtype).encode([prompt])[0]
     if engine is None:
@@ -110,7 +124,7 @@ def run(req: ExtendRequest, on_progress: Callable[[Progress], None] = lambda p: 
     total = new_latents * 4 + (0 if req.only_new else frames.shape[0])
     meta = metadata(prompt, req.seed, p, total, round(float(fps), 3), extended_from=str(req.clip),
                     context_frames=video_frames_for(n_ctx))
-    writer = SafeWriter(req.out, fps, p.width, p.height, req.codec, req.crf, meta)
+    writer = SafeWriter(outputs.video, fps, p.width, p.height, req.codec, req.crf, meta)
     if not req.only_new:
         try:
             writer.write(frames)
@@ -118,6 +132,6 @@ def run(req: ExtendRequest, on_progress: Callable[[Progress], None] = lambda p: 
             writer.abort()
             raise
     chunks = engine.generate(engine.text_kv(text), new_latents, req.seed, ctx_latents)
-    summary = stream_to_file(chunks, writer, total, req, on_progress, write_context=False)
+    summary = stream_to_file(chunks, writer, total, req, on_progress, write_context=False, latents=outputs.latents)
     summary.extra["prompt"] = prompt
     return summary
