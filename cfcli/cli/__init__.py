@@ -2,9 +2,13 @@
 
 from contextlib import contextmanager
 
-import click
 import typer
 from typer.core import TyperGroup
+
+try:  # recent Typer ships its own copy of Click
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:
+    from click.exceptions import NoArgsIsHelpError, UsageError
 
 from cfcli.cli import bench, download, extend, generate
 from cfcli.cli.common import fail
@@ -14,10 +18,10 @@ from cfcli.cli.common import fail
 def _usage_errors():
     try:
         yield
-    except click.exceptions.NoArgsIsHelpError as exc:  # plain `cf`: the help, not an error
-        click.echo(exc.ctx.get_help() if exc.ctx else "", err=True)
+    except NoArgsIsHelpError as exc:  # plain `cf`: the help, not an error
+        typer.echo(exc.ctx.get_help() if exc.ctx else "", err=True)
         raise typer.Exit(0) from None
-    except click.UsageError as exc:
+    except UsageError as exc:
         where = f"{exc.ctx.command_path} --help" if exc.ctx else "cf --help"
         fail(exc.format_message(), f"see {where}")
 

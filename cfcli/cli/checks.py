@@ -2,8 +2,6 @@
 
 import math
 
-import click
-
 from cfcli.errors import CfError
 
 SEED_MAX = 2**63 - 1  # torch takes any 64-bit seed; the signed range is the one every tool reads back alike
@@ -18,10 +16,10 @@ def max_frames() -> int:
     return video_frames_for(MAX_ROPE_FRAMES - 1)
 
 
-def given(option: str) -> bool:
-    """Whether the user typed the option (not just left its default)."""
-    ctx = click.get_current_context(silent=True)
-    return ctx is not None and ctx.get_parameter_source(option) == click.core.ParameterSource.COMMANDLINE
+def given(ctx, option: str) -> bool:
+    """Whether the user typed the option (not just left its default); `ctx` is the command's typer.Context."""
+    source = ctx.get_parameter_source(option) if ctx is not None else None
+    return getattr(source, "name", None) == "COMMANDLINE"
 
 
 def check_options(frames: int | None = None, seconds: float | None = None, seed: int | None = None,
@@ -49,6 +47,6 @@ def check_length(frames: int, option: str, seconds: float | None = None, fps: fl
         raise CfError(f"{given_as} is longer than the model can make", f"the most is {most}: its position table")
 
 
-def codec_note(codec: str) -> str | None:
+def codec_note(ctx, codec: str) -> str | None:
     """A note when an option the codec ignores was given."""
-    return "ffv1 is lossless and ignores --crf" if codec == "ffv1" and given("crf") else None
+    return "ffv1 is lossless and ignores --crf" if codec == "ffv1" and given(ctx, "crf") else None

@@ -17,6 +17,7 @@ def register(app: typer.Typer) -> None:
     @app.command("extend")
     @friendly
     def extend(
+        ctx: typer.Context,
         clip: Path = typer.Argument(..., help="The video to continue."),
         prompt: str = typer.Option(None, "--prompt", help="What happens next (default: the clip's own prompt)."),
         frames: int = typer.Option(None, "--frames", help="New video frames (4 per latent frame)."),
@@ -64,8 +65,8 @@ def register(app: typer.Typer) -> None:
         s = new_seed(seed)
         path = out or clip.with_name(f"{clip.stem}-extended-{s}.mp4")
         note = (lambda m: None) if quiet else (lambda m: console.print(f"[yellow]note:[/] {m}"))
-        if codec_note(codec):
-            note(codec_note(codec))
+        if codec_note(ctx, codec):
+            note(codec_note(ctx, codec))
         with stop_on_signals():
             # Reserved (checked, locked, temp file created) before any model loads.
             with job.reserve_outputs(path, save_latents, overwrite, codec, crf, p, inputs=(clip,)) as outputs:

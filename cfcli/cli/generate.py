@@ -57,6 +57,7 @@ def register(app: typer.Typer) -> None:
     @app.command("generate", cls=_GenerateCommand)
     @friendly
     def generate(
+        ctx: typer.Context,
         prompt: str = typer.Argument(None, help="What the video shows."),
         preset: PresetOpt = None,
         mode: ModeOpt = None,
@@ -108,7 +109,7 @@ def register(app: typer.Typer) -> None:
         check_length(want, "--frames" if seconds is None else "--seconds", seconds, fps_)
         real, _ = job.plan_frames(p, want, image is not None)
         for note in (f"{want} frames is not a length the model makes; generating {real}" if real != want else None,
-                     codec_note(codec)):
+                     codec_note(ctx, codec)):
             if note and not quiet:
                 console.print(f"[yellow]note:[/] {note}")
         starts = schedule.block_starts(fps_, real, p.block_frames) if schedule else ()  # refused before models load
@@ -193,12 +194,12 @@ def read_schedule(prompt: str | None, prompt_at: list[str] | None, schedule_file
     if prompt_file is not None:
         raise CfError("--prompt-file cannot be combined with --prompt-at/--prompt-schedule",
                       "a schedule tells one video's story; make the batch and the story in separate runs")
+    if schedule_file is not None:
+        read_text(schedule_file, "--prompt-schedule")  # binary data: refused here, with the option's name
     switches = read_schedule_file(schedule_file) if schedule_file is not None else []
     pairs = [value.split("\t", 1) for value in prompt_at or ()]
     if any(len(pair) != 2 for pair in pairs):
         raise CfError("--prompt-at takes a time and a prompt", 'e.g. --prompt-at 12s "the fox jumps into the river"')
-    if schedule_file is not None:
-        read_text(schedule_file, "--prompt-schedule")  # binary data: refused here, with the option's name
     switches += parse_prompt_at([(time, text) for time, text in pairs])
     for switch in switches:
         if not math.isfinite(switch.seconds):

@@ -3,7 +3,8 @@
 Inside `stop_on_signals()` the first signal raises `Stopped`, a KeyboardInterrupt, so the generation loop keeps the
 frames made so far; every later signal is only noted, so a second Ctrl-C cannot cut the closing of the file short or
 end in a traceback. While a file is being finalised (`finalising()`), even the first signal is only noted: the file
-is completed and the caller stops afterwards (`stopped_by`). The exit status is 128 + the signal number: 130 for
+is completed and the caller stops afterwards (`stopped_by`). Once a signal stopped the run, signals stay ignored
+until the process exits, so its exit status is the first stop's. The exit status is 128 + the signal number: 130 for
 Ctrl-C, 143 for SIGTERM, 129 for SIGHUP.
 """
 
@@ -62,8 +63,8 @@ def stop_on_signals():
     try:
         yield
     finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
+        for s, handler in old.items():  # after a stop the process is ending: a late signal must not change its status
+            signal.signal(s, signal.SIG_IGN if _state.signum else handler)
         _state.active, _state.signum = False, 0
 
 
