@@ -17,7 +17,7 @@ from cfcli import __version__
 from cfcli.errors import CfError
 from cfcli.pipeline.engine import Chunk, Engine, EngineOptions, video_frames_for
 from cfcli.pipeline.media import load_image
-from cfcli.pipeline.outputs import Outputs, Target, reserve, same_file, write_error
+from cfcli.pipeline.outputs import Outputs, Target, check, reserve, same_file, write_error
 from cfcli.pipeline.prompts import PromptSchedule, TextSchedule
 from cfcli.pipeline.signals import finalising
 from cfcli.pipeline.sinks import Progress, Sink, stream
@@ -130,6 +130,8 @@ def reserve_outputs(out: Path, latents: Path | None, overwrite: bool, codec: str
         if latents is not None and same_file(latents, other):
             raise CfError(f"--save-latents {latents} is {what}",
                           "give the latents a file of their own, e.g. latents.safetensors")
+    if latents is not None:
+        check(latents, overwrite, "--save-latents")  # before anything is made for the video
     video = reserve(out, overwrite)
     try:
         SafeWriter(video, preset.fps, preset.width, preset.height, codec, crf).close()

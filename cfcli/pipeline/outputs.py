@@ -94,6 +94,7 @@ class Target:
     temp: Path
     what: str
     lock: tuple[int, Path] | None = field(default=None, repr=False)
+    made: list[Path] = field(default_factory=list)  # folders made for it, deepest first: removed again on discard
     done: bool = False
 
     def commit(self) -> Path:
@@ -124,6 +125,7 @@ class Target:
         if not self.done:
             self.temp.unlink(missing_ok=True)
             self._release()
+            _remove_empty(self.made)
 
     def _release(self) -> None:
         self.done = True
@@ -138,25 +140,46 @@ def _unlock(lock: tuple[int, Path] | None) -> None:
         os.close(fd)
 
 
-def reserve(final: Path, overwrite: bool, what: str = "the video", option: str = "--out") -> Target:
-    """Check `final`, lock it and create its temp file; CfError (nothing created) when it cannot be written."""
+def check(final: Path, overwrite: bool, option: str = "--out") -> None:
+    """Refuse a folder, and an existing file without `overwrite` (nothing is created)."""
     final = Path(final)
     if final.is_dir():
         raise CfError(f"{option} {final} is a folder", f"give a file name, e.g. {final / 'video.mp4'}")
     if (final.exists() or final.is_symlink()) and not overwrite:
         raise CfError(f"{final} already exists", f"pass --overwrite to replace it, or choose another {option}")
+
+
+def reserve(final: Path, overwrite: bool, what: str = "the video", option: str = "--out") -> Target:
+    """Check `final`, lock it and create its temp file; CfError (nothing left behind) when it cannot be written."""
+    final = Path(final)
+    check(final, overwrite, option)
+    made = []
+    for folder in final.parents:  # the folders that mkdir will make, deepest first
+        if folder.exists() or folder.is_symlink():
+            break
+        made.append(folder)
+    lock = None
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         lock = _lock(final)
-    except OSError as exc:
-        raise write_error(what, final, exc) from exc
-    try:
         fd, temp = tempfile.mkstemp(prefix=f".{final.stem}.cf-", suffix=f".partial{final.suffix}", dir=final.parent)
     except OSError as exc:
         _unlock(lock)
+        _remove_empty(made)
         raise write_error(what, final, exc) from exc
+    except CfError:
+        _remove_empty(made)
+        raise
     os.close(fd)
-    return Target(final, Path(temp), what, lock)
+    return Target(final, Path(temp), what, lock, made)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 @dataclass
