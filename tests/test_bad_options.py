@@ -54,6 +54,7 @@ OTHERS = [
     ("extend-latents-over-the-clip", ["extend", "clip.mkv", *BASE, "--save-latents", "clip.mkv", "--overwrite"]),
     ("extend-missing-argument", ["extend"]),
     ("bench-frames-0", ["bench", *BASE, "--frames", "0"]),
+    ("bench-peak-nan", ["bench", *BASE, "--peak-tflops", "nan"]),
     ("no-such-command", ["nope"]),
 ]
 CASES = [(name, ["generate", *BASE, PROMPT, "--seed", "1", *args]) for name, args in GENERATE] + OTHERS
@@ -103,7 +104,7 @@ def test_refused_with_one_message_and_nothing_changed(cf, work, no_models, args)
 
 def test_messages_name_the_value_and_the_range(cf, work, no_models):
     r = cf("generate", *BASE, PROMPT, "--frames", 10**9)
-    assert "--frames 1000000000" in r.output and "the most is 4089 frames" in r.output
+    assert "--frames 1000000000" in r.output and "the maximum is 4089 frames" in r.output
     assert "0 to 9223372036854775807" in cf("generate", *BASE, PROMPT, "--seed", 2**64).output
     assert "use 1 to 240" in cf("generate", *BASE, PROMPT, "--fps", 0).output
     assert "use 0 (best) to 51" in cf("generate", *BASE, PROMPT, "--crf", 99).output

@@ -1,6 +1,7 @@
 """`cf bench`: how fast generation runs on this machine, against real time and against the FLOP floor."""
 
 import json
+import math
 
 import typer
 
@@ -49,8 +50,8 @@ def register(app: typer.Typer) -> None:
         options.check(dev, need_weights=False)  # random TAEHV weights stand in, like the rest
         if repeat < 1:
             raise CfError(f"--repeat must be at least 1, got {repeat}")
-        if peak_tflops is not None and peak_tflops <= 0:
-            raise CfError(f"--peak-tflops must be positive, got {peak_tflops}")
+        if peak_tflops is not None and not (math.isfinite(peak_tflops) and peak_tflops > 0):
+            raise CfError(f"--peak-tflops must be a positive number, got {peak_tflops}")
         want = frames if frames is not None else p.frames
         real, _ = plan_frames(p, want, image=False)
         if real != want:

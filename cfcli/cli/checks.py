@@ -44,7 +44,7 @@ def check_length(frames: int, option: str, seconds: float | None = None, fps: fl
     if frames > max_frames():
         given_as = f"{option} {seconds:g}" if seconds is not None else f"{option} {frames}"
         most = f"{max_frames()} frames" + (f" ({max_frames() / fps:g} s at {fps:g} fps)" if fps else "")
-        raise CfError(f"{given_as} is longer than the model can make", f"the most is {most}: its position table")
+        raise CfError(f"{given_as} is longer than the model can make", f"the maximum is {most} (its position table)")
 
 
 def codec_note(ctx, codec: str) -> str | None:
