@@ -128,8 +128,9 @@ def record_conversion(ref: WeightRef, use_ema: bool, etag: str, commit: str) -> 
     _write_json(_record_path(ref, use_ema), rec)
 
 
-def converted_path(preset: Preset) -> Path | None:
-    """The bf16 safetensors made from the preset's generator checkpoint, if it has been converted."""
+def converted_path(preset: Preset, whole: bool = True) -> Path | None:
+    """The bf16 safetensors made from the preset's generator checkpoint, if it has been converted (and, with `whole`,
+    is complete: a damaged file counts as not converted, so it is converted again)."""
     ref = preset.weights["generator"]
     if not needs_conversion(ref):
         return None
@@ -137,10 +138,10 @@ def converted_path(preset: Preset) -> Path | None:
     if source is not None:  # the cached checkpoint decides; a conversion of another version must not stand in
         etag = blob_etag(source)
         found = converted_dir() / converted_name(etag, preset.use_ema) if etag else None
-        return found if found is not None and is_whole(found) else None
+        return found if found is not None and (not whole or is_whole(found)) else None
     rec = _read_json(_record_path(ref, preset.use_ema))
     found = converted_dir() / str(rec["converted"]) if rec.get("converted") else None
-    return found if found is not None and is_whole(found) else None
+    return found if found is not None and (not whole or is_whole(found)) else None
 
 
 def resolve(preset: Preset, role: str) -> Path:

@@ -89,7 +89,8 @@ def test_frames_reach_the_file_while_later_blocks_are_generated(cf, tmp_path, mo
 
 
 def test_partial_file_is_readable_while_streaming(cf, tmp_path, monkeypatch):
-    """Stop in the middle (as if watching the file): frames already written play back."""
+    """Stop in the middle (as if watching the file): frames already written play back. The run writes beside the
+    output, to a hidden temp file that is renamed into place when complete."""
     from cfcli.pipeline.sampler import CausalSampler
 
     seen = []
@@ -97,12 +98,15 @@ def test_partial_file_is_readable_while_streaming(cf, tmp_path, monkeypatch):
 
     def peek(self, *a, **k):
         if self.blocks_done == 4:
-            seen.append(Path(tmp_path / "p.mkv").stat().st_size)
+            assert not (tmp_path / "p.mkv").exists()
+            (temp,) = tmp_path.glob(".p.cf-*.partial.mkv")
+            seen.append(read_video(temp).frames.shape[0])
         return denoise(self, *a, **k)
 
     monkeypatch.setattr(CausalSampler, "denoise_block", peek)
     assert gen(cf, PROMPT, "--frames", 21, "--seed", 1, "--out", tmp_path / "p.mkv", "--codec", "ffv1").exit_code == 0
     assert seen and seen[0] > 0
+    assert sorted(p.name for p in tmp_path.glob("*p*.mkv*")) == ["p.mkv"]  # no temp or lock file left
 
 
 def test_ctrl_c_keeps_a_playable_partial_video(cf, tmp_path, monkeypatch):

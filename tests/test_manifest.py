@@ -1,6 +1,5 @@
 """`cf download --dry-run` without the Hub: sizes from the shipped manifest, approximate ones marked."""
 
-import pytest
 
 from cfcli import manifest
 from cfcli.errors import CfError

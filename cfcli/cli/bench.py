@@ -1,9 +1,11 @@
 """`cf bench`: how fast generation runs on this machine, against real time and against the FLOP floor."""
 
 import json
+import math
 
 import typer
 
+from cfcli.cli.checks import check_options
 from cfcli.cli.common import (CompileOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt, ModeOpt, PresetOpt,
                               QuantizeOpt, StepsOpt, console, friendly, is_tty, pick_device, pick_dtype, preset_name)
 from cfcli.cli.progress import record_bench
@@ -49,6 +51,7 @@ def register(app: typer.Typer) -> None:
         from cfcli.pipeline.generate import plan_frames
         from cfcli.presets import load_preset
 
+        check_options(frames)
         p = job.with_resolution(load_preset(preset_name(preset, mode, steps)), height, width)
         dev = pick_device(device)
         dt = pick_dtype(dtype, dev)
@@ -56,8 +59,8 @@ def register(app: typer.Typer) -> None:
         options.check(dev, need_weights=False)  # random TAEHV weights stand in, like the rest
         if repeat < 1:
             raise CfError(f"--repeat must be at least 1, got {repeat}")
-        if peak_tflops is not None and peak_tflops <= 0:
-            raise CfError(f"--peak-tflops must be positive, got {peak_tflops}")
+        if peak_tflops is not None and not (math.isfinite(peak_tflops) and peak_tflops > 0):
+            raise CfError(f"--peak-tflops must be a positive number, got {peak_tflops}")
         want = frames if frames is not None else p.frames
         real, _ = plan_frames(p, want, image=False)
         if real != want:

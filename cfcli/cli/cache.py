@@ -100,7 +100,7 @@ def converted_users() -> dict[Path, list[str]]:
 
     users: dict[Path, list[str]] = {}
     for name in shipped_presets():
-        path = converted_path(load_preset(name))
+        path = converted_path(load_preset(name), whole=False)  # a damaged file is still that preset's
         if path is not None:
             users.setdefault(path.resolve(), []).append(name)
     return users

@@ -3,7 +3,6 @@
 import functools
 import random
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -56,7 +55,8 @@ def fail(message: str, hint: str = "") -> None:
 
 
 def friendly(fn):
-    """Turn CfError (and CUDA out-of-memory) into a short message and exit code 1, without a traceback."""
+    """Turn CfError, CUDA out-of-memory and OS errors into a short message and exit code 1, without a traceback;
+    a stop (Ctrl-C, SIGTERM, SIGHUP) exits 128 + the signal number."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -64,11 +64,19 @@ def friendly(fn):
             return fn(*args, **kwargs)
         except CfError as exc:
             fail(exc.message, exc.hint)
+        except KeyboardInterrupt as exc:  # a stop outside the writing loop (which keeps a partial and says so)
+            from cfcli.pipeline.signals import exit_code
+
+            console.print("[yellow]stopped[/]")
+            raise typer.Exit(exit_code(exc)) from None
         except Exception as exc:  # noqa: BLE001
             if type(exc).__name__ == "OutOfMemoryError":
                 fail("the GPU ran out of memory",
                      "lower --frames or the resolution (a smaller preset), use --dtype bfloat16, or close other "
                      "programs using the GPU")
+            if isinstance(exc, OSError) and exc.strerror:  # the last net: a message, never a traceback
+                fail(f"{exc.strerror}" + (f": {exc.filename}" if exc.filename else ""),
+                     "check the path and its permissions")
             raise
 
     return wrapper
@@ -126,7 +134,3 @@ def preset_name(preset: str | None, mode: str | None, steps: int | None) -> str:
 def is_tty() -> bool:
     return sys.stderr.isatty()
 
-
-def check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise CfError(f"{out} already exists", "pass --overwrite to replace it, or choose another --out")

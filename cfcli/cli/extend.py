@@ -4,9 +4,10 @@ from pathlib import Path
 
 import typer
 
+from cfcli.cli.checks import check_options, codec_note
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, ExtendModeOpt,
                               GraphsOpt, JsonOpt, OverwriteOpt, PresetOpt, QuantizeOpt, QuietOpt, SeedOpt, StepsOpt,
-                              check_out, console, friendly, new_seed, pick_device, pick_dtype, preset_name)
+                              console, friendly, new_seed, pick_device, pick_dtype, preset_name)
 from cfcli.cli.generate import report
 from cfcli.cli.files import open_file, output_codec, poster_path, write_poster
 from cfcli.cli.progress import ProgressView, cpu_notice, status_line
@@ -17,6 +18,7 @@ def register(app: typer.Typer) -> None:
     @app.command("extend", short_help="Continue a video clip past its last frame.")
     @friendly
     def extend(
+        ctx: typer.Context,
         clip: Path = typer.Argument(..., help="The video to continue."),
         prompt: str = typer.Option(None, "--prompt", help="What happens next (default: the clip's own prompt)."),
         frames: int = typer.Option(None, "--frames", help="New video frames (4 per latent frame)."),
@@ -57,8 +59,11 @@ def register(app: typer.Typer) -> None:
         """
         from cfcli.pipeline import extend as job
         from cfcli.pipeline.engine import EngineOptions
+        from cfcli.pipeline.outputs import check as check_outputs
+        from cfcli.pipeline.signals import exit_code, stop_on_signals
         from cfcli.presets import load_preset
 
+        check_options(frames, seconds, seed, fps, crf)
         fmt = output_codec(codec, out)
         p = load_preset(preset_name(preset, mode, steps))
         if p.sampler != "causal":
@@ -67,30 +72,32 @@ def register(app: typer.Typer) -> None:
         dt = pick_dtype(dtype, dev)
         options = EngineOptions(compile, cuda_graphs, quantize, decoder)
         options.check(dev)
-        if seconds is not None and seconds <= 0:
-            raise CfError(f"--seconds must be positive, got {seconds}")
         new = frames if frames is not None or seconds is not None else 64
         s = new_seed(seed)
         path = out or clip.with_name(f"{clip.stem}-extended-{s}{fmt.suffix}")
-        check_out(path, overwrite)
         if poster:
-            check_out(poster_path(path), overwrite)
-        cpu_notice(dev, device, quiet)
-        if not quiet:
-            console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {clip} + {new or f'{seconds}s'} frames → "
-                          f"{path}")
-        req = job.ExtendRequest(clip, prompt, p, s, new, path, dev, dt, context_frames, only_new, fmt.name, crf, fps,
-                                save_latents, seconds, options)
+            check_outputs(poster_path(path), overwrite, "--poster")
         note = (lambda m: None) if quiet else (lambda m: console.print(f"[yellow]note:[/] {m}"))
-        with ProgressView(enabled=not quiet, fps=fps or clip_fps(clip) or p.fps, device=dev) as view:
-            summary = job.run(req, view.update, note=note, status=status_line(quiet))
-        report(summary, quiet, json_out)
-        if summary.interrupted:
-            raise typer.Exit(130)
+        if codec_note(ctx, fmt.name):
+            note(codec_note(ctx, fmt.name))
+        with stop_on_signals():
+            # Reserved (checked, locked, temp file created) before any model loads.
+            with job.reserve_outputs(path, save_latents, overwrite, fmt.name, crf, p, inputs=(clip,)) as outputs:
+                cpu_notice(dev, device, quiet)  # once every check has passed
+                if not quiet:
+                    console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {clip} + {new or f'{seconds}s'} frames "
+                                  f"→ {path}")
+                req = job.ExtendRequest(clip, prompt, p, s, new, path, dev, dt, context_frames, only_new, fmt.name,
+                                        crf, fps, save_latents, seconds, options, overwrite, outputs)
+                with ProgressView(enabled=not quiet, fps=fps or clip_fps(clip) or p.fps, device=dev) as view:
+                    summary = job.run(req, view.update, note=note, status=status_line(quiet))
+            report(summary, quiet, json_out)
+            if summary.interrupted:
+                raise typer.Exit(exit_code())
         if poster:
-            write_poster(path)
+            write_poster(summary.path)
         if open_:
-            open_file(path)
+            open_file(summary.path)
 
 
 def clip_fps(path: Path) -> float | None:

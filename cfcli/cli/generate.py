@@ -1,15 +1,18 @@
 """`cf generate`: text (or picture) to video, streamed to the file block by block."""
 
 import json
+import math
 import re
+from contextlib import ExitStack
 from pathlib import Path
 
 import typer
 from typer.core import TyperCommand
 
+from cfcli.cli.checks import check_length, check_options, codec_note
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt,
-                              ModeOpt, OverwriteOpt, PresetOpt, QuantizeOpt, QuietOpt, SeedOpt, StepsOpt, check_out,
-                              console, friendly, new_seed, pick_device, pick_dtype, preset_name)
+                              ModeOpt, OverwriteOpt, PresetOpt, QuantizeOpt, QuietOpt, SeedOpt, StepsOpt, console,
+                              friendly, new_seed, pick_device, pick_dtype, preset_name)
 from cfcli.cli.files import open_file, output_codec, output_dir, poster_path, write_poster
 from cfcli.cli.progress import ProgressView, cpu_notice, status_line
 from cfcli.errors import CfError
@@ -55,6 +58,7 @@ def register(app: typer.Typer) -> None:
     @app.command("generate", cls=_GenerateCommand, short_help="Make a video from a prompt (and a picture).")
     @friendly
     def generate(
+        ctx: typer.Context,
         prompt: str = typer.Argument(None, help="What the video shows."),
         preset: PresetOpt = None,
         mode: ModeOpt = None,
@@ -106,8 +110,11 @@ def register(app: typer.Typer) -> None:
         from cfcli.pipeline import generate as job
         from cfcli.pipeline.bench import with_resolution
         from cfcli.pipeline.engine import EngineOptions
+        from cfcli.pipeline.outputs import check as check_outputs
+        from cfcli.pipeline.signals import exit_code, stop_on_signals, stopped_by
         from cfcli.presets import load_preset
 
+        check_options(frames, seconds, seed, fps, crf)
         schedule = read_schedule(prompt, prompt_at, prompt_schedule, prompt_file)
         prompts = [schedule.opening] if schedule else read_prompts(prompt, prompt_file)
         fmt = output_codec(codec, out)
@@ -118,61 +125,75 @@ def register(app: typer.Typer) -> None:
         options.check(dev)
         fps_ = fps or p.fps
         want = frames if frames is not None else (round(seconds * fps_) + 1 if seconds is not None else p.frames)
-        if seconds is not None and seconds <= 0:
-            raise CfError(f"--seconds must be positive, got {seconds}")
+        check_length(want, "--frames" if seconds is None else "--seconds", seconds, fps_)
         real, _ = job.plan_frames(p, want, image is not None)
-        if real != want and not quiet:
-            console.print(f"[yellow]note:[/] {want} frames is not a length the model makes; generating {real}")
+        for note in (f"{want} frames is not a length the model makes; generating {real}" if real != want else None,
+                     codec_note(ctx, fmt.name)):
+            if note and not quiet:
+                console.print(f"[yellow]note:[/] {note}")
         starts = schedule.block_starts(fps_, real, p.block_frames) if schedule else ()  # refused before models load
-        runs = plan_runs(prompts, seed, count, out, fmt.suffix, overwrite, poster)
+        runs = plan_runs(prompts, seed, count, out, fmt.suffix, save_latents)
+        if poster:
+            for _, _, path, _ in runs:
+                check_outputs(poster_path(path), overwrite, "--poster")
         status = status_line(quiet)
-        cpu_notice(dev, device, quiet)
         job.check_image_input(p, image)  # a bad --image is refused before any model loads
-        # Every prompt is encoded in one umT5 load, which is gone before the DiT loads (once, for all prompts).
-        encoder = job.PromptEncoder(p, dev, dt, note=status)
-        encoder.encode(schedule.prompts() if schedule else prompts)
-        engine = job.Engine.load(p, dev, dt, note=status).configure(options)
-        for text, s, path in runs:
-            if not quiet:
-                console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {real} frames → {path}")
-                show_switches(schedule, starts, fps_, p)
-            req = job.GenerateRequest(text, p, s, real, path, dev, dt, fmt.name, crf, fps, image, save_latents,
-                                      schedule, options)
-            with ProgressView(enabled=not quiet, fps=fps_, device=dev) as view:
-                summary = job.run(req, view.update, engine=engine, prompt_encoder=encoder)
-            report(summary, quiet, json_out)
-            if summary.interrupted:
-                raise typer.Exit(130)
-            if poster:
-                write_poster(path)
+        with stop_on_signals(), ExitStack() as reserved:
+            # Every output is reserved (checked, locked, its temp file created) before any model loads.
+            outputs = [reserved.enter_context(job.reserve_outputs(path, latents, overwrite, fmt.name, crf, p))
+                       for _, _, path, latents in runs]
+            cpu_notice(dev, device, quiet)  # once every check has passed
+            # Every prompt is encoded in one umT5 load, which is gone before the DiT loads (once, for all prompts).
+            encoder = job.PromptEncoder(p, dev, dt, note=status)
+            encoder.encode(schedule.prompts() if schedule else prompts)
+            engine = job.Engine.load(p, dev, dt, note=status).configure(options)
+            for (text, s, path, latents), reserved_outputs in zip(runs, outputs):
+                if not quiet:
+                    console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {real} frames → {path}")
+                    show_switches(schedule, starts, fps_, p)
+                req = job.GenerateRequest(text, p, s, real, path, dev, dt, fmt.name, crf, fps, image, latents,
+                                          schedule, options, overwrite=overwrite, outputs=reserved_outputs)
+                with ProgressView(enabled=not quiet, fps=fps_, device=dev) as view:
+                    summary = job.run(req, view.update, engine=engine, prompt_encoder=encoder)
+                report(summary, quiet, json_out)
+                if summary.interrupted or stopped_by():
+                    raise typer.Exit(exit_code())
+                if poster:
+                    write_poster(summary.path)
         if open_:
             open_file(runs[0][2] if len(runs) == 1 else runs[0][2].parent)
 
 
-def plan_runs(prompts: list[str], seed: int | None, count: int, out: Path | None, suffix: str, overwrite: bool,
-              poster: bool) -> list[tuple[str, int, Path]]:
-    """(prompt, seed, path) of every video, `count` per prompt; each path checked before any model loads."""
+def plan_runs(prompts: list[str], seed: int | None, count: int, out: Path | None, suffix: str,
+              save_latents: Path | None) -> list[tuple[str, int, Path, Path | None]]:
+    """(prompt, seed, video path, latents path) of every video, `count` per prompt: a batch numbers
+    `--out`/`--save-latents`, and default names that slug alike get `-2`, `-3`, … so no output of the run overwrites
+    another."""
+    from cfcli.pipeline.outputs import same_file
+
     if count < 1:
         raise CfError(f"--count must be at least 1, got {count}")
     jobs = [(text, seed + k if seed is not None else new_seed(None)) for text in prompts for k in range(count)]
-    runs = []
+    runs, taken = [], []
     for i, (text, s) in enumerate(jobs):
-        path = out or output_dir() / f"{slug(text)}-{s}{suffix}"
-        if out is not None and len(jobs) > 1:
-            path = out.with_name(f"{out.stem}-{i:03d}{out.suffix}")
-        check_out(path, overwrite)
-        if poster:
-            check_out(poster_path(path), overwrite)
-        runs.append((text, s, path))
+        path, latents = out or output_dir() / f"{slug(text)}-{s}{suffix}", save_latents
+        if len(jobs) > 1:
+            path = path.with_name(f"{path.stem}-{i:03d}{path.suffix}") if out is not None else path
+            latents = latents.with_name(f"{latents.stem}-{i:03d}{latents.suffix}") if latents is not None else None
+        n, stem = 2, path.stem
+        while any(same_file(path, t) for t in taken):
+            path, n = path.with_name(f"{stem}-{n}{path.suffix}"), n + 1
+        if latents is not None and any(same_file(latents, t) for t in [*taken, path]):
+            raise CfError(f"--save-latents {latents} is also a video of this run",
+                          "give the latents a file of their own, e.g. latents.safetensors")
+        taken += [path] + ([latents] if latents is not None else [])
+        runs.append((text, s, path, latents))
     return runs
 
 
 def read_prompts(prompt: str | None, prompt_file: Path | None) -> list[str]:
     if prompt_file is not None:
-        try:
-            lines = [ln.strip() for ln in prompt_file.read_text().splitlines()]
-        except OSError as exc:
-            raise CfError(f"cannot read --prompt-file {prompt_file}: {exc.strerror}") from exc
+        lines = [ln.strip() for ln in read_text(prompt_file, "--prompt-file").splitlines()]
         prompts = [ln for ln in lines if ln]
         if not prompts:
             raise CfError(f"{prompt_file} holds no prompts", "write one prompt per line")
@@ -180,6 +201,19 @@ def read_prompts(prompt: str | None, prompt_file: Path | None) -> list[str]:
     if prompt is None or not prompt.strip():
         raise CfError("the prompt is empty", 'describe the video, e.g. cf generate "a fox running"')
     return [prompt]
+
+
+def read_text(path: Path, option: str) -> str:
+    """A UTF-8 text file given by `option`; a binary or non-UTF-8 file is refused with one message."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise CfError(f"cannot read {option} {path}: {exc.strerror or exc}", "give a readable text file") from exc
+    except UnicodeDecodeError:
+        text = "\0"
+    if "\0" in text:
+        raise CfError(f"{option} {path} is not UTF-8 text", "give a plain text file, one prompt per line")
+    return text
 
 
 def read_schedule(prompt: str | None, prompt_at: list[str] | None, schedule_file: Path | None,
@@ -192,11 +226,17 @@ def read_schedule(prompt: str | None, prompt_at: list[str] | None, schedule_file
     if prompt_file is not None:
         raise CfError("--prompt-file cannot be combined with --prompt-at/--prompt-schedule",
                       "a schedule tells one video's story; make the batch and the story in separate runs")
+    if schedule_file is not None:
+        read_text(schedule_file, "--prompt-schedule")  # binary data: refused here, with the option's name
     switches = read_schedule_file(schedule_file) if schedule_file is not None else []
     pairs = [value.split("\t", 1) for value in prompt_at or ()]
     if any(len(pair) != 2 for pair in pairs):
         raise CfError("--prompt-at takes a time and a prompt", 'e.g. --prompt-at 12s "the fox jumps into the river"')
     switches += parse_prompt_at([(time, text) for time, text in pairs])
+    for switch in switches:
+        if not math.isfinite(switch.seconds):
+            raise CfError(f"the time of a prompt switch ({switch.source[:40]}…) is too large",
+                          "give a time within the video, e.g. 12s or 1:05")
     return PromptSchedule.build(prompt, switches)
 
 
@@ -236,7 +276,10 @@ def report(s, quiet: bool, json_out: bool) -> None:
     if quiet:
         return
     if s.interrupted:
-        console.print(f"[yellow]stopped:[/] {s.frames} frames kept in {s.path}")
+        untouched = s.extra.get("left_untouched")
+        beside = f" ({untouched} was left as it was)" if untouched else ""
+        console.print(f"[yellow]stopped:[/] {s.frames} frames kept in {s.path}{beside}" if s.frames else
+                      f"[yellow]stopped[/] before the first frame: nothing was written to {s.path}")
         return
     first = f"{s.first_frame_s:.2f}s" if s.first_frame_s is not None else "-"
     new = f" ({s.generated} new)" if s.generated != s.frames else ""

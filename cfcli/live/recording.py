@@ -1,37 +1,31 @@
 """The live recording: every frame since start, a sink in the generation loop, saved as `cf generate` would write it.
 
-The prompt schedule is known only when the session ends, and a streamed container's header is written with its
-first frame, so the frames go to a hidden file beside the output and are remuxed (packets copied, not re-encoded)
-into the final file with the metadata, then renamed into place.
+The prompt schedule is known only when the session ends, so the frames go to a reserved temp file beside the output
+(the same file sink as `cf generate`'s); at the end its metadata is rewritten (packets copied, not re-encoded) and the
+file is renamed into place.
 """
 
-import json
-import os
 import time
 from pathlib import Path
 
+from cfcli.pipeline import containers
 from cfcli.pipeline.generate import SafeWriter
-from cfcli.pipeline.video import META_KEY
+from cfcli.pipeline.outputs import reserve
+from cfcli.pipeline.video import rewrite_metadata
 
 
 class Recording(SafeWriter):
     def __init__(self, out_dir: Path, name: str, fps: float, width: int, height: int, codec: str, crf: int):
-        suffix = ".mkv" if codec == "ffv1" else ".mp4"
-        self.final = unique(Path(out_dir) / f"{name}{suffix}")
-        super().__init__(self.final.with_name(f".{self.final.stem}.partial{suffix}"), fps, width, height, codec,
-                         crf)
+        target = reserve(unique(Path(out_dir) / f"{name}{containers.get(codec).suffix}"), overwrite=False,
+                         what="the recording", option="--out-dir")
+        super().__init__(target, fps, width, height, codec, crf)
+        self.final = target.final
 
-    def finish(self, metadata: dict) -> Path:
-        """Close, write the final file with `metadata`, remove the partial one; returns the final path."""
+    def save(self, metadata: dict) -> Path:
+        """Close, give the file `metadata` (with the prompt schedule, known only now) and put it in place."""
         self.close()
-        tmp = self.final.with_name(f".{self.final.stem}.{os.getpid()}.tmp{self.final.suffix}")
-        try:
-            remux(self.path, tmp, metadata)
-            os.replace(tmp, self.final)
-        finally:
-            tmp.unlink(missing_ok=True)
-            self.path.unlink(missing_ok=True)
-        return self.final
+        rewrite_metadata(self.target.temp, metadata)
+        return self.target.commit()
 
 
 def unique(path: Path) -> Path:
@@ -40,18 +34,3 @@ def unique(path: Path) -> Path:
         return path
     return path.with_name(f"{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}-{time.perf_counter_ns() % 10**6}"
                           f"{path.suffix}")
-
-
-def remux(src: Path, dst: Path, metadata: dict) -> None:
-    """Copy the video packets of `src` into `dst` with cfcli's metadata tag."""
-    import av
-
-    with av.open(str(src)) as inp, av.open(str(dst), mode="w") as out:
-        out.metadata[META_KEY] = json.dumps(metadata, ensure_ascii=False)
-        source = inp.streams.video[0]
-        target = out.add_stream_from_template(source)
-        for packet in inp.demux(source):
-            if packet.dts is None:  # the demuxer's end-of-stream marker
-                continue
-            packet.stream = target
-            out.mux(packet)

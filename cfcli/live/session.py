@@ -405,7 +405,7 @@ class LiveSession:
         if ctx.clip_frames is not None:
             extra["context_frames"] = video_frames_for(ctx.n_latents)
         meta = metadata(stats.prompt, stats.seed, self.preset, recording.frames, self.fps, **extra)
-        path = recording.finish(meta)
+        path = recording.save(meta)
         self.recordings[path.name] = path
         self.jpeg_queue.put({"type": "recording", "session": stats.session, "name": path.name,
                              "url": f"/recordings/{path.name}", "frames": recording.frames,

@@ -13,8 +13,10 @@ import torch
 
 from cfcli.errors import CfError
 from cfcli.pipeline.clip_reader import ClipInfo, iter_frames, probe_clip, read_tail
-from cfcli.pipeline.engine import Engine, EngineOptions, latent_frames_for, video_frames_for
-from cfcli.pipeline.generate import Progress, SafeWriter, Summary, made_with, metadata, stream_to_file
+from cfcli.pipeline.engine import MAX_ROPE_FRAMES, Engine, EngineOptions, latent_frames_for, video_frames_for
+from cfcli.pipeline.generate import (Progress, SafeWriter, Summary, made_with, metadata, reserve_outputs,
+                                     stream_to_file)
+from cfcli.pipeline.outputs import Outputs
 from cfcli.pipeline.media import fit_frames, to_model_range
 from cfcli.pipeline.text import PromptEncoder
 from cfcli.presets import Preset
@@ -40,6 +42,8 @@ class ExtendRequest:
     save_latents: Path | None = None
     seconds: float | None = None  # instead of new_frames, at the output's frame rate
     options: EngineOptions = EngineOptions()  # when `run` loads the engine itself
+    overwrite: bool = False  # replace existing files at `out` / `save_latents` (`out` may be `clip` itself)
+    outputs: Outputs | None = None  # reserved by the caller before the models loaded (`reserve_outputs`)
 
 
 def load_clip(path: Path) -> ClipInfo:
@@ -85,7 +89,14 @@ def source_facts(clip: ClipInfo, fps: float, preset: Preset) -> dict:
 def run(req: ExtendRequest, on_progress: Callable[[Progress], None] = lambda p: None,
         engine: Engine | None = None, note: Callable[[str], None] = lambda s: None,
         status: Callable[[str], None] = lambda s: None) -> Summary:
-    """Extend the clip; `note` hears what was changed or rounded, `status` each model about to load."""
+    """Extend one clip; its outputs are `req.outputs` when the caller reserved them, else reserved here first.
+    `note` hears what was changed or rounded, `status` each model about to load."""
+    with req.outputs or reserve_outputs(req.out, req.save_latents, req.overwrite, req.codec, req.crf, req.preset,
+                                        inputs=(req.clip,)) as outputs:
+        return _run(req, outputs, on_progress, engine, note, status)
+
+
+def _run(req: ExtendRequest, outputs: Outputs, on_progress, engine, note, status) -> Summary:
     p = req.preset
     clip = load_clip(req.clip)  # before any model loads: a file that is not a video is refused here
     for line in clip.notes():
@@ -106,6 +117,10 @@ def run(req: ExtendRequest, on_progress: Callable[[Progress], None] = lambda p: 
     new_latents = -(-new_latents // p.block_frames) * p.block_frames
     if new_latents * 4 != new_frames:
         note(f"{new_frames} new frames is not a length the model makes; generating {new_latents * 4}")
+    if n_ctx + new_latents > MAX_ROPE_FRAMES - 1:
+        most = (MAX_ROPE_FRAMES - 1 - n_ctx) * 4
+        raise CfError(f"{new_frames} new frames is more than the model's position table holds after the context",
+                      f"extend by at most {most} frames at a time")
     context = fit_frames(read_tail(req.clip, video_frames_for(n_ctx), clip), p.width, p.height)
     if round(float(fps), 3) != p.fps:
         note(f"the clip plays at {fps:g} fps; the new frames move at the model's {p.fps} fps (played at "
@@ -118,7 +133,7 @@ def run(req: ExtendRequest, on_progress: Callable[[Progress], None] = lambda p: 
     meta = metadata(prompt, req.seed, p, total, round(float(fps), 3), extended_from=str(req.clip),
                     context_frames=video_frames_for(n_ctx), new_frames=new_latents * 4, only_new=req.only_new,
                     **made_with(req), **source_facts(clip, fps, p))
-    writer = SafeWriter(req.out, fps, p.width, p.height, req.codec, req.crf, meta)
+    writer = SafeWriter(outputs.video, fps, p.width, p.height, req.codec, req.crf, meta)
     if not req.only_new:
         try:
             for batch in iter_frames(req.clip, rotation=clip.rotation):  # streamed: the clip is never held whole
@@ -127,6 +142,6 @@ def run(req: ExtendRequest, on_progress: Callable[[Progress], None] = lambda p: 
             writer.abort()
             raise
     chunks = engine.generate(engine.text_kv(text), new_latents, req.seed, ctx_latents)
-    summary = stream_to_file(chunks, writer, total, req, on_progress, write_context=False)
+    summary = stream_to_file(chunks, writer, total, req, on_progress, write_context=False, latents=outputs.latents)
     summary.extra["prompt"] = prompt
     return summary

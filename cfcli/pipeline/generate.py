@@ -1,11 +1,13 @@
 """One generation job, from request to file: models, prompt features, streaming sampler, decoder and writer.
 
 The CLI builds a `GenerateRequest`, the job reports `Progress` through a callback and returns a `Summary`. The video
-file is written block by block while later blocks are generated; on an error the half-written file is removed, on
-Ctrl-C it is closed so the frames made so far play.
+is written block by block, while later blocks are generated, to a temp file beside the output that is renamed into
+place when complete; on an error the temp file is removed and what was at the output path stays as it was; on
+Ctrl-C (or SIGTERM/SIGHUP) the file is closed so the frames made so far play, with metadata that says so.
 """
 
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,10 +18,12 @@ from cfcli.errors import CfError
 from cfcli.pipeline import containers
 from cfcli.pipeline.engine import Chunk, Engine, EngineOptions, video_frames_for
 from cfcli.pipeline.media import check_image_input, load_image
+from cfcli.pipeline.outputs import Outputs, Target, check, reserve, same_file, write_error
 from cfcli.pipeline.prompts import PromptSchedule, TextSchedule
+from cfcli.pipeline.signals import finalising
 from cfcli.pipeline.sinks import Progress, Sink, stream
 from cfcli.pipeline.text import PromptEncoder
-from cfcli.pipeline.video import VideoWriter
+from cfcli.pipeline.video import VideoWriter, rewrite_metadata
 from cfcli.presets import Preset, presets_dir
 
 
@@ -39,6 +43,8 @@ class GenerateRequest:
     save_latents: Path | None = None
     schedule: PromptSchedule | None = None  # prompt switches; its opening prompt is `prompt`
     options: EngineOptions = EngineOptions()  # when `run` loads the engine itself
+    overwrite: bool = False  # replace existing files at `out` / `save_latents`
+    outputs: Outputs | None = None  # reserved by the caller before the models loaded (`reserve_outputs`)
 
 
 @dataclass
@@ -102,6 +108,13 @@ def made_with(req) -> dict:
 
 def run(req: GenerateRequest, on_progress: Callable[[Progress], None] = lambda p: None,
         engine: Engine | None = None, prompt_encoder: PromptEncoder | None = None) -> Summary:
+    """Generate one video; its outputs are `req.outputs` when the caller reserved them, else reserved here first."""
+    with req.outputs or reserve_outputs(req.out, req.save_latents, req.overwrite, req.codec, req.crf,
+                                        req.preset) as outputs:
+        return _run(req, outputs, on_progress, engine, prompt_encoder)
+
+
+def _run(req: GenerateRequest, outputs: Outputs, on_progress, engine, prompt_encoder) -> Summary:
     p = req.preset
     if not req.prompt.strip():
         raise CfError("the prompt is empty", "describe the video to generate, e.g. cf generate \"a fox running\"")
@@ -121,49 +134,119 @@ def run(req: GenerateRequest, on_progress: Callable[[Progress], None] = lambda p
     ctx_latents = engine.encode_video(image[:, None]) if image is not None else None
     fps = req.fps or p.fps
     meta = metadata(req.prompt, req.seed, p, frames, fps, req.schedule, **made_with(req))
-    writer = SafeWriter(req.out, fps, p.width, p.height, req.codec, req.crf, meta)
+    writer = SafeWriter(outputs.video, fps, p.width, p.height, req.codec, req.crf, meta)
     chunks = engine.generate(text_kv, generated, req.seed, ctx_latents)
-    return stream_to_file(chunks, writer, frames, req, on_progress, write_context=True)
+    return stream_to_file(chunks, writer, frames, req, on_progress, write_context=True, latents=outputs.latents)
+
+
+def reserve_outputs(out: Path, latents: Path | None, overwrite: bool, codec: str, crf: int, preset: Preset,
+                    inputs: Sequence[Path] = ()) -> Outputs:
+    """Reserve a run's video and latents files before anything loads (see `cfcli.pipeline.outputs`).
+
+    The video container is opened once on the temp file, so a bad extension or codec fails now. The latents may not
+    share a path with the video or with an input of the run.
+    """
+    for other, what in [(out, "the video's path"), *((path, "an input of the run") for path in inputs)]:
+        if latents is not None and same_file(latents, other):
+            raise CfError(f"--save-latents {latents} is {what}",
+                          "give the latents a file of their own, e.g. latents.safetensors")
+    if latents is not None:
+        check(latents, overwrite, "--save-latents")  # before anything is made for the video
+    video = reserve(out, overwrite)
+    try:
+        SafeWriter(video, preset.fps, preset.width, preset.height, codec, crf).close()
+        return Outputs(video, reserve(latents, overwrite, "the latents", "--save-latents") if latents else None)
+    except BaseException:
+        video.discard()
+        raise
 
 
 def stream_to_file(chunks: Iterable[Chunk], writer: "SafeWriter", total: int, req, on_progress,
-                   write_context: bool, extra_sinks: Sequence[Sink] = ()) -> Summary:
-    """Stream the chunks into the video file (and any `extra_sinks`, e.g. a live view); the summary of the file."""
+                   write_context: bool, extra_sinks: Sequence[Sink] = (), latents: Target | None = None) -> Summary:
+    """Stream the chunks into the video file (and any `extra_sinks`, e.g. a live view), then put the file in place:
+    renamed over the final path when complete, kept as a partial when interrupted; the latents (`latents`, a
+    reserved target) are saved only for a complete video. The summary of the file."""
     fps, before = writer.fps, writer.frames
     done = stream(chunks, [writer, *extra_sinks], total, on_progress, write_context,
-                  keep_latents=req.save_latents is not None, frames_before=writer.frames)
-    if req.save_latents is not None and not done.interrupted:
-        save_latents(req.save_latents, torch.cat(done.latents))
-    return Summary(writer.path, writer.frames, fps, writer.frames / fps, done.first_frame_s, done.elapsed,
-                   req.seed, req.preset.name, interrupted=done.interrupted, made=done.frames - before)
+                  keep_latents=latents is not None, frames_before=writer.frames)
+    try:
+        if latents is not None and not done.interrupted:
+            save_latents(latents, torch.cat(done.latents))
+        path = writer.finish(done.interrupted)
+        if latents is not None and not done.interrupted:
+            latents.commit()
+    except BaseException:
+        writer.abort()  # a no-op once the video is in place
+        raise
+    finally:
+        if latents is not None:
+            latents.discard()  # a no-op once committed
+    frames = writer.frames if path is not None else 0
+    summary = Summary(path or writer.target.final, frames, fps, frames / fps, done.first_frame_s, done.elapsed,
+                      req.seed, req.preset.name, interrupted=done.interrupted, made=done.frames - before)
+    if path is not None and path != writer.target.final:
+        summary.extra["left_untouched"] = writer.target.final
+    return summary
+
+
+@contextmanager
+def write_errors(target: Target, codec: str = ""):
+    """Any OSError or PyAV error while writing `target` as a CfError naming its path and the reason."""
+    import av
+
+    try:
+        yield
+    except (OSError, av.error.FFmpegError, ValueError) as exc:
+        hint = None if getattr(exc, "errno", None) else \
+            f"choose an --out PyAV can write {codec or 'the codec'} into: .mp4 or .mkv (ffv1 needs .mkv)"
+        raise write_error(target.what, target.final, exc, hint) from exc
 
 
 class SafeWriter(VideoWriter):
-    """A VideoWriter that can be aborted: the half-written file is removed."""
+    """The file sink: frames go to a reserved temp file; what was at the final path is untouched until `finish`.
 
-    def __init__(self, out: Path, *args, **kwargs):
-        out = Path(out)
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            super().__init__(out, *args, **kwargs)
-        except (OSError, PermissionError) as exc:
-            raise CfError(f"cannot write the video to {out}: {exc.strerror or exc}",
-                          "choose a writable --out path") from exc
-        except Exception as exc:  # PyAV raises its own errors for bad containers
-            raise CfError(f"cannot write the video to {out}: {exc}".splitlines()[0],
-                          "choose an --out path ending in .mp4 or .mkv (ffv1 needs .mkv)") from exc
+    `close` finalises the container and, when the run stopped early, rewrites its metadata to the frames it really
+    holds (so a player and `cf extend` see the truth); `abort` removes the temp file. Every write error (an OSError of
+    any kind, PyAV's own errors) becomes a CfError naming the final path.
+    """
+
+    def __init__(self, target: Target, fps: float, width: int, height: int, codec: str = "h264", crf: int = 18,
+                 metadata: dict | None = None):
+        self.target, self.metadata = target, metadata or {}
+        with write_errors(target, codec):
+            super().__init__(target.temp, fps, width, height, codec, crf, metadata)
+
+    def write(self, frames: torch.Tensor) -> None:
+        with write_errors(self.target):
+            super().write(frames)
+
+    def close(self) -> None:
+        with finalising(), write_errors(self.target):
+            super().close()
+            if self.metadata.get("frames", self.frames) != self.frames:
+                rewrite_metadata(self.target.temp, self.metadata | {"frames": self.frames})
 
     def abort(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - the file is deleted anyway
-            pass
-        self.path.unlink(missing_ok=True)
+        with finalising():
+            try:
+                VideoWriter.close(self)
+            except Exception:  # noqa: BLE001 - the file is deleted anyway
+                pass
+            self.target.discard()
+
+    def finish(self, interrupted: bool) -> Path | None:
+        """Put the closed file in place: the final path, where the partial was kept, or None when it has no frame."""
+        with finalising():
+            if not interrupted:
+                return self.target.commit()
+            if self.frames == 0:
+                self.target.discard()
+                return None
+            return self.target.keep_partial()
 
 
-def save_latents(path: Path, latents: torch.Tensor) -> None:
+def save_latents(target: Target, latents: torch.Tensor) -> None:
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"latents": latents.float().cpu().contiguous()}, str(path))
+    with write_errors(target):
+        save_file({"latents": latents.float().cpu().contiguous()}, str(target.temp))

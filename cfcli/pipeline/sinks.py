@@ -50,7 +50,8 @@ def stream(chunks: Iterable, sinks: Sequence[Sink], total: int,
     the context of an extended clip is already in the file. `frames_before` counts frames the sinks already hold.
     Each chunk is written one chunk late, so the GPU already has the next block queued while the host waits on this
     one's pixels; a source that is about to wait (live playback pacing) yields None to have the held chunk written
-    now. Ctrl-C closes the sinks so the frames so far are kept; any other error aborts them and re-raises.
+    now. Ctrl-C (any KeyboardInterrupt, e.g. `signals.Stopped`) closes the sinks so the frames so far are kept; any
+    other error aborts them and re-raises.
     """
     latents, start, first, interrupted, writing = [], time.perf_counter(), None, False, False
     done_frames = frames_before
@@ -90,6 +91,16 @@ def stream(chunks: Iterable, sinks: Sequence[Sink], total: int,
         for sink in sinks:
             sink.abort()
         raise
-    for sink in sinks:
-        sink.close()
+    close_all(sinks)
     return Streamed(done_frames, first, time.perf_counter() - start, interrupted, latents)
+
+
+def close_all(sinks: Sequence[Sink]) -> None:
+    """Close every sink; when one fails (a full disk while flushing), it and those not yet closed are aborted."""
+    for i, sink in enumerate(sinks):
+        try:
+            sink.close()
+        except BaseException:
+            for rest in sinks[i:]:
+                rest.abort()
+            raise

@@ -6,6 +6,7 @@ How a clip was made (prompt, seed, preset, …) is stored as JSON in the contain
 """
 
 import json
+import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -52,6 +53,8 @@ class VideoWriter:
             cc = self._stream.codec_context
             cc.color_primaries = cc.color_trc = cc.colorspace = containers.BT709
             cc.color_range = containers.LIMITED
+        if self.codec.pix_fmt != "pal8":  # GIF's encoder takes its palette from the first frame
+            self._container.start_encoding()  # the header now: a bad extension or codec fails here, not at frame 1
 
     def write(self, frames: torch.Tensor) -> None:
         for img in frames.permute(0, 2, 3, 1).contiguous().cpu().numpy():
@@ -75,10 +78,32 @@ class VideoWriter:
     def close(self) -> None:
         if self._container is None:
             return
-        for packet in self._stream.encode():
-            self._container.mux(packet)
-        self._container.close()
-        self._container = None
+        container, self._container = self._container, None
+        try:
+            for packet in self._stream.encode():
+                container.mux(packet)
+        finally:
+            container.close()  # the file handle goes even when flushing failed (a full disk)
+
+
+def rewrite_metadata(path: Path, metadata: dict) -> None:
+    """Give the video at `path` new metadata: its packets are copied unchanged into a new file that replaces it."""
+    import av
+
+    tmp = path.with_name(f"{path.stem}.meta{path.suffix}")
+    try:
+        with av.open(str(path)) as src, av.open(str(tmp), mode="w") as dst:
+            dst.metadata[META_KEY] = json.dumps(metadata, ensure_ascii=False)
+            stream = src.streams.video[0]
+            copy = dst.add_stream_from_template(stream)
+            for packet in src.demux(stream):
+                if packet.dts is None:  # the demuxer's end-of-stream marker
+                    continue
+                packet.stream = copy
+                dst.mux(packet)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def palette_image(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,52 @@
+"""Option values checked in one pass before anything loads: each bad value is one message naming it and its range."""
+
+import math
+
+from cfcli.errors import CfError
+
+SEED_MAX = 2**63 - 1  # torch takes any 64-bit seed; the signed range is the one every tool reads back alike
+FPS_RANGE = (1, 240)
+CRF_RANGE = (0, 51)
+
+
+def max_frames() -> int:
+    """The longest video the model's position table allows (the engine's MAX_ROPE_FRAMES, in video frames)."""
+    from cfcli.pipeline.engine import MAX_ROPE_FRAMES, video_frames_for
+
+    return video_frames_for(MAX_ROPE_FRAMES - 1)
+
+
+def given(ctx, option: str) -> bool:
+    """Whether the user typed the option (not just left its default); `ctx` is the command's typer.Context."""
+    source = ctx.get_parameter_source(option) if ctx is not None else None
+    return getattr(source, "name", None) == "COMMANDLINE"
+
+
+def check_options(frames: int | None = None, seconds: float | None = None, seed: int | None = None,
+                  fps: int | None = None, crf: int | None = None) -> None:
+    """Refuse values no run can use; lengths past the model's position table are refused here, not after loading."""
+    if frames is not None:
+        check_length(frames, "--frames")
+    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+        raise CfError(f"--seconds must be a positive number, got {seconds}", "e.g. --seconds 5")
+    if seed is not None and not 0 <= seed <= SEED_MAX:
+        raise CfError(f"--seed {seed} is out of range", f"use a whole number from 0 to {SEED_MAX} (2**63 - 1)")
+    if fps is not None and not FPS_RANGE[0] <= fps <= FPS_RANGE[1]:
+        raise CfError(f"--fps {fps} is out of range", f"use {FPS_RANGE[0]} to {FPS_RANGE[1]} frames per second")
+    if crf is not None and not CRF_RANGE[0] <= crf <= CRF_RANGE[1]:
+        raise CfError(f"--crf {crf} is out of range", f"use {CRF_RANGE[0]} (best) to {CRF_RANGE[1]} (smallest)")
+
+
+def check_length(frames: int, option: str, seconds: float | None = None, fps: float | None = None) -> None:
+    """`frames` (from `option`, or from `seconds` at `fps`) must be positive and fit the model's position table."""
+    if frames <= 0:
+        raise CfError(f"{option} must be positive, got {frames}")
+    if frames > max_frames():
+        given_as = f"{option} {seconds:g}" if seconds is not None else f"{option} {frames}"
+        most = f"{max_frames()} frames" + (f" ({max_frames() / fps:g} s at {fps:g} fps)" if fps else "")
+        raise CfError(f"{given_as} is longer than the model can make", f"the maximum is {most} (its position table)")
+
+
+def codec_note(ctx, codec: str) -> str | None:
+    """A note when an option the codec ignores was given."""
+    return "ffv1 is lossless and ignores --crf" if codec == "ffv1" and given(ctx, "crf") else None
