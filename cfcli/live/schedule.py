@@ -97,5 +97,11 @@ class LiveSchedule:
         return p
 
     @property
+    def awaiting_frames(self) -> bool:
+        """A prompt has landed and its first frame is not written yet."""
+        with self._lock:
+            return any(p.state == "landed" for p in self.entries[1:])
+
+    @property
     def has_pending(self) -> bool:
         return self._pending is not None

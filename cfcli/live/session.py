@@ -331,8 +331,10 @@ class LiveSession:
                     stats.block_s.append(block_busy)
                     block_busy = 0.0
                 yield chunk
-                if self._should_wait(stats, schedule):
-                    yield None  # `stream` writes the chunk it holds: a new prompt's first frames go out now
+                if schedule.awaiting_frames or self._should_wait(stats, schedule):
+                    # `stream` writes the chunk it holds now: a new prompt's first frames do not wait for the next
+                    # block, and nothing is left to overlap with a wait
+                    yield None
                 while self._should_wait(stats, schedule):
                     time.sleep(0.01)
         finally:
