@@ -1,11 +1,13 @@
 """`cf bench`: how fast generation runs on this machine, against real time and against the FLOP floor."""
 
 import json
+from pathlib import Path
 
 import typer
 
-from cfcli.cli.common import (CompileOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt, ModeOpt, PresetOpt,
-                              QuantizeOpt, StepsOpt, console, friendly, is_tty, pick_device, pick_dtype, preset_name)
+from cfcli.cli.common import (CompileOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt, LowVramOpt, MaxVramOpt,
+                              ModeOpt, PresetOpt, QuantizeOpt, StepsOpt, console, friendly, is_tty, pick_device,
+                              pick_dtype, preset_name)
 from cfcli.errors import CfError
 
 
@@ -29,6 +31,10 @@ def register(app: typer.Typer) -> None:
         cuda_graphs: GraphsOpt = True,
         quantize: QuantizeOpt = None,
         decoder: DecoderOpt = "wan",
+        max_vram: MaxVramOpt = None,
+        low_vram: LowVramOpt = False,
+        save_latents: Path = typer.Option(None, "--save-latents",
+                                          help="Write the latents of one more DiT-only run (to compare plans)."),
         peak_tflops: float = typer.Option(None, "--peak-tflops",
                                           help="Matmul rate for the FLOP floors (default: 700, an assumed H100 "
                                                "bf16 rate)."),
@@ -57,7 +63,8 @@ def register(app: typer.Typer) -> None:
             console.print(f"[yellow]note:[/] {p.name} weights are not downloaded: using random weights of the same "
                           "size (same speed, meaningless pixels)")
         req = job.BenchRequest(p, dev, dt, latent_frames_for(real), repeat, random_weights,
-                               peak_tflops=peak_tflops or job.DEFAULT_PEAK_TFLOPS, options=options)
+                               peak_tflops=peak_tflops or job.DEFAULT_PEAK_TFLOPS, options=options,
+                               max_vram=max_vram, low_vram=low_vram, save_latents=save_latents)
         if is_tty() and not json_out:
             with console.status("benchmarking") as spinner:
                 result = job.run(req, lambda m: spinner.update(f"benchmarking: {m}"))
@@ -97,12 +104,17 @@ def render(r, assumed_rate: bool) -> None:
     if r.peak_vram_gib is not None:
         table.add_row("peak GPU memory", f"{r.peak_vram_gib:.2f} GiB", "", "")
         table.add_row("  text encoder phase", f"{r.text_peak_vram_gib:.2f} GiB", "", "")
+        for phase, label in (("generation", "generation (DiT only)"), ("decode", "generation + decode")):
+            if r.phase_peak_gib.get(phase) is not None:
+                table.add_row(f"  {label}", f"{r.phase_peak_gib[phase]:.2f} GiB", "", "")
     console.print(table)
     rate = f"{r.peak_tflops:g} TFLOP/s" + (" (assumed; --peak-tflops)" if assumed_rate else "")
     console.print(f"[dim]work: DiT {r.dit_tflop:.4g} + {'TAEHV' if r.decoder == 'taehv' else 'VAE'} decode "
                   f"{r.vae_decode_tflop:.4g} TFLOP per video; "
                   f"floors at {rate} · attention: {', '.join(r.attention) or 'none'} · {r.fast_path} "
                   f"(warm-up {r.warmup_s:.1f} s) · torch {r.torch} · median of {r.repeat}[/]")
+    if r.plan:
+        console.print(f"[dim]memory plan: {r.plan}[/]")
     if not r.finite:
         console.print("[yellow]warning:[/] the latents were not finite (random weights overflowed?)")
     verdict = f"{r.realtime_factor:.1f}× real time ({r.target_fps} fps)"

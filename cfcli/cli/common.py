@@ -33,6 +33,11 @@ GraphsOpt = Annotated[bool, typer.Option("--cuda-graphs/--no-cuda-graphs",
 QuantizeOpt = Annotated[str | None, typer.Option("--quantize", metavar="fp8",
                                                  help="fp8: the DiT's linear layers in float8 (Ada/Hopper GPUs): "
                                                       "faster, slightly different pixels.")]
+MaxVramOpt = Annotated[float | None, typer.Option("--max-vram", metavar="GIB",
+                                                help="Plan for this much GPU memory and hold to it (caps PyTorch's "
+                                                     "allocator); default: what is free.")]
+LowVramOpt = Annotated[bool, typer.Option("--low-vram", help="The smallest plan (8-bit DiT weights and KV cache): "
+                                                             "8 GB cards; with --max-vram, fitted to it.")]
 DecoderOpt = Annotated[str, typer.Option("--decoder", metavar="wan|taehv",
                                          help="wan: the full VAE. taehv: the tiny TAEHV decoder, many times faster, "
                                               "softer detail (`cf download --decoder taehv`).")]
@@ -117,3 +122,9 @@ def is_tty() -> bool:
 def check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not overwrite:
         raise CfError(f"{out} already exists", "pass --overwrite to replace it, or choose another --out")
+
+
+def show_plan(plan, quiet: bool = False) -> None:
+    """Say which memory plan a GPU run uses (`cfcli.pipeline.memory`)."""
+    if plan is not None and not quiet:
+        console.print(f"[dim]memory plan: {plan.describe()}[/]")

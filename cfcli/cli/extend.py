@@ -5,8 +5,9 @@ from pathlib import Path
 import typer
 
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt,
-                              ModeOpt, OverwriteOpt, PresetOpt, QuantizeOpt, QuietOpt, SeedOpt, StepsOpt, check_out,
-                              console, friendly, new_seed, pick_device, pick_dtype, preset_name)
+                              LowVramOpt, MaxVramOpt, ModeOpt, OverwriteOpt, PresetOpt, QuantizeOpt, QuietOpt, SeedOpt,
+                              StepsOpt, check_out, console, friendly, new_seed, pick_device, pick_dtype, preset_name,
+                              show_plan)
 from cfcli.cli.generate import report
 from cfcli.cli.progress import ProgressView
 from cfcli.errors import CfError
@@ -38,6 +39,8 @@ def register(app: typer.Typer) -> None:
         cuda_graphs: GraphsOpt = True,
         quantize: QuantizeOpt = None,
         decoder: DecoderOpt = "wan",
+        max_vram: MaxVramOpt = None,
+        low_vram: LowVramOpt = False,
         save_latents: Path = typer.Option(None, "--save-latents", help="Write context + new latents."),
         quiet: QuietOpt = False,
         json_out: JsonOpt = False,
@@ -63,6 +66,13 @@ def register(app: typer.Typer) -> None:
         s = new_seed(seed)
         path = out or clip.with_name(f"{clip.stem}-extended-{s}.mp4")
         check_out(path, overwrite)
+        from cfcli.pipeline.memory import plan_run
+
+        # Planned for the longest default context and the new frames (the cache holds at most the horizon anyway).
+        new_latents = -(-(new or round(seconds * (fps or p.fps))) // 4)
+        options, plan = plan_run(p, new_latents + max(job.DEFAULT_CONTEXT_LATENTS.values()), dev, dt, options,
+                                 max_vram, low_vram)
+        show_plan(plan, quiet)
         if not quiet:
             console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {clip} + {new or f'{seconds}s'} frames → {path}")
         req = job.ExtendRequest(clip, prompt, p, s, new, path, dev, dt, context_frames, only_new, codec, crf, fps,

@@ -8,8 +8,9 @@ import typer
 from typer.core import TyperCommand
 
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt,
-                              ModeOpt, OverwriteOpt, PresetOpt, QuantizeOpt, QuietOpt, SeedOpt, StepsOpt, check_out,
-                              console, friendly, new_seed, pick_device, pick_dtype, preset_name)
+                              LowVramOpt, MaxVramOpt, ModeOpt, OverwriteOpt, PresetOpt, QuantizeOpt, QuietOpt, SeedOpt,
+                              StepsOpt, check_out, console, friendly, new_seed, pick_device, pick_dtype, preset_name,
+                              show_plan)
 from cfcli.cli.progress import ProgressView
 from cfcli.errors import CfError
 
@@ -73,6 +74,8 @@ def register(app: typer.Typer) -> None:
         cuda_graphs: GraphsOpt = True,
         quantize: QuantizeOpt = None,
         decoder: DecoderOpt = "wan",
+        max_vram: MaxVramOpt = None,
+        low_vram: LowVramOpt = False,
         save_latents: Path = typer.Option(None, "--save-latents", help="Also write the latents (safetensors)."),
         prompt_file: Path = typer.Option(None, "--prompt-file", help="One prompt per line; models load once."),
         prompt_at: list[str] = typer.Option(None, "--prompt-at", metavar="TIME PROMPT",
@@ -114,8 +117,13 @@ def register(app: typer.Typer) -> None:
                 path = out.with_name(f"{out.stem}-{i:03d}{out.suffix}")
             check_out(path, overwrite)
             runs.append((text, s, path))
+        from cfcli.pipeline.engine import latent_frames_for
+        from cfcli.pipeline.memory import plan_run, text_placement
+
+        options, plan = plan_run(p, latent_frames_for(real), dev, dt, options, max_vram, low_vram)
+        show_plan(plan, quiet)
         # Every prompt is encoded in one umT5 load, which is gone before the DiT loads (once, for all prompts).
-        encoder = job.PromptEncoder(p, dev, dt)
+        encoder = job.PromptEncoder(p, dev, dt, placement=text_placement(options))
         encoder.encode(schedule.prompts() if schedule else prompts)
         engine = job.Engine.load(p, dev, dt).configure(options)
         for text, s, path in runs:

@@ -89,7 +89,11 @@ class CausalCache:
             joined = torch.empty((b, c, frames + t, h, w), dtype=x.dtype, device=x.device, memory_format=layout)
             joined[:, :, :frames] = past
             fill(joined[:, :, frames:])
-        self.remember(layer, joined[:, :, -frames:].clone())
+        kept = self._past.get(layer)
+        if kept is not None and kept.shape == joined[:, :, -frames:].shape:
+            kept.copy_(joined[:, :, -frames:])  # in place: no second copy of a full-resolution past alive at once
+        else:
+            self.remember(layer, joined[:, :, -frames:].clone())
         return joined
 
     def recall(self, layer: nn.Module, like: Tensor, frames: int) -> Tensor:
@@ -439,11 +443,21 @@ class Decoder3d(nn.Module):
                 in_dim = out_dim // 2
         self.upsamples = nn.Sequential(*blocks)
         self.head = _head(dims[-1], 3)
+        self.split_frames = False  # `cfcli.pipeline.memory`'s small plans: see `_run`
 
     def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
-        x = self.conv1(x, cache)
-        for block in (*self.middle, *self.upsamples):
+        return self._run((*self.middle, *self.upsamples), self.conv1(x, cache), cache)
+
+    def _run(self, blocks: tuple[nn.Module, ...], x: Tensor, cache: CausalCache) -> Tensor:
+        """The blocks, then the head. With `split_frames`, once a time upsampling has made several frames, each goes
+        through the rest alone, in order: every layer after it is causal or per-frame, so this is the same
+        arithmetic as the frames together (a third of the working memory at full resolution; the convolution
+        kernels may differ, so pixels may move within rounding)."""
+        for i, block in enumerate(blocks):
             x = block(x, cache)
+            if self.split_frames and x.shape[2] > 1 and i + 1 < len(blocks):
+                return torch.cat([self._run(blocks[i + 1:], x[:, :, t:t + 1], cache) for t in range(x.shape[2])],
+                                 dim=2)
         return _run_head(self.head, x, cache)
 
 

@@ -103,7 +103,9 @@ def run(req: ExtendRequest, on_progress: Callable[[Progress], None] = lambda p: 
     if new_latents * 4 != new_frames:
         note(f"{new_frames} new frames is not a length the model makes; generating {new_latents * 4}")
     context = frames[-video_frames_for(n_ctx):]
-    text = PromptEncoder(p, req.device, req.dtype).encode([prompt])[0]
+    from cfcli.pipeline.memory import text_placement
+
+    text = PromptEncoder(p, req.device, req.dtype, placement=text_placement(req.options)).encode([prompt])[0]
     if engine is None:
         engine = Engine.load(p, req.device, req.dtype).configure(req.options)
     ctx_latents = engine.encode_video(to_model_range(context).permute(1, 0, 2, 3))

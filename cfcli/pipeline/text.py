@@ -27,8 +27,10 @@ def _file_id(path: Path) -> str:
 
 
 class PromptEncoder:
-    def __init__(self, preset: Preset, device: torch.device, dtype: torch.dtype, cache_dir: Path | None = None):
+    def __init__(self, preset: Preset, device: torch.device, dtype: torch.dtype, cache_dir: Path | None = None,
+                 placement: str = "resident"):
         self.preset, self.device, self.dtype = preset, device, dtype
+        self.placement = placement  # "stream": umT5 layer by layer from host memory (`cfcli.models.t5_stream`)
         self.text_len = int(preset.arch("dit").get("text_len", 512))
         self.cache_dir = cache_dir if cache_dir is not None else cf_home() / "prompts"
         self.loaded_encoder = False  # for tests and `cf bench`: did the last call need umT5?
@@ -74,8 +76,13 @@ class PromptEncoder:
         path = hub.resolve(self.preset, "text_encoder")
         with torch.device("meta"):
             encoder = UMT5Encoder(T5Config(**self.preset.arch("text_encoder")))
+        stream = self.placement == "stream"
         load_strict(encoder, read_state_dict(path), what=f"text encoder ({path.name})", dtype=self.dtype,
-                    device=self.device)
+                    device="cpu" if stream else self.device)
+        if stream:
+            from cfcli.models.t5_stream import StreamedUMT5
+
+            encoder = StreamedUMT5(encoder, self.device)
         rows = []
         with torch.inference_mode():
             for prompt in prompts:
