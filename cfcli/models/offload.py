@@ -133,3 +133,32 @@ class Parked:
         finally:
             for m, params in zip(self.modules, host):
                 m._parameters.update(params)
+
+
+class HostStore:
+    """A dict of tensors kept in pinned host memory: `store[key] = t` copies t out (asynchronously, in stream
+    order), `store.get(key)` copies it back to the device it came from. The decoder's causal caches use it in the
+    smallest memory plan (`WanVAE.cache_on_host`): only the layer that runs has its past on the GPU."""
+
+    def __init__(self):
+        self._host: dict = {}
+
+    def get(self, key, default=None):
+        entry = self._host.get(key)
+        if entry is None:
+            return default
+        host, device = entry
+        return host.to(device, non_blocking=True)
+
+    def __setitem__(self, key, t: torch.Tensor) -> None:
+        entry = self._host.get(key)
+        if t.device.type != "cuda":
+            self._host[key] = (t, t.device)
+            return
+        if entry is None or entry[0].shape != t.shape:
+            entry = (torch.empty(t.shape, dtype=t.dtype, pin_memory=True), t.device)
+            self._host[key] = entry
+        entry[0].copy_(t, non_blocking=True)
+
+    def __contains__(self, key) -> bool:
+        return key in self._host

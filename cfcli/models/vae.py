@@ -68,8 +68,8 @@ class CausalCache:
     chunk they came from can be freed.
     """
 
-    def __init__(self) -> None:
-        self._past: dict[nn.Module, Tensor] = {}
+    def __init__(self, store=None) -> None:
+        self._past = store if store is not None else {}  # or a `cfcli.models.offload.HostStore`
         self._visited: set[nn.Module] = set()
 
     def extend(self, layer: nn.Module, x: Tensor, frames: int,
@@ -89,11 +89,12 @@ class CausalCache:
             joined = torch.empty((b, c, frames + t, h, w), dtype=x.dtype, device=x.device, memory_format=layout)
             joined[:, :, :frames] = past
             fill(joined[:, :, frames:])
-        kept = self._past.get(layer)
-        if kept is not None and kept.shape == joined[:, :, -frames:].shape:
-            kept.copy_(joined[:, :, -frames:])  # in place: no second copy of a full-resolution past alive at once
+        new = joined[:, :, -frames:]
+        kept = self._past.get(layer) if isinstance(self._past, dict) else None  # (a host store copies out anyway)
+        if kept is not None and kept.shape == new.shape:
+            kept.copy_(new)  # in place: no second copy of a full-resolution past alive at once
         else:
-            self.remember(layer, joined[:, :, -frames:].clone())
+            self.remember(layer, new.clone() if isinstance(self._past, dict) else new)
         return joined
 
     def recall(self, layer: nn.Module, like: Tensor, frames: int) -> Tensor:
@@ -481,6 +482,7 @@ class WanVAE(nn.Module):
         self.decoder = Decoder3d(cfg)
         self.register_buffer("latent_mean_bits", _float32_bits(cfg.latent_mean), persistent=False)
         self.register_buffer("latent_std_bits", _float32_bits(cfg.latent_std), persistent=False)
+        self.cache_on_host = False  # decoder causal caches in host memory (`cfcli.pipeline.memory`'s smallest plan)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -552,7 +554,9 @@ class StreamingDecoder:
 
     def __init__(self, vae: WanVAE):
         self.vae = vae
-        self.cache = CausalCache()
+        from cfcli.models.offload import HostStore
+
+        self.cache = CausalCache(HostStore() if vae.cache_on_host else None)
         self.latents_seen = 0
 
     @torch.no_grad()

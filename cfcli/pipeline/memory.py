@@ -45,6 +45,7 @@ class MemoryPlan:
     compile: bool
     offload_blocks: int = 0
     lean: bool = False  # decoder frames one at a time after time upsampling, text K/V projections in host memory
+    host_decoder_cache: bool = False  # the decoder's causal caches in host memory, each layer's fetched as it runs
     need: int = 0
     budget: int | None = None
 
@@ -55,7 +56,8 @@ class MemoryPlan:
         if self.offload_blocks:
             parts.append(f"{self.offload_blocks} DiT blocks streamed from host memory")
         if self.lean:
-            parts.append("frame-by-frame decoder")
+            parts.append("frame-by-frame decoder" + (" with its caches in host memory" if self.host_decoder_cache
+                                                     else ""))
         if not self.graphs:
             parts.append("no CUDA graphs")
         budget = f" of {self.budget / GIB:.1f} GiB" if self.budget is not None else ""
@@ -97,9 +99,10 @@ class TracedPeak(TorchDispatchMode):
 
 
 @functools.lru_cache(maxsize=8)
-def decoder_peak(decoder: str, vae_cfg, h: int, w: int, dtype: torch.dtype, split: bool = False) -> int:
-    """Peak bytes of a streaming decode (its causal caches included) of latent frames at h×w, traced on meta: the
-    first latent frame, then a later one (4 output frames, the larger)."""
+def decoder_peak(decoder: str, vae_cfg, h: int, w: int, dtype: torch.dtype, split: bool = False) -> tuple[int, int]:
+    """(Peak bytes of a streaming decode, causal caches included, of latent frames at h×w; the same with the caches
+    in host memory), traced on meta: the first latent frame, then a later one (4 output frames, the larger). With the
+    caches away only the running layer's past (and its update) is on the device."""
     from cfcli.models.taehv import TAEHV, TAEHVConfig
     from cfcli.models.vae import WanVAE
 
@@ -113,7 +116,8 @@ def decoder_peak(decoder: str, vae_cfg, h: int, w: int, dtype: torch.dtype, spli
         stream = model.stream_decoder()
         for _ in range(2):
             stream.decode(z)
-    return trace.peak
+    caches = [t.untyped_storage().nbytes() for t in getattr(stream.cache, "_past", {}).values()]
+    return trace.peak, trace.peak - sum(caches) + 2 * max(caches, default=0)
 
 
 def module_bytes(module: nn.Module, dtype: torch.dtype, int8: bool = False) -> int:
@@ -147,6 +151,7 @@ class Footprint:
     decoder: int  # decoder weights
     decode_work: int
     decode_work_split: int  # with `Decoder3d.split_frames`
+    decode_work_host: int  # split, and the causal caches in host memory
     text_resident: int  # umT5 whole, with its activations
     text_stream: int  # two umT5 blocks and the final norm, with the activations
 
@@ -156,7 +161,8 @@ class Footprint:
                if low else self.dit - self.text_proj * plan.lean)
         kv = self.kv_quant if plan.kv != "model" else self.kv
         work = self.dit_work * (1 + plan.graphs) + self.dequant_work * low  # the graph pool holds one call's work
-        decode = self.decode_work_split if plan.lean else self.decode_work
+        decode = (self.decode_work_host if plan.host_decoder_cache else self.decode_work_split if plan.lean
+                  else self.decode_work)
         return dit + kv + work + self.text_kv + self.decoder + decode
 
     def text(self, plan: MemoryPlan) -> int:
@@ -219,8 +225,8 @@ def footprint(preset: Preset, latent_frames: int, dtype: torch.dtype, decoder: s
 
         with torch.device("meta"):
             dec_bytes = module_bytes(TAEHV(TAEHVConfig()), dtype)
-    decode = decoder_peak(decoder, vae.cfg, h, w, dtype)
-    decode_split = decoder_peak(decoder, vae.cfg, h, w, dtype, split=True)
+    decode, _ = decoder_peak(decoder, vae.cfg, h, w, dtype)
+    decode_split, decode_host = decoder_peak(decoder, vae.cfg, h, w, dtype, split=True)
     text_proj = sum(module_bytes(b.cross_attn.k, dtype) + module_bytes(b.cross_attn.v, dtype) for b in dit.blocks)
     # umT5 over a full-length prompt: the residual stream, q/k/v/o, the gated FFN's three hidden tensors, the
     # position bias and the attention scores.
@@ -231,7 +237,7 @@ def footprint(preset: Preset, latent_frames: int, dtype: torch.dtype, decoder: s
         dit=module_bytes(dit, dtype), dit_int8=module_bytes(dit, dtype, int8=True),
         block=module_bytes(dit.blocks[0], dtype), block_int8=_block_int8(dit, dtype), blocks=cfg.num_layers, kv=kv, kv_quant=kv_quant, dit_work=dit_work,
         dequant_work=dequant, text_kv=text_kv, text_proj=text_proj, decoder=dec_bytes, decode_work=decode,
-        decode_work_split=decode_split,
+        decode_work_split=decode_split, decode_work_host=decode_host,
         text_resident=module_bytes(t5, dtype) + t5_work,
         text_stream=2 * t5_block + module_bytes(t5.norm, dtype) + t5_work)
 
@@ -253,6 +259,7 @@ def candidates(fp: Footprint, quantised_only: bool) -> list[MemoryPlan]:
              MemoryPlan("exact", "model", "model", "stream", False, False, lean=True)]
     low = [MemoryPlan("low" if k == 0 else "low+offload", "int8", KV_FORMAT, "stream", False, False, k, lean=True)
            for k in range(fp.blocks + 1)]
+    low.append(replace(low[-1], name="min", host_decoder_cache=True))
     return low if quantised_only else exact + low
 
 
@@ -333,8 +340,9 @@ def apply_plan(engine, plan: MemoryPlan) -> None:
     if plan.offload_blocks:
         offload_blocks_(dit, plan.offload_blocks, bind=lambda slot, block: setattr(slot.self_attn, "layer",
                                                                                    block.self_attn.layer))
-    if plan.lean and hasattr(engine.vae.decoder, "split_frames"):
+    if plan.lean:
         engine.vae.decoder.split_frames = True
+        engine.vae.cache_on_host = plan.host_decoder_cache
     if engine.device.type == "cuda":
         torch.cuda.empty_cache()
 
