@@ -184,8 +184,8 @@ def _meta_models(preset_arch: tuple) -> tuple:
 
     arch = dict(preset_arch)
     with torch.device("meta"):
-        return (CausalWanDiT(DiTConfig(**arch.get("dit", {}))), UMT5Encoder(T5Config(**arch.get("text_encoder", {}))),
-                WanVAE(VAEConfig(**arch.get("vae", {}))))
+        return (CausalWanDiT(DiTConfig(**dict(arch.get("dit", ())))), UMT5Encoder(T5Config(**dict(arch.get("text_encoder", ())))),
+                WanVAE(VAEConfig(**dict(arch.get("vae", ())))))
 
 
 def _freeze(value):
