@@ -14,7 +14,7 @@ for mode in ${MODES[@]}; do
   for entry in "${BUDGETS[@]}"; do
     name="$mode-${entry%%:*}"
     # shellcheck disable=SC2086
-    timeout 240 python3 -m cfcli bench --mode "$mode" --random-weights --repeat 1 --json \
+    timeout "${TIMEOUT:-240}" python3 -m cfcli bench --mode "$mode" --random-weights --repeat 1 --json \
       --save-latents "$OUT/$name.safetensors" ${entry#*:} >"$OUT/$name.json" 2>"$OUT/$name.err" \
       || { echo "$name failed:"; tail -4 "$OUT/$name.err"; }
   done

@@ -210,7 +210,8 @@ def footprint(preset: Preset, latent_frames: int, dtype: torch.dtype, decoder: s
     else:
         frames, _ = cache_window(preset, latent_frames)
         kv = cfg.num_layers * 2 * frames * ft * cfg.dim * size
-        kv_quant = QuantKVCache.nbytes(cfg.num_layers, 1, frames * ft, cfg.num_heads, cfg.head_dim, KV_FORMAT)
+        kv_quant = QuantKVCache.nbytes(cfg.num_layers, 1, frames * ft, cfg.num_heads, cfg.head_dim, KV_FORMAT,
+                                       dtype)
         read = frames * ft
     tokens = preset.block_frames * ft
     # One block's transient: the FFN's hidden layer twice (GELU in and out) and ~8 token-wide tensors (x, q, k, v,
