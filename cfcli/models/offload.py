@@ -95,6 +95,10 @@ class OffloadedBlocks(nn.Module):
         yield from self.resident
         yield from self.streamed
 
+    def distinct(self) -> list[nn.Module]:
+        """Every module that runs, once: the resident blocks and the stream's device slots (what to compile)."""
+        return [*self.resident, *getattr(self.streamed, "slots", self.streamed.layers)]
+
 
 def offload_blocks_(model: nn.Module, count: int, bind: Callable[[nn.Module, nn.Module], None]) -> int:
     """Keep the last `count` of `model.blocks` in host memory and stream them in per call; returns how many."""

@@ -6,7 +6,7 @@ Plans, largest first (`PLANS`; the first whose estimated peak fits the budget is
   layer from host memory (`cfcli.models.t5_stream`: same kernels, same features); CUDA graphs and compiled blocks only
   when their memory fits.
 - `low`: DiT block linears int8 weight-only (`cfcli.ops.weight_quant`), KV cache int8 with per-token-per-head scales
-  (`cfcli.models.kv_quant`), umT5 streamed, no graphs or compilation.
+  (`cfcli.models.kv_quant`), umT5 streamed, compiled blocks but no CUDA graphs.
 - `low+offload`: `low` with the last k DiT blocks kept in host memory and streamed in per call
   (`cfcli.models.offload`), k the fewest that fit.
 
@@ -258,7 +258,7 @@ def candidates(fp: Footprint, quantised_only: bool) -> list[MemoryPlan]:
              MemoryPlan("exact", "model", "model", "stream", True, True, lean=True),
              MemoryPlan("exact", "model", "model", "stream", False, True, lean=True),
              MemoryPlan("exact", "model", "model", "stream", False, False, lean=True)]
-    low = [MemoryPlan("low" if k == 0 else "low+offload", "int8", KV_FORMAT, "stream", False, False, k, lean=True)
+    low = [MemoryPlan("low" if k == 0 else "low+offload", "int8", KV_FORMAT, "stream", False, True, k, lean=True)
            for k in range(fp.blocks + 1)]
     low.append(replace(low[-1], name="min", host_decoder_cache=True))
     return low if quantised_only else exact + low
@@ -318,7 +318,8 @@ def cap_allocator(device: torch.device, max_vram: float | None) -> None:
     if max_vram is None or device.type != "cuda":
         return
     total = torch.cuda.get_device_properties(device).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, max_vram * GIB / total), device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    torch.cuda.set_per_process_memory_fraction(min(1.0, max_vram * GIB / total), index)
 
 
 def gib(nbytes: int) -> float:
