@@ -41,8 +41,8 @@ def test_decoder_working_set_shrinks_with_each_plan():
 
 @pytest.mark.parametrize("budget, name, text, graphs, offload", [
     (139, "exact", "resident", True, 0),  # an H200: today's path
-    (11, "exact", "stream", False, 0),  # a 12 GB card
-    (7, "low+offload", "stream", False, 8),  # an 8 GB card
+    (11, "exact", "stream", False, 0),  # a 12 GB card (decoder caches in host memory)
+    (7, "low+offload", "stream", False, 12),  # an 8 GB card
     (5, "min", "stream", False, 30),  # a 6 GB card
 ])
 def test_each_budget_gets_the_largest_plan_that_fits(full, budget, name, text, graphs, offload):
@@ -55,7 +55,7 @@ def test_each_budget_gets_the_largest_plan_that_fits(full, budget, name, text, g
 def test_nothing_fits_is_one_message_with_need_and_have(full):
     with pytest.raises(CfError) as err:
         choose_plan(full, 4 * GIB, what="framewise at 832×480")
-    assert err.value.message == "framewise at 832×480 needs at least 4.5 GiB of GPU memory; 4.0 GiB is available"
+    assert err.value.message == "framewise at 832×480 needs at least 4.7 GiB of GPU memory; 4.0 GiB is available"
     assert "fewer frames" in err.value.hint
 
 
@@ -79,8 +79,8 @@ def test_plan_for_fake_gpus():
     p = load_preset("framewise")
     big = plan_memory(p, LATENTS_81, torch.bfloat16, GpuMemory(141 * GIB, 139 * GIB))
     assert (big.name, big.text, big.graphs, big.compile) == ("exact", "resident", True, True)
-    card12 = plan_memory(p, LATENTS_81, torch.bfloat16, GpuMemory(12 * GIB, 11.2 * GIB))
-    assert (card12.name, card12.text, card12.lean) == ("exact", "stream", True)
+    card12 = plan_memory(p, LATENTS_81, torch.bfloat16, GpuMemory(12 * GIB, 11 * GIB))
+    assert (card12.name, card12.text, card12.lean, card12.host_decoder_cache) == ("exact", "stream", True, True)
     forced = plan_memory(p, LATENTS_81, torch.bfloat16, GpuMemory(141 * GIB, 139 * GIB), low_vram=True)
     assert forced.weights == "int8" and forced.budget == 7 * GIB
     with pytest.raises(CfError, match="needs at least"):

@@ -159,8 +159,8 @@ class HostStore:
         if t.device.type != "cuda":
             self._host[key] = (t, t.device)
             return
-        if entry is None or entry[0].shape != t.shape:
-            entry = (torch.empty(t.shape, dtype=t.dtype, pin_memory=True), t.device)
+        if entry is None or entry[0].shape != t.shape:  # (the layout of the first: channels-last stays so)
+            entry = (torch.empty_like(t, device="cpu", pin_memory=True), t.device)
             self._host[key] = entry
         entry[0].copy_(t, non_blocking=True)
 

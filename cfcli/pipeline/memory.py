@@ -4,7 +4,8 @@ Plans, largest first (`PLANS`; the first whose estimated peak fits the budget is
 
 - `exact`: today's numerics. DiT and KV cache in the run's dtype; umT5 resident when it fits, else streamed layer by
   layer from host memory (`cfcli.models.t5_stream`: same kernels, same features); CUDA graphs and compiled blocks only
-  when their memory fits.
+  when their memory fits; on small budgets the decoder goes frame by frame after its time upsampling, then keeps its
+  causal caches in host memory (same latents; the decoder's kernels may change, so pixels within rounding).
 - `low`: DiT block linears int8 weight-only (`cfcli.ops.weight_quant`), KV cache int8 with per-token-per-head scales
   (`cfcli.models.kv_quant`), umT5 streamed, compiled blocks but no CUDA graphs.
 - `low+offload`: `low` with the last k DiT blocks kept in host memory and streamed in per call
@@ -16,6 +17,7 @@ counts tensors the allocator hands out, plus `HEADROOM` of the budget for fragme
 """
 
 import functools
+import math
 import weakref
 from dataclasses import dataclass, replace
 
@@ -148,7 +150,7 @@ class Footprint:
     dequant_work: int  # the quantised cache's dequantised read slice (one layer) and an int8 weight in dtype
     text_kv: int
     text_proj: int  # the blocks' cross-attention K/V projections (used once per prompt; parked by lean plans)
-    decoder: int  # decoder weights
+    decoder: int  # VAE (and TAEHV) weights
     decode_work: int
     decode_work_split: int  # with `Decoder3d.split_frames`
     decode_work_host: int  # split, and the causal caches in host memory
@@ -214,18 +216,18 @@ def footprint(preset: Preset, latent_frames: int, dtype: torch.dtype, decoder: s
                                        dtype)
         read = frames * ft
     tokens = preset.block_frames * ft
-    # One block's transient: the FFN's hidden layer twice (GELU in and out) and ~8 token-wide tensors (x, q, k, v,
-    # attention out, norms, residual).
-    dit_work = tokens * (2 * cfg.ffn_dim + 8 * cfg.dim) * size
+    # One call's transient: per block the FFN's hidden layer and ~8 token-wide tensors (x, q, k, v, attention out,
+    # norms, residual), twice over for what lives between blocks and the allocator's rounding: calibrated on an H200,
+    # where the default plan's DiT-only peak (8.95 GiB, CUDA graphs included) matches it.
+    dit_work = 2 * tokens * (2 * cfg.ffn_dim + 8 * cfg.dim) * size
     dequant = 2 * read * cfg.dim * size + cfg.ffn_dim * cfg.dim * size
     text_kv = cfg.num_layers * 2 * cfg.text_len * cfg.dim * size
-    dec_model = vae.decoder if decoder == "wan" else None
-    dec_bytes = module_bytes(dec_model, dtype) + module_bytes(vae.conv2, dtype) if dec_model is not None else 0
+    dec_bytes = module_bytes(vae, dtype)  # the whole VAE: its encoder makes I2V and extend context
     if decoder == "taehv":
         from cfcli.models.taehv import TAEHV, TAEHVConfig
 
         with torch.device("meta"):
-            dec_bytes = module_bytes(TAEHV(TAEHVConfig()), dtype)
+            dec_bytes += module_bytes(TAEHV(TAEHVConfig()), dtype)
     decode, _ = decoder_peak(decoder, vae.cfg, h, w, dtype)
     decode_split, decode_host = decoder_peak(decoder, vae.cfg, h, w, dtype, split=True)
     text_proj = sum(module_bytes(b.cross_attn.k, dtype) + module_bytes(b.cross_attn.v, dtype) for b in dit.blocks)
@@ -257,7 +259,8 @@ def candidates(fp: Footprint, quantised_only: bool) -> list[MemoryPlan]:
     exact = [MemoryPlan("exact", "model", "model", "resident", True, True),
              MemoryPlan("exact", "model", "model", "stream", True, True, lean=True),
              MemoryPlan("exact", "model", "model", "stream", False, True, lean=True),
-             MemoryPlan("exact", "model", "model", "stream", False, False, lean=True)]
+             MemoryPlan("exact", "model", "model", "stream", False, False, lean=True),
+             MemoryPlan("exact", "model", "model", "stream", False, True, lean=True, host_decoder_cache=True)]
     low = [MemoryPlan("low" if k == 0 else "low+offload", "int8", KV_FORMAT, "stream", False, True, k, lean=True)
            for k in range(fp.blocks + 1)]
     low.append(replace(low[-1], name="min", host_decoder_cache=True))
@@ -272,8 +275,9 @@ def choose_plan(fp: Footprint, budget: int, quantised_only: bool = False, what: 
         need = fp.need(plan)
         if need <= usable:
             return replace(plan, need=need, budget=budget)
-    least = min(fp.need(p) for p in plans) / (1 - HEADROOM)
-    raise CfError(f"{what} needs at least {least / GIB:.1f} GiB of GPU memory; {budget / GIB:.1f} GiB is available",
+    least = math.ceil(min(fp.need(p) for p in plans) / (1 - HEADROOM) / GIB * 10) / 10  # rounded up, and
+    have = math.floor(budget / GIB * 10) / 10  # down: never "needs 5.0, 5.0 available"
+    raise CfError(f"{what} needs at least {least:.1f} GiB of GPU memory; {have:.1f} GiB is available",
                   "free GPU memory (close other programs), or make fewer frames / a smaller --height/--width")
 
 
