@@ -25,8 +25,9 @@ def tiny():
     return load_preset(FIXTURES / "tiny-framewise.yaml")
 
 
-def plan(name: str):
-    return next(p for p in candidates(footprint(tiny(), 9, torch.float32), False) if p.name == name and p.lean)
+def plan(name: str, host_cache: bool = False):
+    return next(p for p in candidates(footprint(tiny(), 9, torch.float32), False)
+                if p.name == name and p.lean and p.host_decoder_cache == host_cache)
 
 
 def run(memory=None, frames: int = 9):
@@ -128,17 +129,19 @@ def test_parked_and_host_store_are_transparent_off_the_gpu():
 
 # -- the plans on the tiny fixture ------------------------------------------------------------------------------------
 
-def test_lean_exact_plan_is_bit_identical_to_the_default_path():
-    """Streamed text projections, frame-by-frame decoding: same latents, same pixels (CPU kernels)."""
+@pytest.mark.parametrize("host_cache", [False, True])
+def test_lean_exact_plans_are_bit_identical_to_the_default_path(host_cache):
+    """Parked text projections, frame-by-frame decoding, decoder caches in host memory: same latents, same pixels
+    (CPU kernels)."""
     _, lat, pix = run()
-    engine, lat2, pix2 = run(plan("exact"))
-    assert engine.parked is not None and engine.vae.decoder.split_frames
+    engine, lat2, pix2 = run(plan("exact", host_cache))
+    assert engine.parked is not None and engine.vae.decoder.split_frames and engine.vae.cache_on_host == host_cache
     assert torch.equal(lat2, lat) and torch.equal(pix2, pix)
 
 
 def test_host_decoder_cache_decodes_the_same_pixels():
     _, lat, pix = run(plan("low"))
-    engine, lat2, pix2 = run(plan("min"))
+    engine, lat2, pix2 = run(plan("min", host_cache=True))
     assert engine.vae.cache_on_host
     assert torch.equal(lat2, lat) and torch.equal(pix2, pix)
 
