@@ -468,6 +468,8 @@ def run(req: BenchRequest, status: Callable[[str], None] = lambda m: None) -> Be
             status(f"repeat {r + 1}/{req.repeat}")
             repeats.append(one_repeat(engine, text.context, req.latent_frames, req.seed, clock))
         peak = peak_memory(dev)
+        if peak is not None:  # the phases reset the peak: the run's is the largest of theirs
+            peak = max(peak, *(r.decode_peak for r in repeats), *(r.gen_peak for r in repeats))
         if req.save_latents is not None:
             save_run_latents(engine, text.context, req.latent_frames, req.seed, req.save_latents)
         attention = attention_backends(dev, dt, engine.dit.cfg)
