@@ -164,3 +164,14 @@ def test_low_vram_flag_runs_the_low_plan_on_the_cpu(cf, tmp_path):
     assert "memory plan: low" in r.stderr
     err = rel_err(load_file(str(low))["latents"], load_file(str(exact))["latents"])
     assert 0 < err < LOW_LATENT_REL_L2
+
+
+def test_bench_reports_the_plan(cf):
+    import json
+
+    r = cf("bench", "--preset", FIXTURES / "tiny-framewise.yaml", "--random-weights", "--device", "cpu", "--frames", 5,
+           "--repeat", 1, "--low-vram", "--json")
+    assert r.exit_code == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["plan"].startswith("low (") and "KV cache int8" in out["plan"]
+    assert out["phase_peak_gib"] == {}  # CPU: no GPU memory to measure
