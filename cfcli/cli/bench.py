@@ -2,12 +2,14 @@
 
 import json
 import math
+from pathlib import Path
 
 import typer
 
 from cfcli.cli.checks import check_options
-from cfcli.cli.common import (CompileOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt, ModeOpt, PresetOpt,
-                              QuantizeOpt, StepsOpt, console, friendly, is_tty, pick_device, pick_dtype, preset_name)
+from cfcli.cli.common import (CompileOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt, LowVramOpt, MaxVramOpt,
+                              ModeOpt, PresetOpt, QuantizeOpt, StepsOpt, console, friendly, is_tty, pick_device,
+                              pick_dtype, preset_name)
 from cfcli.cli.progress import record_bench
 from cfcli.errors import CfError
 
@@ -32,6 +34,10 @@ def register(app: typer.Typer) -> None:
         cuda_graphs: GraphsOpt = True,
         quantize: QuantizeOpt = None,
         decoder: DecoderOpt = "wan",
+        max_vram: MaxVramOpt = None,
+        low_vram: LowVramOpt = False,
+        save_latents: Path = typer.Option(None, "--save-latents",
+                                          help="Write the latents of one more DiT-only run (to compare plans)."),
         peak_tflops: float = typer.Option(None, "--peak-tflops",
                                           help="Matmul rate for the FLOP floors (default on a GPU: 700, an "
                                                "assumed H100 bf16 rate; on the CPU no floors unless given)."),
@@ -69,7 +75,8 @@ def register(app: typer.Typer) -> None:
             console.print(f"[yellow]note:[/] {p.name} weights are not downloaded: using random weights of the same "
                           "size (same speed, meaningless pixels)")
         req = job.BenchRequest(p, dev, dt, latent_frames_for(real), repeat, random_weights,
-                               peak_tflops=peak_tflops or job.DEFAULT_PEAK_TFLOPS, options=options)
+                               peak_tflops=peak_tflops or job.DEFAULT_PEAK_TFLOPS, options=options,
+                               max_vram=max_vram, low_vram=low_vram, save_latents=save_latents)
         if is_tty() and not json_out:
             with console.status("benchmarking") as spinner:
                 result = job.run(req, lambda m: spinner.update(f"benchmarking: {m}"))
@@ -116,6 +123,9 @@ def render(r, assumed_rate: bool, floors: bool = True) -> None:
     if r.peak_vram_gib is not None:
         table.add_row("peak GPU memory", f"{r.peak_vram_gib:.2f} GiB", "", "")
         table.add_row("  text encoder phase", f"{r.text_peak_vram_gib:.2f} GiB", "", "")
+        for phase, label in (("generation", "generation (DiT only)"), ("decode", "generation + decode")):
+            if r.phase_peak_gib.get(phase) is not None:
+                table.add_row(f"  {label}", f"{r.phase_peak_gib[phase]:.2f} GiB", "", "")
     console.print(table)
     rate = f"{r.peak_tflops:g} TFLOP/s" + (" (assumed; --peak-tflops)" if assumed_rate else "")
     rate = rate if floors else "n/a on the CPU (give --peak-tflops for this CPU's rate)"
@@ -123,6 +133,8 @@ def render(r, assumed_rate: bool, floors: bool = True) -> None:
                   f"{r.vae_decode_tflop:.4g} TFLOP per video; "
                   f"floors at {rate} · attention: {', '.join(r.attention) or 'none'} · {r.fast_path} "
                   f"(warm-up {r.warmup_s:.1f} s) · torch {r.torch} · median of {r.repeat}[/]")
+    if r.plan:
+        console.print(f"[dim]memory plan: {r.plan}[/]")
     if not r.finite:
         console.print("[yellow]warning:[/] the latents were not finite (random weights overflowed?)")
     verdict = f"{r.realtime_factor:.1f}× real time ({r.target_fps} fps)"

@@ -41,6 +41,11 @@ QuantizeOpt = Annotated[str | None, typer.Option("--quantize", metavar="fp8",
                                                  help="fp8: the DiT's linear layers in float8 (Ada/Hopper GPUs); "
                                                       "measured slower on an H100 at these sizes and moves pixels "
                                                       "slightly: for experiments.")]
+MaxVramOpt = Annotated[float | None, typer.Option("--max-vram", metavar="GIB",
+                                                help="Plan for this much GPU memory and hold to it (caps PyTorch's "
+                                                     "allocator); default: what is free.")]
+LowVramOpt = Annotated[bool, typer.Option("--low-vram", help="The smallest plan (8-bit DiT weights and KV cache): "
+                                                             "8 GB cards; with --max-vram, fitted to it.")]
 DecoderOpt = Annotated[str, typer.Option("--decoder", metavar="wan|taehv",
                                          help="wan: the full VAE. taehv: the tiny TAEHV decoder, ~1.3x faster end "
                                               "to end, softer detail (`cf download --decoder taehv`).")]
@@ -134,3 +139,8 @@ def preset_name(preset: str | None, mode: str | None, steps: int | None) -> str:
 def is_tty() -> bool:
     return sys.stderr.isatty()
 
+
+def show_plan(plan, quiet: bool = False) -> None:
+    """Say which memory plan a GPU run uses (`cfcli.pipeline.memory`)."""
+    if plan is not None and not quiet:
+        console.print(f"[dim]memory plan: {plan.describe()}[/]")

@@ -6,8 +6,9 @@ import typer
 
 from cfcli.cli.checks import check_options, codec_note
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, ExtendModeOpt,
-                              GraphsOpt, JsonOpt, OverwriteOpt, PresetOpt, QuantizeOpt, QuietOpt, SeedOpt, StepsOpt,
-                              console, friendly, new_seed, pick_device, pick_dtype, preset_name)
+                              GraphsOpt, JsonOpt, LowVramOpt, MaxVramOpt, OverwriteOpt, PresetOpt, QuantizeOpt,
+                              QuietOpt, SeedOpt, StepsOpt, console, friendly, new_seed, pick_device, pick_dtype,
+                              preset_name, show_plan)
 from cfcli.cli.generate import report
 from cfcli.cli.files import open_file, output_codec, poster_path, write_poster
 from cfcli.cli.progress import ProgressView, cpu_notice, status_line
@@ -42,6 +43,8 @@ def register(app: typer.Typer) -> None:
         cuda_graphs: GraphsOpt = True,
         quantize: QuantizeOpt = None,
         decoder: DecoderOpt = "wan",
+        max_vram: MaxVramOpt = None,
+        low_vram: LowVramOpt = False,
         save_latents: Path = typer.Option(None, "--save-latents", help="Write context + new latents."),
         poster: bool = typer.Option(False, "--poster", help="Also write the first frame as <video>.jpg beside it."),
         open_: bool = typer.Option(False, "--open", help="Play the video when done."),
@@ -77,6 +80,13 @@ def register(app: typer.Typer) -> None:
         path = out or clip.with_name(f"{clip.stem}-extended-{s}{fmt.suffix}")
         if poster:
             check_outputs(poster_path(path), overwrite, "--poster")
+        from cfcli.pipeline.memory import plan_run
+
+        # Planned for the longest default context and the new frames (the cache holds at most the horizon anyway).
+        new_latents = -(-(new or round(seconds * (fps or p.fps))) // 4)
+        options, plan = plan_run(p, new_latents + max(job.DEFAULT_CONTEXT_LATENTS.values()), dev, dt, options,
+                                 max_vram, low_vram)
+        show_plan(plan, quiet)
         note = (lambda m: None) if quiet else (lambda m: console.print(f"[yellow]note:[/] {m}"))
         if codec_note(ctx, fmt.name):
             note(codec_note(ctx, fmt.name))

@@ -11,8 +11,8 @@ from typer.core import TyperCommand
 
 from cfcli.cli.checks import check_length, check_options, codec_note
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt,
-                              ModeOpt, OverwriteOpt, PresetOpt, QuantizeOpt, QuietOpt, SeedOpt, StepsOpt, console,
-                              friendly, new_seed, pick_device, pick_dtype, preset_name)
+                              LowVramOpt, MaxVramOpt, ModeOpt, OverwriteOpt, PresetOpt, QuantizeOpt, QuietOpt, SeedOpt,
+                              StepsOpt, console, friendly, new_seed, pick_device, pick_dtype, preset_name, show_plan)
 from cfcli.cli.files import open_file, output_codec, output_dir, poster_path, write_poster
 from cfcli.cli.progress import ProgressView, cpu_notice, status_line
 from cfcli.errors import CfError
@@ -84,6 +84,8 @@ def register(app: typer.Typer) -> None:
         cuda_graphs: GraphsOpt = True,
         quantize: QuantizeOpt = None,
         decoder: DecoderOpt = "wan",
+        max_vram: MaxVramOpt = None,
+        low_vram: LowVramOpt = False,
         save_latents: Path = typer.Option(None, "--save-latents", help="Also write the latents (safetensors)."),
         prompt_file: Path = typer.Option(None, "--prompt-file", help="One prompt per line; models load once."),
         prompt_at: list[str] = typer.Option(None, "--prompt-at", metavar="TIME PROMPT",
@@ -138,13 +140,18 @@ def register(app: typer.Typer) -> None:
                 check_outputs(poster_path(path), overwrite, "--poster")
         status = status_line(quiet)
         job.check_image_input(p, image)  # a bad --image is refused before any model loads
+        from cfcli.pipeline.engine import latent_frames_for
+        from cfcli.pipeline.memory import plan_run, text_placement
+
+        options, plan = plan_run(p, latent_frames_for(real), dev, dt, options, max_vram, low_vram)
+        show_plan(plan, quiet)
         with stop_on_signals(), ExitStack() as reserved:
             # Every output is reserved (checked, locked, its temp file created) before any model loads.
             outputs = [reserved.enter_context(job.reserve_outputs(path, latents, overwrite, fmt.name, crf, p))
                        for _, _, path, latents in runs]
             cpu_notice(dev, device, quiet)  # once every check has passed
             # Every prompt is encoded in one umT5 load, which is gone before the DiT loads (once, for all prompts).
-            encoder = job.PromptEncoder(p, dev, dt, note=status)
+            encoder = job.PromptEncoder(p, dev, dt, note=status, placement=text_placement(options))
             encoder.encode(schedule.prompts() if schedule else prompts)
             engine = job.Engine.load(p, dev, dt, note=status).configure(options)
             for (text, s, path, latents), reserved_outputs in zip(runs, outputs):

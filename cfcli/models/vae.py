@@ -68,8 +68,8 @@ class CausalCache:
     chunk they came from can be freed.
     """
 
-    def __init__(self) -> None:
-        self._past: dict[nn.Module, Tensor] = {}
+    def __init__(self, store=None) -> None:
+        self._past = store if store is not None else {}  # or a `cfcli.models.offload.HostStore`
         self._visited: set[nn.Module] = set()
 
     def extend(self, layer: nn.Module, x: Tensor, frames: int,
@@ -89,7 +89,12 @@ class CausalCache:
             joined = torch.empty((b, c, frames + t, h, w), dtype=x.dtype, device=x.device, memory_format=layout)
             joined[:, :, :frames] = past
             fill(joined[:, :, frames:])
-        self.remember(layer, joined[:, :, -frames:].clone())
+        new = joined[:, :, -frames:]
+        kept = self._past.get(layer) if isinstance(self._past, dict) else None  # (a host store copies out anyway)
+        if kept is not None and kept.shape == new.shape:
+            kept.copy_(new)  # in place: no second copy of a full-resolution past alive at once
+        else:
+            self.remember(layer, new.clone() if isinstance(self._past, dict) else new)
         return joined
 
     def recall(self, layer: nn.Module, like: Tensor, frames: int) -> Tensor:
@@ -439,11 +444,21 @@ class Decoder3d(nn.Module):
                 in_dim = out_dim // 2
         self.upsamples = nn.Sequential(*blocks)
         self.head = _head(dims[-1], 3)
+        self.split_frames = False  # `cfcli.pipeline.memory`'s small plans: see `_run`
 
     def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
-        x = self.conv1(x, cache)
-        for block in (*self.middle, *self.upsamples):
+        return self._run((*self.middle, *self.upsamples), self.conv1(x, cache), cache)
+
+    def _run(self, blocks: tuple[nn.Module, ...], x: Tensor, cache: CausalCache) -> Tensor:
+        """The blocks, then the head. With `split_frames`, once a time upsampling has made several frames, each goes
+        through the rest alone, in order: every layer after it is causal or per-frame, so this is the same
+        arithmetic as the frames together (a third of the working memory at full resolution; the convolution
+        kernels may differ, so pixels may move within rounding)."""
+        for i, block in enumerate(blocks):
             x = block(x, cache)
+            if self.split_frames and x.shape[2] > 1 and i + 1 < len(blocks):
+                return torch.cat([self._run(blocks[i + 1:], x[:, :, t:t + 1], cache) for t in range(x.shape[2])],
+                                 dim=2)
         return _run_head(self.head, x, cache)
 
 
@@ -467,6 +482,7 @@ class WanVAE(nn.Module):
         self.decoder = Decoder3d(cfg)
         self.register_buffer("latent_mean_bits", _float32_bits(cfg.latent_mean), persistent=False)
         self.register_buffer("latent_std_bits", _float32_bits(cfg.latent_std), persistent=False)
+        self.cache_on_host = False  # decoder causal caches in host memory (`cfcli.pipeline.memory`'s smallest plan)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -538,7 +554,9 @@ class StreamingDecoder:
 
     def __init__(self, vae: WanVAE):
         self.vae = vae
-        self.cache = CausalCache()
+        from cfcli.models.offload import HostStore
+
+        self.cache = CausalCache(HostStore() if vae.cache_on_host else None)
         self.latents_seen = 0
 
     @torch.no_grad()

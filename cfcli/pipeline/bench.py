@@ -17,6 +17,7 @@ umT5 analytically. Floor time = FLOPs / an assumed matmul rate (`peak_tflops`).
 
 import contextlib
 import gc
+from pathlib import Path
 import math
 import platform
 import statistics
@@ -61,6 +62,9 @@ class BenchRequest:
     seed: int = 0
     peak_tflops: float = DEFAULT_PEAK_TFLOPS
     options: EngineOptions = EngineOptions()
+    max_vram: float | None = None  # GiB: plan for it and cap the allocator (`cfcli.pipeline.memory`)
+    low_vram: bool = False
+    save_latents: Path | None = None  # the latents of one more (untimed) DiT-only run, to compare plans
 
 
 @dataclass
@@ -104,6 +108,8 @@ class BenchResult:
     text_encode_tflop: float
     peak_tflops: float
     floor: dict = field(default_factory=dict)
+    plan: str | None = None  # the memory plan (`MemoryPlan.describe`), on GPUs
+    phase_peak_gib: dict = field(default_factory=dict)  # text, generation (DiT only), decode (DiT + decoder)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -235,6 +241,15 @@ def reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
+def phase_peak(device: torch.device, fn: Callable):
+    """(fn(), peak GiB allocated while it ran); the allocator's cache is left alone (timings stay warm)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    out = fn()
+    return out, peak_memory(device)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Text encoding
 
@@ -247,16 +262,34 @@ class TextTiming:
     peak_gib: float | None
 
 
-def load_text_encoder(preset: Preset, device, dtype, random: bool, seed: int):
+def random_t5(cfg: T5Config, device: torch.device, dtype: torch.dtype, seed: int, stream: bool) -> nn.Module:
+    """A random full-size umT5, initialised part by part on `device` (each part seeded on its own, so resident and
+    streamed encoders get the same weights); with `stream` each part goes to host memory once initialised and the
+    encoder runs layer by layer (`cfcli.models.t5_stream`), never whole on the GPU."""
+    with torch.device("meta"):
+        encoder = UMT5Encoder(cfg).to(dtype)
+    for i, part in enumerate([encoder.token_embedding, *encoder.blocks, encoder.norm]):
+        random_init_(part.to_empty(device=device), seed + i)
+        if stream:
+            part.cpu()
+    if not stream:
+        return encoder
+    from cfcli.models.t5_stream import StreamedUMT5
+
+    return StreamedUMT5(encoder, device)
+
+
+def load_text_encoder(preset: Preset, device, dtype, random: bool, seed: int, placement: str = "resident"):
     """(encoder, ids, mask): random weights on random ids, or the cached umT5 and tokenizer on BENCH_PROMPT.
 
     The cached path loads exactly as `PromptEncoder` does but bypasses its on-disk prompt cache, so the encoder
-    itself is what gets timed.
+    itself is what gets timed. `placement` "stream": layer by layer from host memory.
     """
     cfg = T5Config(**preset.arch("text_encoder"))
     text_len = int(preset.arch("dit").get("text_len", 512))
+    stream = placement == "stream"
     if random:
-        encoder = build_random(UMT5Encoder, cfg, device, dtype, seed + 2)
+        encoder = random_t5(cfg, device, dtype, seed + 2, stream)
         n = min(RANDOM_PROMPT_TOKENS, text_len)
         gen = torch.Generator("cpu").manual_seed(seed)
         ids = torch.zeros(1, text_len, dtype=torch.int64)
@@ -270,19 +303,27 @@ def load_text_encoder(preset: Preset, device, dtype, random: bool, seed: int):
     path = hub.resolve(preset, "text_encoder")
     with torch.device("meta"):
         encoder = UMT5Encoder(cfg)
-    load_strict(encoder, read_state_dict(path), what=f"text encoder ({path.name})", dtype=dtype, device=device)
+    load_strict(encoder, read_state_dict(path), what=f"text encoder ({path.name})", dtype=dtype,
+                device="cpu" if stream else device)
+    if stream:
+        from cfcli.models.t5_stream import StreamedUMT5
+
+        encoder = StreamedUMT5(encoder, device)
     ids, mask = tokenizer([BENCH_PROMPT], text_len)
     return encoder, ids.to(device), mask.to(device)
 
 
-def bench_text(preset: Preset, device, dtype, random: bool, repeat: int, clock: Clock, seed: int) -> TextTiming:
+def bench_text(preset: Preset, device, dtype, random: bool, repeat: int, clock: Clock, seed: int,
+               placement: str = "resident") -> TextTiming:
     """Median umT5 time over `repeat` runs after one warm-up; the encoder is released before returning."""
     reset_peak(device)
     clock.sync()
     t0 = time.perf_counter()
-    encoder, ids, mask = load_text_encoder(preset, device, dtype, random, seed)
+    encoder, ids, mask = load_text_encoder(preset, device, dtype, random, seed, placement)
     clock.sync()
     load_s = None if random else time.perf_counter() - t0
+    if random:  # random weights are made on the GPU part by part; production loads a streamed umT5 to host memory
+        reset_peak(device)
     text_len = ids.shape[1]
     times = []
     with torch.inference_mode():
@@ -332,13 +373,27 @@ class Repeat:
     gen_s: float
     first_s: float
     block_s: list[float]
+    gen_peak: float | None = None
+    decode_peak: float | None = None
 
 
 def one_repeat(engine: Engine, context: Tensor, latent_frames: int, seed: int, clock: Clock) -> Repeat:
-    first, ready, _ = timed_generation(engine, context, latent_frames, seed, True, clock)
-    _, dit_only, _ = timed_generation(engine, context, latent_frames, seed, False, clock)
+    (first, ready, _), decode_peak = phase_peak(
+        engine.device, lambda: timed_generation(engine, context, latent_frames, seed, True, clock))
+    (_, dit_only, _), gen_peak = phase_peak(
+        engine.device, lambda: timed_generation(engine, context, latent_frames, seed, False, clock))
     blocks = [b - a for a, b in zip([0.0] + ready[:-1], ready)]
-    return Repeat(ready[-1], dit_only[-1], first, blocks)
+    return Repeat(ready[-1], dit_only[-1], first, blocks, gen_peak, decode_peak)
+
+
+def save_run_latents(engine: Engine, context: Tensor, latent_frames: int, seed: int, path: Path) -> None:
+    """Every latent frame of one DiT-only run (float32 safetensors), to set one plan against another."""
+    from safetensors.torch import save_file
+
+    text_kv = engine.text_kv(context)
+    latents = torch.cat([c.latents.float().cpu() for c in engine.generate(text_kv, latent_frames, seed, decode=False)])
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file({"latents": latents.contiguous()}, str(path))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -388,6 +443,10 @@ def run(req: BenchRequest, status: Callable[[str], None] = lambda m: None) -> Be
     if req.repeat < 1:
         raise CfError(f"--repeat must be at least 1, got {req.repeat}")
     use_random = req.random_weights or not weights_cached(p)
+    from cfcli.pipeline.memory import plan_run, text_placement
+
+    options, plan = plan_run(p, req.latent_frames, dev, dt, req.options, req.max_vram, req.low_vram)
+    req = replace(req, options=options)
     # An engine of an earlier run in this process is freed only by the cycle collector (each compiled block stage
     # refers back to its block); until then its weights would count in this run's peak memory.
     gc.collect()
@@ -395,11 +454,15 @@ def run(req: BenchRequest, status: Callable[[str], None] = lambda m: None) -> Be
     with device_ctx:
         clock = Clock(dev)
         status("text encoder")
-        text = bench_text(p, dev, dt, use_random, req.repeat, clock, req.seed)
+        text = bench_text(p, dev, dt, use_random, req.repeat, clock, req.seed, text_placement(options))
         status("building the DiT and VAE")
         opts = req.options
         engine = build_engine(p, dev, dt, use_random, req.seed).quantize(opts.quantize)
         use_decoder(engine, opts.decoder, use_random, req.seed)
+        if plan is not None:
+            from cfcli.pipeline.memory import apply_plan
+
+            apply_plan(engine, plan)
         engine.accelerate(opts.compile, opts.graphs)
         reset_peak(dev)
         status("warm-up" + (" (compiling)" if opts.compile and dev.type == "cuda" else ""))
@@ -415,9 +478,19 @@ def run(req: BenchRequest, status: Callable[[str], None] = lambda m: None) -> Be
             status(f"repeat {r + 1}/{req.repeat}")
             repeats.append(one_repeat(engine, text.context, req.latent_frames, req.seed, clock))
         peak = peak_memory(dev)
+        if peak is not None:  # the phases reset the peak: the run's is the largest of theirs
+            peak = max(peak, *(r.decode_peak for r in repeats), *(r.gen_peak for r in repeats))
+        if req.save_latents is not None:
+            save_run_latents(engine, text.context, req.latent_frames, req.seed, req.save_latents)
         attention = attention_backends(dev, dt, engine.dit.cfg)
     flops = flop_plan(p, req.latent_frames, req.options.decoder)
-    return summarise(req, repeats, text, flops, use_random, finite, peak, attention, gpu_name(dev), warmup_s)
+    result = summarise(req, repeats, text, flops, use_random, finite, peak, attention, gpu_name(dev), warmup_s)
+    result.plan = plan.describe() if plan is not None else None
+    if dev.type == "cuda":
+        worst = lambda phase: max(getattr(r, phase) for r in repeats)  # noqa: E731
+        result.phase_peak_gib = {"text": text.peak_gib, "generation": worst("gen_peak"),
+                                 "decode": worst("decode_peak")}
+    return result
 
 
 def fast_path_name(req: BenchRequest) -> str:

@@ -97,6 +97,7 @@ class EngineOptions:
     graphs: bool = True
     quantize: str | None = None  # `Engine.quantize`: "fp8"
     decoder: str = "wan"  # `Engine.use_decoder`: "wan" or "taehv"
+    memory: "object | None" = None  # a `cfcli.pipeline.memory.MemoryPlan` (`MemoryPlan.engine_options`)
 
     def check(self, device: torch.device, need_weights: bool = True) -> None:
         """Raise a CfError for what cannot run on `device` (before any model loads); `need_weights`: the TAEHV
@@ -140,6 +141,8 @@ class Engine:
         self.decoder = vae  # what turns latents into pixels: the Wan VAE, or TAEHV (`use_decoder`)
         self.runner = dit  # what the samplers call: the DiT, or its CUDA-graph wrapper (`accelerate`)
         self._cache: tuple[tuple, KVCache | RollingKVCache] | None = None
+        self.kv_format: str | None = None  # 8-bit KV cache ("int8" / "fp8"), set by a memory plan
+        self.parked = None  # `cfcli.models.offload.Parked` text projections, set by a memory plan
 
     def use_decoder(self, name: str, model: nn.Module | None = None) -> "Engine":
         """Decode with the Wan VAE (`wan`) or the TAEHV tiny decoder (`taehv`: its cached weights unless `model` is
@@ -168,9 +171,13 @@ class Engine:
         return self
 
     def configure(self, options: EngineOptions) -> "Engine":
-        """Decoder, quantisation, then the fast path (the order they must come in)."""
-        return self.use_decoder(options.decoder).quantize(options.quantize).accelerate(options.compile,
-                                                                                       options.graphs)
+        """Decoder, quantisation, the memory plan, then the fast path (the order they must come in)."""
+        self.use_decoder(options.decoder).quantize(options.quantize)
+        if options.memory is not None:
+            from cfcli.pipeline.memory import apply_plan
+
+            apply_plan(self, options.memory)
+        return self.accelerate(options.compile, options.graphs)
 
     def accelerate(self, compile: bool = True, graphs: bool = True) -> "Engine":
         """Turn on the CUDA fast path (`cfcli.pipeline.fast`): compiled DiT block stages and/or CUDA graphs of DiT
@@ -236,6 +243,12 @@ class Engine:
             return rolling_cache(self.dit, self.latent_hw, p.block_frames, attention_window(p), len(self.plan.steps),
                                  dtype=self.dtype, device=self.device)
         capacity, rolling = layout
+        if self.kv_format is not None:
+            from cfcli.models.kv_quant import QuantKVCache
+
+            return QuantKVCache(cfg.num_layers, 1, capacity, self.dit.frame_tokens(*self.latent_hw), cfg.num_heads,
+                                cfg.head_dim, sink_frames=p.sink_frames if rolling else 0, rolling=rolling,
+                                dtype=self.dtype, device=self.device, fmt=self.kv_format)
         return KVCache(cfg.num_layers, 1, capacity, self.dit.frame_tokens(*self.latent_hw), cfg.num_heads,
                        cfg.head_dim, sink_frames=p.sink_frames if rolling else 0, rolling=rolling,
                        dtype=self.dtype, device=self.device)
@@ -243,6 +256,9 @@ class Engine:
     @torch.inference_mode()
     def text_kv(self, context: Tensor) -> Tensor:
         """Cross-attention K/V for umT5 features [1, L, text_dim] (computed once per prompt)."""
+        if self.parked is not None:
+            with self.parked.on_device():
+                return self.dit.text_kv(context.to(self.device, self.dtype))
         return self.dit.text_kv(context.to(self.device, self.dtype))
 
     def encode_video(self, video: Tensor) -> Tensor:

@@ -125,7 +125,10 @@ def _run(req: ExtendRequest, outputs: Outputs, on_progress, engine, note, status
     if round(float(fps), 3) != p.fps:
         note(f"the clip plays at {fps:g} fps; the new frames move at the model's {p.fps} fps (played at "
              f"{fps:g}, recorded as motion_fps)")
-    text = PromptEncoder(p, req.device, req.dtype, note=status).encode([prompt])[0]
+    from cfcli.pipeline.memory import text_placement
+
+    text = PromptEncoder(p, req.device, req.dtype, note=status,
+                         placement=text_placement(req.options)).encode([prompt])[0]
     if engine is None:
         engine = Engine.load(p, req.device, req.dtype, note=status).configure(req.options)
     ctx_latents = engine.encode_video(to_model_range(context).permute(1, 0, 2, 3))

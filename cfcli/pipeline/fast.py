@@ -39,7 +39,7 @@ def compile_blocks(dit: CausalWanDiT) -> None:
     `fullgraph=True`: a process that runs many presets could pass dynamo's recompile limit, and then the stages
     should fall back to eager rather than fail.
     """
-    for blk in dit.blocks:
+    for blk in getattr(dit.blocks, "distinct", lambda: dit.blocks)():  # offloaded blocks: each device slot once
         blk.project = torch.compile(blk.project, dynamic=False)
         blk.finish = torch.compile(blk.finish, dynamic=False)
 

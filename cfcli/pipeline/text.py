@@ -33,8 +33,9 @@ def _file_id(path: Path) -> str:
 
 class PromptEncoder:
     def __init__(self, preset: Preset, device: torch.device, dtype: torch.dtype, cache_dir: Path | None = None,
-                 note=lambda m: None):
+                 note=lambda m: None, placement: str = "resident"):
         self.preset, self.device, self.dtype, self.note = preset, device, dtype, note  # note: loading status
+        self.placement = placement  # "stream": umT5 layer by layer from host memory (`cfcli.models.t5_stream`)
         self.text_len = int(preset.arch("dit").get("text_len", 512))
         self.cache_dir = cache_dir if cache_dir is not None else cf_home() / "prompts"
         self.loaded_encoder = False  # for tests and `cf bench`: did the last call need umT5?
@@ -110,8 +111,13 @@ class PromptEncoder:
         self.note(loading("text encoder (umT5)", path))
         with torch.device("meta"):
             encoder = UMT5Encoder(T5Config(**self.preset.arch("text_encoder")))
+        stream = self.placement == "stream"
         load_strict(encoder, read_state_dict(path), what=f"text encoder ({path.name})", dtype=self.dtype,
-                    device=self.device)
+                    device="cpu" if stream else self.device)
+        if stream:
+            from cfcli.models.t5_stream import StreamedUMT5
+
+            encoder = StreamedUMT5(encoder, self.device)
         rows = []
         with torch.inference_mode():
             for prompt in prompts:

@@ -1,0 +1,369 @@
+"""The memory planner: from a preset, a video length and a GPU memory budget to where each part lives.
+
+Plans, largest first (`PLANS`; the first whose estimated peak fits the budget is used):
+
+- `exact`: today's numerics. DiT and KV cache in the run's dtype; umT5 resident when it fits, else streamed layer by
+  layer from host memory (`cfcli.models.t5_stream`: same kernels, same features); CUDA graphs and compiled blocks only
+  when their memory fits; on small budgets the decoder goes frame by frame after its time upsampling, then keeps its
+  causal caches in host memory (same latents; the decoder's kernels may change, so pixels within rounding).
+- `low`: DiT block linears int8 weight-only (`cfcli.ops.weight_quant`), KV cache int8 with per-token-per-head scales
+  (`cfcli.models.kv_quant`), umT5 streamed, compiled blocks but no CUDA graphs.
+- `low+offload`: `low` with the last k DiT blocks kept in host memory and streamed in per call
+  (`cfcli.models.offload`), k the fewest that fit.
+
+Every size comes from the preset's model configs (modules built on the meta device) and the cache geometry; the
+decoder's working set is traced on the meta device (`traced_peak`), op by op, at the preset's resolution. The estimate
+counts tensors the allocator hands out, plus `HEADROOM` of the budget for fragmentation and kernel workspaces.
+"""
+
+import functools
+import math
+import weakref
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from cfcli.errors import CfError
+from cfcli.presets import Preset
+
+GIB = 2**30
+HEADROOM = 0.03  # of the budget: allocator fragmentation, cuBLAS/cuDNN workspaces
+LOW_VRAM_GIB = 7.0  # what `--low-vram` plans for without `--max-vram` (an 8 GB card less the desktop's share)
+KV_FORMAT = "int8"  # the low plans' KV cache (`cfcli.models.kv_quant.FORMATS`)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Where each part lives; `need` is the estimated peak in bytes, `budget` what it was planned for."""
+
+    name: str
+    weights: str  # "model": the run's dtype | "int8"
+    kv: str  # "model" | "int8" | "fp8"
+    text: str  # "resident" | "stream"
+    graphs: bool
+    compile: bool
+    offload_blocks: int = 0
+    lean: bool = False  # decoder frames one at a time after time upsampling, text K/V projections in host memory
+    host_decoder_cache: bool = False  # the decoder's causal caches in host memory, each layer's fetched as it runs
+    need: int = 0
+    budget: int | None = None
+
+    def describe(self) -> str:
+        parts = [f"DiT {'int8 weights' if self.weights == 'int8' else 'full precision'}",
+                 f"KV cache {self.kv if self.kv != 'model' else 'full precision'}",
+                 f"umT5 {'streamed layer by layer' if self.text == 'stream' else 'on the GPU'}"]
+        if self.offload_blocks:
+            parts.append(f"{self.offload_blocks} DiT blocks streamed from host memory")
+        if self.lean:
+            parts.append("frame-by-frame decoder" + (" with its caches in host memory" if self.host_decoder_cache
+                                                     else ""))
+        if not self.graphs:
+            parts.append("no CUDA graphs")
+        budget = f" of {self.budget / GIB:.1f} GiB" if self.budget is not None else ""
+        return f"{self.name} (~{self.need / GIB:.1f} GiB{budget}: {', '.join(parts)})"
+
+    def engine_options(self, options):
+        """`options` (an `EngineOptions`) running this plan: the fast path only where the plan allows it."""
+        return replace(options, compile=options.compile and self.compile, graphs=options.graphs and self.graphs,
+                       memory=self)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sizes of the parts
+
+class TracedPeak(TorchDispatchMode):
+    """Bytes of tensors alive at once while code runs under it (meta tensors welcome): each new storage counts from
+    the op that makes it until its last tensor is freed."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self._seen: set[int] = set()
+
+    def _free(self, key: int, n: int) -> None:
+        self._seen.discard(key)
+        self.live -= n
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and not t._is_view():
+                key, n = t.untyped_storage()._cdata, t.untyped_storage().nbytes()
+                if key not in self._seen:
+                    self._seen.add(key)
+                    self.live += n
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(t, self._free, key, n)
+        return out
+
+
+@functools.lru_cache(maxsize=8)
+def decoder_peak(decoder: str, vae_cfg, h: int, w: int, dtype: torch.dtype, split: bool = False) -> tuple[int, int]:
+    """(Peak bytes of a streaming decode, causal caches included, of latent frames at h×w; the same with the caches
+    in host memory), traced on meta: the first latent frame, then a later one (4 output frames, the larger). With the
+    caches away only the running layer's past (and its update) is on the device."""
+    from cfcli.models.taehv import TAEHV, TAEHVConfig
+    from cfcli.models.vae import WanVAE
+
+    with torch.device("meta"):
+        model = (TAEHV(TAEHVConfig()) if decoder == "taehv" else WanVAE(vae_cfg)).to(dtype)
+    if decoder == "wan":
+        model.decoder.split_frames = split
+    channels = TAEHVConfig().latent_channels if decoder == "taehv" else vae_cfg.z_dim
+    z = torch.empty(1, 1, channels, h, w, device="meta", dtype=dtype)
+    with torch.inference_mode(), TracedPeak() as trace:
+        stream = model.stream_decoder()
+        for _ in range(2):
+            stream.decode(z)
+    caches = [t.untyped_storage().nbytes() for t in getattr(stream.cache, "_past", {}).values()]
+    return trace.peak, trace.peak - sum(caches) + 2 * max(caches, default=0)
+
+
+def module_bytes(module: nn.Module, dtype: torch.dtype, int8: bool = False) -> int:
+    """Bytes of `module`'s parameters in `dtype`; with `int8`, its DiT block linears as `Int8Linear`s."""
+    from cfcli.ops.weight_quant import INT8_LAYERS
+
+    size = dtype.itemsize
+    total = sum(p.numel() * size for p in module.parameters())
+    if int8:
+        for name, m in module.named_modules():
+            if isinstance(m, nn.Linear) and INT8_LAYERS.fullmatch(name):
+                total -= m.weight.numel() * (size - 1) - m.out_features * 4  # int8 weight + float32 row scales
+    return total
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Bytes of each part of a run (`footprint`)."""
+
+    dit: int
+    dit_int8: int
+    block: int  # one DiT block
+    block_int8: int
+    blocks: int  # how many
+    kv: int
+    kv_quant: int  # the low plans' KV cache (== kv where it cannot be quantised: the rolling sampler)
+    dit_work: int  # transient of one DiT call
+    dequant_work: int  # the quantised cache's dequantised read slice (one layer) and an int8 weight in dtype
+    text_kv: int
+    text_proj: int  # the blocks' cross-attention K/V projections (used once per prompt; parked by lean plans)
+    decoder: int  # VAE (and TAEHV) weights
+    decode_work: int
+    decode_work_split: int  # with `Decoder3d.split_frames`
+    decode_work_host: int  # split, and the causal caches in host memory
+    text_resident: int  # umT5 whole, with its activations
+    text_stream: int  # two umT5 blocks and the final norm, with the activations
+
+    def generation(self, plan: MemoryPlan) -> int:
+        low = plan.weights == "int8"
+        dit = (self.dit_int8 - plan.offload_blocks * self.block_int8 + 2 * self.block_int8 * bool(plan.offload_blocks)
+               if low else self.dit - self.text_proj * plan.lean)
+        kv = self.kv_quant if plan.kv != "model" else self.kv
+        work = self.dit_work * (1 + plan.graphs) + self.dequant_work * low  # the graph pool holds one call's work
+        decode = (self.decode_work_host if plan.host_decoder_cache else self.decode_work_split if plan.lean
+                  else self.decode_work)
+        return dit + kv + work + self.text_kv + self.decoder + decode
+
+    def text(self, plan: MemoryPlan) -> int:
+        return self.text_resident if plan.text == "resident" else self.text_stream
+
+    def load(self, plan: MemoryPlan) -> int:
+        """The DiT is loaded in the run's dtype, then quantised and offloaded."""
+        return self.dit + self.decoder + (self.block if plan.weights == "int8" else 0)
+
+    def need(self, plan: MemoryPlan) -> int:
+        return max(self.text(plan), self.generation(plan), self.load(plan))
+
+
+@functools.lru_cache(maxsize=16)
+def _meta_models(preset_arch: tuple) -> tuple:
+    from cfcli.models.dit import CausalWanDiT, DiTConfig
+    from cfcli.models.t5 import T5Config, UMT5Encoder
+    from cfcli.models.vae import VAEConfig, WanVAE
+
+    arch = dict(preset_arch)
+    with torch.device("meta"):
+        return (CausalWanDiT(DiTConfig(**dict(arch.get("dit", ())))), UMT5Encoder(T5Config(**dict(arch.get("text_encoder", ())))),
+                WanVAE(VAEConfig(**dict(arch.get("vae", ())))))
+
+
+def _freeze(value):
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    return tuple(value) if isinstance(value, list) else value
+
+
+def footprint(preset: Preset, latent_frames: int, dtype: torch.dtype, decoder: str = "wan") -> Footprint:
+    """Sizes of every part of a video of `latent_frames` latent frames at the preset's resolution in `dtype`."""
+    from cfcli.models.kv_quant import QuantKVCache
+    from cfcli.pipeline.engine import VAE_SPACE, cache_window
+
+    dit, t5, vae = _meta_models(_freeze(preset.architecture))
+    cfg, tcfg, size = dit.cfg, t5.cfg, dtype.itemsize
+    h, w = preset.height // VAE_SPACE, preset.width // VAE_SPACE
+    ft = dit.frame_tokens(h, w)
+    if preset.sampler == "rolling":  # anchor block + window, and one layer's assembled keys/values
+        frames = preset.block_frames + preset.local_attn_frames
+        kv = (cfg.num_layers + 1) * 2 * frames * ft * cfg.dim * size
+        kv_quant, read = kv, frames * ft
+    else:
+        frames, _ = cache_window(preset, latent_frames)
+        kv = cfg.num_layers * 2 * frames * ft * cfg.dim * size
+        kv_quant = QuantKVCache.nbytes(cfg.num_layers, 1, frames * ft, cfg.num_heads, cfg.head_dim, KV_FORMAT,
+                                       dtype)
+        read = frames * ft
+    tokens = preset.block_frames * ft
+    # One call's transient: per block the FFN's hidden layer and ~8 token-wide tensors (x, q, k, v, attention out,
+    # norms, residual), twice over for what lives between blocks and the allocator's rounding: calibrated on an H200,
+    # where the default plan's DiT-only peak (8.95 GiB, CUDA graphs included) matches it.
+    dit_work = 2 * tokens * (2 * cfg.ffn_dim + 8 * cfg.dim) * size
+    dequant = 2 * read * cfg.dim * size + cfg.ffn_dim * cfg.dim * size
+    text_kv = cfg.num_layers * 2 * cfg.text_len * cfg.dim * size
+    dec_bytes = module_bytes(vae, dtype)  # the whole VAE: its encoder makes I2V and extend context
+    if decoder == "taehv":
+        from cfcli.models.taehv import TAEHV, TAEHVConfig
+
+        with torch.device("meta"):
+            dec_bytes += module_bytes(TAEHV(TAEHVConfig()), dtype)
+    decode, _ = decoder_peak(decoder, vae.cfg, h, w, dtype)
+    decode_split, decode_host = decoder_peak(decoder, vae.cfg, h, w, dtype, split=True)
+    text_proj = sum(module_bytes(b.cross_attn.k, dtype) + module_bytes(b.cross_attn.v, dtype) for b in dit.blocks)
+    # umT5 over a full-length prompt: the residual stream, q/k/v/o, the gated FFN's three hidden tensors, the
+    # position bias and the attention scores.
+    L = cfg.text_len
+    t5_work = L * (6 * tcfg.dim + 3 * tcfg.dim_ffn) * size + 2 * tcfg.num_heads * L * L * size
+    t5_block = module_bytes(t5.blocks[0], dtype)
+    return Footprint(
+        dit=module_bytes(dit, dtype), dit_int8=module_bytes(dit, dtype, int8=True),
+        block=module_bytes(dit.blocks[0], dtype), block_int8=_block_int8(dit, dtype), blocks=cfg.num_layers, kv=kv, kv_quant=kv_quant, dit_work=dit_work,
+        dequant_work=dequant, text_kv=text_kv, text_proj=text_proj, decoder=dec_bytes, decode_work=decode,
+        decode_work_split=decode_split, decode_work_host=decode_host,
+        text_resident=module_bytes(t5, dtype) + t5_work,
+        text_stream=2 * t5_block + module_bytes(t5.norm, dtype) + t5_work)
+
+
+def _block_int8(dit: nn.Module, dtype: torch.dtype) -> int:
+    wrapper = nn.Module()
+    wrapper.blocks = nn.ModuleList([dit.blocks[0]])
+    return module_bytes(wrapper, dtype, int8=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Choosing
+
+def candidates(fp: Footprint, quantised_only: bool) -> list[MemoryPlan]:
+    """Every plan, largest first."""
+    exact = [MemoryPlan("exact", "model", "model", "resident", True, True),
+             MemoryPlan("exact", "model", "model", "stream", True, True, lean=True),
+             MemoryPlan("exact", "model", "model", "stream", False, True, lean=True),
+             MemoryPlan("exact", "model", "model", "stream", False, False, lean=True),
+             MemoryPlan("exact", "model", "model", "stream", False, True, lean=True, host_decoder_cache=True)]
+    low = [MemoryPlan("low" if k == 0 else "low+offload", "int8", KV_FORMAT, "stream", False, True, k, lean=True)
+           for k in range(fp.blocks + 1)]
+    low.append(replace(low[-1], name="min", host_decoder_cache=True))
+    return low if quantised_only else exact + low
+
+
+def choose_plan(fp: Footprint, budget: int, quantised_only: bool = False, what: str = "this video") -> MemoryPlan:
+    """The first plan whose estimated peak fits `budget` bytes (less `HEADROOM`); a CfError when none does."""
+    usable = budget * (1 - HEADROOM)
+    plans = candidates(fp, quantised_only)
+    for plan in plans:
+        need = fp.need(plan)
+        if need <= usable:
+            return replace(plan, need=need, budget=budget)
+    least = math.ceil(min(fp.need(p) for p in plans) / (1 - HEADROOM) / GIB * 10) / 10  # rounded up, and
+    have = math.floor(budget / GIB * 10) / 10  # down: never "needs 5.0, 5.0 available"
+    raise CfError(f"{what} needs at least {least:.1f} GiB of GPU memory; {have:.1f} GiB is available",
+                  "free GPU memory (close other programs), or make fewer frames / a smaller --height/--width")
+
+
+@dataclass(frozen=True)
+class GpuMemory:
+    total: int
+    free: int
+
+
+def gpu_memory(device: torch.device) -> GpuMemory | None:
+    if device.type != "cuda":
+        return None
+    free, total = torch.cuda.mem_get_info(device)
+    return GpuMemory(total, free)
+
+
+def budget_for(gpu: GpuMemory, max_vram: float | None, low_vram: bool) -> int:
+    """Bytes to plan for: `--max-vram` (at most the GPU's free memory), `--low-vram`'s 7 GiB, or what is free."""
+    if max_vram is not None:
+        if max_vram <= 0:
+            raise CfError(f"--max-vram must be positive, got {max_vram:g}")
+        return min(int(max_vram * GIB), gpu.free)
+    return min(int(LOW_VRAM_GIB * GIB), gpu.free) if low_vram else gpu.free
+
+
+def plan_memory(preset: Preset, latent_frames: int, dtype: torch.dtype, gpu: GpuMemory | None,
+                max_vram: float | None = None, low_vram: bool = False, decoder: str = "wan") -> MemoryPlan | None:
+    """The plan of a run (before any model loads). Off the GPU: None, or with `--low-vram` the `low` numerics (so
+    they can be tried on the CPU); `--max-vram` there is an error."""
+    if gpu is None:
+        if max_vram is not None:
+            raise CfError("--max-vram needs a CUDA GPU", "leave it out on the CPU")
+        return candidates(footprint(preset, latent_frames, dtype, decoder), True)[0] if low_vram else None
+    fp = footprint(preset, latent_frames, dtype, decoder)
+    what = f"{preset.name} at {preset.width}×{preset.height}"
+    return choose_plan(fp, budget_for(gpu, max_vram, low_vram), low_vram, what)
+
+
+def cap_allocator(device: torch.device, max_vram: float | None) -> None:
+    """Hold the process to `--max-vram`: PyTorch's allocator refuses to go past it, so a run on a big GPU proves the
+    plan fits a small one."""
+    if max_vram is None or device.type != "cuda":
+        return
+    total = torch.cuda.get_device_properties(device).total_memory
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    torch.cuda.set_per_process_memory_fraction(min(1.0, max_vram * GIB / total), index)
+
+
+def gib(nbytes: int) -> float:
+    return nbytes / GIB
+
+
+
+def apply_plan(engine, plan: MemoryPlan) -> None:
+    """Put a loaded engine's parts where `plan` says (`Engine.configure` calls it before the fast path)."""
+    from cfcli.models.offload import Parked, offload_blocks_
+    from cfcli.ops.weight_quant import quantize_int8_
+
+    dit = engine.dit
+    if plan.weights == "int8":
+        quantize_int8_(dit)
+    elif plan.lean:
+        engine.parked = Parked([m for b in dit.blocks for m in (b.cross_attn.k, b.cross_attn.v)], engine.device)
+    if plan.kv != "model" and engine.preset.sampler != "rolling":
+        engine.kv_format = plan.kv
+    if plan.offload_blocks:
+        offload_blocks_(dit, plan.offload_blocks, bind=lambda slot, block: setattr(slot.self_attn, "layer",
+                                                                                   block.self_attn.layer))
+    if plan.lean:
+        engine.vae.decoder.split_frames = True
+        engine.vae.cache_on_host = plan.host_decoder_cache
+    if engine.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def plan_run(preset: Preset, latent_frames: int, device: torch.device, dtype: torch.dtype, options,
+             max_vram: float | None, low_vram: bool):
+    """(`options` running the plan, the plan or None) for a command's run; caps the allocator for `--max-vram`.
+    Called before any model loads, so a run that cannot fit stops with the planner's message."""
+    plan = plan_memory(preset, latent_frames, dtype, gpu_memory(device), max_vram, low_vram, options.decoder)
+    if plan is None:
+        return options, None
+    cap_allocator(device, max_vram)
+    return plan.engine_options(options), plan
+
+
+def text_placement(options) -> str:
+    """Where umT5 runs under `options`' memory plan: "resident" (today's default) or "stream"."""
+    return options.memory.text if options.memory is not None else "resident"
