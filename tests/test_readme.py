@@ -17,7 +17,7 @@ def usage(command: str) -> str:
     return re.sub(r"#.*", "", m.group(0))  # comments may name other commands
 
 
-@pytest.mark.parametrize("command", ["generate", "extend", "download", "bench"])
+@pytest.mark.parametrize("command", ["generate", "extend", "live", "download", "bench"])
 def test_readme_options_exist(command):
     shown = set(re.findall(r"--[a-z][a-z0-9-]*", usage(command))) - {"--mode/--steps/--preset"}
     help_text = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output

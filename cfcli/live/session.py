@@ -31,7 +31,7 @@ from cfcli.live.schedule import LivePrompt, LiveSchedule
 from cfcli.pipeline.engine import MAX_ROPE_FRAMES, Engine, video_frames_for
 from cfcli.pipeline.generate import metadata, plan_frames
 from cfcli.pipeline.prompts import video_frame
-from cfcli.pipeline.sinks import stream
+from cfcli.pipeline.sinks import Background, stream
 
 log = logging.getLogger("cfcli.live")
 STATUS_EVERY_S = 0.5
@@ -309,7 +309,8 @@ class LiveSession:
         self.events.message({"type": "started", "session": session, "seed": req.seed, "prompt": opening.prompt,
                              "max_frames": stats.max_frames, "fps": self.fps})
         chunks = self.engine.generate(schedule, latents, req.seed, ctx.latents)
-        stream(self._paced(chunks, stats, schedule), [recording, LiveStream(self, stats, schedule)],
+        # Viewers first; the recording encodes on its own thread, so neither holds up the next block.
+        stream(self._paced(chunks, stats, schedule), [LiveStream(self, stats, schedule), Background(recording)],
                stats.max_frames, write_context=ctx.clip_frames is None, frames_before=recording.frames)
         self.state = "stopping"
         self._finish(recording, stats, schedule, ctx, "limit" if stats.finished else "stopped")

@@ -5,6 +5,8 @@ interrupted and keeps what it has (`close`), or that the run failed and it must 
 The file writer, the live stream and the live recorder are all sinks; `stream` drives them and knows none of them.
 """
 
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -19,6 +21,45 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
     def abort(self) -> None: ...
+
+
+class Background:
+    """A sink whose writes run on a thread of its own, so that a slow encoder never holds up the loop (or the frames
+    of the other sinks). At most `depth` chunks wait; `close`/`abort` wait for the ones queued, then pass on."""
+
+    def __init__(self, sink: Sink, depth: int = 16):
+        self.sink, self.error = sink, None
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._thread = threading.Thread(target=self._drain, name="sink-writer", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while (frames := self._queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.sink.write(frames)
+                except BaseException as exc:  # noqa: BLE001 - raised again on the loop's thread
+                    self.error = exc
+
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def write(self, frames: Tensor) -> None:
+        if self.error is not None:
+            raise self.error
+        self._queue.put(frames)
+
+    def close(self) -> None:
+        self._stop()
+        if self.error is not None:
+            raise self.error
+        self.sink.close()
+
+    def abort(self) -> None:
+        self._stop()
+        self.sink.abort()
 
 
 @dataclass
