@@ -356,12 +356,15 @@ class LiveSession:
             image = load_image(req.image, p.width, p.height)
             return Context(self.engine.encode_video(image[:, None]), image=True)
         if req.clip is not None:
+            from cfcli.pipeline.clip_reader import iter_frames
             from cfcli.pipeline.extend import context_latents, load_clip
             from cfcli.pipeline.media import fit_frames, to_model_range
 
             if p.sampler != "causal":
                 raise CfError(f"{p.name} cannot continue clips", "run cf live --mode framewise or chunkwise")
-            frames = fit_frames(load_clip(req.clip).frames, p.width, p.height)
+            info = load_clip(req.clip)  # the whole clip is kept for the recording: uploads are size-limited
+            frames = torch.cat([fit_frames(batch, p.width, p.height)
+                                for batch in iter_frames(req.clip, rotation=info.rotation)])
             n = context_latents(p, frames.shape[0], None)
             context = frames[-video_frames_for(n):]
             return Context(self.engine.encode_video(to_model_range(context).permute(1, 0, 2, 3)), frames)
