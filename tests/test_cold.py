@@ -9,7 +9,7 @@ import pytest
 from cfcli.cli.cold import generate_options
 from cfcli.pipeline.cold import STEPS
 from cfcli.pipeline.phases import Phases
-from tests.conftest import FIXTURES, PROMPT
+from conftest import FIXTURES, PROMPT
 
 TINY = ["--preset", FIXTURES / "tiny-framewise.yaml", "--device", "cpu"]
 

@@ -18,7 +18,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-_WALL0, _PERF0 = time.time(), time.perf_counter()  # the same instant on both clocks
+_PERF0 = time.perf_counter()  # the import of this module: the last resort for the process start
 
 
 def _proc_age() -> float | None:
@@ -39,8 +39,9 @@ def process_start() -> tuple[float, str]:
         t0 = float(given) if given else None
     except ValueError:
         t0 = None
-    if t0 is not None and 0 <= _WALL0 - t0 < 3600:
-        return _PERF0 - (_WALL0 - t0), "parent"
+    wall, perf = time.time(), time.perf_counter()
+    if t0 is not None and 0 <= wall - t0 < 3600:  # a stale or future value (an inherited variable) is not ours
+        return perf - (wall - t0), "parent"
     age = _proc_age()
     if age is not None:
         return time.perf_counter() - age, "proc"
