@@ -10,7 +10,8 @@ arguments parsed), `prepare_s` (torch imported, checks, outputs reserved), `text
 included when the prompt cache misses), `load_s` (DiT + VAE), `configure_s` (decoder, quantisation, fast-path set-up),
 `generation_s` (the video's start to its last frame handed to the encoder: compilation and graph capture happen in
 its first block, `first_block_s`) and `tail_s` (encoder flush, close, rename). `first_frame_s` counts from the
-process start. A frame counts as written when it is handed to the file's encoder (which may buffer a few).
+process start. A frame counts as written when it is handed to the file writer, whose encoder runs on a thread of
+its own (`sinks.Background`): what the encoder has not caught up with by the last block is in `tail_s`.
 """
 
 import os
