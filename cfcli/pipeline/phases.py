@@ -77,7 +77,7 @@ class Phases:
     @contextmanager
     def load(self, name: str, path: Path):
         """Time loading `name` from `path`: seconds, bytes of the file and the read rate reached."""
-        size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        size = path.stat().st_size
         with self.span(f"load_{name}"):
             yield
         seconds = self.spans[f"load_{name}"]
