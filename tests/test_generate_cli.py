@@ -1,6 +1,7 @@
 """`cf generate` as creators use it: files, metadata, streaming, Ctrl-C, prompt cache and clean errors."""
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -100,13 +101,21 @@ def test_partial_file_is_readable_while_streaming(cf, tmp_path, monkeypatch):
         if self.blocks_done == 4:
             assert not (tmp_path / "p.mkv").exists()
             (temp,) = tmp_path.glob(".p.cf-*.partial.mkv")
-            seen.append(read_video(temp).frames.shape[0])
+            seen.append(written_frames(temp))
         return denoise(self, *a, **k)
 
     monkeypatch.setattr(CausalSampler, "denoise_block", peek)
     assert gen(cf, PROMPT, "--frames", 21, "--seed", 1, "--out", tmp_path / "p.mkv", "--codec", "ffv1").exit_code == 0
     assert seen and seen[0] > 0
     assert sorted(p.name for p in tmp_path.glob("*p*.mkv*")) == ["p.mkv"]  # no temp or lock file left
+
+
+def written_frames(path: Path, wait: float = 5.0) -> int:
+    """Frames readable from `path`, polled briefly: the encoder runs on its own thread, a little behind the loop."""
+    deadline = time.monotonic() + wait
+    while (n := read_video(path).frames.shape[0]) == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return n
 
 
 def test_ctrl_c_keeps_a_playable_partial_video(cf, tmp_path, monkeypatch):

@@ -59,6 +59,29 @@ def test_a_background_write_error_reaches_the_loop_and_aborts_every_sink():
     assert inner.aborted and other.aborted and len(inner.frames) == 1
 
 
+def test_a_signal_while_the_writer_drains_is_only_noted():
+    """Closing waits for every queued chunk even when a stop comes meanwhile: the file is finished, then the run
+    stops (`signals.finalising` around the join)."""
+    import os
+    import signal
+
+    from cfcli.pipeline.signals import SIGNALS, stop_on_signals, stopped_by
+
+    inner, old = Recorder(delay=0.05), {s: signal.getsignal(s) for s in SIGNALS}
+    try:
+        with stop_on_signals():
+            sink = Background(inner, depth=8)
+            for i in range(6):
+                sink.write(Chunk(i).pixels)
+            threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM)).start()
+            sink.close()  # a Stopped raised here would leave the thread writing a file being closed
+            assert stopped_by() == signal.SIGTERM
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    assert len(inner.frames) == 6 and inner.closed and not inner.aborted
+
+
 def test_a_none_from_the_source_writes_the_held_chunk_at_once():
     seen = []
     sink = Recorder()

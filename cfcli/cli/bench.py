@@ -41,6 +41,9 @@ def register(app: typer.Typer) -> None:
         peak_tflops: float = typer.Option(None, "--peak-tflops",
                                           help="Matmul rate for the FLOP floors (default on a GPU: 700, an "
                                                "assumed H100 bf16 rate; on the CPU no floors unless given)."),
+        cold: bool = typer.Option(False, "--cold", help="Time fresh `cf generate` processes instead, phase by phase "
+                                                        "(what a user waits for); the first on empty compile "
+                                                        "caches. Needs the weights on disk."),
         json_out: JsonOpt = False,
     ) -> None:
         """Time warm generations: end-to-end and DiT-only FPS, first frame, block latency, memory, floors.
@@ -51,6 +54,7 @@ def register(app: typer.Typer) -> None:
           cf bench
           cf bench --mode chunkwise --decoder taehv --json
           cf bench --device cpu --preset framewise --height 240 --width 416 --frames 9
+          cf bench --cold --repeat 3 --frames 81
         """
         from cfcli.pipeline import bench as job
         from cfcli.pipeline.engine import EngineOptions, latent_frames_for
@@ -71,6 +75,13 @@ def register(app: typer.Typer) -> None:
         real, _ = plan_frames(p, want, image=False)
         if real != want:
             console.print(f"[yellow]note:[/] {want} frames is not a length the model makes; benchmarking {real}")
+        if cold:
+            from cfcli.cli.cold import bench_cold, check_cold, generate_options
+
+            check_cold(random_weights, job.weights_cached(p), save_latents)
+            return bench_cold(generate_options(preset_name(preset, mode, steps), real, height, width, device, dtype,
+                                               compile, cuda_graphs, quantize, decoder, max_vram, low_vram),
+                              repeat, json_out)
         if not random_weights and not job.weights_cached(p):
             console.print(f"[yellow]note:[/] {p.name} weights are not downloaded: using random weights of the same "
                           "size (same speed, meaningless pixels)")

@@ -109,6 +109,10 @@ def register(app: typer.Typer) -> None:
           cf generate "a fox" --seconds 20 --prompt-at 10s "the fox jumps in a river"
           cf generate "city at night" -o night.gif --frames 33
         """
+        from cfcli.pipeline.phases import Phases
+
+        phases = Phases()
+        phases.mark("cli_ready")
         from cfcli.pipeline import generate as job
         from cfcli.pipeline.bench import with_resolution
         from cfcli.pipeline.engine import EngineOptions
@@ -150,19 +154,26 @@ def register(app: typer.Typer) -> None:
             outputs = [reserved.enter_context(job.reserve_outputs(path, latents, overwrite, fmt.name, crf, p))
                        for _, _, path, latents in runs]
             cpu_notice(dev, device, quiet)  # once every check has passed
+            phases.mark("prepared")  # torch imported, options checked, outputs reserved
             # Every prompt is encoded in one umT5 load, which is gone before the DiT loads (once, for all prompts).
-            encoder = job.PromptEncoder(p, dev, dt, note=status, placement=text_placement(options))
-            encoder.encode(schedule.prompts() if schedule else prompts)
-            engine = job.Engine.load(p, dev, dt, note=status).configure(options)
+            encoder = job.PromptEncoder(p, dev, dt, note=status, placement=text_placement(options), phases=phases)
+            with phases.span("text"):
+                encoder.encode(schedule.prompts() if schedule else prompts)
+            phases.facts["text_cache_hit"] = not encoder.loaded_encoder
+            engine = job.Engine.load(p, dev, dt, note=status, phases=phases)
+            with phases.span("configure"):
+                engine.configure(options)
             for (text, s, path, latents), reserved_outputs in zip(runs, outputs):
                 if not quiet:
                     console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {real} frames → {path}")
                     show_switches(schedule, starts, fps_, p)
                 req = job.GenerateRequest(text, p, s, real, path, dev, dt, fmt.name, crf, fps, image, latents,
                                           schedule, options, overwrite=overwrite, outputs=reserved_outputs)
+                phases.video()
+                phases.mark("video_start")
                 with ProgressView(enabled=not quiet, fps=fps_, device=dev) as view:
-                    summary = job.run(req, view.update, engine=engine, prompt_encoder=encoder)
-                report(summary, quiet, json_out)
+                    summary = job.run(req, timed_progress(view.update, phases), engine=engine, prompt_encoder=encoder)
+                report(summary, quiet, json_out, phases.report(summary.frames))
                 if summary.interrupted or stopped_by():
                     raise typer.Exit(exit_code())
                 if poster:
@@ -273,13 +284,22 @@ def switch_rounding(seconds: float, fps: float, frame: int, preset) -> str:
     return ""
 
 
-def report(s, quiet: bool, json_out: bool) -> None:
+def timed_progress(update, phases):
+    """The progress callback, also noting in `phases` when frames reach the file's encoder."""
+    def on_progress(progress) -> None:
+        phases.frame_written()
+        update(progress)
+
+    return on_progress
+
+
+def report(s, quiet: bool, json_out: bool, phases: dict | None = None) -> None:
     if json_out:
         typer.echo(json.dumps({"path": str(s.path), "frames": s.frames, "fps": s.fps, "seconds": s.seconds,
                                "seed": s.seed, "preset": s.preset, "first_frame_s": s.first_frame_s,
                                "elapsed_s": s.elapsed, "generated_frames": s.generated,
                                "generation_fps": s.generation_fps,
-                               "interrupted": s.interrupted}))
+                               "interrupted": s.interrupted} | ({"phases": phases} if phases else {})))
     if quiet:
         return
     if s.interrupted:

@@ -200,18 +200,23 @@ class Engine:
 
     @classmethod
     def load(cls, preset: Preset, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-             note: Callable[[str], None] = lambda m: None) -> "Engine":
-        """The preset's DiT and VAE on `device`; `note` hears a status line before each loads."""
+             note: Callable[[str], None] = lambda m: None, phases=None) -> "Engine":
+        """The preset's DiT and VAE on `device`; `note` hears a status line before each loads, `phases` (a
+        `cfcli.pipeline.phases.Phases`) times each load."""
+        from cfcli.pipeline.phases import maybe_load
+
         device = torch.device(device)
         gen_path, vae_path = hub.resolve(preset, "generator"), hub.resolve(preset, "vae")
         note(loading("DiT", gen_path))
         with torch.device("meta"):
             dit = CausalWanDiT(DiTConfig(**preset.arch("dit")))
             vae = WanVAE(VAEConfig(**preset.arch("vae")))
-        sd = generator_state_dict(read_state_dict(gen_path), preset.use_ema)
-        load_strict(dit, sd, what=f"generator ({gen_path.name})", dtype=dtype, device=device)
+        with maybe_load(phases, "dit", gen_path):
+            sd = generator_state_dict(read_state_dict(gen_path), preset.use_ema)
+            load_strict(dit, sd, what=f"generator ({gen_path.name})", dtype=dtype, device=device)
         note(loading("VAE", vae_path))
-        load_strict(vae, read_state_dict(vae_path), what=f"VAE ({vae_path.name})", dtype=dtype, device=device)
+        with maybe_load(phases, "vae", vae_path):
+            load_strict(vae, read_state_dict(vae_path), what=f"VAE ({vae_path.name})", dtype=dtype, device=device)
         return cls(preset, dit, vae, device, dtype)
 
     @property

@@ -21,7 +21,7 @@ from cfcli.pipeline.media import check_image_input, load_image
 from cfcli.pipeline.outputs import Outputs, Target, check, reserve, same_file, write_error
 from cfcli.pipeline.prompts import PromptSchedule, TextSchedule
 from cfcli.pipeline.signals import finalising
-from cfcli.pipeline.sinks import Progress, Sink, stream
+from cfcli.pipeline.sinks import Background, Progress, Sink, stream
 from cfcli.pipeline.text import PromptEncoder
 from cfcli.pipeline.video import VideoWriter, rewrite_metadata
 from cfcli.presets import Preset, presets_dir
@@ -167,7 +167,8 @@ def stream_to_file(chunks: Iterable[Chunk], writer: "SafeWriter", total: int, re
     renamed over the final path when complete, kept as a partial when interrupted; the latents (`latents`, a
     reserved target) are saved only for a complete video. The summary of the file."""
     fps, before = writer.fps, writer.frames
-    done = stream(chunks, [writer, *extra_sinks], total, on_progress, write_context,
+    # The encoder runs on a thread of its own, so a slow codec is a tail after the last block, not slower blocks.
+    done = stream(chunks, [Background(writer), *extra_sinks], total, on_progress, write_context,
                   keep_latents=latents is not None, frames_before=writer.frames)
     try:
         if latents is not None and not done.interrupted:

@@ -14,6 +14,8 @@ from typing import Protocol
 
 from torch import Tensor
 
+from cfcli.pipeline.signals import finalising
+
 
 class Sink(Protocol):
     def write(self, frames: Tensor) -> None: ...
@@ -42,9 +44,10 @@ class Background:
                     self.error = exc
 
     def _stop(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
+        with finalising():  # a signal must not leave the thread writing a file that is being closed or removed
+            if self._thread.is_alive():
+                self._queue.put(None)
+                self._thread.join()
 
     def write(self, frames: Tensor) -> None:
         if self.error is not None:

@@ -21,6 +21,7 @@ from cfcli.models.t5 import T5Config, UMT5Encoder, encode_text
 from cfcli.models.tokenizer import PromptTokenizer, clean_prompt
 from cfcli.paths import cf_home
 from cfcli.pipeline.engine import loading
+from cfcli.pipeline.phases import maybe_load
 from cfcli.presets import Preset
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,9 @@ def _file_id(path: Path) -> str:
 
 class PromptEncoder:
     def __init__(self, preset: Preset, device: torch.device, dtype: torch.dtype, cache_dir: Path | None = None,
-                 note=lambda m: None, placement: str = "resident"):
+                 note=lambda m: None, placement: str = "resident", phases=None):
         self.preset, self.device, self.dtype, self.note = preset, device, dtype, note  # note: loading status
+        self.phases = phases  # a `cfcli.pipeline.phases.Phases` that times the encoder's load
         self.placement = placement  # "stream": umT5 layer by layer from host memory (`cfcli.models.t5_stream`)
         self.text_len = int(preset.arch("dit").get("text_len", 512))
         self.cache_dir = cache_dir if cache_dir is not None else cf_home() / "prompts"
@@ -112,8 +114,9 @@ class PromptEncoder:
         with torch.device("meta"):
             encoder = UMT5Encoder(T5Config(**self.preset.arch("text_encoder")))
         stream = self.placement == "stream"
-        load_strict(encoder, read_state_dict(path), what=f"text encoder ({path.name})", dtype=self.dtype,
-                    device="cpu" if stream else self.device)
+        with maybe_load(self.phases, "text_encoder", path):
+            load_strict(encoder, read_state_dict(path), what=f"text encoder ({path.name})", dtype=self.dtype,
+                        device="cpu" if stream else self.device)
         if stream:
             from cfcli.models.t5_stream import StreamedUMT5
 
