@@ -12,6 +12,8 @@ import json
 import struct
 from pathlib import Path
 
+from cfcli.paths import write_atomic
+
 HEADER_LIMIT = 100 << 20  # safetensors refuses headers over 100 MB too
 
 
@@ -60,9 +62,7 @@ def verify(path: Path) -> bool:
 
 
 def write_digest(path: Path, digest: str) -> None:
-    from cfcli.hub import _write_text
-
-    _write_text(digest_path(path), digest + "\n")
+    write_atomic(digest_path(path), digest + "\n")
 
 
 def discard(path: Path) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from cfcli.converted_check import is_whole
 from cfcli.errors import CfError
 from cfcli.paths import cf_home
+from cfcli.paths import write_atomic as _write_text
 from cfcli.presets import WEIGHT_ROLES, Preset, WeightRef, presets_dir
 
 CONVERTIBLE = (".pt", ".pth", ".bin")  # pickled checkpoints that are converted to safetensors once
@@ -577,11 +578,3 @@ def _read_json(path: Path) -> dict:
 
 def _write_json(path: Path, data: dict) -> None:
     _write_text(path, json.dumps(data, indent=1, sort_keys=True))
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write via a temp file and rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

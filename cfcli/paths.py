@@ -43,3 +43,11 @@ def usable_dir(path: Path, variable: str) -> Path:
         raise CfError(f"{name} points at {path}, which cannot be used as a folder ({why})",
                       f"set {name} to a writable folder (or unset it to use the default)") from exc
     return path
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temp file and rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
