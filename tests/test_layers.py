@@ -161,3 +161,19 @@ def test_imports_are_found_at_any_depth_and_resolved():
     assert imports_in(source, "cfcli.pipeline.engine", False) == [
         (2, "cfcli.errors"), (4, "cfcli.models.dit"), (5, "cfcli.pipeline")]
     assert imports_in("from .dit import X\n", "cfcli.models", True) == [(1, "cfcli.models.dit")]
+
+
+COMMANDS = {"bench", "cache", "download", "extend", "generate", "info", "live"}  # cfcli/cli/<command>.py
+
+
+def test_no_command_imports_another_command():
+    """What two commands share lives in its own module of cfcli/cli (common, checks, files, progress, summary)."""
+    crossed = [f"{file}:{line}: {importer} imports {target}" for file, line, importer, target in edges()
+               if importer.startswith("cfcli.cli.") and target.startswith("cfcli.cli.")
+               and {importer.split(".")[2], target.split(".")[2]} <= COMMANDS and importer != target]
+    assert not crossed, "commands importing each other:\n" + "\n".join(crossed)
+
+
+def test_the_command_list_matches_the_cli():
+    assert {t.split(".")[2] for _, t in imports_in((ROOT / "cli" / "__init__.py").read_text(), "cfcli.cli", True)
+            if t.count(".") == 2} - {"common"} == COMMANDS

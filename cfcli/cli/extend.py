@@ -9,9 +9,9 @@ from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOp
                               GraphsOpt, JsonOpt, LowVramOpt, MaxVramOpt, OverwriteOpt, PresetOpt, QuantizeOpt,
                               QuietOpt, SeedOpt, StepsOpt, console, friendly, new_seed, pick_device, pick_dtype,
                               preset_name, show_plan)
-from cfcli.cli.generate import report
 from cfcli.cli.files import open_file, output_codec, poster_path, write_poster
 from cfcli.cli.progress import ProgressView, cpu_notice, status_line
+from cfcli.cli.summary import report
 from cfcli.errors import CfError
 
 

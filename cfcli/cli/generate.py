@@ -1,6 +1,5 @@
 """`cf generate`: text (or picture) to video, streamed to the file block by block."""
 
-import json
 import math
 import re
 from contextlib import ExitStack
@@ -15,6 +14,7 @@ from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOp
                               StepsOpt, console, friendly, new_seed, pick_device, pick_dtype, preset_name, show_plan)
 from cfcli.cli.files import open_file, output_codec, output_dir, poster_path, write_poster
 from cfcli.cli.progress import ProgressView, cpu_notice, status_line
+from cfcli.cli.summary import report
 from cfcli.errors import CfError
 
 
@@ -291,25 +291,3 @@ def timed_progress(update, phases):
         update(progress)
 
     return on_progress
-
-
-def report(s, quiet: bool, json_out: bool, phases: dict | None = None) -> None:
-    if json_out:
-        typer.echo(json.dumps({"path": str(s.path), "frames": s.frames, "fps": s.fps, "seconds": s.seconds,
-                               "seed": s.seed, "preset": s.preset, "first_frame_s": s.first_frame_s,
-                               "elapsed_s": s.elapsed, "generated_frames": s.generated,
-                               "generation_fps": s.generation_fps,
-                               "interrupted": s.interrupted} | ({"phases": phases} if phases else {})))
-    if quiet:
-        return
-    if s.interrupted:
-        untouched = s.extra.get("left_untouched")
-        beside = f" ({untouched} was left as it was)" if untouched else ""
-        console.print(f"[yellow]stopped:[/] {s.frames} frames kept in {s.path}{beside}" if s.frames else
-                      f"[yellow]stopped[/] before the first frame: nothing was written to {s.path}")
-        return
-    first = f"{s.first_frame_s:.2f}s" if s.first_frame_s is not None else "-"
-    new = f" ({s.generated} new)" if s.generated != s.frames else ""
-    console.print(f"[green]✓[/] {s.path}  ·  {s.frames} frames{new}, {s.seconds:.2f}s at {s.fps:g} fps  ·  "
-                  f"first frame {first}  ·  generated {s.generation_fps:.1f} frames/s "
-                  f"({s.generation_fps / s.fps:.2f}× real time)  ·  seed {s.seed}")
