@@ -9,7 +9,7 @@ functions count too: a lazy import still ties the layers together.
 - pipeline: `cfcli/pipeline/` plans and owns the loop.
 - store:    top-level modules that find, fetch, convert or describe weights and presets. They sit above models
             because they read the model configs or checkpoint layout: `presets.py` builds model configs,
-            `hub.py` (or the `hub/` package) resolves a preset's files, `convert.py` uses `models.checkpoint`,
+            the `hub/` package resolves a preset's files, `convert.py` uses `models.checkpoint`,
             `taehv_weights.py` loads `models.taehv`, `manifest.py` and `converted_check.py` serve them.
 - models:   `cfcli/models/`, plain nn.Modules.
 - ops:      `cfcli/ops/`, kernels and functional pieces.
