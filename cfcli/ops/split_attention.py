@@ -1,15 +1,15 @@
 """Self-attention over a long key set, split across more thread blocks (split-KV), on Hopper GPUs.
 
 cuDNN's attention kernel gives each thread block 64 queries of one head. A frame-wise DiT call has 1560 queries and
-12 heads: 300 blocks for 132 SMs, so the last of its ~2.3 waves runs mostly empty and the kernel reaches ~360
-TFLOP/s where 4680 queries reach ~545 (H100, docs/performance.md). Splitting the keys into S equal parts, run as a
+12 heads: 300 blocks for 132 SMs, so the last of its ~2.3 waves runs mostly empty and the kernel runs well below the
+rate it reaches at 4680 queries (figures in docs/performance.md). Splitting the keys into S equal parts, run as a
 batch of S against the same queries, gives S times the blocks; each part returns its output and log-sum-exp, and
 `merge_partials` weighs the parts into the exact softmax over all keys:
 
     out = Σᵢ exp(lseᵢ − lse) · outᵢ,   lse = log Σᵢ exp(lseᵢ)
 
-Frame-wise, 32760 keys: 0.85 → 0.56 ms a call (4 parts); chunk-wise: 1.72 → 1.55 ms (2 parts). Each part's output is
-rounded to bf16 before the float32 merge: one extra rounding.
+Frame-wise calls gain most (up to 4 parts), chunk-wise ones less (2 parts); timings in docs/performance.md. Each
+part's output is rounded to bf16 before the float32 merge: one extra rounding.
 """
 
 import functools

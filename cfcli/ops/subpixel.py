@@ -9,8 +9,8 @@ the upsampled image's border pixel of zeros falls on the input's border pixel of
 The phases run as one convolution with 4·O output channels over the input padded by 1, whose output is one row and
 column larger than the input; phase (a, b) is its window starting at row a, column b. Same products as the
 reference; the summed taps are rounded to the weight's dtype once, from float32. On CUDA one Triton kernel
-interleaves the phases into the output and adds the bias on the way (as four strided copies and a bias pass, that
-was 1.7 ms of the decoder's ~35 ms per latent frame); elsewhere the convolution adds the bias and four copies
+interleaves the phases into the output and adds the bias on the way (four strided copies and a bias pass cost more:
+docs/performance.md); elsewhere the convolution adds the bias and four copies
 interleave.
 """
 

@@ -145,6 +145,4 @@ def _run(req: ExtendRequest, outputs: Outputs, on_progress, engine, note, status
             writer.abort()
             raise
     chunks = engine.generate(engine.text_kv(text), new_latents, req.seed, ctx_latents)
-    summary = stream_to_file(chunks, writer, total, req, on_progress, write_context=False, latents=outputs.latents)
-    summary.extra["prompt"] = prompt
-    return summary
+    return stream_to_file(chunks, writer, total, req, on_progress, write_context=False, latents=outputs.latents)

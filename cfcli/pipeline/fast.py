@@ -51,7 +51,7 @@ def tune_vae(vae: WanVAE, fuse: bool, stack: bool | None = None, stack_below: in
     - With `stack`, its 3-tap causal convolutions narrower than `stack_below` channels run as 2D convolutions over
       time-stacked channels (`CausalConv3d.stack_taps_`): on Hopper cuDNN runs the 96-channel full-resolution ones
       on an sm80 kernel at a third of the 2D speed. The head (96 → 3) runs as a 2D convolution with the taps stacked
-      as output channels instead (`CausalConv3d.tap_outputs_`; 1.03 → 0.35 ms per latent frame on an H200).
+      as output channels instead (`CausalConv3d.tap_outputs_`; timed in docs/performance.md).
       Default: on GPUs of compute capability 9.0 and newer, the ones it was measured on (docs/performance.md);
       elsewhere the stacking copy could cost more than it saves.
     - Each nearest-2× upsampling and the 3×3 convolution after it as four 2×2 convolutions on the small input

@@ -218,7 +218,7 @@ def footprint(preset: Preset, latent_frames: int, dtype: torch.dtype, decoder: s
     tokens = preset.block_frames * ft
     # One call's transient: per block the FFN's hidden layer and ~8 token-wide tensors (x, q, k, v, attention out,
     # norms, residual), twice over for what lives between blocks and the allocator's rounding: calibrated on an H200,
-    # where the default plan's DiT-only peak (8.95 GiB, CUDA graphs included) matches it.
+    # where it matches the default plan's measured DiT-only peak, CUDA graphs included (docs/performance.md).
     dit_work = 2 * tokens * (2 * cfg.ffn_dim + 8 * cfg.dim) * size
     dequant = 2 * read * cfg.dim * size + cfg.ffn_dim * cfg.dim * size
     text_kv = cfg.num_layers * 2 * cfg.text_len * cfg.dim * size
