@@ -181,6 +181,16 @@ def test_cf_live_makes_a_token_for_a_public_host(cf, monkeypatch):
     assert served == {"host": "0.0.0.0", "port": 7999}
 
 
+@pytest.mark.parametrize("args, phrase", [(["--crf", 99], "--crf 99 is out of range"),
+                                          (["--seed", -5], "--seed -5 is out of range"),
+                                          (["--max-seconds", "nan"], "--max-seconds must be a positive number"),
+                                          (["--codec", "xyz"], "unknown codec 'xyz'")])
+def test_cf_live_refuses_bad_values_before_loading(cf, monkeypatch, args, phrase):
+    monkeypatch.setattr("cfcli.cli.live.load", lambda *a, **k: pytest.fail("models loaded for a bad value"))
+    r = cf("live", "--preset", FRAMEWISE, "--device", "cpu", *args)
+    assert r.exit_code == 1 and phrase in r.output and "Traceback" not in r.output, r.output
+
+
 def test_latency_measurement_runs_on_cpu(tmp_path):
     from cfcli.cli.live import load
     from cfcli.live.measure import measure

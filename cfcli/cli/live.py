@@ -1,11 +1,13 @@
 """`cf live`: load the models once, serve the live page, steer the video while it plays (Ctrl-C to quit)."""
 
 import json
+import math
 import secrets
 from pathlib import Path
 
 import typer
 
+from cfcli.cli.checks import check_options
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt,
                               ModeOpt, PresetOpt, QuantizeOpt, SeedOpt, StepsOpt, console, friendly, pick_device,
                               pick_dtype, preset_name)
@@ -59,14 +61,14 @@ def register(app: typer.Typer) -> None:
           cf live --host 0.0.0.0 --token secret      # other machines may connect, with the token
         """
         from cfcli.live.session import LiveConfig
-        from cfcli.pipeline.video import CODECS
+        from cfcli.pipeline import containers
 
-        if codec not in CODECS:
-            raise CfError(f"unknown codec {codec!r}", f"use one of: {', '.join(CODECS)}")
+        check_options(seed=seed, crf=crf)
+        containers.get(codec)  # an unknown codec (or one this ffmpeg lacks) is refused here
         if text_device not in (None, "cpu", "cuda"):
             raise CfError(f"unknown --text-device {text_device!r}", "use cpu or cuda")
-        if max_seconds is not None and max_seconds <= 0:
-            raise CfError(f"--max-seconds must be positive, got {max_seconds}")
+        if max_seconds is not None and not (math.isfinite(max_seconds) and max_seconds > 0):
+            raise CfError(f"--max-seconds must be a positive number, got {max_seconds}")
         if lead < 0:
             raise CfError(f"--lead must be at least 0, got {lead}")
         config = LiveConfig(out_dir, codec, crf, lead, max_seconds)

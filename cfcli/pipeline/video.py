@@ -16,7 +16,6 @@ import torch
 
 from cfcli.pipeline import containers
 
-CODECS = {c.name: (c.encoders[0], c.pix_fmt) for c in containers.TABLE}
 META_KEY = "comment"
 # Streaming: flush every packet to disk, and pick container layouts that play while still being written
 # (fragmented MP4 every 0.25 s; Matroska clusters every 100 ms), so a viewer or a crash sees the frames so far.
