@@ -1,7 +1,6 @@
 """`cf generate`: text (or picture) to video, streamed to the file block by block."""
 
 import math
-import re
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -16,11 +15,6 @@ from cfcli.cli.files import open_file, output_codec, output_dir, poster_path, wr
 from cfcli.cli.progress import ProgressView, cpu_notice, status_line
 from cfcli.cli.summary import report
 from cfcli.errors import CfError
-
-
-def slug(text: str, n: int = 48) -> str:
-    s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return (s[:n].rstrip("-")) or "video"
 
 
 class _GenerateCommand(TyperCommand):
@@ -187,7 +181,7 @@ def plan_runs(prompts: list[str], seed: int | None, count: int, out: Path | None
     """(prompt, seed, video path, latents path) of every video, `count` per prompt: a batch numbers
     `--out`/`--save-latents`, and default names that slug alike get `-2`, `-3`, … so no output of the run overwrites
     another."""
-    from cfcli.pipeline.outputs import same_file
+    from cfcli.pipeline.outputs import same_file, slug
 
     if count < 1:
         raise CfError(f"--count must be at least 1, got {count}")
@@ -211,7 +205,10 @@ def plan_runs(prompts: list[str], seed: int | None, count: int, out: Path | None
 
 def read_prompts(prompt: str | None, prompt_file: Path | None) -> list[str]:
     if prompt_file is not None:
-        lines = [ln.strip() for ln in read_text(prompt_file, "--prompt-file").splitlines()]
+        from cfcli.pipeline.prompts import read_text_file
+
+        text = read_text_file(prompt_file, "--prompt-file", "prompts, one per line")
+        lines = [ln.strip() for ln in text.splitlines()]
         prompts = [ln for ln in lines if ln]
         if not prompts:
             raise CfError(f"{prompt_file} holds no prompts", "write one prompt per line")
@@ -219,19 +216,6 @@ def read_prompts(prompt: str | None, prompt_file: Path | None) -> list[str]:
     if prompt is None or not prompt.strip():
         raise CfError("the prompt is empty", 'describe the video, e.g. cf generate "a fox running"')
     return [prompt]
-
-
-def read_text(path: Path, option: str) -> str:
-    """A UTF-8 text file given by `option`; a binary or non-UTF-8 file is refused with one message."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise CfError(f"cannot read {option} {path}: {exc.strerror or exc}", "give a readable text file") from exc
-    except UnicodeDecodeError:
-        text = "\0"
-    if "\0" in text:
-        raise CfError(f"{option} {path} is not UTF-8 text", "give a plain text file, one prompt per line")
-    return text
 
 
 def read_schedule(prompt: str | None, prompt_at: list[str] | None, schedule_file: Path | None,
@@ -244,8 +228,6 @@ def read_schedule(prompt: str | None, prompt_at: list[str] | None, schedule_file
     if prompt_file is not None:
         raise CfError("--prompt-file cannot be combined with --prompt-at/--prompt-schedule",
                       "a schedule tells one video's story; make the batch and the story in separate runs")
-    if schedule_file is not None:
-        read_text(schedule_file, "--prompt-schedule")  # binary data: refused here, with the option's name
     switches = read_schedule_file(schedule_file) if schedule_file is not None else []
     pairs = [value.split("\t", 1) for value in prompt_at or ()]
     if any(len(pair) != 2 for pair in pairs):

@@ -5,18 +5,17 @@ The prompt schedule is known only when the session ends, so the frames go to a r
 file is renamed into place.
 """
 
-import time
 from pathlib import Path
 
 from cfcli.pipeline import containers
 from cfcli.pipeline.generate import SafeWriter
-from cfcli.pipeline.outputs import reserve
+from cfcli.pipeline.outputs import free_name, reserve
 from cfcli.pipeline.video import rewrite_metadata
 
 
 class Recording(SafeWriter):
     def __init__(self, out_dir: Path, name: str, fps: float, width: int, height: int, codec: str, crf: int):
-        target = reserve(unique(Path(out_dir) / f"{name}{containers.get(codec).suffix}"), overwrite=False,
+        target = reserve(free_name(Path(out_dir) / f"{name}{containers.get(codec).suffix}"), overwrite=False,
                          what="the recording", option="--out-dir")
         super().__init__(target, fps, width, height, codec, crf)
         self.final = target.final
@@ -27,10 +26,3 @@ class Recording(SafeWriter):
         rewrite_metadata(self.target.temp, metadata)
         return self.target.commit()
 
-
-def unique(path: Path) -> Path:
-    """`path`, or a time-stamped sibling when it exists (a live session never overwrites a recording)."""
-    if not path.exists():
-        return path
-    return path.with_name(f"{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}-{time.perf_counter_ns() % 10**6}"
-                          f"{path.suffix}")

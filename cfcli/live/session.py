@@ -14,7 +14,6 @@ import contextlib
 import itertools
 import logging
 import queue
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +30,7 @@ from cfcli.live.schedule import LivePrompt, LiveSchedule
 from cfcli.pipeline.engine import MAX_ROPE_FRAMES, Engine, video_frames_for
 from cfcli.pipeline.generate import metadata, plan_frames
 from cfcli.pipeline.prompts import video_frame
+from cfcli.pipeline.outputs import slug
 from cfcli.pipeline.sinks import Background, stream
 
 log = logging.getLogger("cfcli.live")
@@ -386,7 +386,7 @@ class LiveSession:
 
     def _recording(self, req: StartRequest, session: int, ctx: Context) -> Recording:
         p, c = self.preset, self.config
-        name = f"live-{slug(req.prompt)}-{req.seed}-{session}"
+        name = f"live-{slug(req.prompt, 40)}-{req.seed}-{session}"
         rec = Recording(c.out_dir, name, self.fps, p.width, p.height, c.codec, c.crf)
         if ctx.clip_frames is not None:
             try:
@@ -417,6 +417,3 @@ class LiveSession:
                              "url": f"/recordings/{path.name}", "frames": recording.frames,
                              "seconds": round(recording.frames / self.fps, 3)})
 
-
-def slug(text: str, n: int = 40) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:n].rstrip("-") or "video"

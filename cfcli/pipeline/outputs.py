@@ -11,6 +11,7 @@ final name when nothing was there, else beside it as `<stem>.partial<ext>`.
 import errno
 import fcntl
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,12 @@ def _usual_mode(path: Path) -> None:
     mask = os.umask(0)
     os.umask(mask)
     os.chmod(path, 0o666 & ~mask)
+
+
+def slug(text: str, n: int = 48) -> str:
+    """A file-name stem from a prompt: lower-case ASCII words joined by '-', at most `n` characters."""
+    s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return (s[:n].rstrip("-")) or "video"
 
 
 def free_name(path: Path) -> Path:

@@ -48,16 +48,24 @@ def parse_time(text: str, source: str = "") -> float:
     return seconds
 
 
-def read_schedule_file(path: Path) -> list[Switch]:
-    """`SECONDS<TAB>PROMPT` lines (spaces work as the separator too); blank lines and `#` comments are skipped."""
+def read_text_file(path: Path, option: str, what: str) -> str:
+    """The UTF-8 text file given by `option` (holding `what`); an unreadable, non-UTF-8 or binary one (NUL bytes) is
+    refused with one message."""
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
     except OSError as exc:
-        raise CfError(f"cannot read --prompt-schedule {path}: {exc.strerror or exc}",
-                      "give a readable text file of SECONDS<TAB>PROMPT lines") from exc
-    except UnicodeDecodeError as exc:
-        raise CfError(f"cannot read --prompt-schedule {path}: it is not UTF-8 text",
-                      "give a text file of SECONDS<TAB>PROMPT lines") from exc
+        raise CfError(f"cannot read {option} {path}: {exc.strerror or exc}",
+                      f"give a readable text file of {what}") from exc
+    except UnicodeDecodeError:
+        text = "\0"
+    if "\0" in text:
+        raise CfError(f"{option} {path} is not UTF-8 text", f"give a plain text file of {what}")
+    return text
+
+
+def read_schedule_file(path: Path) -> list[Switch]:
+    """`SECONDS<TAB>PROMPT` lines (spaces work as the separator too); blank lines and `#` comments are skipped."""
+    text = read_text_file(path, "--prompt-schedule", "SECONDS<TAB>PROMPT lines")
     switches = []
     for n, line in enumerate(text.splitlines(), 1):
         line = line.strip()
