@@ -17,13 +17,13 @@ umT5 analytically. Floor time = FLOPs / an assumed matmul rate (`peak_tflops`).
 
 import contextlib
 import gc
-from pathlib import Path
 import math
 import platform
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn

@@ -326,10 +326,6 @@ def cap_allocator(device: torch.device, max_vram: float | None) -> None:
     torch.cuda.set_per_process_memory_fraction(min(1.0, max_vram * GIB / total), index)
 
 
-def gib(nbytes: int) -> float:
-    return nbytes / GIB
-
-
 
 def apply_plan(engine, plan: MemoryPlan) -> None:
     """Put a loaded engine's parts where `plan` says (`Engine.configure` calls it before the fast path)."""
