@@ -42,19 +42,25 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cfcli.pipeline.bench import RANDOM_PROMPT_TOKENS, Clock, gpu_name, phase_peak, random_init_  # noqa: E402
+from cfcli.pipeline.bench import (
+    RANDOM_PROMPT_TOKENS,
+    Clock,
+    gpu_name,
+    phase_peak,
+    random_init_,
+)
 
 OFFICIAL = ROOT / ".official"
 PROMPT = "a red fox running through a snowy birch forest at dawn"  # never encoded: the embeddings are random
 VAE_TIME, VAE_SPACE, PATCH = 4, 8, 2  # latent frame = 4 video frames, latent pixel = 8×8, DiT patch 2×2
 
 # Wan2.1-T2V-1.3B's config.json (spec/generator.md §1); qk_norm and cross_attn_norm keep CausalWanModel's defaults.
-WAN_1_3B = dict(model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=16, dim=1536, ffn_dim=8960, freq_dim=256,
-                text_dim=4096, out_dim=16, num_heads=12, num_layers=30, eps=1e-6)
-TINY_DIT = WAN_1_3B | dict(dim=64, ffn_dim=128, text_dim=32, num_heads=4, num_layers=2)
-TINY_VAE = dict(dim=8)  # over `_video_vae`'s own config (dim 96, z_dim 16, dim_mult [1, 2, 4, 4], ...)
-TINY_SIZE = dict(frames=9, height=32, width=48)
-FULL_SIZE = dict(frames=81, height=480, width=832)
+WAN_1_3B = {"model_type": "t2v", "patch_size": (1, 2, 2), "text_len": 512, "in_dim": 16, "dim": 1536, "ffn_dim": 8960,
+            "freq_dim": 256, "text_dim": 4096, "out_dim": 16, "num_heads": 12, "num_layers": 30, "eps": 1e-6}
+TINY_DIT = WAN_1_3B | {"dim": 64, "ffn_dim": 128, "text_dim": 32, "num_heads": 4, "num_layers": 2}
+TINY_VAE = {"dim": 8}  # over `_video_vae`'s own config (dim 96, z_dim 16, dim_mult [1, 2, 4, 4], ...)
+TINY_SIZE = {"frames": 9, "height": 32, "width": 48}
+FULL_SIZE = {"frames": 81, "height": 480, "width": 832}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -78,7 +84,7 @@ def cpu_flash_attention(q, k, v, q_lens=None, k_lens=None, dropout_p=0.0, softma
     if q_lens is not None or k_lens is not None or q_scale is not None:
         raise NotImplementedError("the official loop passes no lengths and no q_scale")
     b, lq, lk = q.shape[0], q.shape[1], k.shape[1]
-    cu = lambda n: torch.arange(0, (b + 1) * n, n, dtype=torch.int32, device=q.device)  # noqa: E731
+    cu = lambda n: torch.arange(0, (b + 1) * n, n, dtype=torch.int32, device=q.device)
     x = flash_attn_varlen_func(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), cu(lq), cu(lk), lq, lk,
                                dropout_p, softmax_scale, causal, window_size)
     return x.unflatten(0, (b, lq)).type(q.dtype)
@@ -185,8 +191,8 @@ def build_pipeline(ns, mode: str, dit_cfg: dict, vae_cfg: dict, device, dtype, s
 
 def vae_kwargs(z_dim: int) -> dict:
     """`_video_vae`'s own config (wan/modules/vae.py), which builds on meta and loads the checkpoint in one go."""
-    return dict(dim=96, z_dim=z_dim, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
-                temperal_downsample=[False, True, True], dropout=0.0)
+    return {"dim": 96, "z_dim": z_dim, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_scales": [],
+            "temperal_downsample": [False, True, True], "dropout": 0.0}
 
 
 def fit_caches(pipe, dit_cfg: dict, latent_frames: int, tokens: int, device, dtype) -> bool:
@@ -196,8 +202,8 @@ def fit_caches(pipe, dit_cfg: dict, latent_frames: int, tokens: int, device, dty
     if tokens == pipe.frame_seq_length and (heads, head_dim) == (12, 128):
         return False
     pipe.frame_seq_length = tokens
-    zeros = lambda n: torch.zeros(1, n, heads, head_dim, dtype=dtype, device=device)  # noqa: E731
-    index = lambda: torch.tensor([0], dtype=torch.long, device=device)  # noqa: E731
+    zeros = lambda n: torch.zeros(1, n, heads, head_dim, dtype=dtype, device=device)
+    index = lambda: torch.tensor([0], dtype=torch.long, device=device)
     layers = range(pipe.num_transformer_blocks)
     pipe.kv_cache1 = [{"k": zeros(latent_frames * tokens), "v": zeros(latent_frames * tokens),
                        "global_end_index": index(), "local_end_index": index()} for _ in layers]
