@@ -28,6 +28,8 @@ harness makes caches of the same layout at that size, and the JSON says `"adapte
 
 import argparse
 import contextlib
+import importlib
+import importlib.machinery
 import json
 import statistics
 import sys
@@ -107,35 +109,38 @@ class RandomPrompt(torch.nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 # Loading their code
 
+def made_module(name: str, path: Path | None = None, **names) -> types.ModuleType:
+    """A module registered under `name` (with a spec, for libraries that look modules up); a package of `path`."""
+    module = types.ModuleType(name)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=path is not None)
+    if path is not None:
+        module.__path__ = module.__spec__.submodule_search_locations = [str(path)]
+    module.__dict__.update(names)
+    sys.modules[name] = module
+    return module
+
+
 def bare_package(name: str) -> None:
     """`name` as a package of `.official/` whose `__init__` is not run (theirs import trainers, apps, tokenizers)."""
-    module = types.ModuleType(name)
-    module.__path__ = [str(OFFICIAL / name.replace(".", "/"))]
-    sys.modules[name] = module
+    made_module(name, OFFICIAL / name.replace(".", "/"))
 
 
 def no_tokenizer() -> None:
     """`wan.modules.tokenizers` without `transformers`/`ftfy`: the text encoder it serves is bypassed."""
-    module = types.ModuleType("wan.modules.tokenizers")
-
     class HuggingfaceTokenizer:
         def __init__(self, *args, **kwargs):
             raise RuntimeError("the benchmark feeds random prompt embeddings; no tokenizer is loaded")
 
-    module.HuggingfaceTokenizer = HuggingfaceTokenizer
-    sys.modules[module.__name__] = module
+    made_module("wan.modules.tokenizers", HuggingfaceTokenizer=HuggingfaceTokenizer)
 
 
 def import_official(device: torch.device) -> types.SimpleNamespace:
     if not (OFFICIAL / "COMMIT").is_file():
         sys.exit(f"{OFFICIAL} is missing: run scripts/official_fetch.sh first")
-    sys.modules["flash_attn"] = types.SimpleNamespace(flash_attn_varlen_func=flash_attn_varlen_func,
-                                                      __version__="2 (torch SDPA stand-in)")
+    made_module("flash_attn", flash_attn_varlen_func=flash_attn_varlen_func, __version__="2 (torch SDPA stand-in)")
     for name in ("wan", "wan.modules", "pipeline", "utils", "demo_utils"):
         bare_package(name)
     no_tokenizer()
-    import importlib
-
     current_device = torch.cuda.current_device
     if device.type != "cuda":  # demo_utils.memory names `cuda:{current_device()}` at import; never used here
         torch.cuda.current_device = lambda: 0
