@@ -73,6 +73,10 @@ class Geometry:
         """Latent (rows, columns) of a height×width video."""
         return height // self.space_stride, width // self.space_stride
 
+    def frame_tokens(self, rows: int, columns: int) -> int:
+        """DiT tokens per latent frame of rows×columns latents (1560 at 60×104)."""
+        return (rows // self.patch[1]) * (columns // self.patch[2])
+
     def video_size(self, rows: int, columns: int) -> tuple[int, int]:
         """Video (height, width) that rows×columns latents decode to."""
         return rows * self.space_stride, columns * self.space_stride

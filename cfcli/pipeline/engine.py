@@ -16,10 +16,11 @@ from torch import Tensor, nn
 from cfcli import hub
 from cfcli.errors import CfError
 from cfcli.models.checkpoint import generator_state_dict, load_strict, read_state_dict
-from cfcli.models.dit import CausalWanDiT, DiTConfig
+from cfcli.models.build import build_models
+from cfcli.models.dit import CausalWanDiT
 from cfcli.models.kv_cache import KVCache
 from cfcli.models.rolling_cache import RollingKVCache
-from cfcli.models.vae import VAEConfig, WanVAE
+from cfcli.models.vae import WanVAE
 from cfcli.pipeline.prompts import TextSchedule
 from cfcli.pipeline.rolling import RollingSampler, rolling_cache
 from cfcli.pipeline.sampler import CausalSampler, StepPlan
@@ -208,9 +209,8 @@ class Engine:
         device = torch.device(device)
         gen_path, vae_path = hub.resolve(preset, "generator"), hub.resolve(preset, "vae")
         note(loading("DiT", gen_path))
-        with torch.device("meta"):
-            dit = CausalWanDiT(DiTConfig(**preset.arch("dit")))
-            vae = WanVAE(VAEConfig(**preset.arch("vae")))
+        models = build_models(preset)
+        dit, vae = models.dit, models.vae
         with maybe_load(phases, "dit", gen_path):
             sd = generator_state_dict(read_state_dict(gen_path), preset.use_ema)
             load_strict(dit, sd, what=f"generator ({gen_path.name})", dtype=dtype, device=device)

@@ -179,31 +179,23 @@ class Footprint:
 
 
 @functools.lru_cache(maxsize=16)
-def _meta_models(preset_arch: tuple) -> tuple:
-    from cfcli.models.dit import CausalWanDiT, DiTConfig
-    from cfcli.models.t5 import T5Config, UMT5Encoder
-    from cfcli.models.vae import VAEConfig, WanVAE
+def _meta_models(configs) -> tuple:
+    """(DiT, umT5, VAE) of `configs` (a `cfcli.models.build.ModelConfigs`) on the meta device."""
+    from cfcli.models.build import build_models, build_text_encoder
 
-    arch = dict(preset_arch)
-    with torch.device("meta"):
-        return (CausalWanDiT(DiTConfig(**dict(arch.get("dit", ())))), UMT5Encoder(T5Config(**dict(arch.get("text_encoder", ())))),
-                WanVAE(VAEConfig(**dict(arch.get("vae", ())))))
-
-
-def _freeze(value):
-    if isinstance(value, dict):
-        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
-    return tuple(value) if isinstance(value, list) else value
+    models = build_models(configs)
+    return models.dit, build_text_encoder(configs), models.vae
 
 
 def footprint(preset: Preset, latent_frames: int, dtype: torch.dtype, decoder: str = "wan") -> Footprint:
     """Sizes of every part of a video of `latent_frames` latent frames at the preset's resolution in `dtype`."""
     from cfcli.models.kv_quant import QuantKVCache
-    from cfcli.pipeline.engine import VAE_SPACE, cache_window
+    from cfcli.pipeline.engine import cache_window
 
-    dit, t5, vae = _meta_models(_freeze(preset.architecture))
+    configs = preset.configs
+    dit, t5, vae = _meta_models(configs)
     cfg, tcfg, size = dit.cfg, t5.cfg, dtype.itemsize
-    h, w = preset.height // VAE_SPACE, preset.width // VAE_SPACE
+    h, w = configs.geometry.latent_size(preset.height, preset.width)
     ft = dit.frame_tokens(h, w)
     if preset.sampler == "rolling":  # anchor block + window, and one layer's assembled keys/values
         frames = preset.block_frames + preset.local_attn_frames
