@@ -63,9 +63,6 @@ class Preset:
         """Latent frames denoised together per autoregressive step: 1 frame-wise, 3 chunk-wise."""
         return MODES[self.mode]
 
-    def arch(self, part: str) -> dict:
-        return dict(self.architecture.get(part) or {})
-
     @property
     def configs(self) -> "ModelConfigs":
         """The model configs its `architecture` describes (`cfcli.models.build.model_configs`; imports torch)."""

@@ -56,9 +56,16 @@ def build_models(preset, device: str | torch.device = "meta") -> Models:
     """The DiT and VAE of `preset` (a `cfcli.presets.Preset`, or its `ModelConfigs`), on `device` (meta: no memory;
     load weights by assignment, `cfcli.models.checkpoint.load_strict`)."""
     configs = preset if isinstance(preset, ModelConfigs) else model_configs(preset.architecture)
+    with torch.device(device):
+        dit = CausalWanDiT(configs.dit)
+    return Models(dit, build_vae(configs, device), configs)
+
+
+def build_vae(configs: ModelConfigs, device: str | torch.device = "meta") -> nn.Module:
+    """The VAE alone (the memory planner traces its decoder; the FLOP model counts it)."""
     _, vae_module = VAE_FAMILIES[configs.vae_family]
     with torch.device(device):
-        return Models(CausalWanDiT(configs.dit), vae_module(configs.vae), configs)
+        return vae_module(configs.vae)
 
 
 def build_text_encoder(configs: ModelConfigs, device: str | torch.device = "meta") -> UMT5Encoder:

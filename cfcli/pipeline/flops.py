@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cfcli.models.build import ModelConfigs, build_models
+from cfcli.models.build import ModelConfigs, build_vae
 from cfcli.models.dit import DiTConfig
 from cfcli.models.t5 import T5Config
 from cfcli.models.taehv import TAEHV, TAEHVConfig
@@ -99,7 +99,7 @@ def vae_latent_flops(configs: ModelConfigs, h: int, w: int) -> tuple[int, int]:
     middle attention's matmuls, exactly as shaped at this resolution, no arithmetic run. Every later latent frame
     runs identical ops (the first skips the time upsampling and makes 1 frame instead of 4).
     """
-    return decoder_latent_flops(build_models(configs).vae, configs.vae.z_dim, h, w)
+    return decoder_latent_flops(build_vae(configs), configs.vae.z_dim, h, w)
 
 
 @functools.lru_cache(maxsize=8)

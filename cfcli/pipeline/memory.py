@@ -101,18 +101,19 @@ class TracedPeak(TorchDispatchMode):
 
 
 @functools.lru_cache(maxsize=8)
-def decoder_peak(decoder: str, vae_cfg, h: int, w: int, dtype: torch.dtype, split: bool = False) -> tuple[int, int]:
+def decoder_peak(decoder: str, configs, h: int, w: int, dtype: torch.dtype, split: bool = False) -> tuple[int, int]:
     """(Peak bytes of a streaming decode, causal caches included, of latent frames at h×w; the same with the caches
     in host memory), traced on meta: the first latent frame, then a later one (4 output frames, the larger). With the
-    caches away only the running layer's past (and its update) is on the device."""
+    caches away only the running layer's past (and its update) is on the device. `configs`: the preset's
+    `cfcli.models.build.ModelConfigs`."""
+    from cfcli.models.build import build_vae
     from cfcli.models.taehv import TAEHV, TAEHVConfig
-    from cfcli.models.vae import WanVAE
 
     with torch.device("meta"):
-        model = (TAEHV(TAEHVConfig()) if decoder == "taehv" else WanVAE(vae_cfg)).to(dtype)
+        model = (TAEHV(TAEHVConfig()) if decoder == "taehv" else build_vae(configs)).to(dtype)
     if decoder == "wan":
         model.decoder.split_frames = split
-    channels = TAEHVConfig().latent_channels if decoder == "taehv" else vae_cfg.z_dim
+    channels = TAEHVConfig().latent_channels if decoder == "taehv" else configs.vae.z_dim
     z = torch.empty(1, 1, channels, h, w, device="meta", dtype=dtype)
     with torch.inference_mode(), TracedPeak() as trace:
         stream = model.stream_decoder()
@@ -220,8 +221,8 @@ def footprint(preset: Preset, latent_frames: int, dtype: torch.dtype, decoder: s
 
         with torch.device("meta"):
             dec_bytes += module_bytes(TAEHV(TAEHVConfig()), dtype)
-    decode, _ = decoder_peak(decoder, vae.cfg, h, w, dtype)
-    decode_split, decode_host = decoder_peak(decoder, vae.cfg, h, w, dtype, split=True)
+    decode, _ = decoder_peak(decoder, configs, h, w, dtype)
+    decode_split, decode_host = decoder_peak(decoder, configs, h, w, dtype, split=True)
     text_proj = sum(module_bytes(b.cross_attn.k, dtype) + module_bytes(b.cross_attn.v, dtype) for b in dit.blocks)
     # umT5 over a full-length prompt: the residual stream, q/k/v/o, the gated FFN's three hidden tensors, the
     # position bias and the attention scores.
