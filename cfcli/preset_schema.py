@@ -12,6 +12,7 @@ import typing
 TRAIN_STEPS = 1000  # the flow schedule's table length (cfcli.pipeline.schedule.TRAIN_STEPS; that module pulls torch)
 WEIGHT_KEYS = ("repo", "file", "folder", "path", "revision")
 ITEM_NAMES = {int: "positive whole numbers", float: "numbers", bool: "true/false values"}
+VAE_FAMILY_KEY = "family"  # `architecture.vae.family`: which VAE module and config class (cfcli.models.build)
 
 
 def is_int(v: object) -> bool:
@@ -127,7 +128,15 @@ def check_architecture(arch: object, configs: dict[str, type], problems: Problem
         elif values is not None and not isinstance(values, dict):
             problems.add(f"architecture.{part}", "a mapping of sizes", values)
         elif values:
-            check_config(values, configs[part], f"architecture.{part}", problems)
+            sizes = {k: v for k, v in values.items() if not (part == "vae" and k == VAE_FAMILY_KEY)}
+            check_config(sizes, configs[part], f"architecture.{part}", problems)
+
+
+def check_vae_family(arch: object, families: tuple[str, ...], problems: Problems) -> None:
+    vae = arch.get("vae") if isinstance(arch, dict) else None
+    if isinstance(vae, dict) and VAE_FAMILY_KEY in vae and vae[VAE_FAMILY_KEY] not in families:
+        problems.append(f"architecture.vae.{VAE_FAMILY_KEY}: unknown VAE family {_show(vae[VAE_FAMILY_KEY])} "
+                        f"(known: {', '.join(families)})")
 
 
 def check_config(values: dict, config: type, where: str, problems: Problems) -> None:
@@ -170,6 +179,7 @@ def check_geometry(arch: dict, configs: dict[str, type], problems: Problems) -> 
             problems.append(f"architecture.{part}: {width} {values[width]} is not divisible by {heads} "
                             f"{values[heads]}")
     vae = {**_defaults(configs["vae"]), **parts.get("vae", {})}
+    vae.pop(VAE_FAMILY_KEY, None)
     if all(isinstance(vae.get(k), (list, tuple)) for k in ("dim_mult", "temporal_downsample")) \
             and len(vae["temporal_downsample"]) != len(vae["dim_mult"]) - 1:
         problems.append("architecture.vae: temporal_downsample needs one entry fewer than dim_mult")
@@ -182,14 +192,3 @@ def _defaults(config: type) -> dict:
     import dataclasses
 
     return {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
-
-
-def size_multiple(arch: object, configs: dict[str, type]) -> int:
-    """Pixels per latent token side: the VAE's spatial stride times the DiT's patch (16 for Wan)."""
-    parts = arch if isinstance(arch, dict) else {}
-    vae = {**_defaults(configs["vae"]), **(parts.get("vae") if isinstance(parts.get("vae"), dict) else {})}
-    dit = {**_defaults(configs["dit"]), **(parts.get("dit") if isinstance(parts.get("dit"), dict) else {})}
-    try:
-        return 2 ** (len(vae["dim_mult"]) - 1) * int(dit["patch_size"][1])
-    except (TypeError, ValueError, IndexError, KeyError):
-        return 16

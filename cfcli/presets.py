@@ -7,10 +7,15 @@ falls back to a default.
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from cfcli.errors import CfError
+
+if TYPE_CHECKING:  # the models pull in torch: imported where used
+    from cfcli.models.build import ModelConfigs
+    from cfcli.models.geometry import Geometry
 
 WEIGHT_ROLES = ("generator", "vae", "text_encoder", "tokenizer")
 MODES = {"framewise": 1, "chunkwise": 3}
@@ -58,8 +63,17 @@ class Preset:
         """Latent frames denoised together per autoregressive step: 1 frame-wise, 3 chunk-wise."""
         return MODES[self.mode]
 
-    def arch(self, part: str) -> dict:
-        return dict(self.architecture.get(part) or {})
+    @property
+    def configs(self) -> "ModelConfigs":
+        """The model configs its `architecture` describes (`cfcli.models.build.model_configs`; imports torch)."""
+        from cfcli.models.build import model_configs
+
+        return model_configs(self.architecture)
+
+    @property
+    def geometry(self) -> "Geometry":
+        """Strides, patch and lengths of its models (`cfcli.models.geometry.Geometry`)."""
+        return self.configs.geometry
 
 
 def presets_dir() -> Path:
@@ -111,7 +125,7 @@ def parse_preset(data: object, path: Path, *, models: bool = True) -> Preset:
     if unknown or required:
         problems = ([f"unknown keys {unknown}"] if unknown else []) + ([f"missing keys {required}"] if required else [])
         raise CfError(f"{where}: {'; '.join(problems)}", "see presets/framewise.yaml for the format")
-    problems = check_values(data, architecture_configs() if models else None)
+    problems = check_values(data, architecture_configs(data.get("architecture")) if models else None)
     if problems:
         raise CfError(f"{where}: {'; '.join(problems)}", "fix the preset (see presets/framewise.yaml for the format)")
     data = dict(data)
@@ -135,22 +149,44 @@ def check_values(data: dict, configs: dict[str, type] | None) -> list[str]:
     schema.check_steps(data, "steps", problems)
     schema.check_steps(data, "first_block_steps", problems)
     schema.check_scalars(data, MODES.get(data["mode"], 1) if isinstance(data["mode"], str) else 1, problems)
+    multiple = 1
     if configs is not None:
-        schema.check_architecture(data.get("architecture"), configs, problems)
-        schema.check_geometry(data.get("architecture"), configs, problems)
-    multiple = schema.size_multiple(data.get("architecture"), configs) if configs is not None else 1
+        arch, before = data.get("architecture"), len(problems)
+        schema.check_architecture(arch, configs, problems)
+        schema.check_vae_family(arch, vae_families(), problems)
+        schema.check_geometry(arch, configs, problems)
+        if len(problems) == before:
+            multiple = size_multiple(arch)
     schema.check_size(data, multiple, problems)
     schema.check_weights(data["weights"], problems, WEIGHT_ROLES)
     return problems
 
 
-def architecture_configs() -> dict[str, type]:
-    """The config dataclass each `architecture` part fills (imported here: the models pull in torch)."""
+def architecture_configs(arch: object) -> dict[str, type]:
+    """The config dataclass each `architecture` part fills, the VAE's by its family (the default one when the family
+    is unknown: `check_vae_family` reports that). Imported here: the models pull in torch."""
+    from cfcli.models.build import DEFAULT_VAE_FAMILY, VAE_FAMILIES
     from cfcli.models.dit import DiTConfig
     from cfcli.models.t5 import T5Config
-    from cfcli.models.vae import VAEConfig
+    from cfcli.preset_schema import VAE_FAMILY_KEY
 
-    return {"dit": DiTConfig, "vae": VAEConfig, "text_encoder": T5Config}
+    vae = arch.get("vae") if isinstance(arch, dict) else None
+    family = vae.get(VAE_FAMILY_KEY) if isinstance(vae, dict) else None
+    vae_config, _ = VAE_FAMILIES.get(family if isinstance(family, str) else "", VAE_FAMILIES[DEFAULT_VAE_FAMILY])
+    return {"dit": DiTConfig, "vae": vae_config, "text_encoder": T5Config}
+
+
+def vae_families() -> tuple[str, ...]:
+    from cfcli.models.build import VAE_FAMILIES
+
+    return tuple(VAE_FAMILIES)
+
+
+def size_multiple(arch: object) -> int:
+    """Pixels per token side of the models `arch` describes (`Geometry.size_multiple`)."""
+    from cfcli.models.build import model_configs
+
+    return model_configs(arch).geometry.size_multiple
 
 
 def _weight_ref(entry: dict, base: Path) -> WeightRef:

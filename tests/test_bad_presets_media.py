@@ -105,6 +105,9 @@ PRESET_CASES = {
     "architecture-type": (dict(architecture=arch(dit={"num_layers": "two"})), "architecture.dit.num_layers must be"),
     "architecture-tuple": (dict(architecture=arch(dit={"patch_size": [1, 2]})), "a list of 3 positive whole"),
     "architecture-heads": (dict(architecture=arch(dit={"num_heads": 3})), "dim 64 is not divisible by num_heads 3"),
+    "vae-family": (dict(architecture=arch(vae={"family": "wan2.2"})),
+                   "architecture.vae.family: unknown VAE family 'wan2.2' (known: wan2.1)"),
+    "vae-family-number": (dict(architecture=arch(vae={"family": 2.1})), "unknown VAE family 2.1 (known: wan2.1)"),
     "path-null": (dict(weights=weights_with(vae={"path": None})), "weights.vae.path must be a non-empty string"),
     "weights-extra-key": (dict(weights=weights_with(vae={"path": "x", "sha": 1})), "weights.vae: unknown keys sha"),
     "weights-list": (dict(weights=[1, 2]), "weights must be a mapping"),
@@ -120,6 +123,13 @@ def test_bad_preset_is_refused_before_any_model(cf, tmp_path, models_loaded, cas
     out = tmp_path / "o.mkv"
     refused(cf("generate", "a fox", "--preset", preset_file(tmp_path, **changes), *RUN, "--out", out), phrase, out)
     assert models_loaded == []
+
+
+def test_the_default_vae_family_may_be_named(tmp_path):
+    from cfcli.presets import load_preset
+
+    named = load_preset(preset_file(tmp_path, architecture=arch(vae={"family": "wan2.1"})))
+    assert named.configs == load_preset(TINY).configs and named.configs.vae_family == "wan2.1"
 
 
 def test_several_problems_in_one_message(cf, tmp_path):

@@ -10,10 +10,10 @@ import math
 import pytest
 import torch
 
+from cfcli.models.build import model_configs
 from cfcli.models.dit import CausalWanDiT, DiTConfig
 from cfcli.models.t5 import T5Config
 from cfcli.models.taehv import TAEHVConfig
-from cfcli.models.vae import VAEConfig
 from cfcli.pipeline import bench, flops
 from cfcli.pipeline.engine import Engine
 from cfcli.pipeline.sampler import CausalSampler
@@ -154,7 +154,7 @@ def test_dit_flops_match_flop_counter_on_the_real_sampler(preset, latent_frames)
     from torch.utils.flop_counter import FlopCounterMode
 
     p = load_preset(FIXTURES / preset)
-    cfg = DiTConfig(**p.arch("dit"))
+    cfg = p.configs.dit
     h, w = p.height // 8, p.width // 8
     with torch.device("meta"):
         dit = CausalWanDiT(cfg)
@@ -198,10 +198,10 @@ def test_taehv_decode_flops_at_480p():
 
 def test_vae_decode_flops_at_480p():
     """The decoder at 60×104 latents: pinned (docs/performance.md), and the first latent frame is the cheaper one."""
-    first, later = flops.vae_latent_flops(VAEConfig(), 60, 104)
+    first, later = flops.vae_latent_flops(model_configs({}), 60, 104)
     assert first / 1e12 == pytest.approx(4.352, rel=1e-3)
     assert later / 1e12 == pytest.approx(13.550, rel=1e-3)
-    quarter = flops.vae_latent_flops(VAEConfig(), 30, 52)[1]
+    quarter = flops.vae_latent_flops(model_configs({}), 30, 52)[1]
     assert 0.24 < quarter / later < 0.26  # convolutions scale with the pixel count
 
 

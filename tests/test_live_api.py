@@ -9,13 +9,14 @@ import torch
 
 from cfcli.live.protocol import BadMessage, parse
 from cfcli.live.schedule import LivePrompt, LiveSchedule
-from cfcli.pipeline.prompts import video_frame
+from cfcli.models.build import model_configs
 from cfcli.pipeline.video import read_video
 
 from conftest import FIXTURES, PROMPT
 from live_server import Client, live_server
 
 FRAMEWISE = FIXTURES / "tiny-framewise.yaml"
+WAN = model_configs({}).geometry  # the released models' strides
 JUMP = "the fox jumps into the river"
 
 
@@ -24,7 +25,7 @@ JUMP = "the fox jumps into the river"
 def test_a_prompt_lands_at_the_first_block_not_yet_started():
     changes = []
     opening = LivePrompt(0, "a", 0.0, kv=torch.zeros(1))
-    s = LiveSchedule(opening, 0, video_frame, on_change=changes.append)
+    s = LiveSchedule(opening, 0, WAN.first_frame_of, on_change=changes.append)
     assert s.at(0).item() == 0 and s.at(1).item() == 0
     s.submit(LivePrompt(1, "b", 0.0, kv=torch.ones(1)))
     s.submit(LivePrompt(2, "c", 0.0, kv=torch.full((1,), 2.0)))  # within one block: the later prompt wins
@@ -84,7 +85,7 @@ def test_a_switch_lands_on_the_stated_block_and_equals_prompt_at(cf, tmp_path):
         assert viewer.kind("recording")["name"] == rec["name"]
     assert [f["frame"] for f in viewer.frames] == list(range(21))
     assert any(m["type"] == "prompt" and m["state"] == "landed" for m in viewer.messages)
-    assert 1 <= landed["latent"] <= 5 and landed["frame"] == video_frame(landed["latent"])
+    assert 1 <= landed["latent"] <= 5 and landed["frame"] == WAN.first_frame_of(landed["latent"])
     assert shown["made_s"] > 0
     assert [f["frame"] for f in c.frames] == list(range(21)) == list(range(rec["frames"]))
     ref = tmp_path / "ref.mkv"

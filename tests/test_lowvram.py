@@ -93,10 +93,10 @@ def test_quant_cache_bytes():
 
 def test_streamed_umt5_gives_the_resident_features():
     from cfcli.models.checkpoint import load_strict, read_state_dict
-    from cfcli.models.t5 import T5Config, UMT5Encoder, encode_text
+    from cfcli.models.t5 import UMT5Encoder, encode_text
     from cfcli.models.t5_stream import StreamedUMT5
 
-    cfg = T5Config(**tiny().arch("text_encoder"))
+    cfg = tiny().configs.text_encoder
     sd = read_state_dict(FIXTURES / "weights/models_t5_umt5-xxl-enc-bf16.pth")
     with torch.device("meta"):
         encoder = UMT5Encoder(cfg)

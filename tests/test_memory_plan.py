@@ -30,10 +30,10 @@ def test_sizes_follow_the_model_configs(full):
 
 
 def test_decoder_working_set_shrinks_with_each_plan():
-    from cfcli.models.vae import VAEConfig
+    from cfcli.models.build import model_configs
 
-    whole, _ = decoder_peak("wan", VAEConfig(), 60, 104, torch.bfloat16)
-    split, host = decoder_peak("wan", VAEConfig(), 60, 104, torch.bfloat16, split=True)
+    whole, _ = decoder_peak("wan", model_configs({}), 60, 104, torch.bfloat16)
+    split, host = decoder_peak("wan", model_configs({}), 60, 104, torch.bfloat16, split=True)
     assert 2.9 < whole / GIB < 3.2  # four full-resolution frames at once, with every layer's two-frame past
     assert split < whole - 0.7 * GIB  # one frame at a time after time upsampling
     assert host < split / 2  # only the running layer's past on the device

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from cfcli.errors import CfError
+from cfcli.models.build import model_configs
 from cfcli.models.rolling_cache import RollingKVCache
 from cfcli.pipeline.prompts import PromptSchedule, Switch, TextSchedule, parse_time, read_schedule_file
 from cfcli.pipeline.rolling import RollingSampler
@@ -19,6 +20,8 @@ from cfcli.pipeline.schedule import FlowSchedule
 from cfcli.pipeline.video import read_video
 
 from conftest import FIXTURES, PROMPT
+
+WAN = model_configs({}).geometry  # the released models' strides
 
 FRAMEWISE, CHUNKWISE, LONGVIDEO = (FIXTURES / f"tiny-{n}.yaml" for n in ("framewise", "chunkwise", "longvideo"))
 JUMP = "the fox jumps into the river"
@@ -64,7 +67,7 @@ def test_build_sorts_and_adds_the_opening_prompt():
 
 def test_a_switch_takes_effect_at_the_next_block_start():
     def starts(seconds, block_frames, frames=33, fps=16):
-        return PromptSchedule.build("a", [Switch(seconds, "b")]).block_starts(fps, frames, block_frames)[1]
+        return PromptSchedule.build("a", [Switch(seconds, "b")]).block_starts(fps, frames, block_frames, WAN)[1]
 
     # 1 s at 16 fps = frame 16, made by latent (16 + 3) // 4 = 4 (frames 13…16)
     assert starts(1.0, 1) == 4 and starts(1.0, 3) == 6
@@ -78,7 +81,7 @@ def test_a_switch_takes_effect_at_the_next_block_start():
     with pytest.raises(CfError, match="last block"):
         starts(1.6, 3)  # frame 26 → latent 7, inside the last chunk (6–8): no later block to switch at
     with pytest.raises(CfError, match="same block"):
-        PromptSchedule.build("a", [Switch(1, "b"), Switch(1.03, "c")]).block_starts(16, 33, 1)  # frames 16, 16.48
+        PromptSchedule.build("a", [Switch(1, "b"), Switch(1.03, "c")]).block_starts(16, 33, 1, WAN)  # frames 16, 16.48
 
 
 def test_text_schedule_lookup():

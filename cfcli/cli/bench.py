@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cfcli.cli.checks import check_options
+from cfcli.cli.checks import check_length, check_options
 from cfcli.cli.common import (CompileOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt, LowVramOpt, MaxVramOpt,
                               ModeOpt, PresetOpt, QuantizeOpt, StepsOpt, console, friendly, is_tty, pick_device,
                               pick_dtype, preset_name)
@@ -22,8 +22,10 @@ def register(app: typer.Typer) -> None:
         mode: ModeOpt = None,
         steps: StepsOpt = None,
         frames: int = typer.Option(None, "--frames", help="Video frames (default: the preset's; rounded up)."),
-        height: int = typer.Option(None, "--height", help="Override the preset's height (multiple of 16)."),
-        width: int = typer.Option(None, "--width", help="Override the preset's width (multiple of 16)."),
+        height: int = typer.Option(None, "--height", help="Override the preset's height (a multiple of its "
+                                    "token size, 16 for Wan2.1)."),
+        width: int = typer.Option(None, "--width", help="Override the preset's width (a multiple of its "
+                                   "token size, 16 for Wan2.1)."),
         random_weights: bool = typer.Option(False, "--random-weights",
                                             help="Random weights of the preset's size, even if the real ones are "
                                                  "cached (they are used anyway when not downloaded)."),
@@ -57,7 +59,7 @@ def register(app: typer.Typer) -> None:
           cf bench --cold --repeat 3 --frames 81
         """
         from cfcli.pipeline import bench as job
-        from cfcli.pipeline.engine import EngineOptions, latent_frames_for
+        from cfcli.pipeline.engine import EngineOptions
         from cfcli.pipeline.generate import plan_frames
         from cfcli.presets import load_preset
 
@@ -72,6 +74,7 @@ def register(app: typer.Typer) -> None:
         if peak_tflops is not None and not (math.isfinite(peak_tflops) and peak_tflops > 0):
             raise CfError(f"--peak-tflops must be a positive number, got {peak_tflops}")
         want = frames if frames is not None else p.frames
+        check_length(want, "--frames", geometry=p.geometry)
         real, _ = plan_frames(p, want, image=False)
         if real != want:
             console.print(f"[yellow]note:[/] {want} frames is not a length the model makes; benchmarking {real}")
@@ -85,7 +88,7 @@ def register(app: typer.Typer) -> None:
         if not random_weights and not job.weights_cached(p):
             console.print(f"[yellow]note:[/] {p.name} weights are not downloaded: using random weights of the same "
                           "size (same speed, meaningless pixels)")
-        req = job.BenchRequest(p, dev, dt, latent_frames_for(real), repeat, random_weights,
+        req = job.BenchRequest(p, dev, dt, p.geometry.latent_frames_for(real), repeat, random_weights,
                                peak_tflops=peak_tflops or job.DEFAULT_PEAK_TFLOPS, options=options,
                                max_vram=max_vram, low_vram=low_vram, save_latents=save_latents)
         if is_tty() and not json_out:

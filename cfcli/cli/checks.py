@@ -9,13 +9,6 @@ FPS_RANGE = (1, 240)
 CRF_RANGE = (0, 51)
 
 
-def max_frames() -> int:
-    """The longest video the model's position table allows (the engine's MAX_ROPE_FRAMES, in video frames)."""
-    from cfcli.pipeline.engine import MAX_ROPE_FRAMES, video_frames_for
-
-    return video_frames_for(MAX_ROPE_FRAMES - 1)
-
-
 def given(ctx, option: str) -> bool:
     """Whether the user typed the option (not just left its default); `ctx` is the command's typer.Context."""
     source = ctx.get_parameter_source(option) if ctx is not None else None
@@ -24,7 +17,8 @@ def given(ctx, option: str) -> bool:
 
 def check_options(frames: int | None = None, seconds: float | None = None, seed: int | None = None,
                   fps: int | None = None, crf: int | None = None) -> None:
-    """Refuse values no run can use; lengths past the model's position table are refused here, not after loading."""
+    """Refuse values no run can use (lengths past the model's position table: `check_length` once the preset is
+    known, before anything loads)."""
     if frames is not None:
         check_length(frames, "--frames")
     if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
@@ -37,13 +31,16 @@ def check_options(frames: int | None = None, seconds: float | None = None, seed:
         raise CfError(f"--crf {crf} is out of range", f"use {CRF_RANGE[0]} (best) to {CRF_RANGE[1]} (smallest)")
 
 
-def check_length(frames: int, option: str, seconds: float | None = None, fps: float | None = None) -> None:
-    """`frames` (from `option`, or from `seconds` at `fps`) must be positive and fit the model's position table."""
+def check_length(frames: int, option: str, seconds: float | None = None, fps: float | None = None,
+                 geometry=None) -> None:
+    """`frames` (from `option`, or from `seconds` at `fps`) must be positive and, given the preset's `geometry` (a
+    `cfcli.models.geometry.Geometry`), fit the model's position table."""
     if frames <= 0:
         raise CfError(f"{option} must be positive, got {frames}")
-    if frames > max_frames():
+    if geometry is not None and frames > geometry.max_video_frames:
         given_as = f"{option} {seconds:g}" if seconds is not None else f"{option} {frames}"
-        most = f"{max_frames()} frames" + (f" ({max_frames() / fps:g} s at {fps:g} fps)" if fps else "")
+        limit = geometry.max_video_frames
+        most = f"{limit} frames" + (f" ({limit / fps:g} s at {fps:g} fps)" if fps else "")
         raise CfError(f"{given_as} is longer than the model can make", f"the maximum is {most} (its position table)")
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from cfcli.cli.checks import check_options, codec_note
+from cfcli.cli.checks import check_length, check_options, codec_note
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, ExtendModeOpt,
                               GraphsOpt, JsonOpt, LowVramOpt, MaxVramOpt, OverwriteOpt, PresetOpt, QuantizeOpt,
                               QuietOpt, SeedOpt, StepsOpt, console, friendly, new_seed, pick_device, pick_dtype,
@@ -22,10 +22,11 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         clip: Path = typer.Argument(..., help="The video to continue."),
         prompt: str = typer.Option(None, "--prompt", help="What happens next (default: the clip's own prompt)."),
-        frames: int = typer.Option(None, "--frames", help="New video frames (4 per latent frame)."),
+        frames: int = typer.Option(None, "--frames", help="New video frames (per latent frame: 4 for Wan2.1)."),
         seconds: float = typer.Option(None, "--seconds", help="New video length in seconds."),
         context_frames: int = typer.Option(None, "--context-frames",
-                                           help="Clip frames used as context (1 + 4k; default 17 / 21)."),
+                                           help="Clip frames used as context (1 + sk, s the VAE's time stride: "
+                                                "4 for Wan2.1; default 17 / 21)."),
         only_new: bool = typer.Option(False, "--only-new", help="Write only the continuation."),
         preset: PresetOpt = None,
         mode: ExtendModeOpt = None,
@@ -69,6 +70,8 @@ def register(app: typer.Typer) -> None:
         check_options(frames, seconds, seed, fps, crf)
         fmt = output_codec(codec, out)
         p = load_preset(preset_name(preset, mode, steps))
+        if frames is not None:
+            check_length(frames, "--frames", geometry=p.geometry)
         if p.sampler != "causal":
             raise CfError(f"{p.name} cannot extend clips", "use --mode framewise or --mode chunkwise")
         dev = pick_device(device)
@@ -83,7 +86,7 @@ def register(app: typer.Typer) -> None:
         from cfcli.pipeline.memory import plan_run
 
         # Planned for the longest default context and the new frames (the cache holds at most the horizon anyway).
-        new_latents = -(-(new or round(seconds * (fps or p.fps))) // 4)
+        new_latents = p.geometry.continuation_latents(new or round(seconds * (fps or p.fps)))
         options, plan = plan_run(p, new_latents + max(job.DEFAULT_CONTEXT_LATENTS.values()), dev, dt, options,
                                  max_vram, low_vram)
         show_plan(plan, quiet)

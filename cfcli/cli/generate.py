@@ -60,8 +60,10 @@ def register(app: typer.Typer) -> None:
         frames: int = typer.Option(None, "--frames", help="Video frames (rounded up to what the model makes)."),
         seconds: float = typer.Option(None, "--seconds", help="Video length in seconds (instead of --frames)."),
         fps: int = typer.Option(None, "--fps", help="Playback frame rate (default: the preset's)."),
-        height: int = typer.Option(None, "--height", help="Video height, a multiple of 16 (default: the preset's)."),
-        width: int = typer.Option(None, "--width", help="Video width, a multiple of 16 (default: the preset's)."),
+        height: int = typer.Option(None, "--height", help="Video height, a multiple of the model's token "
+                                    "size, 16 for Wan2.1 (default: the preset's)."),
+        width: int = typer.Option(None, "--width", help="Video width, a multiple of the model's token "
+                                   "size, 16 for Wan2.1 (default: the preset's)."),
         seed: SeedOpt = None,
         count: int = typer.Option(1, "--count", "-n", help="Videos per prompt, each with its own seed (--seed S: "
                                                              "S, S+1, ...)."),
@@ -125,23 +127,23 @@ def register(app: typer.Typer) -> None:
         options.check(dev)
         fps_ = fps or p.fps
         want = frames if frames is not None else (round(seconds * fps_) + 1 if seconds is not None else p.frames)
-        check_length(want, "--frames" if seconds is None else "--seconds", seconds, fps_)
+        check_length(want, "--frames" if seconds is None else "--seconds", seconds, fps_, p.geometry)
         real, _ = job.plan_frames(p, want, image is not None)
         for note in (f"{want} frames is not a length the model makes; generating {real}" if real != want else None,
                      codec_note(ctx, fmt.name)):
             if note and not quiet:
                 console.print(f"[yellow]note:[/] {note}")
-        starts = schedule.block_starts(fps_, real, p.block_frames) if schedule else ()  # refused before models load
+        # Refused before the models load.
+        starts = schedule.block_starts(fps_, real, p.block_frames, p.geometry) if schedule else ()
         runs = plan_runs(prompts, seed, count, out, fmt.suffix, save_latents)
         if poster:
             for _, _, path, _ in runs:
                 check_outputs(poster_path(path), overwrite, "--poster")
         status = status_line(quiet)
         job.check_image_input(p, image)  # a bad --image is refused before any model loads
-        from cfcli.pipeline.engine import latent_frames_for
         from cfcli.pipeline.memory import plan_run, text_placement
 
-        options, plan = plan_run(p, latent_frames_for(real), dev, dt, options, max_vram, low_vram)
+        options, plan = plan_run(p, p.geometry.latent_frames_for(real), dev, dt, options, max_vram, low_vram)
         show_plan(plan, quiet)
         with stop_on_signals(), ExitStack() as reserved:
             # Every output is reserved (checked, locked, its temp file created) before any model loads.
@@ -244,11 +246,10 @@ def show_switches(schedule, starts: tuple[int, ...], fps: float, preset) -> None
     """Where each switch lands: at a block start; with the rolling sampler the blocks in its window change too."""
     from rich.markup import escape
 
-    from cfcli.pipeline.prompts import video_frame
-
+    first_frame_of = preset.geometry.first_frame_of
     in_flight = (len(preset.steps) - 1) * preset.block_frames if preset.sampler == "rolling" else 0
     for entry, start in zip(schedule.entries[1:] if schedule else (), starts[1:]):
-        frame, touched = video_frame(start), video_frame(max(0, start - in_flight))
+        frame, touched = first_frame_of(start), first_frame_of(max(0, start - in_flight))
         rolling = f", blocks in flight from frame {touched} finish under it" if touched != frame else ""
         console.print(f"[dim]prompt switch at {entry.seconds:g}s → from frame {frame} ({frame / fps:.2f}s)"
                       f"{rolling}{switch_rounding(entry.seconds, fps, frame, preset)}:[/] {escape(entry.prompt)}")
@@ -259,7 +260,7 @@ def switch_rounding(seconds: float, fps: float, frame: int, preset) -> str:
     asked = round(seconds * fps)
     if frame < asked:
         return (f", earlier than asked: frame {asked} is made by the latent frame that starts at frame {frame} "
-                f"(each latent frame makes 4 video frames)")
+                f"(each latent frame makes {preset.geometry.time_stride} video frames)")
     if frame > asked:
         size = f"{preset.block_frames} latent frames" if preset.block_frames > 1 else "1 latent frame"
         return f", later than asked: a switch starts at the next block ({size}, frame {frame})"

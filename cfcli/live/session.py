@@ -27,9 +27,9 @@ from cfcli.errors import CfError
 from cfcli.live.protocol import encode_frame
 from cfcli.live.recording import Recording
 from cfcli.live.schedule import LivePrompt, LiveSchedule
-from cfcli.pipeline.engine import MAX_ROPE_FRAMES, Engine, video_frames_for
+from cfcli.models.geometry import Geometry
+from cfcli.pipeline.engine import Engine
 from cfcli.pipeline.generate import metadata, plan_frames
-from cfcli.pipeline.prompts import video_frame
 from cfcli.pipeline.outputs import slug
 from cfcli.pipeline.sinks import Background, stream
 
@@ -78,9 +78,11 @@ class Context:
     def n_latents(self) -> int:
         return 0 if self.latents is None else self.latents.shape[1]
 
-    def frame_of(self, latent: int) -> int:
+    def frame_of(self, latent: int, geometry: Geometry) -> int:
         """Streamed frame index made first by `latent` (a clip's context frames are not streamed)."""
-        return 4 * (latent - self.n_latents) if self.clip_frames is not None else video_frame(latent)
+        if self.clip_frames is not None:
+            return geometry.continuation_frames(latent - self.n_latents)
+        return geometry.first_frame_of(latent)
 
 
 @dataclass
@@ -301,7 +303,7 @@ class LiveSession:
         ctx = self._context(req)
         latents = self._latent_frames(ctx)
         stats = RunStats(session, req.seed, opening.prompt, self._frames_made(ctx, latents), record=req.record)
-        schedule = LiveSchedule(opening, ctx.n_latents, ctx.frame_of,
+        schedule = LiveSchedule(opening, ctx.n_latents, lambda latent: ctx.frame_of(latent, self.engine.geometry),
                                 on_change=lambda p: self.events.message(p.as_message(self.fps)))
         recording = self._recording(req, session, ctx)
         self.stats, self.schedule = stats, schedule
@@ -366,23 +368,26 @@ class LiveSession:
             frames = torch.cat([fit_frames(batch, p.width, p.height)
                                 for batch in iter_frames(req.clip, rotation=info.rotation)])
             n = context_latents(p, frames.shape[0], None)
-            context = frames[-video_frames_for(n):]
+            context = frames[-self.engine.geometry.video_frames_for(n):]
             return Context(self.engine.encode_video(to_model_range(context).permute(1, 0, 2, 3)), frames)
         return Context()
 
     def _latent_frames(self, ctx: Context) -> int:
         """New latent frames: up to `--max-seconds` (as `cf generate --seconds` counts them) or the position table."""
-        p, bf = self.preset, self.preset.block_frames
-        most = (MAX_ROPE_FRAMES - 1 - ctx.n_latents) // bf * bf
+        p, bf, g = self.preset, self.preset.block_frames, self.engine.geometry
+        most = (g.max_latent_frames - ctx.n_latents) // bf * bf
         if self.config.max_seconds is None:
             return most
         if ctx.clip_frames is not None:
-            want = -(-round(self.config.max_seconds * self.fps) // 4)
+            want = g.continuation_latents(round(self.config.max_seconds * self.fps))
             return min(most, max(bf, -(-want // bf) * bf))
         return min(most, plan_frames(p, round(self.config.max_seconds * self.fps) + 1, ctx.image)[1])
 
     def _frames_made(self, ctx: Context, latents: int) -> int:
-        return 4 * latents if ctx.clip_frames is not None else video_frames_for(latents + ctx.n_latents)
+        g = self.engine.geometry
+        if ctx.clip_frames is not None:
+            return g.continuation_frames(latents)
+        return g.video_frames_for(latents + ctx.n_latents)
 
     def _recording(self, req: StartRequest, session: int, ctx: Context) -> Recording:
         p, c = self.preset, self.config
@@ -409,7 +414,7 @@ class LiveSession:
         if len(schedule.entries) > 1:
             extra["prompt_schedule"] = schedule.as_metadata(self.fps, offset)
         if ctx.clip_frames is not None:
-            extra["context_frames"] = video_frames_for(ctx.n_latents)
+            extra["context_frames"] = self.engine.geometry.video_frames_for(ctx.n_latents)
         meta = metadata(stats.prompt, stats.seed, self.preset, recording.frames, self.fps, **extra)
         path = recording.save(meta)
         self.recordings[path.name] = path

@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 
 from cfcli import hub
-from cfcli.models.t5 import T5Config, UMT5Encoder, encode_text
+from cfcli.models.build import build_text_encoder
+from cfcli.models.t5 import UMT5Encoder, encode_text
 from cfcli.pipeline.text import PromptEncoder
 from cfcli.presets import Preset
 
@@ -33,8 +34,7 @@ def pick_text_device(choice: str | None, device: torch.device, preset: Preset, d
 
 
 def encoder_bytes(preset: Preset, dtype: torch.dtype) -> int:
-    with torch.device("meta"):
-        encoder = UMT5Encoder(T5Config(**preset.arch("text_encoder")))
+    encoder = build_text_encoder(preset.configs)
     return sum(p.numel() for p in encoder.parameters()) * torch.finfo(dtype).bits // 8
 
 
@@ -62,7 +62,7 @@ class ResidentPromptEncoder(PromptEncoder):
         """Load umT5 (and the tokenizer) now, so the first prompt does not wait for it."""
         if self._encoder is not None:
             return self
-        cfg = T5Config(**self.preset.arch("text_encoder"))
+        cfg = self.configs.text_encoder
         if self.random_weights:
             from cfcli.pipeline.bench import build_random
 

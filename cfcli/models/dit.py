@@ -39,6 +39,7 @@ class DiTConfig:
     out_dim: int = 16
     patch_size: tuple[int, int, int] = (1, 2, 2)
     eps: float = 1e-6
+    rope_frames: int = 1024  # latent frame positions of the official RoPE table (its longest video)
 
     @property
     def head_dim(self) -> int:

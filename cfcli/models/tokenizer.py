@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from cfcli.models.dit import DiTConfig
+
 __all__ = ["clean_prompt", "PromptTokenizer"]
 
 PAD_TOKEN, PAD_ID = "<pad>", 0
@@ -55,7 +57,7 @@ class PromptTokenizer:
             raise CfError(f"could not read tokenizer {file}: {exc}".splitlines()[0],
                           "the file is damaged; delete the tokenizer folder and run `cf download` again") from exc
 
-    def __call__(self, prompts: list[str], length: int = 512) -> tuple[Tensor, Tensor]:
+    def __call__(self, prompts: list[str], length: int = DiTConfig.text_len) -> tuple[Tensor, Tensor]:
         """-> ids [B, length] int64 (EOS appended, 0-padded), mask [B, length] int64 (1 = real token)."""
         if isinstance(prompts, str):
             prompts = [prompts]

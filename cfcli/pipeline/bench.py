@@ -30,11 +30,11 @@ from torch import Tensor, nn
 
 from cfcli import hub
 from cfcli.errors import CfError
-from cfcli.models.dit import CausalWanDiT, DiTConfig
+from cfcli.models.build import build_models
+from cfcli.models.dit import DiTConfig
 from cfcli.models.t5 import T5Config, UMT5Encoder, encode_text
 from cfcli.models.taehv import TAEHV, TAEHVConfig
-from cfcli.models.vae import VAEConfig, WanVAE
-from cfcli.pipeline.engine import Engine, EngineOptions, video_frames_for
+from cfcli.pipeline.engine import Engine, EngineOptions
 from cfcli.pipeline.flops import FlopPlan, flop_plan, t5_flops
 from cfcli.presets import WEIGHT_ROLES, Preset
 from cfcli.taehv_weights import taehv_path
@@ -45,7 +45,6 @@ RANDOM_PROMPT_TOKENS = 64  # umT5 runs only the real tokens: a typical detailed 
 BENCH_PROMPT = ("a red fox running through a snowy birch forest at dawn, soft golden light between the trees, "
                 "snow dust rising behind its paws, the camera tracking alongside at ground level, cinematic, "
                 "shallow depth of field, highly detailed fur")
-SIZE_STEP = 16  # the VAE's 8x times the DiT's 2x2 patch
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -119,10 +118,11 @@ class BenchResult:
 # Planning: resolution, frames, weights
 
 def with_resolution(preset: Preset, height: int | None, width: int | None) -> Preset:
-    """The preset at another resolution; both sides must be positive multiples of 16."""
+    """The preset at another resolution; both sides must be positive multiples of its size multiple (16 for Wan)."""
+    step = preset.geometry.size_multiple if height is not None or width is not None else 1
     for name, value in (("--height", height), ("--width", width)):
-        if value is not None and (value <= 0 or value % SIZE_STEP):
-            raise CfError(f"{name} must be a positive multiple of {SIZE_STEP}, got {value}",
+        if value is not None and (value <= 0 or value % step):
+            raise CfError(f"{name} must be a positive multiple of {step}, got {value}",
                           "e.g. --height 480 --width 832")
     return replace(preset, height=height or preset.height, width=width or preset.width)
 
@@ -162,27 +162,33 @@ def random_init_(module: nn.Module, seed: int, std: float = INIT_STD) -> nn.Modu
 
 
 def build_random(module_cls, cfg, device: torch.device, dtype: torch.dtype, seed: int) -> nn.Module:
-    """`module_cls(cfg)` built on meta, materialised in `dtype` on `device` (no CPU copy), randomly initialised.
+    """`module_cls(cfg)` built on meta, materialised in `dtype` on `device` (no CPU copy), randomly initialised."""
+    with torch.device("meta"):
+        module = module_cls(cfg)
+    return random_init_(materialize(module, device, dtype), seed)
+
+
+def materialize(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """A meta-device module given uninitialised storage in `dtype` on `device`.
 
     Buffers that were real at construction (the VAE's latent statistics, built on the CPU) are restored after
     `to_empty`, which would otherwise leave them uninitialised.
     """
-    with torch.device("meta"):
-        module = module_cls(cfg)
     keep = {n: b.clone() for n, b in module.named_buffers() if not b.is_meta}
     module = module.to(dtype).to_empty(device=device)
     with torch.no_grad():
         for name, buf in module.named_buffers():
             if name in keep:
                 buf.copy_(keep[name])
-    return random_init_(module, seed)
+    return module
 
 
 def build_engine(preset: Preset, device: torch.device, dtype: torch.dtype, random: bool, seed: int) -> Engine:
     if not random:
         return Engine.load(preset, device, dtype)
-    dit = build_random(CausalWanDiT, DiTConfig(**preset.arch("dit")), device, dtype, seed)
-    vae = build_random(WanVAE, VAEConfig(**preset.arch("vae")), device, dtype, seed + 1)
+    models = build_models(preset)
+    dit = random_init_(materialize(models.dit, device, dtype), seed)
+    vae = random_init_(materialize(models.vae, device, dtype), seed + 1)
     return Engine(preset, dit, vae, device, dtype)
 
 
@@ -285,8 +291,8 @@ def load_text_encoder(preset: Preset, device, dtype, random: bool, seed: int, pl
     The cached path loads exactly as `PromptEncoder` does but bypasses its on-disk prompt cache, so the encoder
     itself is what gets timed. `placement` "stream": layer by layer from host memory.
     """
-    cfg = T5Config(**preset.arch("text_encoder"))
-    text_len = int(preset.arch("dit").get("text_len", 512))
+    configs = preset.configs
+    cfg, text_len = configs.text_encoder, configs.geometry.text_len
     stream = placement == "stream"
     if random:
         encoder = random_t5(cfg, device, dtype, seed + 2, stream)
@@ -502,14 +508,13 @@ def fast_path_name(req: BenchRequest) -> str:
 def summarise(req: BenchRequest, repeats: list[Repeat], text: TextTiming, flops: FlopPlan, random: bool,
               finite: bool, peak: float | None, attention: list[str], gpu: str, warmup_s: float) -> BenchResult:
     p = req.preset
-    frames = video_frames_for(req.latent_frames)
+    frames = p.geometry.video_frames_for(req.latent_frames)
     med = statistics.median
     fps_e2e = med(frames / r.total_s for r in repeats)
     rate = req.peak_tflops * 1e12
     dit, vae = sum(flops.dit_blocks), sum(flops.vae_blocks)
     block_floor = [(a + b) / rate for a, b in zip(flops.dit_blocks, flops.vae_blocks)]
-    tcfg = T5Config(**p.arch("text_encoder"))
-    text_flops = t5_flops(tcfg, text.tokens)
+    text_flops = t5_flops(p.configs.text_encoder, text.tokens)
     floor = {"fps_end_to_end": frames * rate / (dit + vae), "fps_generation": frames * rate / dit,
              "first_frame_s": (flops.dit_blocks[0] + flops.vae_first) / rate,
              "block_ms_p50": 1e3 * percentile(block_floor, 50),

@@ -16,30 +16,16 @@ from torch import Tensor, nn
 from cfcli import hub
 from cfcli.errors import CfError
 from cfcli.models.checkpoint import generator_state_dict, load_strict, read_state_dict
-from cfcli.models.dit import CausalWanDiT, DiTConfig
+from cfcli.models.build import build_models
+from cfcli.models.dit import CausalWanDiT
 from cfcli.models.kv_cache import KVCache
 from cfcli.models.rolling_cache import RollingKVCache
-from cfcli.models.vae import VAEConfig, WanVAE
+from cfcli.models.vae import WanVAE
 from cfcli.pipeline.prompts import TextSchedule
 from cfcli.pipeline.rolling import RollingSampler, rolling_cache
 from cfcli.pipeline.sampler import CausalSampler, StepPlan
 from cfcli.pipeline.schedule import FlowSchedule
 from cfcli.presets import Preset
-
-VAE_TIME, VAE_SPACE = 4, 8
-MAX_ROPE_FRAMES = 1024
-
-
-def latent_frames_for(video_frames: int) -> int:
-    """Latent frames that decode to `video_frames` (1 + 4·(F − 1)); raises if there is no such count."""
-    if video_frames < 1 or (video_frames - 1) % VAE_TIME:
-        raise ValueError(f"{video_frames} video frames is not 1 + 4k")
-    return (video_frames - 1) // VAE_TIME + 1
-
-
-def video_frames_for(latent_frames: int) -> int:
-    return 1 + VAE_TIME * (latent_frames - 1) if latent_frames > 0 else 0
-
 
 def to_uint8(pixels: Tensor) -> Tensor:
     """[-1, 1] pixels -> uint8 as the official writer does: 255·clamp(x·0.5 + 0.5, 0, 1), truncated."""
@@ -133,6 +119,7 @@ class Chunk:
 class Engine:
     def __init__(self, preset: Preset, dit: CausalWanDiT, vae: WanVAE, device: torch.device, dtype: torch.dtype):
         self.preset, self.dit, self.vae = preset, dit, vae
+        self.geometry = preset.geometry
         self.device, self.dtype = device, dtype
         self.schedule = FlowSchedule(preset.timestep_shift)
         self.plan = StepPlan(tuple(self.schedule.warp(list(preset.steps))),
@@ -151,8 +138,14 @@ class Engine:
         if name == "wan":
             self.decoder = self.vae
             return self
-        from cfcli.models.taehv import load_taehv
+        from cfcli.models.taehv import TAEHVConfig, load_taehv
         from cfcli.taehv_weights import cached_taehv
+
+        t, g = TAEHVConfig(), self.geometry
+        if (t.temporal_stride, t.spatial_stride, t.latent_channels) != (g.time_stride, g.space_stride,
+                                                                        g.latent_channels):
+            raise CfError(f"the TAEHV decoder is made for the Wan2.1 VAE's latents, not {self.preset.name}'s",
+                          "leave out --decoder taehv")
 
         dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.decoder = model.to(self.device, dtype) if model is not None else load_taehv(cached_taehv(), self.device,
@@ -208,9 +201,8 @@ class Engine:
         device = torch.device(device)
         gen_path, vae_path = hub.resolve(preset, "generator"), hub.resolve(preset, "vae")
         note(loading("DiT", gen_path))
-        with torch.device("meta"):
-            dit = CausalWanDiT(DiTConfig(**preset.arch("dit")))
-            vae = WanVAE(VAEConfig(**preset.arch("vae")))
+        models = build_models(preset)
+        dit, vae = models.dit, models.vae
         with maybe_load(phases, "dit", gen_path):
             sd = generator_state_dict(read_state_dict(gen_path), preset.use_ema)
             load_strict(dit, sd, what=f"generator ({gen_path.name})", dtype=dtype, device=device)
@@ -221,7 +213,7 @@ class Engine:
 
     @property
     def latent_hw(self) -> tuple[int, int]:
-        return self.preset.height // VAE_SPACE, self.preset.width // VAE_SPACE
+        return self.geometry.latent_size(self.preset.height, self.preset.width)
 
     def new_cache(self, total_frames: int) -> KVCache | RollingKVCache:
         """An empty KV cache for a video of `total_frames` latent frames: global up to the horizon, rolling beyond it.
@@ -230,10 +222,10 @@ class Engine:
         The buffer of the previous video is reused (reset) when its layout fits, so that it is allocated once and the
         CUDA graphs recorded against it stay valid.
         """
-        p = self.preset
-        if total_frames > MAX_ROPE_FRAMES - 1:
-            raise CfError(f"{video_frames_for(total_frames)} video frames is too long for the model's position table",
-                          f"the maximum is {video_frames_for(MAX_ROPE_FRAMES - 1)} frames")
+        p, g = self.preset, self.geometry
+        if total_frames > g.max_latent_frames:
+            raise CfError(f"{g.video_frames_for(total_frames)} video frames is too long for the model's position "
+                          f"table", f"the maximum is {g.max_video_frames} frames")
         layout = ("rolling",) if p.sampler == "rolling" else cache_window(p, total_frames)
         if self._cache is not None and self._cache[0] == layout:
             self._cache[1].reset()
@@ -267,7 +259,8 @@ class Engine:
         return self.dit.text_kv(context.to(self.device, self.dtype))
 
     def encode_video(self, video: Tensor) -> Tensor:
-        """Pixels [3, T, H, W] in [-1, 1] (T = 1 + 4k) -> normalised latents [1, 1 + k, 16, h, w]."""
+        """Pixels [3, T, H, W] in [-1, 1] (T = 1 + s·k, s the VAE's time stride) -> normalised latents
+        [1, 1 + k, C, h, w]."""
         return self.vae.encode(video.to(self.device, self.dtype)[None])
 
     def generate(self, text_kv: Tensor | TextSchedule, latent_frames: int, seed: int, context: Tensor | None = None,

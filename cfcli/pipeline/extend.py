@@ -1,8 +1,9 @@
 """Continue a clip: its last frames, VAE-encoded, prime the KV cache; new frames stream out after them.
 
-Context frames follow the VAE's 1 + 4k structure (chunk-wise: whole 3-latent blocks). The new frames' pixels come
-from one streaming decode of context + new latents with the context frames dropped, so the decoder's causal cache
-has seen the context. The seed is applied after the context is encoded, right before the new noise is drawn.
+Context frames follow the VAE's 1 + s·k structure, s its time stride (chunk-wise: whole 3-latent blocks). The new
+frames' pixels come from one streaming decode of context + new latents with the context frames dropped, so the
+decoder's causal cache has seen the context. The seed is applied after the context is encoded, right before the new
+noise is drawn.
 """
 
 from collections.abc import Callable
@@ -13,7 +14,7 @@ import torch
 
 from cfcli.errors import CfError
 from cfcli.pipeline.clip_reader import ClipInfo, iter_frames, probe_clip, read_tail
-from cfcli.pipeline.engine import MAX_ROPE_FRAMES, Engine, EngineOptions, latent_frames_for, video_frames_for
+from cfcli.pipeline.engine import Engine, EngineOptions
 from cfcli.pipeline.generate import (Progress, SafeWriter, Summary, made_with, metadata, reserve_outputs,
                                      stream_to_file)
 from cfcli.pipeline.outputs import Outputs
@@ -21,7 +22,7 @@ from cfcli.pipeline.media import fit_frames, to_model_range
 from cfcli.pipeline.text import PromptEncoder
 from cfcli.presets import Preset
 
-DEFAULT_CONTEXT_LATENTS = {1: 5, 3: 6}  # frame-wise 17 frames, chunk-wise 21 frames
+DEFAULT_CONTEXT_LATENTS = {1: 5, 3: 6}  # frame-wise 17 frames, chunk-wise 21 frames (Wan2.1's VAE)
 
 
 @dataclass
@@ -53,27 +54,28 @@ def load_clip(path: Path) -> ClipInfo:
 
 def context_latents(preset: Preset, clip_frames: int, context_frames: int | None) -> int:
     """Latent frames of context: `--context-frames` checked, or the default that fits the clip."""
-    bf = preset.block_frames
+    bf, g = preset.block_frames, preset.geometry
     if context_frames is not None:
         if context_frames > clip_frames:
             raise CfError(f"--context-frames {context_frames} is more than the clip's {clip_frames} frames",
                           f"use at most {clip_frames}")
         try:
-            n = latent_frames_for(context_frames)
+            n = g.latent_frames_for(context_frames)
         except ValueError:
             n = 0
         if n == 0 or n % bf:
-            most = (clip_frames - 1) // 4 + 1  # latent frames the clip can give
-            valid = [video_frames_for(k) for k in range(bf, most + 1, bf)]
+            most = (clip_frames - 1) // g.time_stride + 1  # latent frames the clip can give
+            valid = [g.video_frames_for(k) for k in range(bf, most + 1, bf)]
             raise CfError(f"--context-frames {context_frames} is not a valid context length for {preset.mode}",
-                          f"use 1 + 4k frames{' making whole 3-latent blocks' if bf > 1 else ''}, e.g. "
+                          f"use 1 + {g.time_stride}k frames"
+                          f"{f' making whole {bf}-latent blocks' if bf > 1 else ''}, e.g. "
                           f"{', '.join(map(str, valid[:4])) or 'a longer clip'}")
         return n
-    fit = (clip_frames - 1) // 4 + 1
+    fit = (clip_frames - 1) // g.time_stride + 1
     n = min(DEFAULT_CONTEXT_LATENTS[bf], fit // bf * bf)
     if n == 0:
         raise CfError(f"the clip has {clip_frames} frames; a {preset.mode} context needs at least "
-                      f"{video_frames_for(bf)}", "extend a longer clip or use --mode framewise")
+                      f"{g.video_frames_for(bf)}", "extend a longer clip or use --mode framewise")
     return n
 
 
@@ -113,15 +115,16 @@ def _run(req: ExtendRequest, outputs: Outputs, on_progress, engine, note, status
     if (h, w) != (p.height, p.width):
         change = "crops and resizes" if w * p.height != h * p.width else "resizes"
         note(f"the clip is {w}×{h}; cfcli {change} it to the model's {p.width}×{p.height}")
-    new_latents = -(-new_frames // 4)
-    new_latents = -(-new_latents // p.block_frames) * p.block_frames
-    if new_latents * 4 != new_frames:
-        note(f"{new_frames} new frames is not a length the model makes; generating {new_latents * 4}")
-    if n_ctx + new_latents > MAX_ROPE_FRAMES - 1:
-        most = (MAX_ROPE_FRAMES - 1 - n_ctx) * 4
+    g = p.geometry
+    new_latents = -(-g.continuation_latents(new_frames) // p.block_frames) * p.block_frames
+    made = g.continuation_frames(new_latents)
+    if made != new_frames:
+        note(f"{new_frames} new frames is not a length the model makes; generating {made}")
+    if n_ctx + new_latents > g.max_latent_frames:
+        most = g.continuation_frames(g.max_latent_frames - n_ctx)
         raise CfError(f"{new_frames} new frames is more than the model's position table holds after the context",
                       f"extend by at most {most} frames at a time")
-    context = fit_frames(read_tail(req.clip, video_frames_for(n_ctx), clip), p.width, p.height)
+    context = fit_frames(read_tail(req.clip, g.video_frames_for(n_ctx), clip), p.width, p.height)
     if round(float(fps), 3) != p.fps:
         note(f"the clip plays at {fps:g} fps; the new frames move at the model's {p.fps} fps (played at "
              f"{fps:g}, recorded as motion_fps)")
@@ -132,9 +135,9 @@ def _run(req: ExtendRequest, outputs: Outputs, on_progress, engine, note, status
     if engine is None:
         engine = Engine.load(p, req.device, req.dtype, note=status).configure(req.options)
     ctx_latents = engine.encode_video(to_model_range(context).permute(1, 0, 2, 3))
-    total = new_latents * 4 + (0 if req.only_new else clip.frames)
+    total = made + (0 if req.only_new else clip.frames)
     meta = metadata(prompt, req.seed, p, total, round(float(fps), 3), extended_from=str(req.clip),
-                    context_frames=video_frames_for(n_ctx), new_frames=new_latents * 4, only_new=req.only_new,
+                    context_frames=g.video_frames_for(n_ctx), new_frames=made, only_new=req.only_new,
                     **made_with(req), **source_facts(clip, fps, p))
     writer = SafeWriter(outputs.video, fps, p.width, p.height, req.codec, req.crf, meta)
     if not req.only_new:

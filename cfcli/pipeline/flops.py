@@ -11,12 +11,13 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
+from cfcli.models.build import ModelConfigs, build_vae
 from cfcli.models.dit import DiTConfig
 from cfcli.models.t5 import T5Config
 from cfcli.models.taehv import TAEHV, TAEHVConfig
-from cfcli.models.vae import VAEConfig, WanVAE
-from cfcli.pipeline.engine import VAE_SPACE, attention_window, cache_window
+from cfcli.pipeline.engine import attention_window, cache_window
 from cfcli.presets import Preset
 
 
@@ -91,16 +92,14 @@ def causal_block_calls(preset: Preset, latent_frames: int) -> list[list[DiTCall]
 
 
 @functools.lru_cache(maxsize=8)
-def vae_latent_flops(cfg: VAEConfig, h: int, w: int) -> tuple[int, int]:
+def vae_latent_flops(configs: ModelConfigs, h: int, w: int) -> tuple[int, int]:
     """Decoder FLOPs of (the first latent frame, each later one) at latent size h×w.
 
     Counted by running the real streaming decoder on the meta device under FlopCounterMode: convolutions and the
     middle attention's matmuls, exactly as shaped at this resolution, no arithmetic run. Every later latent frame
     runs identical ops (the first skips the time upsampling and makes 1 frame instead of 4).
     """
-    with torch.device("meta"):
-        vae = WanVAE(cfg)
-    return decoder_latent_flops(vae, cfg.z_dim, h, w)
+    return decoder_latent_flops(build_vae(configs), configs.vae.z_dim, h, w)
 
 
 @functools.lru_cache(maxsize=8)
@@ -111,7 +110,7 @@ def taehv_latent_flops(cfg: TAEHVConfig, h: int, w: int) -> tuple[int, int]:
     return decoder_latent_flops(model, cfg.latent_channels, h, w)
 
 
-def decoder_latent_flops(model: WanVAE | TAEHV, channels: int, h: int, w: int) -> tuple[int, int]:
+def decoder_latent_flops(model: nn.Module, channels: int, h: int, w: int) -> tuple[int, int]:
     """(first, each later) latent frame's FLOPs of `model`'s streaming decoder, built on the meta device."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -139,16 +138,16 @@ class FlopPlan:
 
 
 def flop_plan(preset: Preset, latent_frames: int, decoder: str = "wan") -> FlopPlan:
-    dcfg = DiTConfig(**preset.arch("dit"))
-    h, w = preset.height // VAE_SPACE, preset.width // VAE_SPACE
-    ph, pw = dcfg.patch_size[1:]
-    tokens = (h // ph) * (w // pw)
+    configs = preset.configs
+    dcfg = configs.dit
+    h, w = configs.geometry.latent_size(preset.height, preset.width)
+    tokens = configs.geometry.frame_tokens(h, w)
     dit = [sum(dit_call_flops(dcfg, tokens, c) for c in calls) for calls in dit_block_calls(preset, latent_frames)]
     dit[0] += text_kv_flops(dcfg)
     if decoder == "taehv":
         first, later = taehv_latent_flops(TAEHVConfig(), h, w)
     else:
-        first, later = vae_latent_flops(VAEConfig(**preset.arch("vae")), h, w)
+        first, later = vae_latent_flops(configs, h, w)
     bf = preset.block_frames
     vae = [first + (bf - 1) * later if i == 0 else bf * later for i in range(len(dit))]
     return FlopPlan(dit, vae, first)

@@ -16,7 +16,7 @@ import torch
 from cfcli import __version__
 from cfcli.errors import CfError
 from cfcli.pipeline import containers
-from cfcli.pipeline.engine import Chunk, Engine, EngineOptions, video_frames_for
+from cfcli.pipeline.engine import Chunk, Engine, EngineOptions
 from cfcli.pipeline.media import check_image_input, load_image
 from cfcli.pipeline.outputs import Outputs, Target, check, reserve, same_file, write_error
 from cfcli.pipeline.prompts import PromptSchedule, TextSchedule
@@ -74,12 +74,11 @@ def plan_frames(preset: Preset, video_frames: int, image: bool) -> tuple[int, in
     """(video frames, generated latent frames) for a request, rounded up to what the model can make."""
     if video_frames <= 0:
         raise CfError(f"--frames must be positive, got {video_frames}")
-    latents = -(-(video_frames - 1) // 4) + 1
-    generated = latents - (1 if image else 0)
+    g = preset.geometry
+    generated = g.latent_frames_covering(video_frames) - (1 if image else 0)
     bf = preset.block_frames
     generated = max(bf, -(-generated // bf) * bf)
-    latents = generated + (1 if image else 0)
-    return video_frames_for(latents), generated
+    return g.video_frames_for(generated + (1 if image else 0)), generated
 
 
 def metadata(prompt: str, seed: int, p: Preset, frames: int, fps: float, schedule: PromptSchedule | None = None,
@@ -122,7 +121,8 @@ def _run(req: GenerateRequest, outputs: Outputs, on_progress, engine, prompt_enc
     image = load_image(req.image, p.width, p.height) if req.image is not None else None
     frames, generated = plan_frames(p, req.video_frames, image is not None)
     schedule = req.schedule or PromptSchedule.build(req.prompt, [])
-    starts = schedule.block_starts(req.fps or p.fps, frames, p.block_frames)  # a switch that never shows: refused
+    # A switch that never shows is refused.
+    starts = schedule.block_starts(req.fps or p.fps, frames, p.block_frames, p.geometry)
     prompt_encoder = prompt_encoder or PromptEncoder(p, req.device, req.dtype)
     prompts = schedule.prompts()
     features = prompt_encoder.encode(prompts)  # each distinct prompt once, before the DiT loads

@@ -101,18 +101,19 @@ class TracedPeak(TorchDispatchMode):
 
 
 @functools.lru_cache(maxsize=8)
-def decoder_peak(decoder: str, vae_cfg, h: int, w: int, dtype: torch.dtype, split: bool = False) -> tuple[int, int]:
+def decoder_peak(decoder: str, configs, h: int, w: int, dtype: torch.dtype, split: bool = False) -> tuple[int, int]:
     """(Peak bytes of a streaming decode, causal caches included, of latent frames at h×w; the same with the caches
     in host memory), traced on meta: the first latent frame, then a later one (4 output frames, the larger). With the
-    caches away only the running layer's past (and its update) is on the device."""
+    caches away only the running layer's past (and its update) is on the device. `configs`: the preset's
+    `cfcli.models.build.ModelConfigs`."""
+    from cfcli.models.build import build_vae
     from cfcli.models.taehv import TAEHV, TAEHVConfig
-    from cfcli.models.vae import WanVAE
 
     with torch.device("meta"):
-        model = (TAEHV(TAEHVConfig()) if decoder == "taehv" else WanVAE(vae_cfg)).to(dtype)
+        model = (TAEHV(TAEHVConfig()) if decoder == "taehv" else build_vae(configs)).to(dtype)
     if decoder == "wan":
         model.decoder.split_frames = split
-    channels = TAEHVConfig().latent_channels if decoder == "taehv" else vae_cfg.z_dim
+    channels = TAEHVConfig().latent_channels if decoder == "taehv" else configs.vae.z_dim
     z = torch.empty(1, 1, channels, h, w, device="meta", dtype=dtype)
     with torch.inference_mode(), TracedPeak() as trace:
         stream = model.stream_decoder()
@@ -179,31 +180,23 @@ class Footprint:
 
 
 @functools.lru_cache(maxsize=16)
-def _meta_models(preset_arch: tuple) -> tuple:
-    from cfcli.models.dit import CausalWanDiT, DiTConfig
-    from cfcli.models.t5 import T5Config, UMT5Encoder
-    from cfcli.models.vae import VAEConfig, WanVAE
+def _meta_models(configs) -> tuple:
+    """(DiT, umT5, VAE) of `configs` (a `cfcli.models.build.ModelConfigs`) on the meta device."""
+    from cfcli.models.build import build_models, build_text_encoder
 
-    arch = dict(preset_arch)
-    with torch.device("meta"):
-        return (CausalWanDiT(DiTConfig(**dict(arch.get("dit", ())))), UMT5Encoder(T5Config(**dict(arch.get("text_encoder", ())))),
-                WanVAE(VAEConfig(**dict(arch.get("vae", ())))))
-
-
-def _freeze(value):
-    if isinstance(value, dict):
-        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
-    return tuple(value) if isinstance(value, list) else value
+    models = build_models(configs)
+    return models.dit, build_text_encoder(configs), models.vae
 
 
 def footprint(preset: Preset, latent_frames: int, dtype: torch.dtype, decoder: str = "wan") -> Footprint:
     """Sizes of every part of a video of `latent_frames` latent frames at the preset's resolution in `dtype`."""
     from cfcli.models.kv_quant import QuantKVCache
-    from cfcli.pipeline.engine import VAE_SPACE, cache_window
+    from cfcli.pipeline.engine import cache_window
 
-    dit, t5, vae = _meta_models(_freeze(preset.architecture))
+    configs = preset.configs
+    dit, t5, vae = _meta_models(configs)
     cfg, tcfg, size = dit.cfg, t5.cfg, dtype.itemsize
-    h, w = preset.height // VAE_SPACE, preset.width // VAE_SPACE
+    h, w = configs.geometry.latent_size(preset.height, preset.width)
     ft = dit.frame_tokens(h, w)
     if preset.sampler == "rolling":  # anchor block + window, and one layer's assembled keys/values
         frames = preset.block_frames + preset.local_attn_frames
@@ -228,8 +221,8 @@ def footprint(preset: Preset, latent_frames: int, dtype: torch.dtype, decoder: s
 
         with torch.device("meta"):
             dec_bytes += module_bytes(TAEHV(TAEHVConfig()), dtype)
-    decode, _ = decoder_peak(decoder, vae.cfg, h, w, dtype)
-    decode_split, decode_host = decoder_peak(decoder, vae.cfg, h, w, dtype, split=True)
+    decode, _ = decoder_peak(decoder, configs, h, w, dtype)
+    decode_split, decode_host = decoder_peak(decoder, configs, h, w, dtype, split=True)
     text_proj = sum(module_bytes(b.cross_attn.k, dtype) + module_bytes(b.cross_attn.v, dtype) for b in dit.blocks)
     # umT5 over a full-length prompt: the residual stream, q/k/v/o, the gated FFN's three hidden tensors, the
     # position bias and the attention scores.

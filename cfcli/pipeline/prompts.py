@@ -2,10 +2,11 @@
 
 A schedule is the opening prompt at 0 s plus switches at later times, from `--prompt-at TIME PROMPT` and/or a
 `--prompt-schedule` file of `SECONDS<TAB>PROMPT` lines. A time maps to the nearest video frame
-(`round(seconds·fps)`, halves up), that frame to the latent frame covering it (`(frame + 3) // 4`: latent 0 makes
-frame 0, latent k ≥ 1 frames 4k−3…4k), and the switch takes effect at the first block whose first latent frame is
-at or after that latent frame (blocks are 1 or 3 latent frames). `TextSchedule` then hands each block the
-cross-attention K/V of its prompt; the visual KV cache is never touched by a switch.
+(`round(seconds·fps)`, halves up), that frame to the latent frame covering it (`Geometry.latent_at`: with the VAE's
+time stride s, latent 0 makes frame 0 and latent k ≥ 1 frames s(k−1)+1…sk), and the switch takes effect at the
+first block whose first latent frame is at or after that latent frame (blocks are 1 or 3 latent frames).
+`TextSchedule` then hands each block the cross-attention K/V of its prompt; the visual KV cache is never touched by a
+switch.
 """
 
 import math
@@ -17,8 +18,8 @@ from pathlib import Path
 from torch import Tensor
 
 from cfcli.errors import CfError
+from cfcli.models.geometry import Geometry
 
-VAE_TIME = 4  # video frames per latent frame (after the first)
 _NUMBER = re.compile(r"\d+(\.\d*)?|\.\d+")
 
 
@@ -136,13 +137,14 @@ class PromptSchedule:
     def as_metadata(self) -> list[list]:
         return [[e.seconds, e.prompt] for e in self.entries]
 
-    def block_starts(self, fps: float, video_frames: int, block_frames: int) -> tuple[int, ...]:
+    def block_starts(self, fps: float, video_frames: int, block_frames: int, geometry: Geometry) -> tuple[int, ...]:
         """First latent frame of the block where each prompt takes effect; raises CfError for a switch that never shows.
 
         A switch past the last frame, in the last block (no later block to switch at), or on the same block as the
         previous prompt is refused rather than silently dropped.
         """
-        latents = (video_frames - 1) // VAE_TIME + 1
+        g = geometry
+        latents = (video_frames - 1) // g.time_stride + 1
         length = f"the video is {video_frames / fps:.2f}s ({video_frames} frames at {fps:g} fps)"
         starts = [0]
         for prev, s in zip(self.entries, self.entries[1:]):
@@ -150,24 +152,20 @@ class PromptSchedule:
             if frame >= video_frames:
                 raise CfError(f"the prompt switch at {_fmt(s.seconds)} ({s.source}) is past the end of the video",
                               f"{length}; switch earlier, or make it longer with --frames/--seconds")
-            latent = (frame + VAE_TIME - 1) // VAE_TIME
+            latent = g.latent_at(frame)
             start = -(-latent // block_frames) * block_frames
             if start >= latents:
-                last = video_frame(latents - block_frames)
+                last = g.first_frame_of(latents - block_frames)
                 raise CfError(f"the prompt switch at {_fmt(s.seconds)} ({s.source}) falls in the video's last block",
                               f"a switch takes effect at the next block start, and the last block starts at frame "
                               f"{last} ({last / fps:.2f}s); {length}")
             if start == starts[-1]:
                 raise CfError(f"the prompts at {_fmt(prev.seconds)} and {_fmt(s.seconds)} start at the same block "
-                              f"(frame {video_frame(start)})",
-                              f"space switches at least one block ({max(1, VAE_TIME * block_frames)} frames) apart")
+                              f"(frame {g.first_frame_of(start)})",
+                              f"space switches at least one block ({g.continuation_frames(block_frames)} frames) "
+                              "apart")
             starts.append(start)
         return tuple(starts)
-
-
-def video_frame(latent: int) -> int:
-    """The first video frame a latent frame makes (0, then 4k − 3)."""
-    return 0 if latent == 0 else VAE_TIME * latent - (VAE_TIME - 1)
 
 
 @dataclass(frozen=True)

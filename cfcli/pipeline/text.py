@@ -16,8 +16,9 @@ import torch
 from torch import Tensor
 
 from cfcli import hub
+from cfcli.models.build import build_text_encoder
 from cfcli.models.checkpoint import load_strict, read_state_dict
-from cfcli.models.t5 import T5Config, UMT5Encoder, encode_text
+from cfcli.models.t5 import encode_text
 from cfcli.models.tokenizer import PromptTokenizer, clean_prompt
 from cfcli.paths import cf_home
 from cfcli.pipeline.engine import loading
@@ -38,7 +39,8 @@ class PromptEncoder:
         self.preset, self.device, self.dtype, self.note = preset, device, dtype, note  # note: loading status
         self.phases = phases  # a `cfcli.pipeline.phases.Phases` that times the encoder's load
         self.placement = placement  # "stream": umT5 layer by layer from host memory (`cfcli.models.t5_stream`)
-        self.text_len = int(preset.arch("dit").get("text_len", 512))
+        self.configs = preset.configs
+        self.text_len = self.configs.geometry.text_len
         self.cache_dir = cache_dir if cache_dir is not None else cf_home() / "prompts"
         self.loaded_encoder = False  # for tests and `cf bench`: did the last call need umT5?
 
@@ -79,7 +81,7 @@ class PromptEncoder:
         return None
 
     def _fits(self, rows: Tensor) -> bool:
-        dim = T5Config(**self.preset.arch("text_encoder")).dim
+        dim = self.configs.text_encoder.dim
         return (rows.ndim == 2 and 1 <= rows.shape[0] <= self.text_len and rows.shape[1] == dim
                 and rows.is_floating_point() and bool(torch.isfinite(rows).all()))
 
@@ -111,8 +113,7 @@ class PromptEncoder:
         tokenizer = PromptTokenizer.from_folder(hub.resolve(self.preset, "tokenizer"))
         path = hub.resolve(self.preset, "text_encoder")
         self.note(loading("text encoder (umT5)", path))
-        with torch.device("meta"):
-            encoder = UMT5Encoder(T5Config(**self.preset.arch("text_encoder")))
+        encoder = build_text_encoder(self.configs)
         stream = self.placement == "stream"
         with maybe_load(self.phases, "text_encoder", path):
             load_strict(encoder, read_state_dict(path), what=f"text encoder ({path.name})", dtype=self.dtype,
