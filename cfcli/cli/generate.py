@@ -245,8 +245,9 @@ def show_switches(schedule, starts: tuple[int, ...], fps: float, preset) -> None
     from rich.markup import escape
 
     from cfcli.pipeline.prompts import video_frame
+    from cfcli.pipeline.samplers import sampler_kind
 
-    in_flight = (len(preset.steps) - 1) * preset.block_frames if preset.sampler == "rolling" else 0
+    in_flight = sampler_kind(preset).in_flight_frames(preset)
     for entry, start in zip(schedule.entries[1:] if schedule else (), starts[1:]):
         frame, touched = video_frame(start), video_frame(max(0, start - in_flight))
         rolling = f", blocks in flight from frame {touched} finish under it" if touched != frame else ""

@@ -31,6 +31,7 @@ from cfcli.pipeline.engine import MAX_ROPE_FRAMES, Engine, video_frames_for
 from cfcli.pipeline.generate import metadata, plan_frames
 from cfcli.pipeline.prompts import video_frame
 from cfcli.pipeline.outputs import slug
+from cfcli.pipeline.samplers import sampler_kind
 from cfcli.pipeline.sinks import Background, stream
 
 log = logging.getLogger("cfcli.live")
@@ -360,7 +361,7 @@ class LiveSession:
             from cfcli.pipeline.extend import context_latents, load_clip
             from cfcli.pipeline.media import fit_frames, to_model_range
 
-            if p.sampler != "causal":
+            if not sampler_kind(p).starts_from_frames:
                 raise CfError(f"{p.name} cannot continue clips", "run cf live --mode framewise or chunkwise")
             info = load_clip(req.clip)  # the whole clip is kept for the recording: uploads are size-limited
             frames = torch.cat([fit_frames(batch, p.width, p.height)

@@ -16,7 +16,8 @@ from cfcli.models.dit import DiTConfig
 from cfcli.models.t5 import T5Config
 from cfcli.models.taehv import TAEHV, TAEHVConfig
 from cfcli.models.vae import VAEConfig, WanVAE
-from cfcli.pipeline.engine import VAE_SPACE, attention_window, cache_window
+from cfcli.pipeline.engine import VAE_SPACE
+from cfcli.pipeline.samplers import attention_window, cache_window, sampler_kind
 from cfcli.presets import Preset
 
 
@@ -45,9 +46,7 @@ def text_kv_flops(cfg: DiTConfig) -> int:
 
 
 def dit_block_calls(preset: Preset, latent_frames: int) -> list[list[DiTCall]]:
-    if preset.sampler == "rolling":
-        return rolling_block_calls(preset, latent_frames)
-    return causal_block_calls(preset, latent_frames)
+    return BLOCK_CALLS[sampler_kind(preset).name](preset, latent_frames)
 
 
 def rolling_block_calls(preset: Preset, latent_frames: int) -> list[list[DiTCall]]:
@@ -88,6 +87,9 @@ def causal_block_calls(preset: Preset, latent_frames: int) -> list[list[DiTCall]
         blocks.append(([prev] if prev else []) + [call] * len(steps))
         prev = call
     return blocks
+
+
+BLOCK_CALLS = {"causal": causal_block_calls, "rolling": rolling_block_calls}
 
 
 @functools.lru_cache(maxsize=8)

@@ -121,6 +121,11 @@ class RollingSampler:
         self._x: Tensor | None = None  # window input [B, W·block, C, h, w], refilled in place
         self._eps: Tensor | None = None  # flat scratch for the window-shaped re-noising draws
 
+    @staticmethod
+    def in_flight_blocks(steps: int) -> int:
+        """Blocks older than the newest one in a full window: a prompt switch reaches them too (module docstring)."""
+        return steps - 1
+
     def _row(self, win: Window) -> slice:
         """Where window `win` sits in the full-window rows (oldest age first)."""
         bf = self.block_frames

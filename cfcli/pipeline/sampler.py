@@ -44,6 +44,11 @@ class CausalSampler:
         self.frame = 0  # absolute index of the next latent frame
         self.blocks_done = 0  # generated blocks (the first-block schedule applies to the first one)
 
+    @staticmethod
+    def in_flight_blocks(steps: int) -> int:
+        """Blocks before the current one still being denoised (none: each block finishes before the next starts)."""
+        return 0
+
     def _call(self, x: Tensor, t: float, text_kv: Tensor) -> Tensor:
         ts = torch.full(x.shape[:2], t, dtype=torch.float32, device=x.device)
         return self.dit(x, ts, text_kv, self.cache, self.frame)

@@ -1,0 +1,68 @@
+"""The sampler table (`cfcli.pipeline.samplers`): names, caches, what each sampler allows, and the sizes the memory
+planner reads from it, against the caches the engine really allocates (tiny presets on the meta device)."""
+
+import pytest
+import torch
+
+from cfcli import presets
+from cfcli.models.dit import CausalWanDiT, DiTConfig
+from cfcli.models.kv_cache import KVCache
+from cfcli.models.kv_quant import QuantKVCache
+from cfcli.models.rolling_cache import RollingKVCache
+from cfcli.pipeline.engine import Engine
+from cfcli.pipeline.memory import footprint
+from cfcli.pipeline.rolling import RollingSampler
+from cfcli.pipeline.sampler import CausalSampler
+from cfcli.pipeline.samplers import SAMPLERS, sampler_kind
+from cfcli.presets import load_preset
+from conftest import FIXTURES
+
+
+def meta_engine(preset: str) -> Engine:
+    p = load_preset(FIXTURES / preset)
+    with torch.device("meta"):
+        dit = CausalWanDiT(DiTConfig(**p.arch("dit")))
+    return Engine(p, dit, None, torch.device("meta"), torch.float32)
+
+
+def test_preset_names_are_the_table():
+    """presets.py stays torch-free with its own tuple of names; it must list exactly the table's."""
+    assert presets.SAMPLERS == tuple(SAMPLERS)
+
+
+@pytest.mark.parametrize("preset, cls, cache_cls, starts, in_flight", [
+    ("tiny-framewise.yaml", CausalSampler, KVCache, True, 0),
+    ("tiny-chunkwise.yaml", CausalSampler, KVCache, True, 0),
+    ("tiny-longvideo.yaml", RollingSampler, RollingKVCache, False, 9),  # 3 older blocks of 3 frames in a 4-step window
+])
+def test_each_preset_gets_its_sampler_and_cache(preset, cls, cache_cls, starts, in_flight):
+    engine = meta_engine(preset)
+    kind = sampler_kind(engine.preset)
+    assert (kind.sampler, kind.starts_from_frames, kind.in_flight_frames(engine.preset)) == (cls, starts, in_flight)
+    assert type(engine.new_cache(9)) is cache_cls
+
+
+def test_a_8bit_format_gives_a_quantised_cache_of_its_own_layout():
+    engine = meta_engine("tiny-framewise.yaml")
+    plain = engine.new_cache(9)
+    engine.kv_format = "int8"
+    quant = engine.new_cache(9)
+    assert type(quant) is QuantKVCache and quant.kv.dtype == torch.int8 and quant is not plain
+    assert engine.new_cache(9) is quant  # same layout: the buffer is reused
+
+
+def test_the_long_video_sampler_refuses_given_frames():
+    from cfcli.errors import CfError
+
+    engine = meta_engine("tiny-longvideo.yaml")
+    with pytest.raises(CfError, match="long-video \\(rolling\\) sampler cannot start from given frames"):
+        next(engine.generate(None, 3, seed=0, context=torch.zeros(1, 3, 16, 6, 10)))
+
+
+@pytest.mark.parametrize("preset, frames", [("tiny-framewise.yaml", 9), ("tiny-framewise.yaml", 30),
+                                            ("tiny-longvideo.yaml", 60)])
+def test_memory_planner_sizes_the_cache_the_engine_allocates(preset, frames):
+    engine = meta_engine(preset)
+    cache = engine.new_cache(frames)
+    scratch = cache._keys.nbytes if isinstance(cache, RollingKVCache) else 0  # one layer's assembled keys/values
+    assert footprint(engine.preset, frames, torch.float32).kv == cache.kv.nbytes + scratch
