@@ -17,8 +17,7 @@ from cfcli import hub
 from cfcli.errors import CfError
 from cfcli.models.checkpoint import generator_state_dict, load_strict, read_state_dict
 from cfcli.models.dit import CausalWanDiT, DiTConfig
-from cfcli.models.kv_cache import KVCache
-from cfcli.models.rolling_cache import RollingKVCache
+from cfcli.models.cache import DiTCache
 from cfcli.models.vae import VAEConfig, WanVAE
 from cfcli.pipeline.prompts import TextSchedule
 from cfcli.pipeline.sampler import StepPlan
@@ -128,7 +127,7 @@ class Engine:
                              if preset.first_block_steps else None)
         self.decoder = vae  # what turns latents into pixels: the Wan VAE, or TAEHV (`use_decoder`)
         self.runner = dit  # what the samplers call: the DiT, or its CUDA-graph wrapper (`accelerate`)
-        self._cache: tuple[tuple, KVCache | RollingKVCache] | None = None
+        self._cache: tuple[tuple, DiTCache] | None = None
         self.kv_format: str | None = None  # 8-bit KV cache ("int8" / "fp8"), set by a memory plan
         self.parked = None  # `cfcli.models.offload.Parked` text projections, set by a memory plan
 
@@ -211,7 +210,7 @@ class Engine:
     def latent_hw(self) -> tuple[int, int]:
         return self.preset.height // VAE_SPACE, self.preset.width // VAE_SPACE
 
-    def new_cache(self, total_frames: int) -> KVCache | RollingKVCache:
+    def new_cache(self, total_frames: int) -> DiTCache:
         """An empty KV cache for a video of `total_frames` latent frames: global up to the horizon, rolling beyond it.
 
         The long-video (`sampler: rolling`) cache is one anchor block plus the attention window, whatever the length.

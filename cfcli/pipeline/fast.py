@@ -18,7 +18,7 @@ decoder. None changes what is computed; only rounding moves (measured in docs/pe
 
 A frame-wise 81-frame video has 21 cache plans (one per block; its steps and clean pass share it), so the first video
 captures 21 graphs and every later one with the same cache replays them. Calls on caches without a fixed plan (the
-long-video rolling cache, which re-ropes its anchor per call) run eagerly.
+long-video rolling cache, which re-ropes its anchor per call: `plan_key()` is None) run eagerly.
 """
 
 from collections.abc import Callable
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from cfcli.models.cache import DiTCache
 from cfcli.models.dit import CausalWanDiT
 from cfcli.models.vae import CausalConv3d, ResidualBlock, RMSNorm, Upsample, WanVAE
 from cfcli.ops import triton_rows
@@ -135,16 +136,22 @@ class GraphedDiT:
         self.cache_buf: Tensor | None = None
         self.captures = self.replays = 0
 
-    def __call__(self, x: Tensor, t: Tensor, text_kv: Tensor, cache, start_frame: int) -> Tensor:
+    def __call__(self, x: Tensor, t: Tensor, text_kv: Tensor, cache: DiTCache | None, start_frame: int,
+                 refresh: bool = False) -> Tensor:
         f, h, w = x.shape[1], x.shape[3], x.shape[4]
-        if not hasattr(cache, "plan_key"):
-            return self.dit(x, t, text_kv, cache, start_frame)
+        if cache is None:
+            return self.dit(x, t, text_kv, cache, start_frame, refresh)
+        rope = self.dit.rope(start_frame, f, h, w)
+        cache.begin(start_frame, f, refresh)
+        plan = cache.plan_key()
+        if plan is None:  # a plan that no graph can replay: eagerly
+            out = self.dit.denoise(x, t, text_kv, rope, cache)
+            cache.end()
+            return out
         if cache.kv is not self.cache_buf:
             self.reset()
             self.cache_buf = cache.kv
-        rope = self.dit.rope(start_frame, f, h, w)
-        cache.begin(start_frame, f)
-        key = (tuple(x.shape), x.dtype, tuple(t.shape), tuple(text_kv.shape), cache.plan_key())
+        key = (tuple(x.shape), x.dtype, tuple(t.shape), tuple(text_kv.shape), plan)
         sx, st, srope = self._load(x, t, text_kv, rope)
         entry = self.graphs.get(key)
         if entry is None and key not in self.seen:

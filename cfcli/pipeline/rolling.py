@@ -171,8 +171,7 @@ class RollingSampler:
         """Clean pass: the finished block's x0 at t = 0 (official context_noise = 0) overwrites its cache slots."""
         bf = self.block_frames
         t = self._t_clean.expand(x0.shape[0], -1)
-        with self.cache.refreshing():
-            self.dit(x0[:, :bf], t, text_kv, self.cache, win.first * bf)
+        self.dit(x0[:, :bf], t, text_kv, self.cache, win.first * bf, refresh=True)
 
     def stream(self, noise: Tensor, text: Tensor | TextSchedule, generator: torch.Generator) -> Iterator[Tensor]:
         """Yield each block's final x0 [B, block, C, h, w] of `noise` [B, F, C, h, w] as it leaves the window.

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from cfcli.models.dit import CausalWanDiT
-from cfcli.models.kv_cache import KVCache
+from cfcli.models.cache import DiTCache
 from cfcli.pipeline.prompts import TextSchedule, text_at
 from cfcli.pipeline.schedule import FlowSchedule, add_noise, flow_to_x0
 
@@ -37,7 +37,7 @@ class StepPlan:
 class CausalSampler:
     """Owns the running position of one video: frames primed or generated so far live in `cache`."""
 
-    def __init__(self, dit: CausalWanDiT, schedule: FlowSchedule, plan: StepPlan, block_frames: int, cache: KVCache):
+    def __init__(self, dit: CausalWanDiT, schedule: FlowSchedule, plan: StepPlan, block_frames: int, cache: DiTCache | None):
         self.dit, self.schedule, self.plan = dit, schedule, plan
         self.block_frames = block_frames
         self.cache = cache
@@ -49,9 +49,9 @@ class CausalSampler:
         """Blocks before the current one still being denoised (none: each block finishes before the next starts)."""
         return 0
 
-    def _call(self, x: Tensor, t: float, text_kv: Tensor) -> Tensor:
+    def _call(self, x: Tensor, t: float, text_kv: Tensor, refresh: bool = False) -> Tensor:
         ts = torch.full(x.shape[:2], t, dtype=torch.float32, device=x.device)
-        return self.dit(x, ts, text_kv, self.cache, self.frame)
+        return self.dit(x, ts, text_kv, self.cache, self.frame, refresh=refresh)
 
     def prime(self, latents: Tensor, text: Tensor | TextSchedule) -> None:
         """Push given clean latents [B, F, C, h, w] into the cache at t = 0, block by block."""
@@ -59,7 +59,7 @@ class CausalSampler:
             raise ValueError(f"context of {latents.shape[1]} latent frames is not a whole number of "
                              f"{self.block_frames}-frame blocks")
         for i in range(0, latents.shape[1], self.block_frames):
-            self._call(latents[:, i:i + self.block_frames], 0.0, text_at(text, self.frame))
+            self._call(latents[:, i:i + self.block_frames], 0.0, text_at(text, self.frame), refresh=True)
             self.frame += self.block_frames
 
     def _renoise(self, x0: Tensor, sigma: float, generator: torch.Generator) -> Tensor:
@@ -78,7 +78,7 @@ class CausalSampler:
 
     def commit(self, x0: Tensor, text_kv: Tensor) -> None:
         """Clean-context pass: overwrite the block's KV slots with keys/values of its x0 at t = 0, then advance."""
-        self._call(x0, 0.0, text_kv)
+        self._call(x0, 0.0, text_kv, refresh=True)
         self.frame += x0.shape[1]
         self.blocks_done += 1
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cfcli.errors import CfError
+from cfcli.models.cache import DiTCache
 from cfcli.models.kv_cache import KVCache
 from cfcli.pipeline.rolling import RollingSampler, rolling_cache
 from cfcli.pipeline.sampler import CausalSampler
@@ -67,7 +68,7 @@ class SamplerKind:
     label: str  # how messages name it
     sampler: type[CausalSampler] | type[RollingSampler]
     layout: Callable[[Preset, int, str | None], tuple]
-    make_cache: Callable[[object, tuple], object]
+    make_cache: Callable[[object, tuple], DiTCache]
     cache_frames: Callable[[Preset, int], int]  # latent frames the cache holds for a video of this length
     starts_from_frames: bool  # can be primed with given latents (I2V, extending a clip)
     quantizable_cache: bool  # the cache can be stored in 8 bits (`cfcli.models.kv_quant`)
