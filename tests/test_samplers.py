@@ -66,3 +66,67 @@ def test_memory_planner_sizes_the_cache_the_engine_allocates(preset, frames):
     cache = engine.new_cache(frames)
     scratch = cache._keys.nbytes if isinstance(cache, RollingKVCache) else 0  # one layer's assembled keys/values
     assert footprint(engine.preset, frames, torch.float32).kv == cache.kv.nbytes + scratch
+
+
+# --- the call plan is what the sampler really does -------------------------------------------------------------------
+
+class CallRecorder:
+    """Wraps the real DiT: records each call's (start, frames, frames attended in layer 0, refresh)."""
+
+    def __init__(self, dit):
+        self.dit, self.calls = dit, []
+
+    def __call__(self, x, t, text_kv, cache, start_frame, refresh=False):
+        attended = []
+        update = cache.update
+
+        def spy(layer, k, v, raw_k=None):
+            keys, values = update(layer, k, v, raw_k)
+            if layer == 0:
+                attended.append(keys.shape[1] // cache.frame_tokens)
+            return keys, values
+
+        cache.update = spy  # shadows the method for this call only
+        try:
+            out = self.dit(x, t, text_kv, cache, start_frame, refresh)
+        finally:
+            del cache.update
+        self.calls.append((start_frame, x.shape[1], attended[0], refresh))
+        return out
+
+
+def as_tuples(calls):
+    return [(c.start, c.frames, c.keys, c.refresh) for c in calls]
+
+
+def hand_outs(groups) -> list[int]:
+    """Calls made before each hand-out: a group's block is handed out after its last denoising call (a clean pass
+    may follow in the same group), or after the group when it is all clean passes (primed frames)."""
+    made, at = 0, []
+    for group in groups:
+        last = max((i for i, c in enumerate(group) if not c.refresh), default=len(group) - 1)
+        at.append(made + last + 1)
+        made += len(group)
+    return at
+
+
+@pytest.mark.parametrize("preset, latent_frames, context_frames", [
+    ("tiny-framewise.yaml", 4, 0),
+    ("tiny-framewise-2step.yaml", 4, 0),  # a separate first-block schedule
+    ("tiny-framewise-rolling.yaml", 9, 0),  # the causal cache rolls past its 6-frame window
+    ("tiny-chunkwise.yaml", 6, 3),  # primed with a given block first
+    ("tiny-chunkwise-rolling.yaml", 9, 6),  # primed, then rolling
+    ("tiny-longvideo.yaml", 36, 0),  # the rolling sampler, past its first eviction
+])
+def test_call_plan_is_what_the_sampler_calls(preset, latent_frames, context_frames):
+    p = load_preset(FIXTURES / preset)
+    engine = Engine.load(p, "cpu", torch.float32)
+    engine.runner = recorder = CallRecorder(engine.dit)
+    text_kv = engine.text_kv(torch.randn(1, 8, engine.dit.cfg.text_dim, generator=torch.Generator().manual_seed(0)))
+    context = torch.randn(1, context_frames, 16, *engine.latent_hw) if context_frames else None
+    handed = []
+    for _ in engine.generate(text_kv, latent_frames, seed=0, context=context, decode=False):
+        handed.append(len(recorder.calls))
+    plan = sampler_kind(p).calls(p, latent_frames, context_frames)
+    assert recorder.calls == as_tuples(c for group in plan for c in group)
+    assert handed == hand_outs(plan)

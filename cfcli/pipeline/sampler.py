@@ -12,7 +12,7 @@ switch: the visual KV cache carries on, and the random stream is the same as wit
 """
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -34,6 +34,20 @@ class StepPlan:
         return self.first_block_steps if index == 0 and self.first_block_steps else self.steps
 
 
+@dataclass(frozen=True)
+class DiTCall:
+    """One DiT call of a sampler's call plan (`call_plan`).
+
+    Equality compares what a call costs (`frames` and `keys`, all the FLOP model reads); `start` and `refresh` say
+    which call it is.
+    """
+
+    frames: int  # latent frames in the call (query)
+    keys: int  # latent frames attended (the cache's read slice, the call's own frames included)
+    start: int = field(default=0, compare=False)  # absolute index of its first latent frame
+    refresh: bool = field(default=False, compare=False)  # a clean pass at t = 0 (`DiTCache.begin`)
+
+
 class CausalSampler:
     """Owns the running position of one video: frames primed or generated so far live in `cache`."""
 
@@ -48,6 +62,26 @@ class CausalSampler:
     def in_flight_blocks(steps: int) -> int:
         """Blocks before the current one still being denoised (none: each block finishes before the next starts)."""
         return 0
+
+    @staticmethod
+    def call_plan(plan: StepPlan, block_frames: int, latent_frames: int, window: int,
+                  context_frames: int = 0) -> list[list[DiTCall]]:
+        """The DiT calls `prime` then `stream` make, grouped by the hand-out they lead to (one per block; given
+        frames are handed out once primed). `window`: latent frames the cache holds (`KVCache` capacity).
+
+        Block i's group holds the clean-context pass of block i − 1 (run after that block was handed out) and the
+        denoising steps of block i; no clean pass follows the last block.
+        """
+        bf = block_frames
+        keys = lambda start: min(start + bf, window)  # noqa: E731 - what the cache holds once the call is written
+        groups = [[DiTCall(bf, keys(s), s, True) for s in range(0, context_frames, bf)]] if context_frames else []
+        clean = None
+        for i in range(latent_frames // bf):
+            start = context_frames + i * bf
+            step = DiTCall(bf, keys(start), start)
+            groups.append(([clean] if clean else []) + [step] * len(plan.for_block(i)))
+            clean = DiTCall(bf, keys(start), start, True)
+        return groups
 
     def _call(self, x: Tensor, t: float, text_kv: Tensor, refresh: bool = False) -> Tensor:
         ts = torch.full(x.shape[:2], t, dtype=torch.float32, device=x.device)

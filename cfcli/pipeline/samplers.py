@@ -1,8 +1,9 @@
-"""The sampler table: a preset's `sampler` name → the class that runs it, the KV cache it runs on, what it allows.
+"""The sampler table: a preset's `sampler` name → the class that runs it, the KV cache it runs on, its DiT call plan,
+what it allows.
 
-Whatever depends on the sampler asks this table instead of comparing names: the engine (sampler and cache), the
-memory planner (cache size, whether it can be stored in 8 bits), the CLI (whether a run may start from given frames,
-which blocks a prompt switch reaches).
+Whatever depends on the sampler asks this table instead of comparing names: the engine (sampler and cache), the FLOP
+model and `cf bench` (the sampler's own call plan), the memory planner (cache size, whether it can be stored in 8
+bits), the CLI (whether a run may start from given frames, which blocks a prompt switch reaches).
 """
 
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from cfcli.errors import CfError
 from cfcli.models.cache import DiTCache
 from cfcli.models.kv_cache import KVCache
 from cfcli.pipeline.rolling import RollingSampler, rolling_cache
-from cfcli.pipeline.sampler import CausalSampler
+from cfcli.pipeline.sampler import CausalSampler, DiTCall, StepPlan
 from cfcli.presets import Preset
 
 
@@ -70,6 +71,7 @@ class SamplerKind:
     layout: Callable[[Preset, int, str | None], tuple]
     make_cache: Callable[[object, tuple], DiTCache]
     cache_frames: Callable[[Preset, int], int]  # latent frames the cache holds for a video of this length
+    window: Callable[[Preset, int], int]  # latent frames a call attends to at most (the plan's `window`)
     starts_from_frames: bool  # can be primed with given latents (I2V, extending a clip)
     quantizable_cache: bool  # the cache can be stored in 8 bits (`cfcli.models.kv_quant`)
     scratch_layers: int = 0  # extra layers' worth of keys/values the cache assembles per call
@@ -79,12 +81,22 @@ class SamplerKind:
         under the new prompt."""
         return self.sampler.in_flight_blocks(len(preset.steps)) * preset.block_frames
 
+    def calls(self, preset: Preset, latent_frames: int, context_frames: int = 0) -> list[list[DiTCall]]:
+        """The sampler's call plan for `latent_frames` new frames after `context_frames` given ones (only the step
+        counts of the preset's schedule matter here)."""
+        first = tuple(preset.first_block_steps) if preset.first_block_steps else None
+        window = self.window(preset, context_frames + latent_frames)
+        return self.sampler.call_plan(StepPlan(tuple(preset.steps), first), preset.block_frames, latent_frames,
+                                      window, context_frames)
+
 
 SAMPLERS: dict[str, SamplerKind] = {
     "causal": SamplerKind("causal", "block-causal", CausalSampler, causal_layout, causal_cache,
-                          lambda p, n: cache_window(p, n)[0], starts_from_frames=True, quantizable_cache=True),
+                          lambda p, n: cache_window(p, n)[0], lambda p, n: cache_window(p, n)[0],
+                          starts_from_frames=True, quantizable_cache=True),
     "rolling": SamplerKind("rolling", "long-video (rolling)", RollingSampler, long_video_layout, long_video_cache,
-                           lambda p, n: p.block_frames + attention_window(p), starts_from_frames=False,
+                           lambda p, n: p.block_frames + attention_window(p), lambda p, n: attention_window(p),
+                           starts_from_frames=False,
                            quantizable_cache=False, scratch_layers=1),
 }
 
