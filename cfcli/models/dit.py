@@ -8,6 +8,8 @@ float64; q/k RMS norms normalise in float32; RoPE rotates in float32.
 
 import math
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -220,18 +222,27 @@ class CausalWanDiT(nn.Module):
                 refresh: bool = False) -> Tensor:
         """Flow prediction (ε − x0) for latents x [B, F, C, h, w] at per-frame timesteps t [B, F]; `refresh`: a clean
         pass, whose keys/values the cache keeps (`DiTCache.begin`)."""
+        with self.prepared(x, cache, start_frame, refresh) as rope:
+            return self.denoise(x, t, text_kv, rope, cache)
+
+    @contextmanager
+    def prepared(self, x: Tensor, cache: DiTCache | None, start_frame: int,
+                 refresh: bool = False) -> Iterator[Tensor]:
+        """What a call settles on the host around its tensor work (`denoise`): yields the RoPE table of its frames
+        with the cache's slots planned, and commits the plan once the work is done (not if it raised). Shared with
+        the CUDA-graph wrapper (`cfcli.pipeline.fast.GraphedDiT`), which replays `denoise` per plan."""
         f, h, w = x.shape[1], x.shape[3], x.shape[4]
         rope = self.rope(start_frame, f, h, w)
         if cache is not None:
             cache.begin(start_frame, f, refresh)
-        out = self.denoise(x, t, text_kv, rope, cache)
+        yield rope
         if cache is not None:
             cache.end()
-        return out
 
     def denoise(self, x: Tensor, t: Tensor, text_kv: Tensor, rope: Tensor, cache: DiTCache | None) -> Tensor:
-        """`forward` once the RoPE table is looked up and the cache's slots are planned: tensor work only, so one
-        call can be captured in a CUDA graph and replayed for any call with the same plan (`cfcli.pipeline.fast`)."""
+        """`forward` once the RoPE table is looked up and the cache's slots are planned (`prepared`): patch and time
+        embeddings, the blocks, the head. Tensor work only, so one call can be captured in a CUDA graph and replayed
+        for any call with the same plan (`cfcli.pipeline.fast`)."""
         b, f = x.shape[:2]
         tokens = self.patch_embedding(x.transpose(1, 2))  # [B, dim, F, h/2, w/2]
         gh, gw = tokens.shape[-2:]

@@ -138,16 +138,14 @@ class GraphedDiT:
 
     def __call__(self, x: Tensor, t: Tensor, text_kv: Tensor, cache: DiTCache | None, start_frame: int,
                  refresh: bool = False) -> Tensor:
-        f, h, w = x.shape[1], x.shape[3], x.shape[4]
-        if cache is None:
-            return self.dit(x, t, text_kv, cache, start_frame, refresh)
-        rope = self.dit.rope(start_frame, f, h, w)
-        cache.begin(start_frame, f, refresh)
-        plan = cache.plan_key()
-        if plan is None:  # a plan that no graph can replay: eagerly
-            out = self.dit.denoise(x, t, text_kv, rope, cache)
-            cache.end()
-            return out
+        with self.dit.prepared(x, cache, start_frame, refresh) as rope:
+            plan = None if cache is None else cache.plan_key()
+            if plan is None:  # no cache, or a plan that no graph can replay: eagerly
+                return self.dit.denoise(x, t, text_kv, rope, cache)
+            return self._graphed(x, t, text_kv, rope, cache, plan)
+
+    def _graphed(self, x: Tensor, t: Tensor, text_kv: Tensor, rope: Tensor, cache: DiTCache, plan: tuple) -> Tensor:
+        """The call planned as `plan`: warmed up, captured or replayed."""
         if cache.kv is not self.cache_buf:
             self.reset()
             self.cache_buf = cache.kv
@@ -158,15 +156,12 @@ class GraphedDiT:
             # Warm-up, eagerly on the very buffers the capture will use: anything done once per input (kernel
             # choice, compilation, autotuning) happens here, as capturing must not synchronise.
             self.seen.add(key)
-            out = self.dit.denoise(sx, st, self.text, srope, cache)
-        else:
-            if entry is None:
-                entry = self._capture(key, sx, st, srope, cache)
-            entry.replay()
-            self.replays += 1
-            out = entry.out.clone()  # the static output is overwritten by the next replay
-        cache.end()
-        return out
+            return self.dit.denoise(sx, st, self.text, srope, cache)
+        if entry is None:
+            entry = self._capture(key, sx, st, srope, cache)
+        entry.replay()
+        self.replays += 1
+        return entry.out.clone()  # the static output is overwritten by the next replay
 
     def reset(self) -> None:
         """Drop every graph. The next capture starts a new pool: PyTorch cannot share a pool none of whose graphs
