@@ -46,7 +46,7 @@ def call(cache, start: int, frames: int, refresh: bool, keys: list | None = None
     cache.begin(start, frames, refresh)
     if keys is not None:
         keys.append(cache.plan_key())
-    k, v = cache.update(0, tags(start, frames), tags(start, frames), raw_k=tags(start, frames) + 1000)
+    _, v = cache.update(0, tags(start, frames), tags(start, frames), raw_k=tags(start, frames) + 1000)
     cache.end()
     return v[0, :, 0, 0].int().tolist()
 

@@ -102,9 +102,8 @@ class RollingKVCache:
         commit = (end, local_end) if grow > 0 else None
         self._plan = _Plan(slot, evict, keep, refresh, own, read, anchor_pos, commit)
 
-    def plan_key(self) -> None:
+    def plan_key(self) -> tuple | None:
         """None: the anchor is re-roped per call (a table looked up on the host), so no call replays as a graph."""
-        return None
 
     def update(self, layer: int, k: Tensor, v: Tensor, raw_k: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Apply the plan to `layer` (roped keys `k`, un-roped `raw_k`, values `v`); return what to attend to."""

@@ -22,7 +22,6 @@ from cfcli.pipeline.samplers import sampler_kind
 from cfcli.presets import Preset
 
 
-
 def dit_call_flops(cfg: DiTConfig, frame_tokens: int, call: DiTCall) -> int:
     """FLOPs (2 per multiply-add) of one DiT forward: matmuls and attention only (spec §7.1)."""
     d, n, k = cfg.dim, call.frames * frame_tokens, call.keys * frame_tokens

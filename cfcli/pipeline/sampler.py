@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from cfcli.models.dit import CausalWanDiT
 from cfcli.models.cache import DiTCache
+from cfcli.models.dit import CausalWanDiT
 from cfcli.pipeline.prompts import TextSchedule, text_at
 from cfcli.pipeline.schedule import FlowSchedule, add_noise, flow_to_x0
 
@@ -73,14 +73,16 @@ class CausalSampler:
         denoising steps of block i; no clean pass follows the last block.
         """
         bf = block_frames
-        keys = lambda start: min(start + bf, window)  # noqa: E731 - what the cache holds once the call is written
-        groups = [[DiTCall(bf, keys(s), s, True) for s in range(0, context_frames, bf)]] if context_frames else []
+
+        def call(start: int, refresh: bool = False) -> DiTCall:
+            return DiTCall(bf, min(start + bf, window), start, refresh)  # what the cache holds with the call written
+
+        groups = [[call(s, True) for s in range(0, context_frames, bf)]] if context_frames else []
         clean = None
         for i in range(latent_frames // bf):
             start = context_frames + i * bf
-            step = DiTCall(bf, keys(start), start)
-            groups.append(([clean] if clean else []) + [step] * len(plan.for_block(i)))
-            clean = DiTCall(bf, keys(start), start, True)
+            groups.append(([clean] if clean else []) + [call(start)] * len(plan.for_block(i)))
+            clean = call(start, True)
         return groups
 
     def _call(self, x: Tensor, t: float, text_kv: Tensor, refresh: bool = False) -> Tensor:

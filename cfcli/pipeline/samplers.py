@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from cfcli.errors import CfError
 from cfcli.models.cache import DiTCache
 from cfcli.models.kv_cache import KVCache
+from cfcli.models.rolling_cache import RollingKVCache
 from cfcli.pipeline.rolling import RollingSampler, rolling_cache
 from cfcli.pipeline.sampler import CausalSampler, DiTCall, StepPlan
 from cfcli.presets import Preset
@@ -51,7 +52,7 @@ def long_video_layout(preset: Preset, total_frames: int, kv_format: str | None) 
     return ("rolling",)  # one anchor block and the attention window, whatever the length
 
 
-def long_video_cache(engine, layout: tuple):
+def long_video_cache(engine, layout: tuple) -> RollingKVCache:
     p = engine.preset
     return rolling_cache(engine.dit, engine.latent_hw, p.block_frames, attention_window(p), len(p.steps),
                          dtype=engine.dtype, device=engine.device)
@@ -91,13 +92,14 @@ class SamplerKind:
 
 
 SAMPLERS: dict[str, SamplerKind] = {
-    "causal": SamplerKind("causal", "block-causal", CausalSampler, causal_layout, causal_cache,
-                          lambda p, n: cache_window(p, n)[0], lambda p, n: cache_window(p, n)[0],
-                          starts_from_frames=True, quantizable_cache=True),
-    "rolling": SamplerKind("rolling", "long-video (rolling)", RollingSampler, long_video_layout, long_video_cache,
-                           lambda p, n: p.block_frames + attention_window(p), lambda p, n: attention_window(p),
-                           starts_from_frames=False,
-                           quantizable_cache=False, scratch_layers=1),
+    "causal": SamplerKind(
+        "causal", "block-causal", CausalSampler, layout=causal_layout, make_cache=causal_cache,
+        cache_frames=lambda p, n: cache_window(p, n)[0], window=lambda p, n: cache_window(p, n)[0],
+        starts_from_frames=True, quantizable_cache=True),
+    "rolling": SamplerKind(
+        "rolling", "long-video (rolling)", RollingSampler, layout=long_video_layout, make_cache=long_video_cache,
+        cache_frames=lambda p, n: p.block_frames + attention_window(p), window=lambda p, n: attention_window(p),
+        starts_from_frames=False, quantizable_cache=False, scratch_layers=1),
 }
 
 
