@@ -114,7 +114,7 @@ def test_long_video_bench_runs_on_the_rolling_sampler(cf):
 def test_rolling_call_plan_follows_the_official_trace():
     """Spec §5.2 trace (252 latent frames): main-pass keys of windows 3, 4, 6, 10 and their clean passes."""
     preset = load_preset(FIXTURES / "tiny-longvideo.yaml")
-    blocks = flops.rolling_block_calls(preset, 252)
+    blocks = flops.dit_block_calls(preset, 252)
     assert len(blocks) == 84
     first = blocks[0]  # windows 0-3 and the clean pass of block 0 (window 3 finishes it)
     assert [c.keys for c in first] == [3, 6, 9, 12, 3] and [c.frames for c in first] == [3, 6, 9, 12, 3]

@@ -101,11 +101,10 @@ class FrameTaggedDiT:
     def __init__(self):
         self.calls: list[dict] = []
 
-    def __call__(self, x, t, text_kv, cache, start_frame):
+    def __call__(self, x, t, text_kv, cache, start_frame, refresh=False):
         b, f = x.shape[:2]
         tag = torch.arange(start_frame, start_frame + f, dtype=torch.float32).view(1, f, 1, 1).expand(b, f, 1, 2)
-        refresh = cache._refresh
-        cache.begin(start_frame, f)
+        cache.begin(start_frame, f, refresh)
         k, v = cache.update(0, tag.clone(), tag.clone(), raw_k=tag + 1000)  # "raw" keys told apart
         cache.end()
         self.calls.append({"start": start_frame, "frames": f, "clean": refresh, "t": t[0].tolist(),

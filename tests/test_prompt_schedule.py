@@ -100,7 +100,7 @@ class TextRecorder:
     def __init__(self):
         self.calls: list[tuple[int, bool, int]] = []
 
-    def __call__(self, x, t, text_kv, cache, start_frame):
+    def __call__(self, x, t, text_kv, cache, start_frame, refresh=False):
         self.calls.append((start_frame, bool((t == 0).all()), int(text_kv)))
         return torch.zeros_like(x)
 

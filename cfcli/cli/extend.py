@@ -64,6 +64,7 @@ def register(app: typer.Typer) -> None:
         from cfcli.pipeline import extend as job
         from cfcli.pipeline.engine import EngineOptions
         from cfcli.pipeline.outputs import check as check_outputs
+        from cfcli.pipeline.samplers import sampler_kind
         from cfcli.pipeline.signals import exit_code, stop_on_signals
         from cfcli.presets import load_preset
 
@@ -72,7 +73,7 @@ def register(app: typer.Typer) -> None:
         p = load_preset(preset_name(preset, mode, steps))
         if frames is not None:
             check_length(frames, "--frames", geometry=p.geometry)
-        if p.sampler != "causal":
+        if not sampler_kind(p).starts_from_frames:
             raise CfError(f"{p.name} cannot extend clips", "use --mode framewise or --mode chunkwise")
         dev = pick_device(device)
         dt = pick_dtype(dtype, dev)

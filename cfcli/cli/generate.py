@@ -246,8 +246,10 @@ def show_switches(schedule, starts: tuple[int, ...], fps: float, preset) -> None
     """Where each switch lands: at a block start; with the rolling sampler the blocks in its window change too."""
     from rich.markup import escape
 
+    from cfcli.pipeline.samplers import sampler_kind
+
     first_frame_of = preset.geometry.first_frame_of
-    in_flight = (len(preset.steps) - 1) * preset.block_frames if preset.sampler == "rolling" else 0
+    in_flight = sampler_kind(preset).in_flight_frames(preset)
     for entry, start in zip(schedule.entries[1:] if schedule else (), starts[1:]):
         frame, touched = first_frame_of(start), first_frame_of(max(0, start - in_flight))
         rolling = f", blocks in flight from frame {touched} finish under it" if touched != frame else ""

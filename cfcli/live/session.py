@@ -31,6 +31,7 @@ from cfcli.models.geometry import Geometry
 from cfcli.pipeline.engine import Engine
 from cfcli.pipeline.generate import metadata, plan_frames
 from cfcli.pipeline.outputs import slug
+from cfcli.pipeline.samplers import sampler_kind
 from cfcli.pipeline.sinks import Background, stream
 
 log = logging.getLogger("cfcli.live")
@@ -166,7 +167,7 @@ class LiveSession:
         """Run the first `latent_frames` (default: past the attention window) of a live-length video and throw them
         away: compilation and CUDA-graph capture for the live cache happen here, not under the first prompt.
         Off the GPU there is nothing to warm."""
-        from cfcli.pipeline.engine import attention_window
+        from cfcli.pipeline.samplers import attention_window
 
         if self.engine.device.type != "cuda":
             return
@@ -362,7 +363,7 @@ class LiveSession:
             from cfcli.pipeline.extend import context_latents, load_clip
             from cfcli.pipeline.media import fit_frames, to_model_range
 
-            if p.sampler != "causal":
+            if not sampler_kind(p).starts_from_frames:
                 raise CfError(f"{p.name} cannot continue clips", "run cf live --mode framewise or chunkwise")
             info = load_clip(req.clip)  # the whole clip is kept for the recording: uploads are size-limited
             frames = torch.cat([fit_frames(batch, p.width, p.height)

@@ -8,12 +8,14 @@ float64; q/k RMS norms normalise in float32; RoPE rotates in float32.
 
 import math
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from cfcli.models.kv_cache import KVCache
+from cfcli.models.cache import DiTCache
 from cfcli.ops.attention import attend
 from cfcli.ops.linear import linear_gelu
 from cfcli.ops.norm import layer_norm, rms_norm
@@ -83,7 +85,7 @@ class SelfAttention(nn.Module):
         raw_k = self.norm_k(self.k(x)).unflatten(-1, heads)
         return q, apply_rope(raw_k, rope), raw_k, self.v(x).unflatten(-1, heads)
 
-    def attend_cached(self, q: Tensor, k: Tensor, v: Tensor, raw_k: Tensor, cache: KVCache | None) -> Tensor:
+    def attend_cached(self, q: Tensor, k: Tensor, v: Tensor, raw_k: Tensor, cache: DiTCache | None) -> Tensor:
         """Store k/v in the cache and attend to what it holds; [B, N, heads·head_dim], before the output layer."""
         if cache is not None:
             k, v = cache.update(self.layer, k, v, raw_k)
@@ -123,7 +125,7 @@ class Block(nn.Module):
                                  nn.Linear(cfg.ffn_dim, cfg.dim))
         self.modulation = nn.Parameter(torch.zeros(1, 6, cfg.dim))
 
-    def forward(self, x: Tensor, e0: Tensor, text_kv: Tensor, rope: Tensor, cache: KVCache | None) -> Tensor:
+    def forward(self, x: Tensor, e0: Tensor, text_kv: Tensor, rope: Tensor, cache: DiTCache | None) -> Tensor:
         # x [B, F, S, dim] (tokens grouped per latent frame); e0 [B, F, 6, dim] -> six [B, F, 1, dim] vectors.
         # Three stages: the middle one reads and writes the KV cache; the other two are pure functions of tensors
         # of fixed shape, which is what lets `cfcli.pipeline.fast` compile them.
@@ -217,20 +219,31 @@ class CausalWanDiT(nn.Module):
             self._rope.move_to_end(key)
         return table
 
-    def forward(self, x: Tensor, t: Tensor, text_kv: Tensor, cache: KVCache | None, start_frame: int) -> Tensor:
-        """Flow prediction (ε − x0) for latents x [B, F, C, h, w] at per-frame timesteps t [B, F]."""
+    def forward(self, x: Tensor, t: Tensor, text_kv: Tensor, cache: DiTCache | None, start_frame: int,
+                refresh: bool = False) -> Tensor:
+        """Flow prediction (ε − x0) for latents x [B, F, C, h, w] at per-frame timesteps t [B, F]; `refresh`: a clean
+        pass, whose keys/values the cache keeps (`DiTCache.begin`)."""
+        with self.prepared(x, cache, start_frame, refresh) as rope:
+            return self.denoise(x, t, text_kv, rope, cache)
+
+    @contextmanager
+    def prepared(self, x: Tensor, cache: DiTCache | None, start_frame: int,
+                 refresh: bool = False) -> Iterator[Tensor]:
+        """What a call settles on the host around its tensor work (`denoise`): yields the RoPE table of its frames
+        with the cache's slots planned, and commits the plan once the work is done (not if it raised). Shared with
+        the CUDA-graph wrapper (`cfcli.pipeline.fast.GraphedDiT`), which replays `denoise` per plan."""
         f, h, w = x.shape[1], x.shape[3], x.shape[4]
         rope = self.rope(start_frame, f, h, w)
         if cache is not None:
-            cache.begin(start_frame, f)
-        out = self.denoise(x, t, text_kv, rope, cache)
+            cache.begin(start_frame, f, refresh)
+        yield rope
         if cache is not None:
             cache.end()
-        return out
 
-    def denoise(self, x: Tensor, t: Tensor, text_kv: Tensor, rope: Tensor, cache: KVCache | None) -> Tensor:
-        """`forward` once the RoPE table is looked up and the cache's slots are planned: tensor work only, so one
-        call can be captured in a CUDA graph and replayed for any call with the same plan (`cfcli.pipeline.fast`)."""
+    def denoise(self, x: Tensor, t: Tensor, text_kv: Tensor, rope: Tensor, cache: DiTCache | None) -> Tensor:
+        """`forward` once the RoPE table is looked up and the cache's slots are planned (`prepared`): patch and time
+        embeddings, the blocks, the head. Tensor work only, so one call can be captured in a CUDA graph and replayed
+        for any call with the same plan (`cfcli.pipeline.fast`)."""
         b, f = x.shape[:2]
         tokens = self.patch_embedding(x.transpose(1, 2))  # [B, dim, F, h/2, w/2]
         gh, gw = tokens.shape[-2:]

@@ -49,8 +49,12 @@ class KVCache:
         """Frames currently held (at most the capacity)."""
         return self.local_end // self.frame_tokens
 
-    def begin(self, start_frame: int, num_frames: int) -> None:
-        """Plan the write/read slots of a call covering frames `[start_frame, start_frame + num_frames)`."""
+    def begin(self, start_frame: int, num_frames: int, refresh: bool = False) -> None:
+        """Plan the write/read slots of a call covering frames `[start_frame, start_frame + num_frames)`.
+
+        Every call stores its frames' keys/values (a clean pass overwrites its block's steps'), so `refresh` changes
+        nothing here.
+        """
         n = num_frames * self.frame_tokens
         end = start_frame * self.frame_tokens + n
         grow = end - self.global_end

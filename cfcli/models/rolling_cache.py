@@ -5,21 +5,20 @@ Layout of one layer's buffer (`anchor + attn` frames; 3 + 21 = 24 for the releas
     [ anchor: block 0, keys stored WITHOUT RoPE | clean blocks 1, 2, …, keys roped at their absolute frame ]
 
 Only clean keys/values end up here: each sampler window caches just its *first* block, via a separate clean pass
-(`refreshing()`) once that block is final. Per DiT call the cache plans, from the call's first frame:
+(`begin(…, refresh=True)`) once that block is final. Per DiT call the cache plans, from the call's first frame:
 
 - append: a window whose first block lies past everything cached reserves that block's slots; when the buffer is full
   the oldest non-anchor frames are evicted by shifting the rest left (the anchor never moves);
 - main pass (the window's noisy frames): keys = `[anchor re-roped just before the working cache | working cache |
   window]` where the working cache is the newest clean frames before the window, capped so that everything fits in
   `attn` frames; while the window starts at frame 0 it attends only to itself;
-- clean pass (`refreshing()`): the block's keys are written to its slots (un-roped in slot 0), then its queries attend
+- clean pass (`refresh=True`): the block's keys are written to its slots (un-roped in slot 0), then its queries attend
   to the newest `attn` cached frames including itself, the anchor re-roped at frame 0 only while it is among them.
 
 Indices are host integers in frames; the buffer and the key-assembly scratch are allocated once.
 """
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +34,7 @@ class _Plan:
     slot: int  # first slot of the window's first block
     evict: int  # frames evicted before this call (shifted out left of the anchor)
     keep: int  # frames that move left when evicting
+    refresh: bool  # a clean pass: store the block, attend to the cache
     own: bool  # attend only to the call's own tokens
     read: tuple[int, int]  # cached frames attended to (working cache, or the clean pass's window)
     anchor_pos: int | None  # RoPE frame of the anchor in front of `read`; None: the anchor is not attended
@@ -60,7 +60,6 @@ class RollingKVCache:
         shape = (num_layers, 2, batch, self.capacity_frames * frame_tokens, heads, head_dim)
         self.kv = torch.zeros(shape, dtype=dtype, device=device)
         self._keys = torch.empty(shape[1:], dtype=dtype, device=device)  # assembled keys/values of one layer
-        self._refresh = False
         self.reset()
 
     def reset(self) -> None:
@@ -74,17 +73,12 @@ class RollingKVCache:
         """Frames currently held (anchor included; at most `anchor_frames + attn_frames`)."""
         return self.local_end
 
-    @contextmanager
-    def refreshing(self) -> Iterator[None]:
-        """DiT calls inside are clean passes: they store the call's block and attend to the cache."""
-        self._refresh = True
-        try:
-            yield
-        finally:
-            self._refresh = False
+    def begin(self, start_frame: int, num_frames: int, refresh: bool = False) -> None:
+        """Plan a call whose frames start at `start_frame` (the window's first block is the one cached).
 
-    def begin(self, start_frame: int, num_frames: int) -> None:
-        """Plan a call whose frames start at `start_frame` (the window's first block is the one cached)."""
+        `refresh`: a clean pass, which stores that block and attends to the cache; otherwise a main pass, which reads
+        the cache and stores nothing.
+        """
         a, cap = self.anchor_frames, self.capacity_frames
         end = start_frame + a  # official: only the window's first block is cached, an anchor-sized block
         grow = end - self.global_end  # > 0 the first time a block leads a window: append; else overwrite in place
@@ -93,7 +87,7 @@ class RollingKVCache:
         local_end = self.local_end + grow - evict
         slot = local_end - a
         own = slot == 0  # official: while the window starts at frame 0 it attends to itself only
-        if self._refresh:
+        if refresh:
             # official: the clean pass reads the newest `attn` frames including its own; the anchor (re-roped at
             # frame 0) only while it is among them, i.e. until more than `attn` frames are cached
             read = (max(0, local_end - self.attn_frames), local_end)
@@ -106,7 +100,10 @@ class RollingKVCache:
             read = (max(a, slot - budget), slot)
             anchor_pos = start_frame - (read[1] - read[0]) - a
         commit = (end, local_end) if grow > 0 else None
-        self._plan = _Plan(slot, evict, keep, own, read, anchor_pos, commit)
+        self._plan = _Plan(slot, evict, keep, refresh, own, read, anchor_pos, commit)
+
+    def plan_key(self) -> tuple | None:
+        """None: the anchor is re-roped per call (a table looked up on the host), so no call replays as a graph."""
 
     def update(self, layer: int, k: Tensor, v: Tensor, raw_k: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Apply the plan to `layer` (roped keys `k`, un-roped `raw_k`, values `v`); return what to attend to."""
@@ -116,14 +113,14 @@ class RollingKVCache:
             a = self.anchor_frames * t
             src = buf[:, :, a + p.evict * t:a + (p.evict + p.keep) * t].clone()
             buf[:, :, a:a + p.keep * t] = src
-        if self._refresh:  # (the official main pass also writes its noisy first block; this pass overwrites it)
+        if p.refresh:  # (the official main pass also writes its noisy first block; this pass overwrites it)
             n = self.anchor_frames * t
             slots = slice(p.slot * t, p.slot * t + n)
             buf[0, :, slots] = (raw_k if p.slot == 0 else k)[:, :n]  # official: the anchor is stored un-roped
             buf[1, :, slots] = v[:, :n]
         if p.own:
             return k, v
-        if self._refresh and p.anchor_pos is None:
+        if p.refresh and p.anchor_pos is None:
             return buf[0, :, p.read[0] * t:p.read[1] * t], buf[1, :, p.read[0] * t:p.read[1] * t]
         return self._assemble(buf, p, k, v)
 
@@ -136,7 +133,7 @@ class RollingKVCache:
         out[1, :, :a] = buf[1, :, :a]
         n = a + r1 - r0
         out[:, :, a:n] = buf[:, :, r0:r1]
-        if not self._refresh:
+        if not p.refresh:
             out[0, :, n:n + k.shape[1]] = k
             out[1, :, n:n + k.shape[1]] = v
             n += k.shape[1]

@@ -17,31 +17,18 @@ from cfcli import hub
 from cfcli.errors import CfError
 from cfcli.models.checkpoint import generator_state_dict, load_strict, read_state_dict
 from cfcli.models.build import build_models
+from cfcli.models.cache import DiTCache
 from cfcli.models.dit import CausalWanDiT
-from cfcli.models.kv_cache import KVCache
-from cfcli.models.rolling_cache import RollingKVCache
 from cfcli.models.vae import WanVAE
 from cfcli.pipeline.prompts import TextSchedule
-from cfcli.pipeline.rolling import RollingSampler, rolling_cache
-from cfcli.pipeline.sampler import CausalSampler, StepPlan
+from cfcli.pipeline.sampler import StepPlan
+from cfcli.pipeline.samplers import sampler_kind
 from cfcli.pipeline.schedule import FlowSchedule
 from cfcli.presets import Preset
 
 def to_uint8(pixels: Tensor) -> Tensor:
     """[-1, 1] pixels -> uint8 as the official writer does: 255·clamp(x·0.5 + 0.5, 0, 1), truncated."""
     return (pixels.float() * 0.5 + 0.5).clamp(0, 1).mul(255).to(torch.uint8)
-
-
-def attention_window(preset: Preset) -> int:
-    """Latent frames attended once the cache rolls: the preset's `local_attn_frames`, else the trained horizon."""
-    return preset.local_attn_frames if preset.local_attn_frames != -1 else preset.horizon_frames
-
-
-def cache_window(preset: Preset, total_frames: int) -> tuple[int, bool]:
-    """(latent frames the causal KV cache holds, whether it rolls): global attention over the whole video up to the
-    horizon the model was trained on, the `attention_window` beyond it."""
-    rolling = preset.local_attn_frames != -1 or total_frames > preset.horizon_frames
-    return (attention_window(preset) if rolling else total_frames), rolling
 
 
 def loading(what: str, path: Path) -> str:
@@ -127,7 +114,7 @@ class Engine:
                              if preset.first_block_steps else None)
         self.decoder = vae  # what turns latents into pixels: the Wan VAE, or TAEHV (`use_decoder`)
         self.runner = dit  # what the samplers call: the DiT, or its CUDA-graph wrapper (`accelerate`)
-        self._cache: tuple[tuple, KVCache | RollingKVCache] | None = None
+        self._cache: tuple[tuple, DiTCache] | None = None
         self.kv_format: str | None = None  # 8-bit KV cache ("int8" / "fp8"), set by a memory plan
         self.parked = None  # `cfcli.models.offload.Parked` text projections, set by a memory plan
 
@@ -215,7 +202,7 @@ class Engine:
     def latent_hw(self) -> tuple[int, int]:
         return self.geometry.latent_size(self.preset.height, self.preset.width)
 
-    def new_cache(self, total_frames: int) -> KVCache | RollingKVCache:
+    def new_cache(self, total_frames: int) -> DiTCache:
         """An empty KV cache for a video of `total_frames` latent frames: global up to the horizon, rolling beyond it.
 
         The long-video (`sampler: rolling`) cache is one anchor block plus the attention window, whatever the length.
@@ -226,29 +213,14 @@ class Engine:
         if total_frames > g.max_latent_frames:
             raise CfError(f"{g.video_frames_for(total_frames)} video frames is too long for the model's position "
                           f"table", f"the maximum is {g.max_video_frames} frames")
-        layout = ("rolling",) if p.sampler == "rolling" else cache_window(p, total_frames)
+        kind = sampler_kind(p)
+        layout = kind.layout(p, total_frames, self.kv_format)
         if self._cache is not None and self._cache[0] == layout:
             self._cache[1].reset()
             return self._cache[1]
         self._cache = None  # free the old buffer before allocating the new one
-        self._cache = (layout, self._allocate_cache(layout))
+        self._cache = (layout, kind.make_cache(self, layout))
         return self._cache[1]
-
-    def _allocate_cache(self, layout: tuple) -> KVCache | RollingKVCache:
-        p, cfg = self.preset, self.dit.cfg
-        if p.sampler == "rolling":
-            return rolling_cache(self.dit, self.latent_hw, p.block_frames, attention_window(p), len(self.plan.steps),
-                                 dtype=self.dtype, device=self.device)
-        capacity, rolling = layout
-        if self.kv_format is not None:
-            from cfcli.models.kv_quant import QuantKVCache
-
-            return QuantKVCache(cfg.num_layers, 1, capacity, self.dit.frame_tokens(*self.latent_hw), cfg.num_heads,
-                                cfg.head_dim, sink_frames=p.sink_frames if rolling else 0, rolling=rolling,
-                                dtype=self.dtype, device=self.device, fmt=self.kv_format)
-        return KVCache(cfg.num_layers, 1, capacity, self.dit.frame_tokens(*self.latent_hw), cfg.num_heads,
-                       cfg.head_dim, sink_frames=p.sink_frames if rolling else 0, rolling=rolling,
-                       dtype=self.dtype, device=self.device)
 
     @torch.inference_mode()
     def text_kv(self, context: Tensor) -> Tensor:
@@ -276,11 +248,11 @@ class Engine:
         bf = self.preset.block_frames
         if latent_frames <= 0 or latent_frames % bf:
             raise CfError(f"{latent_frames} latent frames is not a whole number of {bf}-frame blocks")
-        if self.preset.sampler == "rolling" and context is not None:
-            raise CfError("the long-video (rolling) sampler cannot start from given frames",
+        kind = sampler_kind(self.preset)
+        if context is not None and not kind.starts_from_frames:
+            raise CfError(f"the {kind.label} sampler cannot start from given frames",
                           "generate from text only, or start from a picture or clip with a framewise/chunkwise preset")
-        sampler_cls = RollingSampler if self.preset.sampler == "rolling" else CausalSampler
-        sampler = sampler_cls(self.runner, self.schedule, self.plan, bf, self.new_cache(n_ctx + latent_frames))
+        sampler = kind.sampler(self.runner, self.schedule, self.plan, bf, self.new_cache(n_ctx + latent_frames))
         decoder = self.decoder.stream_decoder() if decode else None
         side = torch.cuda.Stream(self.device) if decode and self.device.type == "cuda" else None
 

@@ -18,7 +18,7 @@ decoder. None changes what is computed; only rounding moves (measured in docs/pe
 
 A frame-wise 81-frame video has 21 cache plans (one per block; its steps and clean pass share it), so the first video
 captures 21 graphs and every later one with the same cache replays them. Calls on caches without a fixed plan (the
-long-video rolling cache, which re-ropes its anchor per call) run eagerly.
+long-video rolling cache, which re-ropes its anchor per call: `plan_key()` is None) run eagerly.
 """
 
 from collections.abc import Callable
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from cfcli.models.cache import DiTCache
 from cfcli.models.dit import CausalWanDiT
 from cfcli.models.vae import CausalConv3d, ResidualBlock, RMSNorm, Upsample, WanVAE
 from cfcli.ops import triton_rows
@@ -135,31 +136,32 @@ class GraphedDiT:
         self.cache_buf: Tensor | None = None
         self.captures = self.replays = 0
 
-    def __call__(self, x: Tensor, t: Tensor, text_kv: Tensor, cache, start_frame: int) -> Tensor:
-        f, h, w = x.shape[1], x.shape[3], x.shape[4]
-        if not hasattr(cache, "plan_key"):
-            return self.dit(x, t, text_kv, cache, start_frame)
+    def __call__(self, x: Tensor, t: Tensor, text_kv: Tensor, cache: DiTCache | None, start_frame: int,
+                 refresh: bool = False) -> Tensor:
+        with self.dit.prepared(x, cache, start_frame, refresh) as rope:
+            plan = None if cache is None else cache.plan_key()
+            if plan is None:  # no cache, or a plan that no graph can replay: eagerly
+                return self.dit.denoise(x, t, text_kv, rope, cache)
+            return self._graphed(x, t, text_kv, rope, cache, plan)
+
+    def _graphed(self, x: Tensor, t: Tensor, text_kv: Tensor, rope: Tensor, cache: DiTCache, plan: tuple) -> Tensor:
+        """The call planned as `plan`: warmed up, captured or replayed."""
         if cache.kv is not self.cache_buf:
             self.reset()
             self.cache_buf = cache.kv
-        rope = self.dit.rope(start_frame, f, h, w)
-        cache.begin(start_frame, f)
-        key = (tuple(x.shape), x.dtype, tuple(t.shape), tuple(text_kv.shape), cache.plan_key())
+        key = (tuple(x.shape), x.dtype, tuple(t.shape), tuple(text_kv.shape), plan)
         sx, st, srope = self._load(x, t, text_kv, rope)
         entry = self.graphs.get(key)
         if entry is None and key not in self.seen:
             # Warm-up, eagerly on the very buffers the capture will use: anything done once per input (kernel
             # choice, compilation, autotuning) happens here, as capturing must not synchronise.
             self.seen.add(key)
-            out = self.dit.denoise(sx, st, self.text, srope, cache)
-        else:
-            if entry is None:
-                entry = self._capture(key, sx, st, srope, cache)
-            entry.replay()
-            self.replays += 1
-            out = entry.out.clone()  # the static output is overwritten by the next replay
-        cache.end()
-        return out
+            return self.dit.denoise(sx, st, self.text, srope, cache)
+        if entry is None:
+            entry = self._capture(key, sx, st, srope, cache)
+        entry.replay()
+        self.replays += 1
+        return entry.out.clone()  # the static output is overwritten by the next replay
 
     def reset(self) -> None:
         """Drop every graph. The next capture starts a new pool: PyTorch cannot share a pool none of whose graphs

@@ -1,7 +1,7 @@
 """FLOP model of a generation: the DiT per call over the sampler's real call sequence, the VAE decoder, umT5.
 
 `cf bench` sets every timing against these counts (docs/performance.md). The DiT is counted analytically per call
-(spec §7.1–7.2), following the causal sampler's or the rolling sampler's call order; the VAE decoder by running the
+(spec §7.1–7.2) over the sampler's own call plan (`SamplerKind.calls`); the VAE decoder by running the
 real streaming decoder on the meta device under `FlopCounterMode`; umT5 analytically. 2 FLOPs per multiply-add,
 matmuls and convolutions only.
 """
@@ -17,15 +17,9 @@ from cfcli.models.build import ModelConfigs, build_vae
 from cfcli.models.dit import DiTConfig
 from cfcli.models.t5 import T5Config
 from cfcli.models.taehv import TAEHV, TAEHVConfig
-from cfcli.pipeline.engine import attention_window, cache_window
+from cfcli.pipeline.sampler import DiTCall
+from cfcli.pipeline.samplers import sampler_kind
 from cfcli.presets import Preset
-
-
-
-@dataclass(frozen=True)
-class DiTCall:
-    frames: int  # latent frames in the call (query)
-    keys: int  # latent frames attended (cache read slice, the call's own included)
 
 
 def dit_call_flops(cfg: DiTConfig, frame_tokens: int, call: DiTCall) -> int:
@@ -46,49 +40,8 @@ def text_kv_flops(cfg: DiTConfig) -> int:
 
 
 def dit_block_calls(preset: Preset, latent_frames: int) -> list[list[DiTCall]]:
-    if preset.sampler == "rolling":
-        return rolling_block_calls(preset, latent_frames)
-    return causal_block_calls(preset, latent_frames)
-
-
-def rolling_block_calls(preset: Preset, latent_frames: int) -> list[list[DiTCall]]:
-    """DiT calls of the Rolling Forcing sampler (`RollingSampler.stream`), grouped by the block each window yields.
-
-    Main pass: the window's frames attend to themselves, plus (once the window has left frame 0) the anchor block
-    and the working cache, capped at the attention window. Clean pass (windows that finish a block, but the last):
-    the block's frames attend to the newest cached frames including itself, capped likewise.
-    """
-    from cfcli.pipeline.rolling import windows
-
-    bf, attn = preset.block_frames, attention_window(preset)
-    blocks: list[list[DiTCall]] = [[]]
-    wins = windows(latent_frames // bf, len(preset.steps))
-    for win in wins:
-        frames, start = win.blocks * bf, win.first * bf
-        keys = frames if start == 0 else bf + min(start - bf, attn - frames - bf) + frames
-        blocks[-1].append(DiTCall(frames, keys))
-        if win.finishes:
-            if win is not wins[-1]:
-                blocks[-1].append(DiTCall(bf, min(attn, (win.first + 1) * bf)))
-            blocks.append([])
-    return blocks[:-1]
-
-
-def causal_block_calls(preset: Preset, latent_frames: int) -> list[list[DiTCall]]:
-    """DiT calls timed in each block's interval, in the sampler's order (`CausalSampler.stream`).
-
-    Block i's interval holds the clean-context pass of block i − 1 (run after that block was handed out) and the
-    denoising steps of block i; no context pass follows the last block.
-    """
-    bf = preset.block_frames
-    capacity, _ = cache_window(preset, latent_frames)
-    blocks, prev = [], None
-    for i in range(latent_frames // bf):
-        steps = preset.first_block_steps if i == 0 and preset.first_block_steps else preset.steps
-        call = DiTCall(bf, min((i + 1) * bf, capacity))
-        blocks.append(([prev] if prev else []) + [call] * len(steps))
-        prev = call
-    return blocks
+    """The preset's sampler's own call plan (`cfcli.pipeline.samplers`), grouped as `cf bench` times blocks."""
+    return sampler_kind(preset).calls(preset, latent_frames)
 
 
 @functools.lru_cache(maxsize=8)

@@ -191,23 +191,19 @@ def _meta_models(configs) -> tuple:
 def footprint(preset: Preset, latent_frames: int, dtype: torch.dtype, decoder: str = "wan") -> Footprint:
     """Sizes of every part of a video of `latent_frames` latent frames at the preset's resolution in `dtype`."""
     from cfcli.models.kv_quant import QuantKVCache
-    from cfcli.pipeline.engine import cache_window
+    from cfcli.pipeline.samplers import sampler_kind
 
     configs = preset.configs
     dit, t5, vae = _meta_models(configs)
     cfg, tcfg, size = dit.cfg, t5.cfg, dtype.itemsize
     h, w = configs.geometry.latent_size(preset.height, preset.width)
     ft = dit.frame_tokens(h, w)
-    if preset.sampler == "rolling":  # anchor block + window, and one layer's assembled keys/values
-        frames = preset.block_frames + preset.local_attn_frames
-        kv = (cfg.num_layers + 1) * 2 * frames * ft * cfg.dim * size
-        kv_quant, read = kv, frames * ft
-    else:
-        frames, _ = cache_window(preset, latent_frames)
-        kv = cfg.num_layers * 2 * frames * ft * cfg.dim * size
-        kv_quant = QuantKVCache.nbytes(cfg.num_layers, 1, frames * ft, cfg.num_heads, cfg.head_dim, KV_FORMAT,
-                                       dtype)
-        read = frames * ft
+    kind = sampler_kind(preset)
+    frames = kind.cache_frames(preset, latent_frames)
+    kv = (cfg.num_layers + kind.scratch_layers) * 2 * frames * ft * cfg.dim * size
+    kv_quant = QuantKVCache.nbytes(cfg.num_layers, 1, frames * ft, cfg.num_heads, cfg.head_dim, KV_FORMAT,
+                                   dtype) if kind.quantizable_cache else kv
+    read = frames * ft
     tokens = preset.block_frames * ft
     # One call's transient: per block the FFN's hidden layer and ~8 token-wide tensors (x, q, k, v, attention out,
     # norms, residual), twice over for what lives between blocks and the allocator's rounding: calibrated on an H200,
@@ -324,13 +320,14 @@ def apply_plan(engine, plan: MemoryPlan) -> None:
     """Put a loaded engine's parts where `plan` says (`Engine.configure` calls it before the fast path)."""
     from cfcli.models.offload import Parked, offload_blocks_
     from cfcli.ops.weight_quant import quantize_int8_
+    from cfcli.pipeline.samplers import sampler_kind
 
     dit = engine.dit
     if plan.weights == "int8":
         quantize_int8_(dit)
     elif plan.lean:
         engine.parked = Parked([m for b in dit.blocks for m in (b.cross_attn.k, b.cross_attn.v)], engine.device)
-    if plan.kv != "model" and engine.preset.sampler != "rolling":
+    if plan.kv != "model" and sampler_kind(engine.preset).quantizable_cache:
         engine.kv_format = plan.kv
     if plan.offload_blocks:
         offload_blocks_(dit, plan.offload_blocks, bind=lambda slot, block: setattr(slot.self_attn, "layer",

@@ -40,7 +40,7 @@ from cfcli.errors import CfError
 from cfcli.models.dit import CausalWanDiT
 from cfcli.models.rolling_cache import RollingKVCache
 from cfcli.pipeline.prompts import TextSchedule, text_at
-from cfcli.pipeline.sampler import StepPlan
+from cfcli.pipeline.sampler import DiTCall, StepPlan
 from cfcli.pipeline.schedule import FlowSchedule, add_noise, flow_to_x0
 
 
@@ -121,6 +121,36 @@ class RollingSampler:
         self._x: Tensor | None = None  # window input [B, W·block, C, h, w], refilled in place
         self._eps: Tensor | None = None  # flat scratch for the window-shaped re-noising draws
 
+    @staticmethod
+    def in_flight_blocks(steps: int) -> int:
+        """Blocks older than the newest one in a full window: a prompt switch reaches them too (module docstring)."""
+        return steps - 1
+
+    @staticmethod
+    def call_plan(plan: StepPlan, block_frames: int, latent_frames: int, window: int,
+                  context_frames: int = 0) -> list[list[DiTCall]]:
+        """The DiT calls `stream` makes, grouped by the block each window finishes: its windows, then its clean pass
+        (run right after that block was handed out). `window`: the attention window in latent frames.
+
+        Main pass: the window's frames attend to themselves, plus (once the window has left frame 0) the anchor block
+        and the working cache, capped at the attention window. Clean pass (windows that finish a block, but the
+        last): the block's frames attend to the newest cached frames including itself, capped likewise.
+        """
+        if context_frames:
+            raise ValueError("the rolling sampler cannot start from given frames")
+        bf = block_frames
+        groups: list[list[DiTCall]] = [[]]
+        wins = windows(latent_frames // bf, len(plan.steps))
+        for win in wins:
+            frames, start = win.blocks * bf, win.first * bf
+            keys = frames if start == 0 else bf + min(start - bf, window - frames - bf) + frames
+            groups[-1].append(DiTCall(frames, keys, start))
+            if win.finishes:
+                if win is not wins[-1]:
+                    groups[-1].append(DiTCall(bf, min(window, (win.first + 1) * bf), start, True))
+                groups.append([])
+        return groups[:-1]
+
     def _row(self, win: Window) -> slice:
         """Where window `win` sits in the full-window rows (oldest age first)."""
         bf = self.block_frames
@@ -166,8 +196,7 @@ class RollingSampler:
         """Clean pass: the finished block's x0 at t = 0 (official context_noise = 0) overwrites its cache slots."""
         bf = self.block_frames
         t = self._t_clean.expand(x0.shape[0], -1)
-        with self.cache.refreshing():
-            self.dit(x0[:, :bf], t, text_kv, self.cache, win.first * bf)
+        self.dit(x0[:, :bf], t, text_kv, self.cache, win.first * bf, refresh=True)
 
     def stream(self, noise: Tensor, text: Tensor | TextSchedule, generator: torch.Generator) -> Iterator[Tensor]:
         """Yield each block's final x0 [B, block, C, h, w] of `noise` [B, F, C, h, w] as it leaves the window.

@@ -12,13 +12,13 @@ switch: the visual KV cache carries on, and the random stream is the same as wit
 """
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from cfcli.models.cache import DiTCache
 from cfcli.models.dit import CausalWanDiT
-from cfcli.models.kv_cache import KVCache
 from cfcli.pipeline.prompts import TextSchedule, text_at
 from cfcli.pipeline.schedule import FlowSchedule, add_noise, flow_to_x0
 
@@ -34,19 +34,60 @@ class StepPlan:
         return self.first_block_steps if index == 0 and self.first_block_steps else self.steps
 
 
+@dataclass(frozen=True)
+class DiTCall:
+    """One DiT call of a sampler's call plan (`call_plan`).
+
+    Equality compares what a call costs (`frames` and `keys`, all the FLOP model reads); `start` and `refresh` say
+    which call it is.
+    """
+
+    frames: int  # latent frames in the call (query)
+    keys: int  # latent frames attended (the cache's read slice, the call's own frames included)
+    start: int = field(default=0, compare=False)  # absolute index of its first latent frame
+    refresh: bool = field(default=False, compare=False)  # a clean pass at t = 0 (`DiTCache.begin`)
+
+
 class CausalSampler:
     """Owns the running position of one video: frames primed or generated so far live in `cache`."""
 
-    def __init__(self, dit: CausalWanDiT, schedule: FlowSchedule, plan: StepPlan, block_frames: int, cache: KVCache):
+    def __init__(self, dit: CausalWanDiT, schedule: FlowSchedule, plan: StepPlan, block_frames: int, cache: DiTCache | None):
         self.dit, self.schedule, self.plan = dit, schedule, plan
         self.block_frames = block_frames
         self.cache = cache
         self.frame = 0  # absolute index of the next latent frame
         self.blocks_done = 0  # generated blocks (the first-block schedule applies to the first one)
 
-    def _call(self, x: Tensor, t: float, text_kv: Tensor) -> Tensor:
+    @staticmethod
+    def in_flight_blocks(steps: int) -> int:
+        """Blocks before the current one still being denoised (none: each block finishes before the next starts)."""
+        return 0
+
+    @staticmethod
+    def call_plan(plan: StepPlan, block_frames: int, latent_frames: int, window: int,
+                  context_frames: int = 0) -> list[list[DiTCall]]:
+        """The DiT calls `prime` then `stream` make, grouped by the hand-out they lead to (one per block; given
+        frames are handed out once primed). `window`: latent frames the cache holds (`KVCache` capacity).
+
+        Block i's group holds the clean-context pass of block i − 1 (run after that block was handed out) and the
+        denoising steps of block i; no clean pass follows the last block.
+        """
+        bf = block_frames
+
+        def call(start: int, refresh: bool = False) -> DiTCall:
+            return DiTCall(bf, min(start + bf, window), start, refresh)  # what the cache holds with the call written
+
+        groups = [[call(s, True) for s in range(0, context_frames, bf)]] if context_frames else []
+        clean = None
+        for i in range(latent_frames // bf):
+            start = context_frames + i * bf
+            groups.append(([clean] if clean else []) + [call(start)] * len(plan.for_block(i)))
+            clean = call(start, True)
+        return groups
+
+    def _call(self, x: Tensor, t: float, text_kv: Tensor, refresh: bool = False) -> Tensor:
         ts = torch.full(x.shape[:2], t, dtype=torch.float32, device=x.device)
-        return self.dit(x, ts, text_kv, self.cache, self.frame)
+        return self.dit(x, ts, text_kv, self.cache, self.frame, refresh=refresh)
 
     def prime(self, latents: Tensor, text: Tensor | TextSchedule) -> None:
         """Push given clean latents [B, F, C, h, w] into the cache at t = 0, block by block."""
@@ -54,7 +95,7 @@ class CausalSampler:
             raise ValueError(f"context of {latents.shape[1]} latent frames is not a whole number of "
                              f"{self.block_frames}-frame blocks")
         for i in range(0, latents.shape[1], self.block_frames):
-            self._call(latents[:, i:i + self.block_frames], 0.0, text_at(text, self.frame))
+            self._call(latents[:, i:i + self.block_frames], 0.0, text_at(text, self.frame), refresh=True)
             self.frame += self.block_frames
 
     def _renoise(self, x0: Tensor, sigma: float, generator: torch.Generator) -> Tensor:
@@ -73,7 +114,7 @@ class CausalSampler:
 
     def commit(self, x0: Tensor, text_kv: Tensor) -> None:
         """Clean-context pass: overwrite the block's KV slots with keys/values of its x0 at t = 0, then advance."""
-        self._call(x0, 0.0, text_kv)
+        self._call(x0, 0.0, text_kv, refresh=True)
         self.frame += x0.shape[1]
         self.blocks_done += 1
 
