@@ -12,7 +12,6 @@ from cfcli.models.rolling_cache import RollingKVCache
 from cfcli.pipeline.engine import Engine
 from cfcli.pipeline.memory import footprint
 from cfcli.pipeline.rolling import RollingSampler
-
 from cfcli.pipeline.sampler import CausalSampler
 from cfcli.pipeline.samplers import SAMPLERS, sampler_kind
 from cfcli.presets import load_preset
