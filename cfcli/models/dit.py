@@ -7,6 +7,7 @@ float64; q/k RMS norms normalise in float32; RoPE rotates in float32.
 """
 
 import math
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -22,6 +23,16 @@ from cfcli.ops.split_attention import attend_long
 
 
 ROPE_MEMO = 16  # tables kept: every position a block's steps and the rolling window revisit
+
+# The Linears that run on every call's tokens, where a lower-precision matmul pays off (`--quantize fp8`): per block
+# the self-attention q/k/v/o, the cross-attention q/o (its k/v run once per prompt, in `CausalWanDiT.text_kv`) and the
+# FFN. Not the patch/text/time embeddings, time projection or head.
+HOT_LINEARS = re.compile(r"(?:.+\.)?blocks\.\d+\.(?:self_attn\.[qkvo]|cross_attn\.[qo]|ffn\.[02])")
+
+
+def hot_linear(name: str, linear: nn.Module) -> bool:
+    """Whether the DiT's Linear `name` is one of `HOT_LINEARS` (the filter `Engine.quantize` hands `quantize_fp8_`)."""
+    return HOT_LINEARS.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)

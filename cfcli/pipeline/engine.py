@@ -165,9 +165,10 @@ class Engine:
         if scheme is None:
             return self
         check_quantization(scheme, self.device)
+        from cfcli.models.dit import hot_linear
         from cfcli.ops.fp8 import quantize_fp8_
 
-        quantize_fp8_(self.dit)
+        quantize_fp8_(self.dit, hot_linear)
         return self
 
     def configure(self, options: EngineOptions) -> "Engine":
