@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cfcli.models.kv_cache import KVCache
-from cfcli.pipeline.engine import Engine
+from cfcli.pipeline.engine import Engine, EngineOptions
 from cfcli.presets import load_preset
 
 from conftest import FIXTURES, rel_err
@@ -103,7 +103,7 @@ def test_graphs_replay_exactly_what_the_eager_calls_compute(golden, case, preset
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # float32 convolutions, as on the CPU
     engine = fixture_engine(preset, "cuda")
     eager = latents_of(engine, golden, case, frames)
-    engine.accelerate(compile=False, graphs=True)
+    engine.accelerate(EngineOptions.plain(graphs=True))
     first = latents_of(engine, golden, case, frames)
     captured = engine.runner.captures
     second = latents_of(engine, golden, case, frames)
@@ -287,13 +287,14 @@ def test_triton_subpixel_interleave_equals_the_copies(with_bias):
     assert torch.equal(got, want)
 
 
-def test_linear_gelu_is_the_linear_layer_then_tanh_gelu():
+def test_linear_gelu_refuses_what_its_epilogue_cannot_compute():
+    """Off CUDA `_addmm_activation` computes the erf GELU: refused rather than a silently different FFN (the DiT keeps
+    its Linear and tanh `nn.GELU` there)."""
     from cfcli.ops.linear import linear_gelu
 
-    torch.manual_seed(0)
     up = torch.nn.Linear(8, 12)
-    x = torch.randn(2, 3, 8)
-    assert torch.equal(linear_gelu(x, up.weight, up.bias), torch.nn.functional.gelu(up(x), approximate="tanh"))
+    with pytest.raises(ValueError, match="half precision on CUDA"):
+        linear_gelu(torch.randn(2, 3, 8), up.weight, up.bias)
 
 
 @pytest.mark.skipif(not CUDA, reason="the GELU epilogue is cuBLASLt's")
@@ -489,18 +490,101 @@ def test_split_kv_attention_on_the_gpu_equals_one_pass_within_bf16_rounding():
     from cfcli.ops import split_attention
     from cfcli.ops.attention import attend
 
-    if split_attention._sms(0) is None:
+    if split_attention.split_sms(torch.device('cuda', 0), torch.bfloat16) is None:
         pytest.skip("split-KV attention runs on compute capability 9.0+")
     torch.manual_seed(0)
     cache = torch.randn(2, 1, 32760, 12, 128, device="cuda", dtype=torch.bfloat16)
     cache[:, :, 16380:] *= 2  # the halves' log-sum-exps differ: a wrong merge weight would show
     q = torch.randn(1, 1560, 12, 128, device="cuda", dtype=torch.bfloat16)
     k, v = cache[0, :, :32760], cache[1, :, :32760]
-    assert split_attention.kv_splits(1560, 32760, 12, split_attention._sms(0)) > 1
-    got, want = split_attention.attend_long(q, k, v), attend(q, k, v)
+    assert split_attention.kv_splits(1560, 32760, 12, split_attention.split_sms(torch.device('cuda', 0), torch.bfloat16)) > 1
+    got, want = split_attention.attend_long(q, k, v, split_attention.split_sms(q.device, q.dtype)), attend(q, k, v)
     exact = attend(q.double(), k.double(), v.double())
     assert got.shape == want.shape and rel_err(got, exact) < 2 * rel_err(want, exact) + 1e-3
     parts = torch.randn(3, 40, 12, 128, device="cuda", dtype=torch.bfloat16)
     lse = torch.randn(3, 12, 40, device="cuda") * 3
     fused = split_attention.merge_partials(parts, lse)  # the Triton kernel
     assert rel_err(fused.cpu(), split_attention.merge_partials(parts.cpu(), lse.cpu())) < 4e-3
+
+
+def test_plain_turns_every_lever_off_and_the_engine_applies_none():
+    from cfcli.cli.common import engine_options
+    from cfcli.pipeline.engine import LEVERS
+
+    plain = engine_options(True, True, None, "wan", plain=True)
+    levers = ("compile", "graphs", "split_attention", "fused_gelu", "tuned_vae", "fused_vae")
+    assert plain == EngineOptions.plain() and not any(getattr(plain, name) for name in levers)
+    assert plain.quantize is None and plain.decoder == "wan" and set(levers) < set(LEVERS)
+    assert all(getattr(EngineOptions(), name) for name in levers)  # the default: every lever on where it runs
+    assert engine_options(False, True, None, "wan", plain=False) == EngineOptions(
+        compile=False, fused_vae=False)  # the tuned decoder rides on the graphs; its fused kernels on compiling
+    engine = fixture_engine("tiny-framewise.yaml").configure(plain)
+    assert engine.levers() == [] and engine.runner is engine.dit
+    assert all(blk.self_attn.split_kv_sms is None and not blk.fused_gelu for blk in engine.dit.blocks)
+    assert fast_forms(engine.vae) == [] and engine.vae.decoder.conv1.weight.is_contiguous()
+    # (on the CPU the default options apply none either: every lever is a CUDA one)
+    assert fixture_engine("tiny-framewise.yaml").configure(EngineOptions()).levers() == []
+
+
+def test_the_engine_lists_the_levers_it_applied():
+    from cfcli.pipeline.fast import tune_vae, use_dit_kernels
+
+    engine = fixture_engine("tiny-framewise.yaml")
+    assert use_dit_kernels(engine.dit, True, True) == []  # float32 on the CPU: neither kernel runs here
+    assert all(blk.self_attn.split_kv_sms is None and not blk.fused_gelu for blk in engine.dit.blocks)
+    engine.applied.update(tune_vae(engine.vae, fuse=True, stack=True))  # no Triton on the CPU: no fused kernels
+    engine.use_decoder("taehv", torch.nn.Identity())
+    assert engine.levers() == ["tuned_vae", "taehv"]
+
+
+def test_the_reference_dit_calls_no_fast_kernel_and_the_model_holds_the_choice(monkeypatch):
+    from cfcli.models import dit as dit_module
+
+    def refuse(*args):
+        raise AssertionError("a fast kernel ran")
+
+    monkeypatch.setattr(dit_module, "attend_long", refuse)
+    monkeypatch.setattr(dit_module, "linear_gelu", refuse)
+    torch.manual_seed(0)
+    dit = dit_module.CausalWanDiT(dit_module.DiTConfig(dim=32, ffn_dim=48, num_heads=2, num_layers=2, text_dim=24,
+                                                       text_len=8)).eval()
+    x, t, ctx = torch.randn(1, 1, 16, 4, 4), torch.tensor([[500.0]]), torch.randn(1, 8, 24)
+    with torch.no_grad():
+        kv = dit.text_kv(ctx)
+        cache = KVCache(2, 1, 2, 4, 2, 16)
+        plain = dit(x, t, kv, cache, 0)
+        dit.use_kernels(split_kv_sms=132, fused_gelu=True)
+        with pytest.raises(AssertionError, match="a fast kernel ran"):
+            dit(x, t, kv, KVCache(2, 1, 2, 4, 2, 16), 0)
+        dit.use_kernels()  # back to the reference
+        assert torch.equal(dit(x, t, kv, KVCache(2, 1, 2, 4, 2, 16), 0), plain)
+
+
+def test_plain_refuses_levers_asked_for_by_name(cf):
+    r = cf("generate", "a fox", "--preset", FIXTURES / "tiny-framewise.yaml", "--device", "cpu", "--plain",
+           "--decoder", "taehv")
+    assert r.exit_code == 1 and "--plain runs the reference modules" in r.output
+    r = cf("bench", "--preset", FIXTURES / "tiny-framewise.yaml", "--device", "cpu", "--plain", "--quantize", "fp8")
+    assert r.exit_code == 1 and "--plain runs the reference modules" in r.output
+
+
+def fast_forms(vae) -> list:
+    """The modules of `vae` that are neither the reference's nor torch's."""
+    return [m for m in vae.modules() if type(m).__module__ != "cfcli.models.vae"
+            and not type(m).__module__.startswith("torch.nn.")]
+
+
+@pytest.mark.skipif(not CUDA, reason="the levers are CUDA ones")
+def test_on_the_gpu_plain_runs_the_reference_modules_and_the_default_every_lever():
+    plain = fixture_engine("tiny-framewise.yaml", "cuda")
+    plain.dit.to(torch.bfloat16)
+    plain.configure(EngineOptions.plain())
+    assert plain.levers() == [] and plain.runner is plain.dit
+    assert all(blk.self_attn.split_kv_sms is None and not blk.fused_gelu for blk in plain.dit.blocks)
+    assert fast_forms(plain.vae) == [] and plain.vae.decoder.conv1.weight.is_contiguous()
+    fast = fixture_engine("tiny-framewise.yaml", "cuda")
+    fast.dit.to(torch.bfloat16)
+    fast.configure(EngineOptions())
+    assert {"compile", "graphs", "fused_gelu", "tuned_vae", "fused_vae"} <= set(fast.levers())
+    assert all(blk.fused_gelu for blk in fast.dit.blocks)
+    assert fast.vae.decoder.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)

@@ -8,8 +8,8 @@ import typer
 
 from cfcli.cli.checks import check_options
 from cfcli.cli.common import (CompileOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt, LowVramOpt, MaxVramOpt,
-                              ModeOpt, PresetOpt, QuantizeOpt, StepsOpt, console, friendly, is_tty, pick_device,
-                              pick_dtype, preset_name)
+                              ModeOpt, PlainOpt, PresetOpt, QuantizeOpt, StepsOpt, console, engine_options, friendly,
+                              is_tty, pick_device, pick_dtype, preset_name)
 from cfcli.cli.progress import record_bench
 from cfcli.errors import CfError
 
@@ -33,6 +33,7 @@ def register(app: typer.Typer) -> None:
         compile: CompileOpt = True,
         cuda_graphs: GraphsOpt = True,
         quantize: QuantizeOpt = None,
+        plain: PlainOpt = False,
         decoder: DecoderOpt = "wan",
         max_vram: MaxVramOpt = None,
         low_vram: LowVramOpt = False,
@@ -57,7 +58,7 @@ def register(app: typer.Typer) -> None:
           cf bench --cold --repeat 3 --frames 81
         """
         from cfcli.pipeline import bench as job
-        from cfcli.pipeline.engine import EngineOptions, latent_frames_for
+        from cfcli.pipeline.engine import latent_frames_for
         from cfcli.pipeline.generate import plan_frames
         from cfcli.presets import load_preset
 
@@ -65,7 +66,7 @@ def register(app: typer.Typer) -> None:
         p = job.with_resolution(load_preset(preset_name(preset, mode, steps)), height, width)
         dev = pick_device(device)
         dt = pick_dtype(dtype, dev)
-        options = EngineOptions(compile, cuda_graphs, quantize, decoder)
+        options = engine_options(compile, cuda_graphs, quantize, decoder, plain)
         options.check(dev, need_weights=False)  # random TAEHV weights stand in, like the rest
         if repeat < 1:
             raise CfError(f"--repeat must be at least 1, got {repeat}")
@@ -80,7 +81,7 @@ def register(app: typer.Typer) -> None:
 
             check_cold(random_weights, job.weights_cached(p), save_latents)
             return bench_cold(generate_options(preset_name(preset, mode, steps), real, height, width, device, dtype,
-                                               compile, cuda_graphs, quantize, decoder, max_vram, low_vram),
+                                               compile, cuda_graphs, quantize, decoder, max_vram, low_vram, plain),
                               repeat, json_out)
         if not random_weights and not job.weights_cached(p):
             console.print(f"[yellow]note:[/] {p.name} weights are not downloaded: using random weights of the same "

@@ -463,7 +463,7 @@ def run(req: BenchRequest, status: Callable[[str], None] = lambda m: None) -> Be
             from cfcli.pipeline.memory import apply_plan
 
             apply_plan(engine, plan)
-        engine.accelerate(opts.compile, opts.graphs)
+        engine.accelerate(opts)
         reset_peak(dev)
         status("warm-up" + (" (compiling)" if opts.compile and dev.type == "cuda" else ""))
         # Kernels are chosen, blocks compiled and graphs captured within a few blocks; once past the horizon every

@@ -1,5 +1,9 @@
-"""The fast path on CUDA (`Engine.accelerate`): compiled block stages, CUDA graphs of whole DiT calls, a tuned VAE
-decoder. None changes what is computed; only rounding moves (measured in docs/performance.md).
+"""The fast path on CUDA (`Engine.accelerate`): the DiT's faster kernels, compiled block stages, CUDA graphs of whole
+DiT calls, a tuned VAE decoder; each an `EngineOptions` lever. None changes what is computed; only rounding moves
+(measured in docs/performance.md).
+
+- `use_dit_kernels(dit, ...)` turns on split-KV self-attention (`cfcli.ops.split_attention`) and the FFN's fused
+  up-projection + GELU (`cfcli.ops.linear`) where they run: the DiT holds the choice (`CausalWanDiT.use_kernels`).
 
 - `compile_blocks(dit)` compiles each block's two cache-free stages (`Block.project`: modulated norm, q/k/v, RMS norms
   and RoPE; `Block.finish`: output projection, gated residuals, cross-attention, FFN) with `torch.compile`, which fuses
@@ -30,6 +34,19 @@ from torch import Tensor
 from cfcli.models.dit import CausalWanDiT
 from cfcli.models.vae import CausalConv3d, ResidualBlock, RMSNorm, Upsample, WanVAE
 from cfcli.ops import triton_rows
+from cfcli.ops.split_attention import split_sms
+
+
+def use_dit_kernels(dit: CausalWanDiT, split_attention: bool, fused_gelu: bool) -> list[str]:
+    """Turn on the DiT's faster kernels that run on its device and dtype; returns the levers that did. Both are
+    half-precision CUDA kernels; split-KV attention needs compute capability 9.0+ too (`split_sms`)."""
+    weight = dit.patch_embedding.weight
+    half = weight.is_cuda and weight.dtype in (torch.float16, torch.bfloat16)
+    sms = split_sms(weight.device, weight.dtype) if split_attention else None
+    dit.use_kernels(split_kv_sms=sms, fused_gelu=fused_gelu and half)
+    blocks = getattr(dit.blocks, "distinct", lambda: dit.blocks)()
+    return [name for name, on in (("split_attention", sms is not None),
+                                  ("fused_gelu", any(blk.fused_gelu for blk in blocks))) if on]
 
 
 def compile_blocks(dit: CausalWanDiT) -> None:
@@ -44,8 +61,9 @@ def compile_blocks(dit: CausalWanDiT) -> None:
         blk.finish = torch.compile(blk.finish, dynamic=False)
 
 
-def tune_vae(vae: WanVAE, fuse: bool, stack: bool | None = None, stack_below: int = 128) -> None:
-    """Tune the VAE decoder in place; the same arithmetic, summed in another order.
+def tune_vae(vae: WanVAE, fuse: bool, stack: bool | None = None, stack_below: int = 128) -> list[str]:
+    """Tune the VAE decoder in place; the same arithmetic, summed in another order. Returns the levers applied:
+    "tuned_vae", and "fused_vae" where the fused kernels run.
 
     - Channels-last weights and activations (cuDNN's fastest convolutions, no layout conversion around each one).
     - With `stack`, its 3-tap causal convolutions narrower than `stack_below` channels run as 2D convolutions over
@@ -73,10 +91,11 @@ def tune_vae(vae: WanVAE, fuse: bool, stack: bool | None = None, stack_below: in
             elif isinstance(m, CausalConv3d) and m.history == 2 and m.out_channels <= 4:
                 m.tap_outputs_()
     if not fuse or not triton_rows.available(weight):
-        return
+        return ["tuned_vae"]
     for m in vae.decoder.modules():
         if isinstance(m, RMSNorm | ResidualBlock):
             m.fuse_()
+    return ["tuned_vae", "fused_vae"]
 
 
 class CudaGraphs:
