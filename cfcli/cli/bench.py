@@ -145,6 +145,7 @@ def render(r, assumed_rate: bool, floors: bool = True) -> None:
                   f"{r.vae_decode_tflop:.4g} TFLOP per video; "
                   f"floors at {rate} · attention: {', '.join(r.attention) or 'none'} · {r.fast_path} "
                   f"(warm-up {r.warmup_s:.1f} s) · torch {r.torch} · median of {r.repeat}[/]")
+    console.print(f"[dim]speed levers: {', '.join(r.levers) or 'none (the reference modules)'}[/]")
     if r.plan:
         console.print(f"[dim]memory plan: {r.plan}[/]")
     if not r.finite:
