@@ -140,6 +140,7 @@ def test_a_fused_norm_writes_straight_after_the_cached_past_chunk_after_chunk(mo
     CPU) fills the frames after the past in place (`CausalCache.extend(fill=...)`): what the norm, then the
     convolution, give."""
     from cfcli.models.vae import CausalCache, CausalConv3d, RMSNorm
+    from cfcli.models.vae_fast import ChannelsLastConv3d, FusedRMSNorm, swap_
     from cfcli.ops import fused_norm
     from cfcli.ops.time_taps import _norm_silu
 
@@ -156,7 +157,8 @@ def test_a_fused_norm_writes_straight_after_the_cached_past_chunk_after_chunk(mo
     plain_cache, fused_cache = CausalCache(), CausalCache()
     with torch.no_grad():
         plain = [conv.convolve_normed(x, norm, bias, plain_cache) for x in chunks]
-        norm.fuse_()
+        swap_(conv, ChannelsLastConv3d)
+        swap_(norm, FusedRMSNorm)
         monkeypatch.setattr(fused_norm, "norm_silu", norm_silu_on_cpu)
         fused = [conv.convolve_normed(x, norm, bias, fused_cache) for x in chunks]
     for p, f in zip(plain, fused):
@@ -164,12 +166,13 @@ def test_a_fused_norm_writes_straight_after_the_cached_past_chunk_after_chunk(mo
     assert fused[1].std() > 0.1
 
 
-@pytest.mark.parametrize("outputs, form, weight, shape", [(5, "stack_taps_", "taps_weight", (5, 18, 3, 3)),
-                                                           (3, "tap_outputs_", "tap_outputs_weight", (16, 6, 3, 3))])
+@pytest.mark.parametrize("outputs, form, weight, shape", [(5, "StackedTapsConv3d", "taps_weight", (5, 18, 3, 3)),
+                                                           (3, "TapOutputsConv3d", "tap_outputs_weight", (16, 6, 3, 3))])
 def test_2d_forms_of_the_causal_conv_equal_the_3d_conv_chunk_after_chunk(outputs, form, weight, shape):
-    """`CausalConv3d.stack_taps_` (time taps stacked into input channels) and `tap_outputs_` (into output channels, the
+    """`StackedTapsConv3d` (time taps stacked into input channels) and `TapOutputsConv3d` (into output channels, the
     decoder head's form), fed 1, 4, 2 frames (the past carried over, zeros before the start), give what the 3D
     convolution gives."""
+    from cfcli.models import vae_fast
     from cfcli.models.vae import CausalCache, CausalConv3d
 
     torch.manual_seed(0)
@@ -178,7 +181,7 @@ def test_2d_forms_of_the_causal_conv_equal_the_3d_conv_chunk_after_chunk(outputs
     plain_cache, cache_2d = CausalCache(), CausalCache()
     with torch.no_grad():
         plain = [conv(x, plain_cache) for x in chunks]
-        getattr(conv, form)()
+        vae_fast.swap_(conv, getattr(vae_fast, form))
         as_2d = [conv(x, cache_2d) for x in chunks]
     assert getattr(conv, weight).shape == shape  # tap outputs: 3 taps x 3 outputs, padded to 16
     for p, s in zip(plain, as_2d):
@@ -359,6 +362,7 @@ def test_fused_bias_residual_add_matches_the_eager_ops():
 @pytest.mark.skipif(not CUDA, reason="the tuned decoder's kernels are Triton on CUDA")
 def test_tuned_decoder_on_the_gpu_stays_within_bf16_rounding_of_the_plain_one():
     from cfcli.models.vae import VAEConfig, WanVAE
+    from cfcli.models.vae_fast import FusedRMSNorm
     from cfcli.pipeline.fast import tune_vae
 
     torch.manual_seed(0)
@@ -371,7 +375,7 @@ def test_tuned_decoder_on_the_gpu_stays_within_bf16_rounding_of_the_plain_one():
     vae = vae.to(torch.bfloat16)
     plain = vae.decode(z)
     tune_vae(vae, fuse=True, stack=True)
-    assert vae.decoder.head[0].fused_weight is not None and any(
+    assert isinstance(vae.decoder.head[0], FusedRMSNorm) and any(
         getattr(m, "taps_weight", None) is not None for m in vae.decoder.modules())
     tuned = vae.decode(z)
     assert rel_err(plain, exact) < 0.03 and rel_err(tuned, exact) < 0.03 and exact.std() > 0.01
@@ -588,3 +592,22 @@ def test_on_the_gpu_plain_runs_the_reference_modules_and_the_default_every_lever
     assert {"compile", "graphs", "fused_gelu", "tuned_vae", "fused_vae"} <= set(fast.levers())
     assert all(blk.fused_gelu for blk in fast.dit.blocks)
     assert fast.vae.decoder.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_the_reference_vae_knows_nothing_of_its_fast_forms():
+    """`cfcli.models.vae` imports no fast kernel and names no fast form; `swap_` makes a module only into a form of
+    its own reference class, keeping its parameters (so its official names and loaded weights)."""
+    import ast
+    import inspect
+
+    from cfcli.models import vae, vae_fast
+
+    imported = {n.module for n in ast.walk(ast.parse(inspect.getsource(vae))) if isinstance(n, ast.ImportFrom)}
+    assert not imported & {"cfcli.ops", "cfcli.ops.time_taps", "cfcli.ops.fused_norm", "cfcli.ops.subpixel"}
+    assert "cfcli.models.vae_fast" not in imported
+    conv = vae.CausalConv3d(4, 4, 3, padding=1)
+    weight = conv.weight
+    assert vae_fast.swap_(conv, vae_fast.StackedTapsConv3d) is conv and conv.weight is weight
+    assert type(conv) is vae_fast.StackedTapsConv3d and set(dict(conv.named_parameters())) == {"weight", "bias"}
+    with pytest.raises(TypeError, match="not a form of"):
+        vae_fast.swap_(vae.RMSNorm(4, 3), vae_fast.StackedTapsConv3d)
