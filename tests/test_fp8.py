@@ -11,6 +11,8 @@ from cfcli.models.dit import CausalWanDiT, DiTConfig, hot_linear
 from cfcli.ops.fp8 import (FP8_DTYPE, FP8Linear, fp8_dequantize, fp8_matmul_supported, fp8_quantize,
                            fp8_supported, quantize_fp8_)
 
+from conftest import FIXTURES
+
 TINY = DiTConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, text_dim=32, text_len=16)
 PER_BLOCK = ["self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.o", "ffn.0",
              "ffn.2"]
@@ -167,3 +169,12 @@ def test_scaled_mm_call_passes_cuda_layout_checks():
             torch._scaled_mm(torch.empty(32, 1536, device="cuda", dtype=FP8_DTYPE),
                              torch.empty(1536, 8960, device="cuda", dtype=FP8_DTYPE),
                              scale_a=f.weight_scale, scale_b=f.weight_scale, out_dtype=torch.bfloat16)
+
+
+def test_fp8_off_an_fp8_gpu_is_refused_before_anything_loads(cf, tmp_path):
+    out = tmp_path / "v.mp4"
+    r = cf("generate", "a fox", "--preset", FIXTURES / "tiny-framewise.yaml", "--device", "cpu", "--quantize", "fp8",
+           "--out", out)
+    assert r.exit_code == 1 and "compute capability 8.9" in r.output and not out.exists()
+    r = cf("bench", "--preset", FIXTURES / "tiny-framewise.yaml", "--device", "cpu", "--quantize", "int4")
+    assert r.exit_code == 1 and "unknown quantization 'int4'" in r.output
