@@ -90,7 +90,7 @@ def friendly(fn):
     return wrapper
 
 
-def engine_options(compile: bool, graphs: bool, quantize: str | None, decoder: str, plain: bool):
+def engine_options(compile: bool, graphs: bool, quantize: str | None, decoder: str, plain: bool = False):
     """The `EngineOptions` of a command's speed flags. The tuned VAE decoder rides on --compile / --cuda-graphs (and
     its fused kernels on --compile), as before it was a lever of its own; --plain turns every lever off and refuses
     the ones asked for by name."""

@@ -127,7 +127,8 @@ class CausalConv3d(nn.Conv3d):
 
     def convolve(self, x: Tensor, cache: CausalCache, bias: Tensor | None) -> Tensor:
         """The convolution with `bias` (None: leave it to the next op, which adds it in the same pass)."""
-        return self._conv_forward(cache.extend(self, x, self.history), self.weight, bias)
+        x = cache.extend(self, x, self.history)  # (rebound: the input chunk can go before the convolution runs)
+        return self._conv_forward(x, self.weight, bias)
 
     def convolve_normed(self, x: Tensor, norm: RMSNorm, norm_bias: Tensor | None, cache: CausalCache,
                         bias: Tensor | None = None) -> Tensor:
