@@ -204,15 +204,16 @@ def test_split_kv_attention_on_the_gpu_equals_one_pass_within_bf16_rounding():
     from cfcli.ops import split_attention
     from cfcli.ops.attention import attend
 
-    if split_attention.split_sms(torch.device('cuda', 0), torch.bfloat16) is None:
+    sms = split_attention.split_sms(torch.device("cuda", 0), torch.bfloat16)
+    if sms is None:
         pytest.skip("split-KV attention runs on compute capability 9.0+")
     torch.manual_seed(0)
     cache = torch.randn(2, 1, 32760, 12, 128, device="cuda", dtype=torch.bfloat16)
     cache[:, :, 16380:] *= 2  # the halves' log-sum-exps differ: a wrong merge weight would show
     q = torch.randn(1, 1560, 12, 128, device="cuda", dtype=torch.bfloat16)
     k, v = cache[0, :, :32760], cache[1, :, :32760]
-    assert split_attention.kv_splits(1560, 32760, 12, split_attention.split_sms(torch.device('cuda', 0), torch.bfloat16)) > 1
-    got, want = split_attention.attend_long(q, k, v, split_attention.split_sms(q.device, q.dtype)), attend(q, k, v)
+    assert split_attention.kv_splits(1560, 32760, 12, sms) > 1
+    got, want = split_attention.attend_long(q, k, v, sms), attend(q, k, v)
     exact = attend(q.double(), k.double(), v.double())
     assert got.shape == want.shape and rel_err(got, exact) < 2 * rel_err(want, exact) + 1e-3
     parts = torch.randn(3, 40, 12, 128, device="cuda", dtype=torch.bfloat16)
