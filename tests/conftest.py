@@ -62,6 +62,16 @@ def stream_in_chunks(model, latents, chunks):
     return torch.cat(parts, dim=1)
 
 
+def fixture_engine(preset: str, device: str = "cpu"):
+    """The engine of a tiny fixture preset (`tests/fixtures`), in float32."""
+    import torch
+
+    from cfcli.pipeline.engine import Engine
+    from cfcli.presets import load_preset
+
+    return Engine.load(load_preset(FIXTURES / preset), device, torch.float32)
+
+
 def rel_err(a, b) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
 

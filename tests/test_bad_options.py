@@ -117,3 +117,11 @@ def test_ffv1_says_it_ignores_crf_only_when_given(cf, work):
     assert r.exit_code == 0 and "ffv1 is lossless and ignores --crf" in r.output
     r = cf("generate", *BASE, PROMPT, "--frames", 5, "--codec", "ffv1", "--out", "b.mkv")
     assert r.exit_code == 0 and "ignores --crf" not in r.output
+
+
+def test_plain_refuses_levers_asked_for_by_name(cf):
+    r = cf("generate", "a fox", "--preset", FIXTURES / "tiny-framewise.yaml", "--device", "cpu", "--plain",
+           "--decoder", "taehv")
+    assert r.exit_code == 1 and "--plain runs the reference modules" in r.output
+    r = cf("bench", "--preset", FIXTURES / "tiny-framewise.yaml", "--device", "cpu", "--plain", "--quantize", "fp8")
+    assert r.exit_code == 1 and "--plain runs the reference modules" in r.output

@@ -26,7 +26,7 @@ KEYS = {"preset": str, "device": str, "dtype": str, "frames": int, "height": int
         "block_ms_p95": float, "text_encode_s": float, "realtime": bool, "attention": list, "gpu": str,
         "blocks": int, "dit_tflop": float, "vae_decode_tflop": float, "text_encode_tflop": float,
         "realtime_factor": float, "latent_frames": int, "floor": dict, "decoder": str, "fast_path": str,
-        "warmup_s": float}
+        "warmup_s": float, "levers": list}
 
 
 def bench_json(cf, preset: str, *extra) -> dict:
@@ -185,6 +185,7 @@ def test_taehv_bench_counts_the_tiny_decoder(cf):
     out = bench_json(cf, "tiny-framewise.yaml", "--frames", 9, "--random-weights", "--decoder", "taehv")
     check_shape(out)
     assert (out["decoder"], wan["decoder"], out["fast_path"]) == ("taehv", "wan", "eager")  # CPU: no fast path
+    assert (out["levers"], wan["levers"]) == (["taehv"], [])  # CPU: the decoder is the only lever that runs
     first, later = flops.taehv_latent_flops(TAEHVConfig(), 6, 10)
     assert out["vae_decode_tflop"] * 1e12 == pytest.approx(first + 2 * later, rel=1e-12)
     assert out["vae_decode_tflop"] != wan["vae_decode_tflop"] and out["dit_tflop"] == wan["dit_tflop"]

@@ -70,6 +70,8 @@ def test_generate_options_pass_the_bench_flags_on():
     opts = generate_options("tiny.yaml", 9, None, 80, "cpu", None, False, True, None, "wan", None, True)
     assert opts == ["--preset", "tiny.yaml", "--frames", "9", "--width", "80", "--device", "cpu",
                     "--decoder", "wan", "--no-compile", "--low-vram"]
+    assert generate_options("tiny.yaml", 9, None, None, None, None, True, True, None, "wan", None, False,
+                            plain=True) == ["--preset", "tiny.yaml", "--frames", "9", "--decoder", "wan", "--plain"]
 
 
 def test_cold_bench_runs_fresh_processes(cf, tmp_path, monkeypatch):

@@ -7,9 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from cfcli.models.dit import CausalWanDiT, DiTConfig
-from cfcli.ops.fp8 import (FP8_DTYPE, FP8Linear, dit_fp8_filter, fp8_dequantize, fp8_matmul_supported, fp8_quantize,
+from cfcli.models.dit import CausalWanDiT, DiTConfig, hot_linear
+from cfcli.ops.fp8 import (FP8_DTYPE, FP8Linear, fp8_dequantize, fp8_matmul_supported, fp8_quantize,
                            fp8_supported, quantize_fp8_)
+
+from conftest import FIXTURES
 
 TINY = DiTConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, text_dim=32, text_len=16)
 PER_BLOCK = ["self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.o", "ffn.0",
@@ -117,7 +119,7 @@ def test_quantize_dit_replaces_block_linears_only():
     dit = tiny_dit()
     before = {n for n, m in dit.named_modules() if isinstance(m, nn.Linear)}
     q = copy.deepcopy(dit)
-    assert quantize_fp8_(q) == 8 * TINY.num_layers
+    assert quantize_fp8_(q, hot_linear) == 8 * TINY.num_layers
     expected = {f"blocks.{i}.{name}" for i in range(TINY.num_layers) for name in PER_BLOCK}
     fp8 = {n for n, m in q.named_modules() if isinstance(m, FP8Linear)}
     assert fp8 == expected
@@ -126,9 +128,9 @@ def test_quantize_dit_replaces_block_linears_only():
     for name in ("text_embedding.0", "text_embedding.2", "time_embedding.0", "time_embedding.2", "time_projection.1",
                  "head.head", "blocks.0.cross_attn.k", "blocks.1.cross_attn.v"):
         assert name in left
-    assert quantize_fp8_(q) == 0  # already converted
-    assert dit_fp8_filter("blocks.12.ffn.2", None) and not dit_fp8_filter("blocks.3.cross_attn.k", None)
-    assert not dit_fp8_filter("head.head", None) and not dit_fp8_filter("blocks.3.ffn.1", None)
+    assert quantize_fp8_(q, hot_linear) == 0  # already converted
+    assert hot_linear("blocks.12.ffn.2", None) and not hot_linear("blocks.3.cross_attn.k", None)
+    assert not hot_linear("head.head", None) and not hot_linear("blocks.3.ffn.1", None)
 
     x = torch.randn(1, 2, TINY.in_dim, 4, 6, generator=torch.Generator().manual_seed(1))
     t = torch.tensor([[700.0, 500.0]])
@@ -167,3 +169,12 @@ def test_scaled_mm_call_passes_cuda_layout_checks():
             torch._scaled_mm(torch.empty(32, 1536, device="cuda", dtype=FP8_DTYPE),
                              torch.empty(1536, 8960, device="cuda", dtype=FP8_DTYPE),
                              scale_a=f.weight_scale, scale_b=f.weight_scale, out_dtype=torch.bfloat16)
+
+
+def test_fp8_off_an_fp8_gpu_is_refused_before_anything_loads(cf, tmp_path):
+    out = tmp_path / "v.mp4"
+    r = cf("generate", "a fox", "--preset", FIXTURES / "tiny-framewise.yaml", "--device", "cpu", "--quantize", "fp8",
+           "--out", out)
+    assert r.exit_code == 1 and "compute capability 8.9" in r.output and not out.exists()
+    r = cf("bench", "--preset", FIXTURES / "tiny-framewise.yaml", "--device", "cpu", "--quantize", "int4")
+    assert r.exit_code == 1 and "unknown quantization 'int4'" in r.output

@@ -103,3 +103,26 @@ def test_global_cache_refuses_to_overflow():
         cache.end()
     with pytest.raises(ValueError):
         cache.begin(2, 1)
+
+
+def test_the_reference_dit_calls_no_fast_kernel_and_the_model_holds_the_choice(monkeypatch):
+    from cfcli.models import dit as dit_module
+
+    def refuse(*args):
+        raise AssertionError("a fast kernel ran")
+
+    monkeypatch.setattr(dit_module, "attend_long", refuse)
+    monkeypatch.setattr(dit_module, "linear_gelu", refuse)
+    torch.manual_seed(0)
+    dit = dit_module.CausalWanDiT(dit_module.DiTConfig(dim=32, ffn_dim=48, num_heads=2, num_layers=2, text_dim=24,
+                                                       text_len=8)).eval()
+    x, t, ctx = torch.randn(1, 1, 16, 4, 4), torch.tensor([[500.0]]), torch.randn(1, 8, 24)
+    with torch.no_grad():
+        kv = dit.text_kv(ctx)
+        cache = KVCache(2, 1, 2, 4, 2, 16)
+        plain = dit(x, t, kv, cache, 0)
+        dit.use_kernels(split_kv_sms=132, fused_gelu=True)
+        with pytest.raises(AssertionError, match="a fast kernel ran"):
+            dit(x, t, kv, KVCache(2, 1, 2, 4, 2, 16), 0)
+        dit.use_kernels()  # back to the reference
+        assert torch.equal(dit(x, t, kv, KVCache(2, 1, 2, 4, 2, 16), 0), plain)

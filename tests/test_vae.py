@@ -137,3 +137,13 @@ def test_rejects_bad_shapes(vae):
     with pytest.raises(ValueError):
         vae.decode(torch.zeros(1, 2, 8, 6, 10))
     assert vae.stream_decoder().decode(torch.zeros(1, 0, 16, 6, 10)).shape == (1, 0, 3, 48, 80)
+
+
+def test_upsample_nearest_2x_equals_nn_upsample_in_both_layouts():
+    from cfcli.models.vae import upsample_nearest_2x
+
+    x = torch.randn(2, 5, 3, 4)
+    want = torch.nn.Upsample(scale_factor=2.0, mode="nearest")(x)
+    assert torch.equal(upsample_nearest_2x(x), want)
+    last = upsample_nearest_2x(x.contiguous(memory_format=torch.channels_last))
+    assert torch.equal(last, want) and last.is_contiguous(memory_format=torch.channels_last)

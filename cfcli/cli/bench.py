@@ -8,8 +8,8 @@ import typer
 
 from cfcli.cli.checks import check_length, check_options
 from cfcli.cli.common import (CompileOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt, LowVramOpt, MaxVramOpt,
-                              ModeOpt, PresetOpt, QuantizeOpt, StepsOpt, console, friendly, is_tty, pick_device,
-                              pick_dtype, preset_name)
+                              ModeOpt, PlainOpt, PresetOpt, QuantizeOpt, StepsOpt, console, engine_options, friendly,
+                              is_tty, pick_device, pick_dtype, preset_name)
 from cfcli.cli.progress import record_bench
 from cfcli.errors import CfError
 
@@ -35,6 +35,7 @@ def register(app: typer.Typer) -> None:
         compile: CompileOpt = True,
         cuda_graphs: GraphsOpt = True,
         quantize: QuantizeOpt = None,
+        plain: PlainOpt = False,
         decoder: DecoderOpt = "wan",
         max_vram: MaxVramOpt = None,
         low_vram: LowVramOpt = False,
@@ -59,7 +60,6 @@ def register(app: typer.Typer) -> None:
           cf bench --cold --repeat 3 --frames 81
         """
         from cfcli.pipeline import bench as job
-        from cfcli.pipeline.engine import EngineOptions
         from cfcli.pipeline.generate import plan_frames
         from cfcli.presets import load_preset
 
@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
         p = job.with_resolution(load_preset(preset_name(preset, mode, steps)), height, width)
         dev = pick_device(device)
         dt = pick_dtype(dtype, dev)
-        options = EngineOptions(compile, cuda_graphs, quantize, decoder)
+        options = engine_options(compile, cuda_graphs, quantize, decoder, plain)
         options.check(dev, need_weights=False)  # random TAEHV weights stand in, like the rest
         if repeat < 1:
             raise CfError(f"--repeat must be at least 1, got {repeat}")
@@ -83,7 +83,7 @@ def register(app: typer.Typer) -> None:
 
             check_cold(random_weights, job.weights_cached(p), save_latents)
             return bench_cold(generate_options(preset_name(preset, mode, steps), real, height, width, device, dtype,
-                                               compile, cuda_graphs, quantize, decoder, max_vram, low_vram),
+                                               compile, cuda_graphs, quantize, decoder, max_vram, low_vram, plain),
                               repeat, json_out)
         if not random_weights and not job.weights_cached(p):
             console.print(f"[yellow]note:[/] {p.name} weights are not downloaded: using random weights of the same "
@@ -147,6 +147,7 @@ def render(r, assumed_rate: bool, floors: bool = True) -> None:
                   f"{r.vae_decode_tflop:.4g} TFLOP per video; "
                   f"floors at {rate} · attention: {', '.join(r.attention) or 'none'} · {r.fast_path} "
                   f"(warm-up {r.warmup_s:.1f} s) · torch {r.torch} · median of {r.repeat}[/]")
+    console.print(f"[dim]speed levers: {', '.join(r.levers) or 'none (the reference modules)'}[/]")
     if r.plan:
         console.print(f"[dim]memory plan: {r.plan}[/]")
     if not r.finite:

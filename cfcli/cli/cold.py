@@ -14,7 +14,7 @@ COLUMNS = (("start-up", "startup_s"), ("prepare", "prepare_s"), ("text", "text_s
 
 def generate_options(preset: str, frames: int, height: int | None, width: int | None, device: str | None,
                      dtype: str | None, compile: bool, graphs: bool, quantize: str | None, decoder: str,
-                     max_vram: float | None, low_vram: bool) -> list[str]:
+                     max_vram: float | None, low_vram: bool, plain: bool = False) -> list[str]:
     """The bench's options as `cf generate` options (those left at their defaults are left out)."""
     pairs = [("--preset", preset), ("--frames", frames), ("--height", height), ("--width", width),
              ("--device", device), ("--dtype", dtype), ("--quantize", quantize), ("--decoder", decoder),
@@ -22,7 +22,7 @@ def generate_options(preset: str, frames: int, height: int | None, width: int | 
     out = [str(x) for name, value in pairs if value is not None for x in (name, value)]
     out += [] if compile else ["--no-compile"]
     out += [] if graphs else ["--no-cuda-graphs"]
-    return out + (["--low-vram"] if low_vram else [])
+    return out + (["--low-vram"] if low_vram else []) + (["--plain"] if plain else [])
 
 
 def check_cold(random_weights: bool, weights_cached: bool, save_latents) -> None:

@@ -37,6 +37,9 @@ CompileOpt = Annotated[bool, typer.Option("--compile/--no-compile",
                                                "PyTorch caches the result).")]
 GraphsOpt = Annotated[bool, typer.Option("--cuda-graphs/--no-cuda-graphs",
                                          help="CUDA: replay each block's DiT calls as one CUDA graph.")]
+PlainOpt = Annotated[bool, typer.Option("--plain", help="Every speed lever off (compilation, CUDA graphs, split-KV "
+                                                        "attention, fused GELU, the tuned VAE decoder): the "
+                                                        "reference modules as written, for comparisons.")]
 QuantizeOpt = Annotated[str | None, typer.Option("--quantize", metavar="fp8",
                                                  help="fp8: the DiT's linear layers in float8 (Ada/Hopper GPUs); "
                                                       "measured slower on an H100 at these sizes and moves pixels "
@@ -85,6 +88,20 @@ def friendly(fn):
             raise
 
     return wrapper
+
+
+def engine_options(compile: bool, graphs: bool, quantize: str | None, decoder: str, plain: bool = False):
+    """The `EngineOptions` of a command's speed flags. The tuned VAE decoder rides on --compile / --cuda-graphs (and
+    its fused kernels on --compile), as before it was a lever of its own; --plain turns every lever off and refuses
+    the ones asked for by name."""
+    from cfcli.pipeline.engine import EngineOptions
+
+    if not plain:
+        return EngineOptions(compile, graphs, quantize, decoder, tuned_vae=compile or graphs, fused_vae=compile)
+    if quantize is not None or decoder != "wan":
+        raise CfError("--plain runs the reference modules: no --quantize, no --decoder taehv",
+                      "leave out --plain, or those options")
+    return EngineOptions.plain()
 
 
 def pick_device(device: str | None):

@@ -5,9 +5,9 @@ from pathlib import Path
 import typer
 
 from cfcli.cli.checks import check_length, check_options, codec_note
-from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, ExtendModeOpt,
-                              GraphsOpt, JsonOpt, LowVramOpt, MaxVramOpt, OverwriteOpt, PresetOpt, QuantizeOpt,
-                              QuietOpt, SeedOpt, StepsOpt, console, friendly, new_seed, pick_device, pick_dtype,
+from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, ExtendModeOpt, GraphsOpt,
+                              JsonOpt, LowVramOpt, MaxVramOpt, OverwriteOpt, PlainOpt, PresetOpt, QuantizeOpt, QuietOpt,
+                              SeedOpt, StepsOpt, console, engine_options, friendly, new_seed, pick_device, pick_dtype,
                               preset_name, show_plan)
 from cfcli.cli.files import open_file, output_codec, poster_path, write_poster
 from cfcli.cli.progress import ProgressView, cpu_notice, status_line
@@ -43,6 +43,7 @@ def register(app: typer.Typer) -> None:
         compile: CompileOpt = True,
         cuda_graphs: GraphsOpt = True,
         quantize: QuantizeOpt = None,
+        plain: PlainOpt = False,
         decoder: DecoderOpt = "wan",
         max_vram: MaxVramOpt = None,
         low_vram: LowVramOpt = False,
@@ -62,7 +63,6 @@ def register(app: typer.Typer) -> None:
           cf extend holiday.mov --prompt "the waves roll in" --only-new --codec ffv1
         """
         from cfcli.pipeline import extend as job
-        from cfcli.pipeline.engine import EngineOptions
         from cfcli.pipeline.outputs import check as check_outputs
         from cfcli.pipeline.samplers import sampler_kind
         from cfcli.pipeline.signals import exit_code, stop_on_signals
@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
             raise CfError(f"{p.name} cannot extend clips", "use --mode framewise or --mode chunkwise")
         dev = pick_device(device)
         dt = pick_dtype(dtype, dev)
-        options = EngineOptions(compile, cuda_graphs, quantize, decoder)
+        options = engine_options(compile, cuda_graphs, quantize, decoder, plain)
         options.check(dev)
         new = frames if frames is not None or seconds is not None else 64
         s = new_seed(seed)

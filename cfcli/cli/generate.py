@@ -9,8 +9,9 @@ from typer.core import TyperCommand
 
 from cfcli.cli.checks import check_length, check_options, codec_note
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt,
-                              LowVramOpt, MaxVramOpt, ModeOpt, OverwriteOpt, PresetOpt, QuantizeOpt, QuietOpt, SeedOpt,
-                              StepsOpt, console, friendly, new_seed, pick_device, pick_dtype, preset_name, show_plan)
+                              LowVramOpt, MaxVramOpt, ModeOpt, OverwriteOpt, PlainOpt, PresetOpt, QuantizeOpt, QuietOpt,
+                              SeedOpt, StepsOpt, console, engine_options, friendly, new_seed, pick_device, pick_dtype,
+                              preset_name, show_plan)
 from cfcli.cli.files import open_file, output_codec, output_dir, poster_path, write_poster
 from cfcli.cli.progress import ProgressView, cpu_notice, status_line
 from cfcli.cli.summary import report
@@ -79,6 +80,7 @@ def register(app: typer.Typer) -> None:
         compile: CompileOpt = True,
         cuda_graphs: GraphsOpt = True,
         quantize: QuantizeOpt = None,
+        plain: PlainOpt = False,
         decoder: DecoderOpt = "wan",
         max_vram: MaxVramOpt = None,
         low_vram: LowVramOpt = False,
@@ -111,7 +113,6 @@ def register(app: typer.Typer) -> None:
         phases.mark("cli_ready")
         from cfcli.pipeline import generate as job
         from cfcli.pipeline.bench import with_resolution
-        from cfcli.pipeline.engine import EngineOptions
         from cfcli.pipeline.outputs import check as check_outputs
         from cfcli.pipeline.signals import exit_code, stop_on_signals, stopped_by
         from cfcli.presets import load_preset
@@ -123,7 +124,7 @@ def register(app: typer.Typer) -> None:
         p = with_resolution(load_preset(preset_name(preset, mode, steps)), height, width)
         dev = pick_device(device)
         dt = pick_dtype(dtype, dev)
-        options = EngineOptions(compile, cuda_graphs, quantize, decoder)
+        options = engine_options(compile, cuda_graphs, quantize, decoder, plain)
         options.check(dev)
         fps_ = fps or p.fps
         want = frames if frames is not None else (round(seconds * fps_) + 1 if seconds is not None else p.frames)

@@ -9,8 +9,8 @@ import typer
 
 from cfcli.cli.checks import check_options
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt,
-                              ModeOpt, PresetOpt, QuantizeOpt, SeedOpt, StepsOpt, console, friendly, pick_device,
-                              pick_dtype, preset_name)
+                              ModeOpt, PlainOpt, PresetOpt, QuantizeOpt, SeedOpt, StepsOpt, console, engine_options,
+                              friendly, pick_device, pick_dtype, preset_name)
 from cfcli.errors import CfError
 
 
@@ -44,6 +44,7 @@ def register(app: typer.Typer) -> None:
         compile: CompileOpt = True,
         cuda_graphs: GraphsOpt = True,
         quantize: QuantizeOpt = None,
+        plain: PlainOpt = False,
         decoder: DecoderOpt = "wan",
         random_weights: bool = typer.Option(False, "--random-weights",
                                             help="Random weights of the preset's size (timing without downloads)."),
@@ -73,7 +74,7 @@ def register(app: typer.Typer) -> None:
             raise CfError(f"--lead must be at least 0, got {lead}")
         config = LiveConfig(out_dir, codec, crf, lead, max_seconds)
         engine, encoder = load(preset_name(preset, mode, steps), device, dtype, text_device, random_weights,
-                               (compile, cuda_graphs, quantize, decoder))
+                               (compile, cuda_graphs, quantize, decoder, plain))
         if measure_latency is not None:
             from cfcli.live.measure import measure
 
@@ -87,13 +88,12 @@ def load(name: str, device, dtype, text_device, random_weights: bool, opts: tupl
     """(engine, resident prompt encoder), the encoder placed by `pick_text_device` and said where."""
     from cfcli.live.text import ResidentPromptEncoder, pick_text_device
     from cfcli.pipeline import bench
-    from cfcli.pipeline.engine import EngineOptions
     from cfcli.presets import load_preset
 
     p = load_preset(name)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
-    options = EngineOptions(*opts)
+    options = engine_options(*opts)
     options.check(dev, need_weights=not random_weights)
     if text_device == "cuda" and dev.type != "cuda":
         raise CfError("--text-device cuda needs the run on a GPU", "use --text-device cpu")
@@ -101,7 +101,7 @@ def load(name: str, device, dtype, text_device, random_weights: bool, opts: tupl
     console.print(f"[bold]{p.name}[/] · loading the models on {dev}{' (random weights)' if random else ''}")
     engine = bench.build_engine(p, dev, dt, random, 0)
     bench.use_decoder(engine, options.decoder, random, 0)
-    engine.quantize(options.quantize).accelerate(options.compile, options.graphs)
+    engine.quantize(options.quantize).accelerate(options)
     where = pick_text_device(text_device, dev, p, dt)
     console.print(f"umT5 stays loaded on [cyan]{where}[/]" + ("" if text_device else " (automatic; --text-device)"))
     return engine, ResidentPromptEncoder(p, dev, dt, where, random, 0).load()

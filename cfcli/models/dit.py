@@ -7,6 +7,7 @@ float64; q/k RMS norms normalise in float32; RoPE rotates in float32.
 """
 
 import math
+import re
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +25,16 @@ from cfcli.ops.split_attention import attend_long
 
 
 ROPE_MEMO = 16  # tables kept: every position a block's steps and the rolling window revisit
+
+# The Linears that run on every call's tokens, where a lower-precision matmul pays off (`--quantize fp8`): per block
+# the self-attention q/k/v/o, the cross-attention q/o (its k/v run once per prompt, in `CausalWanDiT.text_kv`) and the
+# FFN. Not the patch/text/time embeddings, time projection or head.
+HOT_LINEARS = re.compile(r"(?:.+\.)?blocks\.\d+\.(?:self_attn\.[qkvo]|cross_attn\.[qo]|ffn\.[02])")
+
+
+def hot_linear(name: str, linear: nn.Module) -> bool:
+    """Whether the DiT's Linear `name` is one of `HOT_LINEARS` (the filter `Engine.quantize` hands `quantize_fp8_`)."""
+    return HOT_LINEARS.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,7 @@ class SelfAttention(nn.Module):
         self.layer, self.heads = layer, cfg.num_heads
         self.q, self.k, self.v, self.o = (nn.Linear(cfg.dim, cfg.dim) for _ in range(4))
         self.norm_q, self.norm_k = RMSNorm(cfg.dim, cfg.eps), RMSNorm(cfg.dim, cfg.eps)
+        self.split_kv_sms: int | None = None  # split-KV attention sized for this many SMs (`CausalWanDiT.use_kernels`)
 
     def qkv(self, x: Tensor, rope: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Roped queries and keys, un-roped keys and values of tokens x [B, N, dim], each [B, N, heads, head_dim]."""
@@ -89,7 +101,9 @@ class SelfAttention(nn.Module):
         """Store k/v in the cache and attend to what it holds; [B, N, heads·head_dim], before the output layer."""
         if cache is not None:
             k, v = cache.update(self.layer, k, v, raw_k)
-        return attend_long(q, k, v).flatten(2)
+        if self.split_kv_sms is not None:
+            return attend_long(q, k, v, self.split_kv_sms).flatten(2)
+        return attend(q, k, v).flatten(2)
 
 
 class CrossAttention(nn.Module):
@@ -124,6 +138,7 @@ class Block(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"),
                                  nn.Linear(cfg.ffn_dim, cfg.dim))
         self.modulation = nn.Parameter(torch.zeros(1, 6, cfg.dim))
+        self.fused_gelu = False  # the FFN's up-projection and GELU as one GEMM (`CausalWanDiT.use_kernels`)
 
     def forward(self, x: Tensor, e0: Tensor, text_kv: Tensor, rope: Tensor, cache: DiTCache | None) -> Tensor:
         # x [B, F, S, dim] (tokens grouped per latent frame); e0 [B, F, 6, dim] -> six [B, F, 1, dim] vectors.
@@ -146,10 +161,10 @@ class Block(nn.Module):
         return x + self.feed_forward(self.norm2(x) * (1 + scale2) + shift2) * gate2
 
     def feed_forward(self, x: Tensor) -> Tensor:
-        up, act, down = self.ffn
-        if type(up) is nn.Linear:  # (not once `--quantize fp8` has replaced it)
+        if self.fused_gelu:
+            up, _, down = self.ffn
             return down(linear_gelu(x, up.weight, up.bias))
-        return down(act(up(x)))
+        return self.ffn(x)
 
 
 class Head(nn.Module):
@@ -186,6 +201,15 @@ class CausalWanDiT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
         self.head = Head(cfg)
         self._rope: OrderedDict[tuple, Tensor] = OrderedDict()  # small LRU of RoPE tables by position
+
+    def use_kernels(self, split_kv_sms: int | None = None, fused_gelu: bool = False) -> None:
+        """Faster kernels for the same arithmetic, chosen by the caller (`cfcli.pipeline.fast.use_dit_kernels`); the
+        defaults are the reference ops. `split_kv_sms`: self-attention split across the keys for a GPU of that many
+        SMs (`cfcli.ops.split_attention`); `fused_gelu`: each FFN's up-projection and GELU in one GEMM
+        (`cfcli.ops.linear`), in the blocks whose up-projection is still an `nn.Linear` (not quantised)."""
+        for blk in getattr(self.blocks, "distinct", lambda: self.blocks)():  # offloaded blocks: each device slot
+            blk.self_attn.split_kv_sms = split_kv_sms
+            blk.fused_gelu = fused_gelu and type(blk.ffn[0]) is nn.Linear
 
     def frame_tokens(self, height: int, width: int) -> int:
         """Tokens per latent frame of `height`×`width` latents (1560 at 60×104)."""

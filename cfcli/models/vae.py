@@ -10,6 +10,10 @@ Latents are normalised per channel, `z = (mu - mean) / std`, where `/ std` is wr
 writes it: `* (1 / std)` on the way in and `/ (1 / std)` on the way out, with `mean` and `1 / std` rounded to
 the latent dtype first (bf16 in the reference's bf16 pipeline). float32 stays float32 throughout.
 
+The modules here are the reference, as written. Their fast forms for GPUs (channels-last, stacked time taps,
+sub-pixel upsampling, fused norms) are subclasses in `cfcli.models.vae_fast`, swapped in by
+`cfcli.pipeline.fast.tune_vae`.
+
 Precision: every layer runs in the module dtype (`.to(dtype)`); inputs are cast to it. The RMS norms work in
 that dtype too (as the reference does). `decode` returns float32 pixels clamped to [-1, 1], like the
 reference wrapper, so downstream uint8 conversion matches it.
@@ -17,15 +21,11 @@ reference wrapper, so downstream uint8 conversion matches it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from cfcli.ops import fused_norm, subpixel
-from cfcli.ops.time_taps import stack_taps
 
 # Per-channel statistics of the latent space, from the official wrapper.
 LATENT_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -72,30 +72,19 @@ class CausalCache:
         self._past = store if store is not None else {}  # or a `cfcli.models.offload.HostStore`
         self._visited: set[nn.Module] = set()
 
-    def extend(self, layer: nn.Module, x: Tensor, frames: int,
-               fill: Callable[[Tensor], None] | None = None) -> Tensor:
-        """`x` with the layer's previous `frames` input frames in front (zeros before the video starts).
+    def extend(self, layer: nn.Module, x: Tensor, frames: int) -> Tensor:
+        """`x` with the layer's previous `frames` input frames in front (zeros before the video starts)."""
+        joined = torch.cat([self.recall(layer, x, frames), x], dim=2)
+        self.keep(layer, joined[:, :, -frames:])
+        return joined
 
-        With `fill`, x only gives the shape and layout: `fill(view)` writes the frames after the past straight into
-        the joined tensor (a fused kernel's output lands there instead of being copied in).
-        """
-        past = self.recall(layer, x, frames)
-        if fill is None:
-            joined = torch.cat([past, x], dim=2)
-        else:
-            b, c, t, h, w = x.shape
-            cl = x.is_contiguous(memory_format=torch.channels_last_3d)  # (also where the layout is ambiguous)
-            layout = torch.channels_last_3d if cl else torch.contiguous_format
-            joined = torch.empty((b, c, frames + t, h, w), dtype=x.dtype, device=x.device, memory_format=layout)
-            joined[:, :, :frames] = past
-            fill(joined[:, :, frames:])
-        new = joined[:, :, -frames:]
+    def keep(self, layer: nn.Module, new: Tensor) -> None:
+        """Remember `new`, the last frames of a larger tensor, as the layer's past: copied, so that tensor can go."""
         kept = self._past.get(layer) if isinstance(self._past, dict) else None  # (a host store copies out anyway)
         if kept is not None and kept.shape == new.shape:
             kept.copy_(new)  # in place: no second copy of a full-resolution past alive at once
         else:
             self.remember(layer, new.clone() if isinstance(self._past, dict) else new)
-        return joined
 
     def recall(self, layer: nn.Module, like: Tensor, frames: int) -> Tensor:
         """The layer's previous input frames, or `frames` zero frames shaped and laid out like `like` before the
@@ -125,85 +114,26 @@ class CausalCache:
 
 
 class CausalConv3d(nn.Conv3d):
-    """A 3D convolution padded in time on the past side only; the past comes from the cache.
-
-    `cfcli.pipeline.fast.tune_vae` may switch it to one of two 2D forms with the same products: the time taps stacked
-    into input channels (`stack_taps_`, for the narrow full-resolution layers) or into output channels
-    (`tap_outputs_`, for few outputs)."""
+    """A 3D convolution padded in time on the past side only; the past comes from the cache."""
 
     def __init__(self, in_dim: int, out_dim: int, kernel: int | tuple[int, int, int], padding: int = 0):
         kernel = (kernel,) * 3 if isinstance(kernel, int) else kernel
         # Spatial zero padding is done by the convolution itself (no padded copy of the input).
         super().__init__(in_dim, out_dim, kernel, padding=(0, padding, padding))
         self.history = kernel[0] - 1
-        self.layout = torch.contiguous_format  # of its input; `WanVAE.channels_last_` changes it
-        self.taps_weight: Tensor | None = None  # set by `stack_taps_`
-        self.tap_outputs_weight: Tensor | None = None  # set by `tap_outputs_`
-
-    def stack_taps_(self) -> None:
-        """Run as a 2D convolution over the time taps stacked into channels (`cfcli.ops.time_taps`): the same
-        products, summed in another order; faster where cuDNN lacks good 3D kernels for the width."""
-        o, c, k, kh, kw = self.weight.shape
-        weight = self.weight.detach().transpose(1, 2).reshape(o, k * c, kh, kw)  # channel j·C + c = tap j, channel c
-        self.taps_weight = weight.contiguous(memory_format=torch.channels_last)
-
-    def tap_outputs_(self) -> None:
-        """For few output channels (the decoder's 96 → 3 head, on which cuDNN's 3D kernels idle): convolve each new
-        frame once, in 2D, with the k time taps' weights stacked as output channels, and sum each output frame's k
-        taps from the last k frames' results, in float32 with the bias, rounded once. The cache keeps those per-frame
-        results (k·O channels) instead of input frames. Each tap's partial sum is rounded to the module dtype before
-        the sum."""
-        o, c, k, kh, kw = self.weight.shape
-        weight = self.weight.detach().permute(2, 0, 1, 3, 4).reshape(k * o, c, kh, kw)  # channel j·O + o: tap j
-        weight = F.pad(weight, (0, 0, 0, 0, 0, 0, 0, -(k * o) % 8))  # 8-aligned output channels for cuDNN
-        self.tap_outputs_weight = weight.contiguous(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
         return self.convolve(x, cache, self.bias)
 
     def convolve(self, x: Tensor, cache: CausalCache, bias: Tensor | None) -> Tensor:
         """The convolution with `bias` (None: leave it to the next op, which adds it in the same pass)."""
-        if self.taps_weight is not None:
-            return self._convolve_stacked(x, cache, bias)
-        if self.tap_outputs_weight is not None:
-            return self._convolve_tap_outputs(x, cache, bias)
-        x = cache.extend(self, x, self.history)
-        if self.layout is not torch.contiguous_format:
-            x = x.contiguous(memory_format=self.layout)  # a no-op once the activations are in that layout
+        x = cache.extend(self, x, self.history)  # (rebound: the input chunk can go before the convolution runs)
         return self._conv_forward(x, self.weight, bias)
 
     def convolve_normed(self, x: Tensor, norm: RMSNorm, norm_bias: Tensor | None, cache: CausalCache,
                         bias: Tensor | None = None) -> Tensor:
-        """`convolve(norm.then_silu(x, norm_bias), cache, bias)`. With a fused norm, its output is written only where
-        the convolution reads it: inside the stacking kernel (stacked taps), or right after the cached past frames
-        (no separate join copy)."""
-        if norm.fused_weight is None or self.tap_outputs_weight is not None:
-            return self.convolve(norm.then_silu(x, norm_bias), cache, bias)
-        if self.taps_weight is not None:
-            return self._convolve_stacked(x, cache, bias, norm=(norm.fused_weight, norm_bias))
-
-        def normalise_into(frames: Tensor) -> None:
-            for i in range(x.shape[0]):  # (one video's frames after its past are contiguous rows)
-                fused_norm.norm_silu(x[i:i + 1], norm.fused_weight, norm_bias, out=frames[i:i + 1])
-
-        x = x.contiguous(memory_format=torch.channels_last_3d)  # (the layout norm_silu writes)
-        return self._conv_forward(cache.extend(self, x, self.history, fill=normalise_into), self.weight, bias)
-
-    def _convolve_stacked(self, x: Tensor, cache: CausalCache, bias: Tensor | None,
-                          norm: tuple[Tensor, Tensor | None] | None = None) -> Tensor:
-        stacked, tail = stack_taps(cache.recall(self, x, self.history), x, norm)
-        cache.remember(self, tail)
-        return from_frames(F.conv2d(stacked, self.taps_weight, bias, padding=self.padding[1:]), x.shape[0])
-
-    def _convolve_tap_outputs(self, x: Tensor, cache: CausalCache, bias: Tensor | None) -> Tensor:
-        b, t = x.shape[0], x.shape[2]
-        o, k = self.out_channels, self.history + 1
-        taps = from_frames(F.conv2d(to_frames(x), self.tap_outputs_weight, None, padding=self.padding[1:]), b)
-        joined = cache.extend(self, taps, self.history)  # [B, k·O (padded), k-1 + T, H, W]
-        out = sum(joined[:, j * o:(j + 1) * o, j:j + t].float() for j in range(k))  # output frame i: frames i .. i+k-1
-        if bias is not None:
-            out = out + per_channel(bias.float(), out)
-        return out.to(x.dtype)
+        """`convolve(norm.then_silu(x, norm_bias), cache, bias)`: one step, so that a fast form may fuse it."""
+        return self.convolve(norm.then_silu(x, norm_bias), cache, bias)
 
 
 def rms_norm_silu(x: Tensor, gamma: Tensor, scale: float) -> Tensor:
@@ -223,26 +153,20 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.scale = dim**0.5
         self.gamma = nn.Parameter(torch.ones(dim, *(1,) * spatial_dims))
-        self.fused_weight: Tensor | None = None  # set by `fuse_`
 
     def forward(self, x: Tensor) -> Tensor:
         # In place on the fresh normalised tensor: same rounding as `* scale * gamma`, fewer big temporaries.
         return F.normalize(x, dim=1).mul_(self.scale).mul_(self.gamma)
 
-    def fuse_(self) -> None:
-        """Run `then_silu` as one Triton kernel (`cfcli.ops.fused_norm`, CUDA only): float32 inside, one rounding."""
-        self.fused_weight = (self.gamma.detach().float() * self.scale).flatten()
-
     def then_silu(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
         """SiLU(norm(x + bias)): the decoder follows every norm with a SiLU, and `bias` is the convolution's before it
-        (`CausalConv3d.convolve`), so that on GPUs all three run as one kernel."""
-        if self.fused_weight is not None:
-            return fused_norm.norm_silu(x, self.fused_weight, bias)
+        (`CausalConv3d.convolve`), so that on GPUs all three can run as one kernel (`cfcli.models.vae_fast`)."""
         return rms_norm_silu(x if bias is None else x + per_channel(bias, x), self.gamma, self.scale)
 
 
 def channels_last(x: Tensor) -> bool:
-    """Whether x (4D or 5D) is stored channels-last (the layout `WanVAE.channels_last_` switches the decoder to)."""
+    """Whether x (4D or 5D) is stored channels-last (the layout `cfcli.models.vae_fast.channels_last_` switches the
+    decoder to)."""
     fmt = torch.channels_last_3d if x.dim() == 5 else torch.channels_last
     return not x.is_contiguous() and x.is_contiguous(memory_format=fmt)
 
@@ -290,11 +214,6 @@ class ResidualBlock(nn.Module):
             RMSNorm(out_dim, 3), nn.SiLU(inplace=True), nn.Dropout(0.0),
             CausalConv3d(out_dim, out_dim, 3, padding=1))
         self.shortcut = nn.Conv3d(in_dim, out_dim, 1) if in_dim != out_dim else nn.Identity()
-        self.fused = False  # set by `fuse_`
-
-    def fuse_(self) -> None:
-        """Add the output's bias and shortcut in one Triton kernel (`cfcli.ops.fused_norm`, CUDA only)."""
-        self.fused = True
 
     def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
         norm1, _, conv1, norm2, _, _, conv2 = self.residual
@@ -302,9 +221,11 @@ class ResidualBlock(nn.Module):
         # bias is added by the op after it, in the same rounding order as the reference's conv-then-bias.
         h = conv1.convolve_normed(x, norm1, None, cache)
         h = conv2.convolve_normed(h, norm2, conv1.bias, cache)  # (`dropout` is the identity at inference)
-        if self.fused:
-            return fused_norm.add_bias_residual_(h, conv2.bias, self.shortcut(x))
-        return h.add_(per_channel(conv2.bias, h)).add_(self.shortcut(x))
+        return self.add_shortcut(h, conv2.bias, x)
+
+    def add_shortcut(self, h: Tensor, bias: Tensor, x: Tensor) -> Tensor:
+        """h + bias + shortcut(x), in place on h."""
+        return h.add_(per_channel(bias, h)).add_(self.shortcut(x))
 
 
 class AttentionBlock(nn.Module):
@@ -364,15 +285,6 @@ class Upsample(nn.Module):
         if temporal:
             self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1))
         self.temporal = temporal
-        self.phase_weight: Tensor | None = None  # set by `subpixel_`
-        self.phase_bias: Tensor | None = None
-
-    def subpixel_(self) -> None:
-        """Upsample and convolve as four 2×2 convolutions on the small input (`cfcli.ops.subpixel`): 2.25× fewer
-        products and no upsampled copy; the summed taps are rounded to the weight dtype once."""
-        conv = self.resample[1]
-        bias = None if conv.bias is None else conv.bias.detach()
-        self.phase_weight, self.phase_bias = subpixel.phase_weights(conv.weight.detach(), bias)
 
     def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
         b, c = x.shape[:2]
@@ -380,10 +292,12 @@ class Upsample(nn.Module):
             frames = interleave_pairs(self.time_conv(x, cache).unflatten(1, (2, c)))
         else:
             frames = to_frames(x)
-        if self.phase_weight is not None:
-            return from_frames(subpixel.upsample_conv(frames, self.phase_weight, self.phase_bias), b)
+        return from_frames(self.upsample_conv(frames), b)
+
+    def upsample_conv(self, frames: Tensor) -> Tensor:
+        """Nearest 2× upsampling, then the 3×3 convolution, on frames [N, C, H, W]."""
         # Nearest upsampling is exact in any dtype, so there is no float32 round trip here.
-        return from_frames(self.resample[1](upsample_nearest_2x(frames)), b)
+        return self.resample[1](upsample_nearest_2x(frames))
 
 
 def _head(dim: int, out_dim: int) -> nn.Sequential:
@@ -520,19 +434,6 @@ class WanVAE(nn.Module):
         mu = F.conv3d(feats, self.conv1.weight[:z], self.conv1.bias[:z])
         mean, inv_std = (s.view(-1, 1, 1, 1) for s in self.latent_stats(mu))  # against [B, z, T, h, w]
         return ((mu - mean) * inv_std).transpose(1, 2).contiguous()
-
-    def channels_last_(self) -> WanVAE:
-        """Store the decoder's convolution weights channels-last, so that its activations stay channels-last too
-        (cuDNN's fastest kernels on GPUs, no layout conversions around each convolution). Same arithmetic; the
-        convolutions may sum in another order."""
-        for m in self.decoder.modules():
-            if isinstance(m, nn.Conv2d | nn.Conv3d):
-                fmt = torch.channels_last_3d if m.weight.dim() == 5 else torch.channels_last
-                m.weight.data = m.weight.data.contiguous(memory_format=fmt)
-            if isinstance(m, CausalConv3d):
-                m.layout = torch.channels_last_3d
-        self.conv2.weight.data = self.conv2.weight.data.contiguous(memory_format=torch.channels_last_3d)
-        return self
 
     def stream_decoder(self) -> StreamingDecoder:
         """A decoder for one video, fed latent frames in order over successive calls."""

@@ -30,7 +30,6 @@ alone (only the bias follows); device moves work as usual.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import torch
@@ -214,25 +213,15 @@ class FP8Linear(nn.Module):
 
 # -- model surgery ----------------------------------------------------------------------------------------------------
 
-# The DiT Linears worth quantising: per block the self-attention q/k/v/o, the cross-attention q/o (its k/v only run
-# once per prompt, in `CausalWanDiT.text_kv`) and the FFN. Not the patch/text/time embeddings, time projection, head.
-DIT_FP8_LAYERS = re.compile(r"(?:.+\.)?blocks\.\d+\.(?:self_attn\.[qkvo]|cross_attn\.[qo]|ffn\.[02])")
-
-
-def dit_fp8_filter(name: str, linear: nn.Linear) -> bool:
-    """The default `quantize_fp8_` filter: the DiT block Linears named by `DIT_FP8_LAYERS`."""
-    return DIT_FP8_LAYERS.fullmatch(name) is not None
-
-
-def quantize_fp8_(module: nn.Module, filter: Callable[[str, nn.Linear], bool] | None = None, *,
-                  use_fast_accum: bool = True, emulate: bool = False) -> int:
-    """Replace, in place, every `nn.Linear` of `module` that `filter(qualified_name, linear)` selects (default:
-    `dit_fp8_filter`) and whose in/out features are multiples of 16 by an `FP8Linear`; returns how many.
+def quantize_fp8_(module: nn.Module, filter: Callable[[str, nn.Linear], bool], *, use_fast_accum: bool = True,
+                  emulate: bool = False) -> int:
+    """Replace, in place, every `nn.Linear` of `module` that `filter(qualified_name, linear)` selects (the model knows
+    which: e.g. `cfcli.models.dit.hot_linear`) and whose in/out features are multiples of 16 by an `FP8Linear`;
+    returns how many.
 
     Quantises on the layers' current device. Run it after the weights are loaded and before `torch.compile` /
     CUDA-graph capture. Layers already converted are not `nn.Linear`s, so a second call replaces nothing.
     """
-    filter = filter or dit_fp8_filter
     chosen = [(name, m) for name, m in module.named_modules()
               if name and isinstance(m, nn.Linear) and fp8_shape_ok(m.in_features, m.out_features) and filter(name, m)]
     for name, linear in chosen:

@@ -1,5 +1,8 @@
 """Self-attention over a long key set, split across more thread blocks (split-KV), on Hopper GPUs.
 
+The caller chooses it (`cfcli.models.dit.SelfAttention.split_kv_sms`, set by `cfcli.pipeline.fast` where
+`split_sms` says it runs); nothing here looks at the device on its own.
+
 cuDNN's attention kernel gives each thread block 64 queries of one head. A frame-wise DiT call has 1560 queries and
 12 heads: 300 blocks for 132 SMs, so the last of its ~2.3 waves runs mostly empty and the kernel runs well below the
 rate it reaches at 4680 queries (figures in docs/performance.md). Splitting the keys into S equal parts, run as a
@@ -37,22 +40,28 @@ def kv_splits(queries: int, keys: int, heads: int, sms: int) -> int:
     return splits
 
 
+def split_sms(device: torch.device, dtype: torch.dtype) -> int | None:
+    """The SM count to size splits for where the split path runs: a CUDA device of compute capability 9.0+ (where it
+    was measured), half precision (cuDNN attention's), PyTorch with cuDNN attention; else None."""
+    if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
+        return None
+    return _sms(device.index if device.index is not None else torch.cuda.current_device())
+
+
 @functools.cache
 def _sms(index: int) -> int | None:
-    """SM count of CUDA device `index` where the split path runs (compute capability 9.0+, where it was measured;
-    PyTorch with cuDNN attention), else None."""
     props = torch.cuda.get_device_properties(index)
     has_op = hasattr(torch.ops.aten, "_scaled_dot_product_cudnn_attention")
     return props.multi_processor_count if (props.major, props.minor) >= (9, 0) and has_op else None
 
 
-def attend_long(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """`attend(q, k, v)` for one sequence (q [1, N, H, D], k/v [1, K, H, D], keys contiguous along K as a KV cache
-    slice is), split across more thread blocks where that is faster; elsewhere plain `attend`."""
+def attend_long(q: Tensor, k: Tensor, v: Tensor, sms: int) -> Tensor:
+    """`attend(q, k, v)` for one sequence (q [1, N, H, D], k/v [1, K, H, D] in half precision on a GPU of `sms` SMs
+    that `split_sms` accepts, keys contiguous along K as a KV cache slice is), split across more thread blocks where
+    the shapes gain from it (`kv_splits`); else plain `attend`."""
     n, heads, dim = q.shape[1:]
     keys = k.shape[1]
-    sms = _sms(q.device.index or 0) if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) else None
-    splits = kv_splits(n, keys, heads, sms) if sms and q.shape[0] == 1 else 1
+    splits = kv_splits(n, keys, heads, sms) if q.shape[0] == 1 else 1
     if splits == 1 or not (k[0].is_contiguous() and v[0].is_contiguous()):
         return attend(q, k, v)
     parts = (splits, keys // splits, heads, dim)

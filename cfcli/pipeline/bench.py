@@ -100,6 +100,7 @@ class BenchResult:
     realtime_factor: float
     decoder: str  # "wan" or "taehv"
     fast_path: str  # "compile+graphs", "compile", "graphs" or "eager", then "+fp8" when quantised
+    levers: list[str]  # the speed levers the engine applied (`Engine.levers`: names from `engine.LEVERS`)
     warmup_s: float  # the warm-up generation, compilation and graph captures included
     finite: bool
     dit_tflop: float
@@ -469,7 +470,7 @@ def run(req: BenchRequest, status: Callable[[str], None] = lambda m: None) -> Be
             from cfcli.pipeline.memory import apply_plan
 
             apply_plan(engine, plan)
-        engine.accelerate(opts.compile, opts.graphs)
+        engine.accelerate(opts)
         reset_peak(dev)
         status("warm-up" + (" (compiling)" if opts.compile and dev.type == "cuda" else ""))
         # Kernels are chosen, blocks compiled and graphs captured within a few blocks; once past the horizon every
@@ -489,8 +490,10 @@ def run(req: BenchRequest, status: Callable[[str], None] = lambda m: None) -> Be
         if req.save_latents is not None:
             save_run_latents(engine, text.context, req.latent_frames, req.seed, req.save_latents)
         attention = attention_backends(dev, dt, engine.dit.cfg)
+        levers = engine.levers()
     flops = flop_plan(p, req.latent_frames, req.options.decoder)
-    result = summarise(req, repeats, text, flops, use_random, finite, peak, attention, gpu_name(dev), warmup_s)
+    result = summarise(req, repeats, text, flops, use_random, finite, peak, attention, gpu_name(dev), warmup_s,
+                       levers)
     result.plan = plan.describe() if plan is not None else None
     if dev.type == "cuda":
         worst = lambda phase: max(getattr(r, phase) for r in repeats)  # noqa: E731
@@ -499,14 +502,15 @@ def run(req: BenchRequest, status: Callable[[str], None] = lambda m: None) -> Be
     return result
 
 
-def fast_path_name(req: BenchRequest) -> str:
-    opts = req.options
-    on = [n for n, flag in (("compile", opts.compile), ("graphs", opts.graphs)) if flag and req.device.type == "cuda"]
-    return "+".join((on or ["eager"]) + ([opts.quantize] if opts.quantize else []))
+def fast_path_name(levers: list[str]) -> str:
+    """The DiT's execution in a word: "compile+graphs", "compile", "graphs" or "eager", then "+fp8" when quantised."""
+    on = [n for n in ("compile", "graphs") if n in levers]
+    return "+".join((on or ["eager"]) + (["fp8"] if "fp8" in levers else []))
 
 
 def summarise(req: BenchRequest, repeats: list[Repeat], text: TextTiming, flops: FlopPlan, random: bool,
-              finite: bool, peak: float | None, attention: list[str], gpu: str, warmup_s: float) -> BenchResult:
+              finite: bool, peak: float | None, attention: list[str], gpu: str, warmup_s: float,
+              levers: list[str]) -> BenchResult:
     p = req.preset
     frames = p.geometry.video_frames_for(req.latent_frames)
     med = statistics.median
@@ -530,6 +534,7 @@ def summarise(req: BenchRequest, repeats: list[Repeat], text: TextTiming, flops:
         block_ms_p95=med(1e3 * percentile(r.block_s, 95) for r in repeats),
         text_encode_s=text.encode_s, text_load_s=text.load_s, text_tokens=text.tokens, peak_vram_gib=peak,
         text_peak_vram_gib=text.peak_gib, realtime=fps_e2e >= p.fps, realtime_factor=fps_e2e / p.fps,
-        decoder=req.options.decoder, fast_path=fast_path_name(req), warmup_s=warmup_s,
+        decoder=req.options.decoder, fast_path=fast_path_name(levers), levers=levers,
+        warmup_s=warmup_s,
         finite=finite, dit_tflop=dit / 1e12, vae_decode_tflop=vae / 1e12, text_encode_tflop=text_flops / 1e12,
         peak_tflops=req.peak_tflops, floor=floor)

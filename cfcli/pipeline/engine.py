@@ -7,7 +7,7 @@ while the next block is generated.
 """
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -62,15 +62,35 @@ def check_quantization(scheme: str | None, device: torch.device) -> None:
         raise CfError(why, "leave out --quantize to run in the preset's precision")
 
 
+# Every speed lever, in the order `Engine.levers` lists those that run (the first six are EngineOptions fields).
+LEVERS = ("compile", "graphs", "split_attention", "fused_gelu", "tuned_vae", "fused_vae", "fp8", "taehv")
+
+
 @dataclass(frozen=True)
 class EngineOptions:
-    """How an engine runs beyond what its preset says: the CUDA fast path, quantisation and the decoder."""
+    """How an engine runs beyond what its preset says: the speed levers, quantisation, the decoder, the memory plan.
 
-    compile: bool = True  # `Engine.accelerate`; no effect off the GPU
-    graphs: bool = True
+    Each lever is applied only where it runs (all are CUDA ones; `Engine.levers` lists those that did). None changes
+    what is computed; all but the graphs move results within rounding. `EngineOptions.plain()`: every lever off, the
+    reference modules as written (`--plain`)."""
+
+    compile: bool = True  # the DiT blocks' cache-free stages compiled (`cfcli.pipeline.fast.compile_blocks`)
+    graphs: bool = True  # each DiT call replayed as a CUDA graph (`cfcli.pipeline.fast.GraphedDiT`)
     quantize: str | None = None  # `Engine.quantize`: "fp8"
     decoder: str = "wan"  # `Engine.use_decoder`: "wan" or "taehv"
     memory: "object | None" = None  # a `cfcli.pipeline.memory.MemoryPlan` (`MemoryPlan.engine_options`)
+    split_attention: bool = True  # self-attention split across the keys (`cfcli.ops.split_attention`; Hopper+)
+    fused_gelu: bool = True  # each FFN's up-projection and GELU as one GEMM (`cfcli.ops.linear`)
+    tuned_vae: bool = True  # the decoder's fast forms (`cfcli.models.vae_fast`): channels-last, sub-pixel, stacked taps
+    fused_vae: bool = True  # with `tuned_vae`: its norm + SiLU and bias + residual as Triton kernels
+
+    @classmethod
+    def plain(cls, **on) -> "EngineOptions":
+        """Every speed lever off (the DiT and VAE as the reference modules, the Wan VAE decoding), but those in `on`
+        (e.g. `graphs=True`)."""
+        off = cls(compile=False, graphs=False, split_attention=False, fused_gelu=False, tuned_vae=False,
+                  fused_vae=False)
+        return replace(off, **on)
 
     def check(self, device: torch.device, need_weights: bool = True) -> None:
         """Raise a CfError for what cannot run on `device` (before any model loads); `need_weights`: the TAEHV
@@ -117,6 +137,12 @@ class Engine:
         self._cache: tuple[tuple, DiTCache] | None = None
         self.kv_format: str | None = None  # 8-bit KV cache ("int8" / "fp8"), set by a memory plan
         self.parked = None  # `cfcli.models.offload.Parked` text projections, set by a memory plan
+        self.applied: set[str] = set()  # the levers `quantize` and `accelerate` turned on (`levers`)
+
+    def levers(self) -> list[str]:
+        """The speed levers this engine runs with, in `LEVERS` order: what `cf bench` reports."""
+        on = self.applied | ({"taehv"} if self.decoder is not self.vae else set())
+        return [name for name in LEVERS if name in on]
 
     def use_decoder(self, name: str, model: nn.Module | None = None) -> "Engine":
         """Decode with the Wan VAE (`wan`) or the TAEHV tiny decoder (`taehv`: its cached weights unless `model` is
@@ -145,9 +171,11 @@ class Engine:
         if scheme is None:
             return self
         check_quantization(scheme, self.device)
+        from cfcli.models.dit import hot_linear
         from cfcli.ops.fp8 import quantize_fp8_
 
-        quantize_fp8_(self.dit)
+        if quantize_fp8_(self.dit, hot_linear):
+            self.applied.add("fp8")
         return self
 
     def configure(self, options: EngineOptions) -> "Engine":
@@ -157,25 +185,28 @@ class Engine:
             from cfcli.pipeline.memory import apply_plan
 
             apply_plan(self, options.memory)
-        return self.accelerate(options.compile, options.graphs)
+        return self.accelerate(options)
 
-    def accelerate(self, compile: bool = True, graphs: bool = True) -> "Engine":
-        """Turn on the CUDA fast path (`cfcli.pipeline.fast`): compiled DiT block stages and/or CUDA graphs of DiT
-        calls; with either, the VAE decoder runs channels-last (its norm + SiLU pairs fused when compiling).
+    def accelerate(self, options: EngineOptions = EngineOptions()) -> "Engine":
+        """Turn on the CUDA speed levers `options` asks for (`cfcli.pipeline.fast`), where they run; `levers()` then
+        lists them. Off the GPU there is nothing to do: every model stays the reference.
 
-        Off the GPU there is nothing to do. Graphs are bit-exact with the eager path; compiling and the decoder's
-        layout move results within bf16 rounding. Compiling costs a one-off compilation (cached on disk by PyTorch).
+        Graphs are bit-exact with the eager path; the other levers move results within bf16 rounding. Compiling costs
+        a one-off compilation (cached on disk by PyTorch).
         """
         if self.device.type != "cuda":
             return self
-        from cfcli.pipeline.fast import GraphedDiT, compile_blocks, tune_vae
+        from cfcli.pipeline import fast
 
-        if compile:
-            compile_blocks(self.dit)
-        if graphs:
-            self.runner = GraphedDiT(self.dit)
-        if compile or graphs:
-            tune_vae(self.vae, compile)
+        self.applied.update(fast.use_dit_kernels(self.dit, options.split_attention, options.fused_gelu))
+        if options.compile:
+            fast.compile_blocks(self.dit)
+            self.applied.add("compile")
+        if options.graphs:
+            self.runner = fast.GraphedDiT(self.dit)
+            self.applied.add("graphs")
+        if options.tuned_vae:
+            self.applied.update(fast.tune_vae(self.vae, options.fused_vae))
         return self
 
     @classmethod

@@ -1,5 +1,9 @@
-"""The fast path on CUDA (`Engine.accelerate`): compiled block stages, CUDA graphs of whole DiT calls, a tuned VAE
-decoder. None changes what is computed; only rounding moves (measured in docs/performance.md).
+"""The fast path on CUDA (`Engine.accelerate`): the DiT's faster kernels, compiled block stages, CUDA graphs of whole
+DiT calls, a tuned VAE decoder; each an `EngineOptions` lever. None changes what is computed; only rounding moves
+(measured in docs/performance.md).
+
+- `use_dit_kernels(dit, ...)` turns on split-KV self-attention (`cfcli.ops.split_attention`) and the FFN's fused
+  up-projection + GELU (`cfcli.ops.linear`) where they run: the DiT holds the choice (`CausalWanDiT.use_kernels`).
 
 - `compile_blocks(dit)` compiles each block's two cache-free stages (`Block.project`: modulated norm, q/k/v, RMS norms
   and RoPE; `Block.finish`: output projection, gated residuals, cross-attention, FFN) with `torch.compile`, which fuses
@@ -11,9 +15,9 @@ decoder. None changes what is computed; only rounding moves (measured in docs/pe
   replays it — one launch instead of ~2,000. Inputs (latents, timesteps, RoPE table, text K/V) are copied into
   static buffers first; the graph writes the KV cache in place, exactly as the eager call. Bit-exact with eager.
 
-- `tune_vae(vae)` stores the decoder channels-last, runs its 96-channel causal convolutions as 2D convolutions over
-  time-stacked channels (`cfcli.ops.time_taps`), its upsampling convolutions as sub-pixel convolutions
-  (`cfcli.ops.subpixel`) and adds each convolution's bias inside a fused norm + SiLU or
+- `tune_vae(vae)` swaps in the decoder's fast forms (`cfcli.models.vae_fast`): channels-last, its 96-channel causal
+  convolutions as 2D convolutions over time-stacked channels (`cfcli.ops.time_taps`), its upsampling convolutions as
+  sub-pixel convolutions (`cfcli.ops.subpixel`), each convolution's bias added inside a fused norm + SiLU or
   bias + residual kernel (`cfcli.ops.fused_norm`).
 
 A frame-wise 81-frame video has 21 cache plans (one per block; its steps and clean pass share it), so the first video
@@ -27,10 +31,24 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from cfcli.models import vae_fast
 from cfcli.models.cache import DiTCache
 from cfcli.models.dit import CausalWanDiT
 from cfcli.models.vae import CausalConv3d, ResidualBlock, RMSNorm, Upsample, WanVAE
 from cfcli.ops import triton_rows
+from cfcli.ops.split_attention import split_sms
+
+
+def use_dit_kernels(dit: CausalWanDiT, split_attention: bool, fused_gelu: bool) -> list[str]:
+    """Turn on the DiT's faster kernels that run on its device and dtype; returns the levers that did. Both are
+    half-precision CUDA kernels; split-KV attention needs compute capability 9.0+ too (`split_sms`)."""
+    weight = dit.patch_embedding.weight
+    half = weight.is_cuda and weight.dtype in (torch.float16, torch.bfloat16)
+    sms = split_sms(weight.device, weight.dtype) if split_attention else None
+    dit.use_kernels(split_kv_sms=sms, fused_gelu=fused_gelu and half)
+    blocks = getattr(dit.blocks, "distinct", lambda: dit.blocks)()
+    return [name for name, on in (("split_attention", sms is not None),
+                                  ("fused_gelu", any(blk.fused_gelu for blk in blocks))) if on]
 
 
 def compile_blocks(dit: CausalWanDiT) -> None:
@@ -45,39 +63,42 @@ def compile_blocks(dit: CausalWanDiT) -> None:
         blk.finish = torch.compile(blk.finish, dynamic=False)
 
 
-def tune_vae(vae: WanVAE, fuse: bool, stack: bool | None = None, stack_below: int = 128) -> None:
-    """Tune the VAE decoder in place; the same arithmetic, summed in another order.
+def tune_vae(vae: WanVAE, fuse: bool, stack: bool | None = None, stack_below: int = 128) -> list[str]:
+    """Swap the VAE decoder's fast forms in (`cfcli.models.vae_fast`); the same arithmetic, summed in another order.
+    Returns the levers applied: "tuned_vae", and "fused_vae" where the fused kernels run.
 
     - Channels-last weights and activations (cuDNN's fastest convolutions, no layout conversion around each one).
     - With `stack`, its 3-tap causal convolutions narrower than `stack_below` channels run as 2D convolutions over
-      time-stacked channels (`CausalConv3d.stack_taps_`): on Hopper cuDNN runs the 96-channel full-resolution ones
-      on an sm80 kernel at a third of the 2D speed. The head (96 → 3) runs as a 2D convolution with the taps stacked
-      as output channels instead (`CausalConv3d.tap_outputs_`; timed in docs/performance.md).
+      time-stacked channels (`StackedTapsConv3d`): on Hopper cuDNN runs the 96-channel full-resolution ones on an
+      sm80 kernel at a third of the 2D speed. The head (96 → 3) runs as a 2D convolution with the taps stacked as
+      output channels instead (`TapOutputsConv3d`; timed in docs/performance.md).
       Default: on GPUs of compute capability 9.0 and newer, the ones it was measured on (docs/performance.md);
       elsewhere the stacking copy could cost more than it saves.
     - Each nearest-2× upsampling and the 3×3 convolution after it as four 2×2 convolutions on the small input
-      (`Upsample.subpixel_`): 2.25× fewer products, no upsampled copy.
+      (`SubpixelUpsample`): 2.25× fewer products, no upsampled copy.
     - With `fuse` where Triton is available, each RMS norm + SiLU pair, with the bias of the convolution before it,
       as one kernel, and each residual block's `h + bias + shortcut` as another (`cfcli.ops.fused_norm`).
     """
-    vae.channels_last_()
-    for m in vae.decoder.modules():
-        if isinstance(m, Upsample):
-            m.subpixel_()
+    vae_fast.channels_last_(vae)
     weight = vae.conv2.weight
     if stack is None:
         stack = weight.is_cuda and torch.cuda.get_device_capability(weight.device) >= (9, 0)
-    if stack:
-        for m in vae.decoder.modules():
-            if isinstance(m, CausalConv3d) and m.history == 2 and m.in_channels == m.out_channels < stack_below:
-                m.stack_taps_()
-            elif isinstance(m, CausalConv3d) and m.history == 2 and m.out_channels <= 4:
-                m.tap_outputs_()
-    if not fuse or not triton_rows.available(weight):
-        return
     for m in vae.decoder.modules():
-        if isinstance(m, RMSNorm | ResidualBlock):
-            m.fuse_()
+        if isinstance(m, Upsample):
+            vae_fast.swap_(m, vae_fast.SubpixelUpsample)
+        elif stack and isinstance(m, CausalConv3d) and m.history == 2:
+            if m.in_channels == m.out_channels < stack_below:
+                vae_fast.swap_(m, vae_fast.StackedTapsConv3d)
+            elif m.out_channels <= 4:
+                vae_fast.swap_(m, vae_fast.TapOutputsConv3d)
+    if not fuse or not triton_rows.available(weight):
+        return ["tuned_vae"]
+    for m in vae.decoder.modules():
+        if isinstance(m, RMSNorm):
+            vae_fast.swap_(m, vae_fast.FusedRMSNorm)
+        elif isinstance(m, ResidualBlock):
+            vae_fast.swap_(m, vae_fast.FusedResidualBlock)
+    return ["tuned_vae", "fused_vae"]
 
 
 class CudaGraphs:
