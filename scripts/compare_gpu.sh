@@ -36,14 +36,17 @@ def load(name):
     except (OSError, ValueError, IndexError):
         return None
 print(f"{'mode':<10} {'run':<9} {'e2e fps':>8} {'DiT fps':>8} {'first s':>8} {'peak GiB':>9}  vs old (e2e / DiT)  levers")
+official = {}
 for mode in sys.argv[2:]:
     old = load(f"old-{mode}")
     for run in ("official", "old", "new"):
         r = load(f"{run}-{mode}")
         if r is None:
             continue
-        if run == "official":
-            e2e, dit, first, peak = r.get("fps_end_to_end"), r.get("fps_generation"), r.get("first_frame_s"), r.get("peak_vram_gib")
+        if run == "official":  # scripts/official_bench.py: medians; its first frame comes with the last
+            m = r.get("median") or {}
+            e2e, dit, peak = m.get("e2e_fps"), m.get("dit_fps"), r.get("peak_gib")
+            first = m.get("e2e_s")
         else:
             e2e, dit, first, peak = r["fps_end_to_end"], r["fps_generation"], r["first_frame_s"], r.get("peak_vram_gib")
         ratio = f"{e2e / old['fps_end_to_end']:.3f} / {dit / old['fps_generation']:.3f}" if old and e2e and dit else ""

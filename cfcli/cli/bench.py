@@ -8,8 +8,8 @@ import typer
 
 from cfcli.cli.checks import check_length, check_options
 from cfcli.cli.common import (CompileOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt, LowVramOpt, MaxVramOpt,
-                              ModeOpt, PlainOpt, PresetOpt, QuantizeOpt, StepsOpt, console, engine_options, friendly,
-                              is_tty, pick_device, pick_dtype, preset_name)
+                              ModeOpt, PlainOpt, PresetOpt, QuantizeOpt, StepsOpt, console, friendly, is_tty,
+                              preset_name, set_up)
 from cfcli.cli.progress import record_bench
 from cfcli.errors import CfError
 
@@ -60,22 +60,20 @@ def register(app: typer.Typer) -> None:
           cf bench --cold --repeat 3 --frames 81
         """
         from cfcli.pipeline import bench as job
-        from cfcli.pipeline.generate import plan_frames
-        from cfcli.presets import load_preset
+        from cfcli.pipeline.plan import frame_counts
 
         check_options(frames)
-        p = job.with_resolution(load_preset(preset_name(preset, mode, steps)), height, width)
-        dev = pick_device(device)
-        dt = pick_dtype(dtype, dev)
-        options = engine_options(compile, cuda_graphs, quantize, decoder, plain)
-        options.check(dev, need_weights=False)  # random TAEHV weights stand in, like the rest
+        # need_weights=False: random TAEHV weights stand in, like the rest
+        setup = set_up(preset, mode, steps, device, dtype, (compile, cuda_graphs, quantize, decoder, plain), height,
+                       width, need_weights=False)
+        p, dev, dt, options = setup.preset, setup.device, setup.dtype, setup.options
         if repeat < 1:
             raise CfError(f"--repeat must be at least 1, got {repeat}")
         if peak_tflops is not None and not (math.isfinite(peak_tflops) and peak_tflops > 0):
             raise CfError(f"--peak-tflops must be a positive number, got {peak_tflops}")
         want = frames if frames is not None else p.frames
         check_length(want, "--frames", geometry=p.geometry)
-        real, _ = plan_frames(p, want, image=False)
+        real, _ = frame_counts(p, want, image=False)
         if real != want:
             console.print(f"[yellow]note:[/] {want} frames is not a length the model makes; benchmarking {real}")
         if cold:

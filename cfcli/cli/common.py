@@ -3,6 +3,7 @@
 import functools
 import random
 import sys
+from dataclasses import dataclass
 from typing import Annotated
 
 import typer
@@ -88,6 +89,30 @@ def friendly(fn):
             raise
 
     return wrapper
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every model command starts from: the preset (at the asked size), device, dtype and engine options."""
+
+    preset: object  # cfcli.presets.Preset
+    device: object  # torch.device
+    dtype: object  # torch.dtype
+    options: object  # cfcli.pipeline.engine.EngineOptions
+
+
+def set_up(preset: str | None, mode: str | None, steps: int | None, device: str | None, dtype: str | None,
+           speed: tuple, height: int | None = None, width: int | None = None, need_weights: bool = True) -> Setup:
+    """The one set-up of generate, extend, live and bench; `speed` is (compile, graphs, quantize, decoder, plain).
+    Everything is checked here, before any model loads; `need_weights`: TAEHV's weights must be downloaded."""
+    from cfcli.pipeline.plan import with_resolution
+    from cfcli.presets import load_preset
+
+    p = with_resolution(load_preset(preset_name(preset, mode, steps)), height, width)
+    dev = pick_device(device)
+    options = engine_options(*speed)
+    options.check(dev, need_weights)
+    return Setup(p, dev, pick_dtype(dtype, dev), options)
 
 
 def engine_options(compile: bool, graphs: bool, quantize: str | None, decoder: str, plain: bool = False):

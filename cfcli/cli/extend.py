@@ -7,8 +7,7 @@ import typer
 from cfcli.cli.checks import check_length, check_options, codec_note
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, ExtendModeOpt, GraphsOpt,
                               JsonOpt, LowVramOpt, MaxVramOpt, OverwriteOpt, PlainOpt, PresetOpt, QuantizeOpt, QuietOpt,
-                              SeedOpt, StepsOpt, console, engine_options, friendly, new_seed, pick_device, pick_dtype,
-                              preset_name, show_plan)
+                              SeedOpt, StepsOpt, console, friendly, new_seed, set_up, show_plan)
 from cfcli.cli.files import open_file, output_codec, poster_path, write_poster
 from cfcli.cli.progress import ProgressView, cpu_notice, status_line
 from cfcli.cli.summary import report
@@ -66,45 +65,39 @@ def register(app: typer.Typer) -> None:
         from cfcli.pipeline.outputs import check as check_outputs
         from cfcli.pipeline.samplers import sampler_kind
         from cfcli.pipeline.signals import exit_code, stop_on_signals
-        from cfcli.presets import load_preset
 
         check_options(frames, seconds, seed, fps, crf)
         fmt = output_codec(codec, out)
-        p = load_preset(preset_name(preset, mode, steps))
+        setup = set_up(preset, mode, steps, device, dtype, (compile, cuda_graphs, quantize, decoder, plain))
+        p, dev, dt = setup.preset, setup.device, setup.dtype
         if frames is not None:
             check_length(frames, "--frames", geometry=p.geometry)
         if not sampler_kind(p).starts_from_frames:
             raise CfError(f"{p.name} cannot extend clips", "use --mode framewise or --mode chunkwise")
-        dev = pick_device(device)
-        dt = pick_dtype(dtype, dev)
-        options = engine_options(compile, cuda_graphs, quantize, decoder, plain)
-        options.check(dev)
-        new = frames if frames is not None or seconds is not None else 64
+        # Planned once, before the models load: the clip probed, its prompt, the context and the new frames.
+        video = job.plan_extend(p, clip, prompt, frames, seconds, fps, context_frames, only_new)
         s = new_seed(seed)
         path = out or clip.with_name(f"{clip.stem}-extended-{s}{fmt.suffix}")
         if poster:
             check_outputs(poster_path(path), overwrite, "--poster")
         from cfcli.pipeline.memory import plan_run
 
-        # Planned for the longest default context and the new frames (the cache holds at most the horizon anyway).
-        new_latents = p.geometry.continuation_latents(new or round(seconds * (fps or p.fps)))
-        options, plan = plan_run(p, new_latents + max(job.DEFAULT_CONTEXT_LATENTS.values()), dev, dt, options,
-                                 max_vram, low_vram)
+        options, plan = plan_run(p, video.latent_frames, dev, dt, setup.options, max_vram, low_vram)
         show_plan(plan, quiet)
-        note = (lambda m: None) if quiet else (lambda m: console.print(f"[yellow]note:[/] {m}"))
-        if codec_note(ctx, fmt.name):
-            note(codec_note(ctx, fmt.name))
+        for line in (*video.notes, codec_note(ctx, fmt.name)):
+            if line and not quiet:
+                console.print(f"[yellow]note:[/] {line}")
         with stop_on_signals():
             # Reserved (checked, locked, temp file created) before any model loads.
             with job.reserve_outputs(path, save_latents, overwrite, fmt.name, crf, p, inputs=(clip,)) as outputs:
                 cpu_notice(dev, device, quiet)  # once every check has passed
                 if not quiet:
-                    console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {clip} + {new or f'{seconds}s'} frames "
+                    console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {clip} + {video.new_frames} frames "
                                   f"→ {path}")
-                req = job.ExtendRequest(clip, prompt, p, s, new, path, dev, dt, context_frames, only_new, fmt.name,
-                                        crf, fps, save_latents, seconds, options, overwrite, outputs)
-                with ProgressView(enabled=not quiet, fps=fps or clip_fps(clip) or p.fps, device=dev) as view:
-                    summary = job.run(req, view.update, note=note, status=status_line(quiet))
+                req = job.ExtendRequest(video, s, path, dev, dt, fmt.name, crf, save_latents, options, overwrite,
+                                        outputs)
+                with ProgressView(enabled=not quiet, fps=video.fps, device=dev) as view:
+                    summary = job.run(req, view.update, status=status_line(quiet))
             report(summary, quiet, json_out)
             if summary.interrupted:
                 raise typer.Exit(exit_code())
@@ -113,14 +106,3 @@ def register(app: typer.Typer) -> None:
         if open_:
             open_file(summary.path)
 
-
-def clip_fps(path: Path) -> float | None:
-    """The clip's frame rate from its header (what the output plays at); None when unreadable (the job says why)."""
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            return float(stream.average_rate or stream.guessed_rate or 0) or None
-    except (OSError, IndexError, av.FFmpegError):
-        return None

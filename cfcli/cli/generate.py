@@ -10,8 +10,7 @@ from typer.core import TyperCommand
 from cfcli.cli.checks import check_length, check_options, codec_note
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt,
                               LowVramOpt, MaxVramOpt, ModeOpt, OverwriteOpt, PlainOpt, PresetOpt, QuantizeOpt, QuietOpt,
-                              SeedOpt, StepsOpt, console, engine_options, friendly, new_seed, pick_device, pick_dtype,
-                              preset_name, show_plan)
+                              SeedOpt, StepsOpt, console, friendly, new_seed, set_up, show_plan)
 from cfcli.cli.files import open_file, output_codec, output_dir, poster_path, write_poster
 from cfcli.cli.progress import ProgressView, cpu_notice, status_line
 from cfcli.cli.summary import report
@@ -112,39 +111,34 @@ def register(app: typer.Typer) -> None:
         phases = Phases()
         phases.mark("cli_ready")
         from cfcli.pipeline import generate as job
-        from cfcli.pipeline.bench import with_resolution
         from cfcli.pipeline.outputs import check as check_outputs
+        from cfcli.pipeline.plan import plan_video
         from cfcli.pipeline.signals import exit_code, stop_on_signals, stopped_by
-        from cfcli.presets import load_preset
 
         check_options(frames, seconds, seed, fps, crf)
         schedule = read_schedule(prompt, prompt_at, prompt_schedule, prompt_file)
         prompts = [schedule.opening] if schedule else read_prompts(prompt, prompt_file)
         fmt = output_codec(codec, out)
-        p = with_resolution(load_preset(preset_name(preset, mode, steps)), height, width)
-        dev = pick_device(device)
-        dt = pick_dtype(dtype, dev)
-        options = engine_options(compile, cuda_graphs, quantize, decoder, plain)
-        options.check(dev)
+        setup = set_up(preset, mode, steps, device, dtype, (compile, cuda_graphs, quantize, decoder, plain), height,
+                       width)
+        p, dev, dt = setup.preset, setup.device, setup.dtype
         fps_ = fps or p.fps
         want = frames if frames is not None else (round(seconds * fps_) + 1 if seconds is not None else p.frames)
         check_length(want, "--frames" if seconds is None else "--seconds", seconds, fps_, p.geometry)
-        real, _ = job.plan_frames(p, want, image is not None)
-        for note in (f"{want} frames is not a length the model makes; generating {real}" if real != want else None,
-                     codec_note(ctx, fmt.name)):
+        # Planned once, before the models load: a bad --image, an empty prompt, a switch that never shows refused here.
+        plans = {text: plan_video(p, want, fps_, image, None if schedule else text, schedule) for text in prompts}
+        first = plans[prompts[0]]
+        for note in (first.rounding(), codec_note(ctx, fmt.name)):
             if note and not quiet:
                 console.print(f"[yellow]note:[/] {note}")
-        # Refused before the models load.
-        starts = schedule.block_starts(fps_, real, p.block_frames, p.geometry) if schedule else ()
         runs = plan_runs(prompts, seed, count, out, fmt.suffix, save_latents)
         if poster:
             for _, _, path, _ in runs:
                 check_outputs(poster_path(path), overwrite, "--poster")
         status = status_line(quiet)
-        job.check_image_input(p, image)  # a bad --image is refused before any model loads
         from cfcli.pipeline.memory import plan_run, text_placement
 
-        options, plan = plan_run(p, p.geometry.latent_frames_for(real), dev, dt, options, max_vram, low_vram)
+        options, plan = plan_run(p, first.latent_frames, dev, dt, setup.options, max_vram, low_vram)
         show_plan(plan, quiet)
         with stop_on_signals(), ExitStack() as reserved:
             # Every output is reserved (checked, locked, its temp file created) before any model loads.
@@ -154,22 +148,24 @@ def register(app: typer.Typer) -> None:
             phases.mark("prepared")  # torch imported, options checked, outputs reserved
             # Every prompt is encoded in one umT5 load, which is gone before the DiT loads (once, for all prompts).
             encoder = job.PromptEncoder(p, dev, dt, note=status, placement=text_placement(options), phases=phases)
+            texts = list(dict.fromkeys(t for v in plans.values() for t in v.prompts()))
             with phases.span("text"):
-                encoder.encode(schedule.prompts() if schedule else prompts)
+                features = dict(zip(texts, encoder.encode(texts)))
             phases.facts["text_cache_hit"] = not encoder.loaded_encoder
             engine = job.Engine.load(p, dev, dt, note=status, phases=phases)
             with phases.span("configure"):
                 engine.configure(options)
             for (text, s, path, latents), reserved_outputs in zip(runs, outputs):
+                video = plans[text].with_features(features)
                 if not quiet:
-                    console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {real} frames → {path}")
-                    show_switches(schedule, starts, fps_, p)
-                req = job.GenerateRequest(text, p, s, real, path, dev, dt, fmt.name, crf, fps, image, latents,
-                                          schedule, options, overwrite=overwrite, outputs=reserved_outputs)
+                    console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {video.frames} frames → {path}")
+                    show_switches(video, p)
+                req = job.GenerateRequest(video, s, path, dev, dt, fmt.name, crf, latents, options,
+                                          overwrite=overwrite, outputs=reserved_outputs)
                 phases.video()
                 phases.mark("video_start")
                 with ProgressView(enabled=not quiet, fps=fps_, device=dev) as view:
-                    summary = job.run(req, timed_progress(view.update, phases), engine=engine, prompt_encoder=encoder)
+                    summary = job.run(req, timed_progress(view.update, phases), engine=engine)
                 report(summary, quiet, json_out, phases.report(summary.frames))
                 if summary.interrupted or stopped_by():
                     raise typer.Exit(exit_code())
@@ -216,9 +212,7 @@ def read_prompts(prompt: str | None, prompt_file: Path | None) -> list[str]:
         if not prompts:
             raise CfError(f"{prompt_file} holds no prompts", "write one prompt per line")
         return prompts
-    if prompt is None or not prompt.strip():
-        raise CfError("the prompt is empty", 'describe the video, e.g. cf generate "a fox running"')
-    return [prompt]
+    return [prompt]  # an empty one is refused by the plan
 
 
 def read_schedule(prompt: str | None, prompt_at: list[str] | None, schedule_file: Path | None,
@@ -243,7 +237,7 @@ def read_schedule(prompt: str | None, prompt_at: list[str] | None, schedule_file
     return PromptSchedule.build(prompt, switches)
 
 
-def show_switches(schedule, starts: tuple[int, ...], fps: float, preset) -> None:
+def show_switches(video, preset) -> None:
     """Where each switch lands: at a block start; with the rolling sampler the blocks in its window change too."""
     from rich.markup import escape
 
@@ -251,7 +245,8 @@ def show_switches(schedule, starts: tuple[int, ...], fps: float, preset) -> None
 
     first_frame_of = preset.geometry.first_frame_of
     in_flight = sampler_kind(preset).in_flight_frames(preset)
-    for entry, start in zip(schedule.entries[1:] if schedule else (), starts[1:]):
+    fps = video.fps
+    for entry, start in zip(video.schedule.entries[1:], video.starts[1:]):
         frame, touched = first_frame_of(start), first_frame_of(max(0, start - in_flight))
         rolling = f", blocks in flight from frame {touched} finish under it" if touched != frame else ""
         console.print(f"[dim]prompt switch at {entry.seconds:g}s → from frame {frame} ({frame / fps:.2f}s)"

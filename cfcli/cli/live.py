@@ -9,8 +9,8 @@ import typer
 
 from cfcli.cli.checks import check_options
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt,
-                              ModeOpt, PlainOpt, PresetOpt, QuantizeOpt, SeedOpt, StepsOpt, console, engine_options,
-                              friendly, pick_device, pick_dtype, preset_name)
+                              ModeOpt, PlainOpt, PresetOpt, QuantizeOpt, SeedOpt, StepsOpt, console, friendly,
+                              preset_name, set_up)
 from cfcli.errors import CfError
 
 
@@ -88,13 +88,9 @@ def load(name: str, device, dtype, text_device, random_weights: bool, opts: tupl
     """(engine, resident prompt encoder), the encoder placed by `pick_text_device` and said where."""
     from cfcli.live.text import ResidentPromptEncoder, pick_text_device
     from cfcli.pipeline import bench
-    from cfcli.presets import load_preset
 
-    p = load_preset(name)
-    dev = pick_device(device)
-    dt = pick_dtype(dtype, dev)
-    options = engine_options(*opts)
-    options.check(dev, need_weights=not random_weights)
+    setup = set_up(name, None, None, device, dtype, opts, need_weights=not random_weights)
+    p, dev, dt, options = setup.preset, setup.device, setup.dtype, setup.options
     if text_device == "cuda" and dev.type != "cuda":
         raise CfError("--text-device cuda needs the run on a GPU", "use --text-device cpu")
     random = random_weights

@@ -29,7 +29,8 @@ from cfcli.live.recording import Recording
 from cfcli.live.schedule import LivePrompt, LiveSchedule
 from cfcli.models.geometry import Geometry
 from cfcli.pipeline.engine import Engine
-from cfcli.pipeline.generate import metadata, plan_frames
+from cfcli.pipeline.generate import metadata
+from cfcli.pipeline.plan import frame_counts
 from cfcli.pipeline.outputs import slug
 from cfcli.pipeline.samplers import sampler_kind
 from cfcli.pipeline.sinks import Background, stream
@@ -382,7 +383,7 @@ class LiveSession:
         if ctx.clip_frames is not None:
             want = g.continuation_latents(round(self.config.max_seconds * self.fps))
             return min(most, max(bf, -(-want // bf) * bf))
-        return min(most, plan_frames(p, round(self.config.max_seconds * self.fps) + 1, ctx.image)[1])
+        return min(most, frame_counts(p, round(self.config.max_seconds * self.fps) + 1, ctx.image)[1])
 
     def _frames_made(self, ctx: Context, latents: int) -> int:
         g = self.engine.geometry

@@ -118,16 +118,6 @@ class BenchResult:
 # ---------------------------------------------------------------------------------------------------------------
 # Planning: resolution, frames, weights
 
-def with_resolution(preset: Preset, height: int | None, width: int | None) -> Preset:
-    """The preset at another resolution; both sides must be positive multiples of its size multiple (16 for Wan)."""
-    step = preset.geometry.size_multiple if height is not None or width is not None else 1
-    for name, value in (("--height", height), ("--width", width)):
-        if value is not None and (value <= 0 or value % step):
-            raise CfError(f"{name} must be a positive multiple of {step}, got {value}",
-                          "e.g. --height 480 --width 832")
-    return replace(preset, height=height or preset.height, width=width or preset.width)
-
-
 def weights_cached(preset: Preset) -> bool:
     """True when every weight file of the preset is on this machine (never touches the network)."""
     try:

@@ -7,7 +7,7 @@ noise is drawn.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,28 +23,62 @@ from cfcli.pipeline.text import PromptEncoder
 from cfcli.presets import Preset
 
 DEFAULT_CONTEXT_LATENTS = {1: 5, 3: 6}  # frame-wise 17 frames, chunk-wise 21 frames (Wan2.1's VAE)
+DEFAULT_NEW_FRAMES = 64
+
+
+@dataclass(frozen=True)
+class ExtendPlan:
+    """One continuation, worked out before any model loads: the clip, its prompt, `context` latent frames taken from
+    its end, `generated` new latent frames, the rate the output plays at, and what the user should be told."""
+
+    preset: Preset
+    clip: ClipInfo
+    prompt: str
+    fps: float
+    context: int
+    generated: int
+    only_new: bool
+    notes: tuple[str, ...] = ()
+
+    @property
+    def new_frames(self) -> int:
+        return self.preset.geometry.continuation_frames(self.generated)
+
+    @property
+    def context_frames(self) -> int:
+        return self.preset.geometry.video_frames_for(self.context)
+
+    @property
+    def latent_frames(self) -> int:
+        return self.context + self.generated
+
+    @property
+    def total(self) -> int:
+        """Frames in the output file."""
+        return self.new_frames + (0 if self.only_new else self.clip.frames)
 
 
 @dataclass
 class ExtendRequest:
-    clip: Path
-    prompt: str | None
-    preset: Preset
+    plan: ExtendPlan
     seed: int
-    new_frames: int | None
     out: Path
     device: torch.device
     dtype: torch.dtype
-    context_frames: int | None = None
-    only_new: bool = False
     codec: str = "h264"
     crf: int = 18
-    fps: float | None = None
     save_latents: Path | None = None
-    seconds: float | None = None  # instead of new_frames, at the output's frame rate
     options: EngineOptions = EngineOptions()  # when `run` loads the engine itself
-    overwrite: bool = False  # replace existing files at `out` / `save_latents` (`out` may be `clip` itself)
+    overwrite: bool = False  # replace existing files at `out` / `save_latents` (`out` may be the clip itself)
     outputs: Outputs | None = None  # reserved by the caller before the models loaded (`reserve_outputs`)
+
+    @property
+    def preset(self) -> Preset:
+        return self.plan.preset
+
+    @property
+    def clip(self) -> Path:
+        return self.plan.clip.path
 
 
 def load_clip(path: Path) -> ClipInfo:
@@ -88,64 +122,79 @@ def source_facts(clip: ClipInfo, fps: float, preset: Preset) -> dict:
     return facts
 
 
+def plan_extend(preset: Preset, clip_path: Path, prompt: str | None = None, new_frames: int | None = None,
+                seconds: float | None = None, fps: float | None = None, context_frames: int | None = None,
+                only_new: bool = False) -> ExtendPlan:
+    """The plan of extending `clip_path` (probed, not decoded) by `new_frames` frames or `seconds` (default
+    `DEFAULT_NEW_FRAMES`), at the clip's own rate unless `fps` is given; every refusal happens here."""
+    clip = load_clip(clip_path)
+    prompt = prompt or clip.metadata.get("prompt")
+    if not prompt or not str(prompt).strip():
+        raise CfError(f"{clip_path} has no prompt in its metadata", 'pass --prompt "what happens next"')
+    fps = fps or clip.fps or preset.fps  # the clip's own rate, NTSC 29.97 included
+    if seconds is not None:
+        asked = round(seconds * fps)
+    else:
+        asked = new_frames if new_frames is not None else DEFAULT_NEW_FRAMES
+    if asked <= 0:
+        raise CfError(f"--frames must be positive, got {asked}")
+    g, bf = preset.geometry, preset.block_frames
+    n_ctx = context_latents(preset, clip.frames, context_frames)
+    generated = -(-g.continuation_latents(asked) // bf) * bf
+    if n_ctx + generated > g.max_latent_frames:
+        most = g.continuation_frames(g.max_latent_frames - n_ctx)
+        raise CfError(f"{asked} new frames is more than the model's position table holds after the context",
+                      f"extend by at most {most} frames at a time")
+    plan = ExtendPlan(preset, clip, str(prompt), fps, n_ctx, generated, only_new)
+    return replace(plan, notes=tuple(clip.notes()) + extend_notes(plan, asked))
+
+
+def extend_notes(plan: ExtendPlan, asked: int) -> tuple[str, ...]:
+    """What was changed or rounded: the clip's size, the length asked, the clip's rate against the model's."""
+    p, clip, fps, notes = plan.preset, plan.clip, plan.fps, []
+    if (clip.height, clip.width) != (p.height, p.width):
+        change = "crops and resizes" if clip.width * p.height != clip.height * p.width else "resizes"
+        notes.append(f"the clip is {clip.width}×{clip.height}; cfcli {change} it to the model's {p.width}×{p.height}")
+    if plan.new_frames != asked:
+        notes.append(f"{asked} new frames is not a length the model makes; generating {plan.new_frames}")
+    if round(float(fps), 3) != p.fps:
+        notes.append(f"the clip plays at {fps:g} fps; the new frames move at the model's {p.fps} fps (played at "
+                     f"{fps:g}, recorded as motion_fps)")
+    return tuple(notes)
+
+
 def run(req: ExtendRequest, on_progress: Callable[[Progress], None] = lambda p: None,
-        engine: Engine | None = None, note: Callable[[str], None] = lambda s: None,
-        status: Callable[[str], None] = lambda s: None) -> Summary:
+        engine: Engine | None = None, status: Callable[[str], None] = lambda s: None,
+        features: torch.Tensor | None = None) -> Summary:
     """Extend one clip; its outputs are `req.outputs` when the caller reserved them, else reserved here first.
-    `note` hears what was changed or rounded, `status` each model about to load."""
+    `status` hears each model about to load; `features` are the prompt's umT5 features when already encoded."""
     with req.outputs or reserve_outputs(req.out, req.save_latents, req.overwrite, req.codec, req.crf, req.preset,
                                         inputs=(req.clip,)) as outputs:
-        return _run(req, outputs, on_progress, engine, note, status)
+        return _run(req, outputs, on_progress, engine, status, features)
 
 
-def _run(req: ExtendRequest, outputs: Outputs, on_progress, engine, note, status) -> Summary:
-    p = req.preset
-    clip = load_clip(req.clip)  # before any model loads: a file that is not a video is refused here
-    for line in clip.notes():
-        note(line)
-    prompt = req.prompt or clip.metadata.get("prompt")
-    if not prompt or not str(prompt).strip():
-        raise CfError(f"{req.clip} has no prompt in its metadata", 'pass --prompt "what happens next"')
-    fps = req.fps or clip.fps or p.fps  # the clip's own rate, NTSC 29.97 included
-    new_frames = req.new_frames if req.seconds is None else round(req.seconds * fps)
-    if new_frames <= 0:
-        raise CfError(f"--frames must be positive, got {new_frames}")
-    n_ctx = context_latents(p, clip.frames, req.context_frames)
-    h, w = clip.height, clip.width
-    if (h, w) != (p.height, p.width):
-        change = "crops and resizes" if w * p.height != h * p.width else "resizes"
-        note(f"the clip is {w}×{h}; cfcli {change} it to the model's {p.width}×{p.height}")
-    g = p.geometry
-    new_latents = -(-g.continuation_latents(new_frames) // p.block_frames) * p.block_frames
-    made = g.continuation_frames(new_latents)
-    if made != new_frames:
-        note(f"{new_frames} new frames is not a length the model makes; generating {made}")
-    if n_ctx + new_latents > g.max_latent_frames:
-        most = g.continuation_frames(g.max_latent_frames - n_ctx)
-        raise CfError(f"{new_frames} new frames is more than the model's position table holds after the context",
-                      f"extend by at most {most} frames at a time")
-    context = fit_frames(read_tail(req.clip, g.video_frames_for(n_ctx), clip), p.width, p.height)
-    if round(float(fps), 3) != p.fps:
-        note(f"the clip plays at {fps:g} fps; the new frames move at the model's {p.fps} fps (played at "
-             f"{fps:g}, recorded as motion_fps)")
-    from cfcli.pipeline.memory import text_placement
+def _run(req: ExtendRequest, outputs: Outputs, on_progress, engine, status, features) -> Summary:
+    plan, p = req.plan, req.preset
+    context = fit_frames(read_tail(req.clip, plan.context_frames, plan.clip), p.width, p.height)
+    if features is None:
+        from cfcli.pipeline.memory import text_placement
 
-    text = PromptEncoder(p, req.device, req.dtype, note=status,
-                         placement=text_placement(req.options)).encode([prompt])[0]
+        features = PromptEncoder(p, req.device, req.dtype, note=status,
+                                 placement=text_placement(req.options)).encode([plan.prompt])[0]
     if engine is None:
         engine = Engine.load(p, req.device, req.dtype, note=status).configure(req.options)
     ctx_latents = engine.encode_video(to_model_range(context).permute(1, 0, 2, 3))
-    total = made + (0 if req.only_new else clip.frames)
-    meta = metadata(prompt, req.seed, p, total, round(float(fps), 3), extended_from=str(req.clip),
-                    context_frames=g.video_frames_for(n_ctx), new_frames=made, only_new=req.only_new,
-                    **made_with(req), **source_facts(clip, fps, p))
-    writer = SafeWriter(outputs.video, fps, p.width, p.height, req.codec, req.crf, meta)
-    if not req.only_new:
+    meta = metadata(plan.prompt, req.seed, p, plan.total, round(float(plan.fps), 3), extended_from=str(req.clip),
+                    context_frames=plan.context_frames, new_frames=plan.new_frames, only_new=plan.only_new,
+                    **made_with(req), **source_facts(plan.clip, plan.fps, p))
+    writer = SafeWriter(outputs.video, plan.fps, p.width, p.height, req.codec, req.crf, meta)
+    if not plan.only_new:
         try:
-            for batch in iter_frames(req.clip, rotation=clip.rotation):  # streamed: the clip is never held whole
+            for batch in iter_frames(req.clip, rotation=plan.clip.rotation):  # streamed: never held whole
                 writer.write(fit_frames(batch, p.width, p.height))
         except BaseException:
             writer.abort()
             raise
-    chunks = engine.generate(engine.text_kv(text), new_latents, req.seed, ctx_latents)
-    return stream_to_file(chunks, writer, total, req, on_progress, write_context=False, latents=outputs.latents)
+    chunks = engine.generate(engine.text_kv(features), plan.generated, req.seed, ctx_latents)
+    return stream_to_file(chunks, writer, plan.total, req, on_progress, write_context=False,
+                          latents=outputs.latents)

@@ -17,9 +17,10 @@ from cfcli import __version__
 from cfcli.errors import CfError
 from cfcli.pipeline import containers
 from cfcli.pipeline.engine import Chunk, Engine, EngineOptions
-from cfcli.pipeline.media import check_image_input, load_image
+from cfcli.pipeline.media import load_image
 from cfcli.pipeline.outputs import Outputs, Target, check, reserve, same_file, write_error
-from cfcli.pipeline.prompts import PromptSchedule, TextSchedule
+from cfcli.pipeline.plan import VideoPlan
+from cfcli.pipeline.prompts import PromptSchedule
 from cfcli.pipeline.signals import finalising
 from cfcli.pipeline.sinks import Background, Progress, Sink, stream
 from cfcli.pipeline.text import PromptEncoder
@@ -29,22 +30,25 @@ from cfcli.presets import Preset, presets_dir
 
 @dataclass
 class GenerateRequest:
-    prompt: str
-    preset: Preset
+    plan: VideoPlan  # frames, prompts and their switches (`cfcli.pipeline.plan.plan_video`)
     seed: int
-    video_frames: int
     out: Path
     device: torch.device
     dtype: torch.dtype
     codec: str = "h264"
     crf: int = 18
-    fps: int | None = None
-    image: Path | None = None
     save_latents: Path | None = None
-    schedule: PromptSchedule | None = None  # prompt switches; its opening prompt is `prompt`
     options: EngineOptions = EngineOptions()  # when `run` loads the engine itself
     overwrite: bool = False  # replace existing files at `out` / `save_latents`
     outputs: Outputs | None = None  # reserved by the caller before the models loaded (`reserve_outputs`)
+
+    @property
+    def preset(self) -> Preset:
+        return self.plan.preset
+
+    @property
+    def image(self) -> Path | None:
+        return self.plan.image
 
 
 @dataclass
@@ -68,17 +72,6 @@ class Summary:
     @property
     def generation_fps(self) -> float:
         return self.generated / self.elapsed if self.elapsed > 0 else 0.0
-
-
-def plan_frames(preset: Preset, video_frames: int, image: bool) -> tuple[int, int]:
-    """(video frames, generated latent frames) for a request, rounded up to what the model can make."""
-    if video_frames <= 0:
-        raise CfError(f"--frames must be positive, got {video_frames}")
-    g = preset.geometry
-    generated = g.latent_frames_covering(video_frames) - (1 if image else 0)
-    bf = preset.block_frames
-    generated = max(bf, -(-generated // bf) * bf)
-    return g.video_frames_for(generated + (1 if image else 0)), generated
 
 
 def metadata(prompt: str, seed: int, p: Preset, frames: int, fps: float, schedule: PromptSchedule | None = None,
@@ -114,29 +107,19 @@ def run(req: GenerateRequest, on_progress: Callable[[Progress], None] = lambda p
 
 
 def _run(req: GenerateRequest, outputs: Outputs, on_progress, engine, prompt_encoder) -> Summary:
-    p = req.preset
-    if not req.prompt.strip():
-        raise CfError("the prompt is empty", "describe the video to generate, e.g. cf generate \"a fox running\"")
-    check_image_input(p, req.image)
-    image = load_image(req.image, p.width, p.height) if req.image is not None else None
-    frames, generated = plan_frames(p, req.video_frames, image is not None)
-    schedule = req.schedule or PromptSchedule.build(req.prompt, [])
-    # A switch that never shows is refused.
-    starts = schedule.block_starts(req.fps or p.fps, frames, p.block_frames, p.geometry)
-    prompt_encoder = prompt_encoder or PromptEncoder(p, req.device, req.dtype)
-    prompts = schedule.prompts()
-    features = prompt_encoder.encode(prompts)  # each distinct prompt once, before the DiT loads
+    plan, p = req.plan, req.preset
+    image = load_image(plan.image, p.width, p.height) if plan.image is not None else None
+    if not plan.features:  # each distinct prompt once, before the DiT loads
+        prompt_encoder = prompt_encoder or PromptEncoder(p, req.device, req.dtype)
+        plan = plan.with_features(dict(zip(plan.prompts(), prompt_encoder.encode(plan.prompts()))))
     if engine is None:
         engine = Engine.load(p, req.device, req.dtype).configure(req.options)
-    kv = {text: engine.text_kv(f) for text, f in zip(prompts, features)}
-    text_kv = (TextSchedule(starts, tuple(kv[e.prompt] for e in schedule.entries)) if schedule.has_switches
-               else kv[schedule.opening])
+    text = plan.text(engine.text_kv)
     ctx_latents = engine.encode_video(image[:, None]) if image is not None else None
-    fps = req.fps or p.fps
-    meta = metadata(req.prompt, req.seed, p, frames, fps, req.schedule, **made_with(req))
-    writer = SafeWriter(outputs.video, fps, p.width, p.height, req.codec, req.crf, meta)
-    chunks = engine.generate(text_kv, generated, req.seed, ctx_latents)
-    return stream_to_file(chunks, writer, frames, req, on_progress, write_context=True, latents=outputs.latents)
+    meta = metadata(plan.prompt, req.seed, p, plan.frames, plan.fps, plan.schedule, **made_with(req))
+    writer = SafeWriter(outputs.video, plan.fps, p.width, p.height, req.codec, req.crf, meta)
+    chunks = engine.generate(text, plan.generated, req.seed, ctx_latents)
+    return stream_to_file(chunks, writer, plan.frames, req, on_progress, write_context=True, latents=outputs.latents)
 
 
 def reserve_outputs(out: Path, latents: Path | None, overwrite: bool, codec: str, crf: int, preset: Preset,
