@@ -46,7 +46,7 @@ def test_plain_turns_every_lever_off_and_the_engine_applies_none():
     from cfcli.pipeline.engine import LEVERS
 
     plain = engine_options(True, True, None, "wan", plain=True)
-    levers = ("compile", "graphs", "split_attention", "fused_gelu", "tuned_vae", "fused_vae")
+    levers = ("compile", "graphs", "cudnn_attention", "split_attention", "fused_gelu", "tuned_vae", "fused_vae")
     assert plain == EngineOptions.plain() and not any(getattr(plain, name) for name in levers)
     assert plain.quantize is None and plain.decoder == "wan" and set(levers) < set(LEVERS)
     assert all(getattr(EngineOptions(), name) for name in levers)  # the default: every lever on where it runs
@@ -55,6 +55,7 @@ def test_plain_turns_every_lever_off_and_the_engine_applies_none():
     engine = fixture_engine("tiny-framewise.yaml").configure(plain)
     assert engine.levers() == [] and engine.runner is engine.dit
     assert all(blk.self_attn.split_kv_sms is None and not blk.fused_gelu for blk in engine.dit.blocks)
+    assert all(blk.self_attn.sdpa is None and blk.cross_attn.sdpa is None for blk in engine.dit.blocks)
     assert fast_forms(engine.vae) == [] and engine.vae.decoder.conv1.weight.is_contiguous()
     # (on the CPU the default options apply none either: every lever is a CUDA one)
     assert fixture_engine("tiny-framewise.yaml").configure(EngineOptions()).levers() == []
@@ -64,7 +65,7 @@ def test_the_engine_lists_the_levers_it_applied():
     from cfcli.pipeline.fast import tune_vae, use_dit_kernels
 
     engine = fixture_engine("tiny-framewise.yaml")
-    assert use_dit_kernels(engine.dit, True, True) == []  # float32 on the CPU: neither kernel runs here
+    assert use_dit_kernels(engine.dit, True, True, True) == []  # float32 on the CPU: no kernel runs here
     assert all(blk.self_attn.split_kv_sms is None and not blk.fused_gelu for blk in engine.dit.blocks)
     engine.applied.update(tune_vae(engine.vae, fuse=True, stack=True))  # no Triton on the CPU: no fused kernels
     engine.use_decoder("taehv", torch.nn.Identity())
@@ -84,10 +85,12 @@ def test_on_the_gpu_plain_runs_the_reference_modules_and_the_default_every_lever
     plain.configure(EngineOptions.plain())
     assert plain.levers() == [] and plain.runner is plain.dit
     assert all(blk.self_attn.split_kv_sms is None and not blk.fused_gelu for blk in plain.dit.blocks)
+    assert all(blk.self_attn.sdpa is None and blk.cross_attn.sdpa is None for blk in plain.dit.blocks)
     assert fast_forms(plain.vae) == [] and plain.vae.decoder.conv1.weight.is_contiguous()
     fast = fixture_engine("tiny-framewise.yaml", "cuda")
     fast.dit.to(torch.bfloat16)
     fast.configure(EngineOptions())
-    assert {"compile", "graphs", "fused_gelu", "tuned_vae", "fused_vae"} <= set(fast.levers())
+    assert {"compile", "graphs", "cudnn_attention", "fused_gelu", "tuned_vae", "fused_vae"} <= set(fast.levers())
     assert all(blk.fused_gelu for blk in fast.dit.blocks)
+    assert all(blk.cross_attn.sdpa and blk.cross_attn.sdpa[0].name == "CUDNN_ATTENTION" for blk in fast.dit.blocks)
     assert fast.vae.decoder.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)

@@ -9,6 +9,7 @@ from torch import nn
 from cfcli.models.kv_cache import KVCache
 from cfcli.models.kv_quant import QuantKVCache
 from cfcli.models.offload import HostStore, LayerStream, Parked, offload_blocks_
+from cfcli.models.dit import block_linear
 from cfcli.ops.weight_quant import Int8Linear, quantize_int8_
 from cfcli.pipeline.engine import Engine, EngineOptions
 from cfcli.pipeline.memory import candidates, footprint
@@ -53,7 +54,7 @@ def test_int8_linear_error_is_the_weight_rounding():
 
 def test_quantize_int8_takes_every_block_linear():
     engine = Engine.load(tiny(), "cpu", torch.float32)
-    assert quantize_int8_(engine.dit) == 2 * 10  # 2 blocks × (4 self, 4 cross, 2 FFN)
+    assert quantize_int8_(engine.dit, block_linear) == 2 * 10  # 2 blocks × (4 self, 4 cross, 2 FFN)
     assert type(engine.dit.head.head) is nn.Linear and type(engine.dit.text_embedding[0]) is nn.Linear
 
 

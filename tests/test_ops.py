@@ -220,3 +220,16 @@ def test_split_kv_attention_on_the_gpu_equals_one_pass_within_bf16_rounding():
     lse = torch.randn(3, 12, 40, device="cuda") * 3
     fused = split_attention.merge_partials(parts, lse)  # the Triton kernel
     assert rel_err(fused.cpu(), split_attention.merge_partials(parts.cpu(), lse.cpu())) < 4e-3
+
+
+def test_attend_is_softmax_attention_with_pytorchs_choice_or_the_kernels_named():
+    from torch.nn.attention import SDPBackend
+
+    from cfcli.ops.attention import attend, backend_names
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 5, 2, 8), torch.randn(1, 7, 2, 8), torch.randn(1, 7, 2, 8)
+    want = torch.einsum("bhqk,bkhd->bqhd", torch.softmax(torch.einsum("bqhd,bkhd->bhqk", q, k) / 8 ** 0.5, -1), v)
+    assert torch.allclose(attend(q, k, v), want, atol=1e-5)
+    assert torch.allclose(attend(q, k, v, backends=[SDPBackend.MATH]), want, atol=1e-5)
+    assert backend_names()[0] == "cudnn_attention"  # the `cudnn_attention` lever's first choice

@@ -32,9 +32,19 @@ ROPE_MEMO = 16  # tables kept: every position a block's steps and the rolling wi
 HOT_LINEARS = re.compile(r"(?:.+\.)?blocks\.\d+\.(?:self_attn\.[qkvo]|cross_attn\.[qo]|ffn\.[02])")
 
 
+# Every Linear of every block (the cross-attention K/V too: they hold a tenth of the block weights), what the low
+# memory plans store in 8 bits (`cfcli.ops.weight_quant`).
+BLOCK_LINEARS = re.compile(r"(?:.+\.)?blocks\.\d+\.(?:self_attn\.[qkvo]|cross_attn\.[qkvo]|ffn\.[02])")
+
+
 def hot_linear(name: str, linear: nn.Module) -> bool:
     """Whether the DiT's Linear `name` is one of `HOT_LINEARS` (the filter `Engine.quantize` hands `quantize_fp8_`)."""
     return HOT_LINEARS.fullmatch(name) is not None
+
+
+def block_linear(name: str, linear: nn.Module) -> bool:
+    """Whether `linear` is an `nn.Linear` of a DiT block (`BLOCK_LINEARS`; the filter of `quantize_int8_`)."""
+    return isinstance(linear, nn.Linear) and BLOCK_LINEARS.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,7 @@ class SelfAttention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(cfg.dim, cfg.dim) for _ in range(4))
         self.norm_q, self.norm_k = RMSNorm(cfg.dim, cfg.eps), RMSNorm(cfg.dim, cfg.eps)
         self.split_kv_sms: int | None = None  # split-KV attention sized for this many SMs (`CausalWanDiT.use_kernels`)
+        self.sdpa: list | None = None  # SDPA kernels to prefer (`CausalWanDiT.use_kernels`); None: PyTorch chooses
 
     def qkv(self, x: Tensor, rope: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Roped queries and keys, un-roped keys and values of tokens x [B, N, dim], each [B, N, heads, head_dim]."""
@@ -102,8 +113,8 @@ class SelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer, k, v, raw_k)
         if self.split_kv_sms is not None:
-            return attend_long(q, k, v, self.split_kv_sms).flatten(2)
-        return attend(q, k, v).flatten(2)
+            return attend_long(q, k, v, self.split_kv_sms, self.sdpa).flatten(2)
+        return attend(q, k, v, backends=self.sdpa).flatten(2)
 
 
 class CrossAttention(nn.Module):
@@ -114,6 +125,7 @@ class CrossAttention(nn.Module):
         self.heads = cfg.num_heads
         self.q, self.k, self.v, self.o = (nn.Linear(cfg.dim, cfg.dim) for _ in range(4))
         self.norm_q, self.norm_k = RMSNorm(cfg.dim, cfg.eps), RMSNorm(cfg.dim, cfg.eps)
+        self.sdpa: list | None = None  # SDPA kernels to prefer (`CausalWanDiT.use_kernels`); None: PyTorch chooses
 
     def kv(self, ctx: Tensor) -> Tensor:
         """Keys and values of the embedded text, stacked [2, B, text_len, heads, head_dim]."""
@@ -122,7 +134,7 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: Tensor, kv: Tensor) -> Tensor:
         q = self.norm_q(self.q(x)).unflatten(-1, (self.heads, -1))
-        return self.o(attend(q, kv[0], kv[1]).flatten(2))
+        return self.o(attend(q, kv[0], kv[1], backends=self.sdpa).flatten(2))
 
 
 class Block(nn.Module):
@@ -202,13 +214,15 @@ class CausalWanDiT(nn.Module):
         self.head = Head(cfg)
         self._rope: OrderedDict[tuple, Tensor] = OrderedDict()  # small LRU of RoPE tables by position
 
-    def use_kernels(self, split_kv_sms: int | None = None, fused_gelu: bool = False) -> None:
+    def use_kernels(self, split_kv_sms: int | None = None, fused_gelu: bool = False, sdpa: list | None = None) -> None:
         """Faster kernels for the same arithmetic, chosen by the caller (`cfcli.pipeline.fast.use_dit_kernels`); the
         defaults are the reference ops. `split_kv_sms`: self-attention split across the keys for a GPU of that many
         SMs (`cfcli.ops.split_attention`); `fused_gelu`: each FFN's up-projection and GELU in one GEMM
-        (`cfcli.ops.linear`), in the blocks whose up-projection is still an `nn.Linear` (not quantised)."""
+        (`cfcli.ops.linear`), in the blocks whose up-projection is still an `nn.Linear` (not quantised); `sdpa`: the
+        attention kernels to prefer (`cfcli.ops.attention.preferred_backends`)."""
         for blk in getattr(self.blocks, "distinct", lambda: self.blocks)():  # offloaded blocks: each device slot
             blk.self_attn.split_kv_sms = split_kv_sms
+            blk.self_attn.sdpa = blk.cross_attn.sdpa = sdpa
             blk.fused_gelu = fused_gelu and type(blk.ffn[0]) is nn.Linear
 
     def frame_tokens(self, height: int, width: int) -> int:

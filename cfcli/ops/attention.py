@@ -1,13 +1,12 @@
-"""Scaled dot-product attention on [B, N, heads, head_dim] tensors, with one place that picks the kernel.
+"""Scaled dot-product attention on [B, N, heads, head_dim] tensors; the caller may name the SDPA kernels to prefer.
 
-On CUDA the cuDNN and flash kernels of `F.scaled_dot_product_attention` are preferred (cuDNN is the fastest at
-the DiT's shapes on Hopper); everywhere else PyTorch chooses. No masks: the causal structure of the sampler comes
-from what is in the KV cache.
+PyTorch chooses the kernel unless `backends` is given: the DiT's `cudnn_attention` lever passes `preferred_backends()`
+(cuDNN first: the fastest at the DiT's shapes on Hopper). No masks: the causal structure of the sampler comes from
+what is in the KV cache.
 """
 
 import contextlib
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -15,11 +14,11 @@ _BACKENDS: list | None = None
 
 
 def backend_names() -> list[str]:
-    """The SDPA backends attention may use on this machine, in order of preference (shown by `cf bench`)."""
-    return [b.name.lower() for b in _preferred()]
+    """The SDPA backends of `preferred_backends`, in order (shown by `cf bench`)."""
+    return [b.name.lower() for b in preferred_backends()]
 
 
-def _preferred() -> list:
+def preferred_backends() -> list:
     global _BACKENDS
     if _BACKENDS is None:
         from torch.nn.attention import SDPBackend
@@ -29,14 +28,15 @@ def _preferred() -> list:
     return _BACKENDS
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
-    """softmax(q·kᵀ·scale)·v per head; q [B, Nq, H, D], k/v [B, Nk, H, D] -> [B, Nq, H, D]."""
+def attend(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, backends: list | None = None) -> Tensor:
+    """softmax(q·kᵀ·scale)·v per head; q [B, Nq, H, D], k/v [B, Nk, H, D] -> [B, Nq, H, D]. `backends`: the SDPA
+    kernels to try first, in order (half precision on CUDA; `preferred_backends`); None lets PyTorch choose."""
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     ctx = contextlib.nullcontext()
-    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+    if backends:
         from torch.nn.attention import sdpa_kernel
 
-        ctx = sdpa_kernel(_preferred(), set_priority=True)
+        ctx = sdpa_kernel(backends, set_priority=True)
     with ctx:
         out = F.scaled_dot_product_attention(q, k, v, scale=scale)
     return out.transpose(1, 2)

@@ -55,15 +55,15 @@ def _sms(index: int) -> int | None:
     return props.multi_processor_count if (props.major, props.minor) >= (9, 0) and has_op else None
 
 
-def attend_long(q: Tensor, k: Tensor, v: Tensor, sms: int) -> Tensor:
+def attend_long(q: Tensor, k: Tensor, v: Tensor, sms: int, backends: list | None = None) -> Tensor:
     """`attend(q, k, v)` for one sequence (q [1, N, H, D], k/v [1, K, H, D] in half precision on a GPU of `sms` SMs
     that `split_sms` accepts, keys contiguous along K as a KV cache slice is), split across more thread blocks where
-    the shapes gain from it (`kv_splits`); else plain `attend`."""
+    the shapes gain from it (`kv_splits`); else plain `attend` (with `backends`)."""
     n, heads, dim = q.shape[1:]
     keys = k.shape[1]
     splits = kv_splits(n, keys, heads, sms) if q.shape[0] == 1 else 1
     if splits == 1 or not (k[0].is_contiguous() and v[0].is_contiguous()):
-        return attend(q, k, v)
+        return attend(q, k, v, backends=backends)
     parts = (splits, keys // splits, heads, dim)
     out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(
         q.expand(splits, n, heads, dim).transpose(1, 2), k.view(parts).transpose(1, 2), v.view(parts).transpose(1, 2),

@@ -10,14 +10,12 @@ box, 2.13 on CPU here); these 40 lines run the same scheme on both with stock op
 (`cfcli.pipeline.memory`): the DiT's weights take half the memory of bf16.
 """
 
-import re
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 INT8_MAX = 127.0
-# Every linear of every DiT block (the cross-attention K/V too: they hold a tenth of the block weights).
-INT8_LAYERS = re.compile(r"(?:.+\.)?blocks\.\d+\.(?:self_attn\.[qkvo]|cross_attn\.[qkvo]|ffn\.[02])")
 
 
 def quantize_rows(w: Tensor) -> tuple[Tensor, Tensor]:
@@ -53,10 +51,10 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weight-only"
 
 
-def quantize_int8_(module: nn.Module) -> int:
-    """Replace, in place, the DiT block linears (`INT8_LAYERS`) by `Int8Linear`s; returns how many."""
-    chosen = [(name, m) for name, m in module.named_modules()
-              if isinstance(m, nn.Linear) and INT8_LAYERS.fullmatch(name)]
+def quantize_int8_(module: nn.Module, chosen_by: Callable[[str, nn.Module], bool]) -> int:
+    """Replace, in place, the `nn.Linear`s that `chosen_by(name, module)` picks by `Int8Linear`s; returns how many.
+    (The model knows which: for the DiT, `cfcli.models.dit.block_linear`.)"""
+    chosen = [(name, m) for name, m in module.named_modules() if isinstance(m, nn.Linear) and chosen_by(name, m)]
     for name, linear in chosen:
         parent, _, attr = name.rpartition(".")
         with torch.no_grad():

@@ -412,10 +412,11 @@ def cpu_name() -> str:
     return names[0] if names else platform.processor() or platform.machine() or "cpu"
 
 
-def attention_backends(device: torch.device, dtype: torch.dtype, cfg: DiTConfig) -> list[str]:
-    """SDPA backends `cfcli.ops.attention` prefers that actually run at the DiT's head size (first = used)."""
-    if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
-        return ["pytorch-default"]  # attend() lets PyTorch choose off the GPU / in float32
+def attention_backends(device: torch.device, dtype: torch.dtype, cfg: DiTConfig, preferred: bool = True) -> list[str]:
+    """SDPA backends `cfcli.ops.attention` prefers that actually run at the DiT's head size (first = used); without
+    the `cudnn_attention` lever (`preferred`) PyTorch chooses."""
+    if not preferred or device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
+        return ["pytorch-default"]
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from cfcli.ops.attention import backend_names
@@ -479,8 +480,8 @@ def run(req: BenchRequest, status: Callable[[str], None] = lambda m: None) -> Be
             peak = max(peak, *(r.decode_peak for r in repeats), *(r.gen_peak for r in repeats))
         if req.save_latents is not None:
             save_run_latents(engine, text.context, req.latent_frames, req.seed, req.save_latents)
-        attention = attention_backends(dev, dt, engine.dit.cfg)
         levers = engine.levers()
+        attention = attention_backends(dev, dt, engine.dit.cfg, "cudnn_attention" in levers)
     flops = flop_plan(p, req.latent_frames, req.options.decoder)
     result = summarise(req, repeats, text, flops, use_random, finite, peak, attention, gpu_name(dev), warmup_s,
                        levers)

@@ -63,7 +63,7 @@ def check_quantization(scheme: str | None, device: torch.device) -> None:
 
 
 # Every speed lever, in the order `Engine.levers` lists those that run (the first six are EngineOptions fields).
-LEVERS = ("compile", "graphs", "split_attention", "fused_gelu", "tuned_vae", "fused_vae", "fp8", "taehv")
+LEVERS = ("compile", "graphs", "cudnn_attention", "split_attention", "fused_gelu", "tuned_vae", "fused_vae", "fp8", "taehv")
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,7 @@ class EngineOptions:
     quantize: str | None = None  # `Engine.quantize`: "fp8"
     decoder: str = "wan"  # `Engine.use_decoder`: "wan" or "taehv"
     memory: "object | None" = None  # a `cfcli.pipeline.memory.MemoryPlan` (`MemoryPlan.engine_options`)
+    cudnn_attention: bool = True  # SDPA's cuDNN kernel first (`cfcli.ops.attention.preferred_backends`)
     split_attention: bool = True  # self-attention split across the keys (`cfcli.ops.split_attention`; Hopper+)
     fused_gelu: bool = True  # each FFN's up-projection and GELU as one GEMM (`cfcli.ops.linear`)
     tuned_vae: bool = True  # the decoder's fast forms (`cfcli.models.vae_fast`): channels-last, sub-pixel, stacked taps
@@ -88,7 +89,7 @@ class EngineOptions:
     def plain(cls, **on) -> "EngineOptions":
         """Every speed lever off (the DiT and VAE as the reference modules, the Wan VAE decoding), but those in `on`
         (e.g. `graphs=True`)."""
-        off = cls(compile=False, graphs=False, split_attention=False, fused_gelu=False, tuned_vae=False,
+        off = cls(compile=False, graphs=False, cudnn_attention=False, split_attention=False, fused_gelu=False, tuned_vae=False,
                   fused_vae=False)
         return replace(off, **on)
 
@@ -198,7 +199,8 @@ class Engine:
             return self
         from cfcli.pipeline import fast
 
-        self.applied.update(fast.use_dit_kernels(self.dit, options.split_attention, options.fused_gelu))
+        self.applied.update(fast.use_dit_kernels(self.dit, options.split_attention, options.fused_gelu,
+                                                    options.cudnn_attention))
         if options.compile:
             fast.compile_blocks(self.dit)
             self.applied.add("compile")

@@ -36,18 +36,21 @@ from cfcli.models.cache import DiTCache
 from cfcli.models.dit import CausalWanDiT
 from cfcli.models.vae import CausalConv3d, ResidualBlock, RMSNorm, Upsample, WanVAE
 from cfcli.ops import triton_rows
+from cfcli.ops.attention import preferred_backends
 from cfcli.ops.split_attention import split_sms
 
 
-def use_dit_kernels(dit: CausalWanDiT, split_attention: bool, fused_gelu: bool) -> list[str]:
-    """Turn on the DiT's faster kernels that run on its device and dtype; returns the levers that did. Both are
+def use_dit_kernels(dit: CausalWanDiT, split_attention: bool, fused_gelu: bool,
+                    cudnn_attention: bool = True) -> list[str]:
+    """Turn on the DiT's faster kernels that run on its device and dtype; returns the levers that did. All are
     half-precision CUDA kernels; split-KV attention needs compute capability 9.0+ too (`split_sms`)."""
     weight = dit.patch_embedding.weight
     half = weight.is_cuda and weight.dtype in (torch.float16, torch.bfloat16)
     sms = split_sms(weight.device, weight.dtype) if split_attention else None
-    dit.use_kernels(split_kv_sms=sms, fused_gelu=fused_gelu and half)
+    sdpa = preferred_backends() if cudnn_attention and half else None
+    dit.use_kernels(split_kv_sms=sms, fused_gelu=fused_gelu and half, sdpa=sdpa)
     blocks = getattr(dit.blocks, "distinct", lambda: dit.blocks)()
-    return [name for name, on in (("split_attention", sms is not None),
+    return [name for name, on in (("cudnn_attention", sdpa is not None), ("split_attention", sms is not None),
                                   ("fused_gelu", any(blk.fused_gelu for blk in blocks))) if on]
 
 

@@ -125,13 +125,13 @@ def decoder_peak(decoder: str, configs, h: int, w: int, dtype: torch.dtype, spli
 
 def module_bytes(module: nn.Module, dtype: torch.dtype, int8: bool = False) -> int:
     """Bytes of `module`'s parameters in `dtype`; with `int8`, its DiT block linears as `Int8Linear`s."""
-    from cfcli.ops.weight_quant import INT8_LAYERS
+    from cfcli.models.dit import block_linear
 
     size = dtype.itemsize
     total = sum(p.numel() * size for p in module.parameters())
     if int8:
         for name, m in module.named_modules():
-            if isinstance(m, nn.Linear) and INT8_LAYERS.fullmatch(name):
+            if block_linear(name, m):
                 total -= m.weight.numel() * (size - 1) - m.out_features * 4  # int8 weight + float32 row scales
     return total
 
@@ -319,12 +319,13 @@ def cap_allocator(device: torch.device, max_vram: float | None) -> None:
 def apply_plan(engine, plan: MemoryPlan) -> None:
     """Put a loaded engine's parts where `plan` says (`Engine.configure` calls it before the fast path)."""
     from cfcli.models.offload import Parked, offload_blocks_
+    from cfcli.models.dit import block_linear
     from cfcli.ops.weight_quant import quantize_int8_
     from cfcli.pipeline.samplers import sampler_kind
 
     dit = engine.dit
     if plan.weights == "int8":
-        quantize_int8_(dit)
+        quantize_int8_(dit, block_linear)
     elif plan.lean:
         engine.parked = Parked([m for b in dit.blocks for m in (b.cross_attn.k, b.cross_attn.v)], engine.device)
     if plan.kv != "model" and sampler_kind(engine.preset).quantizable_cache:
