@@ -44,7 +44,8 @@ def test_channels_last_decoder_gives_the_same_pixels():
     tune_vae(vae, fuse=True, stack=True)  # no Triton kernels on the CPU: the layout, and torch's time stacking
     tuned = vae.decode(z)
     assert vae.decoder.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
-    assert sum(getattr(m, "taps_weight", None) is not None for m in vae.decoder.modules()) == 27  # every equal-width 3x3x3 conv
+    stacked = sum(getattr(m, "taps_weight", None) is not None for m in vae.decoder.modules())
+    assert stacked == 27  # every equal-width 3x3x3 conv
     assert sum(getattr(m, "phase_weight", None) is not None for m in vae.decoder.modules()) == 3  # every upsampling
     assert vae.decoder.head[2].tap_outputs_weight is not None
     assert plain.shape == tuned.shape == (1, 9, 3, 48, 64)
@@ -82,8 +83,9 @@ def test_a_fused_norm_writes_straight_after_the_cached_past_chunk_after_chunk(mo
     assert fused[1].std() > 0.1
 
 
-@pytest.mark.parametrize("outputs, form, weight, shape", [(5, "StackedTapsConv3d", "taps_weight", (5, 18, 3, 3)),
-                                                           (3, "TapOutputsConv3d", "tap_outputs_weight", (16, 6, 3, 3))])
+@pytest.mark.parametrize("outputs, form, weight, shape", [
+    (5, "StackedTapsConv3d", "taps_weight", (5, 18, 3, 3)),
+    (3, "TapOutputsConv3d", "tap_outputs_weight", (16, 6, 3, 3))])
 def test_2d_forms_of_the_causal_conv_equal_the_3d_conv_chunk_after_chunk(outputs, form, weight, shape):
     """`StackedTapsConv3d` (time taps stacked into input channels) and `TapOutputsConv3d` (into output channels, the
     decoder head's form), fed 1, 4, 2 frames (the past carried over, zeros before the start), give what the 3D

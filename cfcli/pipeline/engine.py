@@ -63,7 +63,8 @@ def check_quantization(scheme: str | None, device: torch.device) -> None:
 
 
 # Every speed lever, in the order `Engine.levers` lists those that run (the first six are EngineOptions fields).
-LEVERS = ("compile", "graphs", "cudnn_attention", "split_attention", "fused_gelu", "tuned_vae", "fused_vae", "fp8", "taehv")
+LEVERS = ("compile", "graphs", "cudnn_attention", "split_attention", "fused_gelu", "tuned_vae", "fused_vae", "fp8",
+          "taehv")
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,8 @@ class EngineOptions:
     def plain(cls, **on) -> "EngineOptions":
         """Every speed lever off (the DiT and VAE as the reference modules, the Wan VAE decoding), but those in `on`
         (e.g. `graphs=True`)."""
-        off = cls(compile=False, graphs=False, cudnn_attention=False, split_attention=False, fused_gelu=False, tuned_vae=False,
-                  fused_vae=False)
+        off = cls(compile=False, graphs=False, cudnn_attention=False, split_attention=False, fused_gelu=False,
+                  tuned_vae=False, fused_vae=False)
         return replace(off, **on)
 
     def check(self, device: torch.device, need_weights: bool = True) -> None:

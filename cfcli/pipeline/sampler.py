@@ -51,7 +51,8 @@ class DiTCall:
 class CausalSampler:
     """Owns the running position of one video: frames primed or generated so far live in `cache`."""
 
-    def __init__(self, dit: CausalWanDiT, schedule: FlowSchedule, plan: StepPlan, block_frames: int, cache: DiTCache | None):
+    def __init__(self, dit: CausalWanDiT, schedule: FlowSchedule, plan: StepPlan, block_frames: int,
+                 cache: DiTCache | None):
         self.dit, self.schedule, self.plan = dit, schedule, plan
         self.block_frames = block_frames
         self.cache = cache
