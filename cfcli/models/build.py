@@ -55,7 +55,7 @@ def model_configs(architecture: dict | None) -> ModelConfigs:
 def build_models(preset, device: str | torch.device = "meta") -> Models:
     """The DiT and VAE of `preset` (a `cfcli.presets.Preset`, or its `ModelConfigs`), on `device` (meta: no memory;
     load weights by assignment, `cfcli.models.checkpoint.load_strict`)."""
-    configs = preset if isinstance(preset, ModelConfigs) else model_configs(preset.architecture)
+    configs = preset if isinstance(preset, ModelConfigs) else preset.configs
     with torch.device(device):
         dit = CausalWanDiT(configs.dit)
     return Models(dit, build_vae(configs, device), configs)

@@ -220,10 +220,15 @@ class CausalWanDiT(nn.Module):
         SMs (`cfcli.ops.split_attention`); `fused_gelu`: each FFN's up-projection and GELU in one GEMM
         (`cfcli.ops.linear`), in the blocks whose up-projection is still an `nn.Linear` (not quantised); `sdpa`: the
         attention kernels to prefer (`cfcli.ops.attention.preferred_backends`)."""
-        for blk in getattr(self.blocks, "distinct", lambda: self.blocks)():  # offloaded blocks: each device slot
+        for blk in self.distinct_blocks():
             blk.self_attn.split_kv_sms = split_kv_sms
             blk.self_attn.sdpa = blk.cross_attn.sdpa = sdpa
             blk.fused_gelu = fused_gelu and type(blk.ffn[0]) is nn.Linear
+
+    def distinct_blocks(self) -> list[nn.Module]:
+        """Every block module that runs, once: `blocks`, or with offloaded blocks (`cfcli.models.offload`) the
+        resident ones and the stream's device slots."""
+        return self.blocks.distinct() if hasattr(self.blocks, "distinct") else list(self.blocks)
 
     def frame_tokens(self, height: int, width: int) -> int:
         """Tokens per latent frame of `height`×`width` latents (1560 at 60×104)."""

@@ -62,7 +62,7 @@ def check_quantization(scheme: str | None, device: torch.device) -> None:
         raise CfError(why, "leave out --quantize to run in the preset's precision")
 
 
-# Every speed lever, in the order `Engine.levers` lists those that run (the first six are EngineOptions fields).
+# Every speed lever, in the order `Engine.levers` lists those that run (the first seven are EngineOptions fields).
 LEVERS = ("compile", "graphs", "cudnn_attention", "split_attention", "fused_gelu", "tuned_vae", "fused_vae", "fp8",
           "taehv")
 

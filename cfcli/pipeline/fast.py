@@ -49,9 +49,8 @@ def use_dit_kernels(dit: CausalWanDiT, split_attention: bool, fused_gelu: bool,
     sms = split_sms(weight.device, weight.dtype) if split_attention else None
     sdpa = preferred_backends() if cudnn_attention and half else None
     dit.use_kernels(split_kv_sms=sms, fused_gelu=fused_gelu and half, sdpa=sdpa)
-    blocks = getattr(dit.blocks, "distinct", lambda: dit.blocks)()
     return [name for name, on in (("cudnn_attention", sdpa is not None), ("split_attention", sms is not None),
-                                  ("fused_gelu", any(blk.fused_gelu for blk in blocks))) if on]
+                                  ("fused_gelu", any(blk.fused_gelu for blk in dit.distinct_blocks()))) if on]
 
 
 def compile_blocks(dit: CausalWanDiT) -> None:
@@ -61,7 +60,7 @@ def compile_blocks(dit: CausalWanDiT) -> None:
     `fullgraph=True`: a process that runs many presets could pass dynamo's recompile limit, and then the stages
     should fall back to eager rather than fail.
     """
-    for blk in getattr(dit.blocks, "distinct", lambda: dit.blocks)():  # offloaded blocks: each device slot once
+    for blk in dit.distinct_blocks():  # offloaded blocks: each device slot once
         blk.project = torch.compile(blk.project, dynamic=False)
         blk.finish = torch.compile(blk.finish, dynamic=False)
 

@@ -227,7 +227,8 @@ def footprint(preset: Preset, latent_frames: int, dtype: torch.dtype, decoder: s
     t5_block = module_bytes(t5.blocks[0], dtype)
     return Footprint(
         dit=module_bytes(dit, dtype), dit_int8=module_bytes(dit, dtype, int8=True),
-        block=module_bytes(dit.blocks[0], dtype), block_int8=_block_int8(dit, dtype), blocks=cfg.num_layers, kv=kv, kv_quant=kv_quant, dit_work=dit_work,
+        block=module_bytes(dit.blocks[0], dtype), block_int8=_block_int8(dit, dtype), blocks=cfg.num_layers, kv=kv,
+        kv_quant=kv_quant, dit_work=dit_work,
         dequant_work=dequant, text_kv=text_kv, text_proj=text_proj, decoder=dec_bytes, decode_work=decode,
         decode_work_split=decode_split, decode_work_host=decode_host,
         text_resident=module_bytes(t5, dtype) + t5_work,
