@@ -23,7 +23,7 @@ from cfcli.errors import CfError
 KEYS = {"device": str, "dtype": str, "codec": str, "crf": int, "preset": str, "output_dir": str}
 # Which command options each key gives a default to (click's default_map: flag > env > this > default).
 COMMAND_KEYS = {"generate": ("device", "dtype", "codec", "crf"), "extend": ("device", "dtype", "codec", "crf"),
-                "bench": ("device", "dtype")}
+                "live": ("device", "dtype", "codec", "crf"), "bench": ("device", "dtype")}
 
 
 def config_path() -> Path:

@@ -90,3 +90,9 @@ def test_bad_config_is_one_clear_message(cf, text, message):
     write_config(text)
     r = cf("generate", PROMPT, "--preset", FRAMEWISE)
     assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output
+
+
+def test_cf_live_takes_its_defaults_from_the_config_file_too(cf):
+    write_config("device: gpu0\n")  # reaches `cf live` only if the file's keys are its defaults: refused, nothing loaded
+    r = cf("live", "--preset", FRAMEWISE, "--random-weights", "--measure-latency", 1, "--json")  # ends, were it to run
+    assert r.exit_code == 1 and "unknown device 'gpu0'" in r.output

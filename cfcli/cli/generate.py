@@ -186,8 +186,9 @@ def plan_runs(prompts: list[str], seed: int | None, count: int, out: Path | None
         raise CfError(f"--count must be at least 1, got {count}")
     jobs = [(text, seed + k if seed is not None else new_seed(None)) for text in prompts for k in range(count)]
     runs, taken = [], []
+    folder = output_dir() if out is None else None  # the config file read once, not per video
     for i, (text, s) in enumerate(jobs):
-        path, latents = out or output_dir() / f"{slug(text)}-{s}{suffix}", save_latents
+        path, latents = out or folder / f"{slug(text)}-{s}{suffix}", save_latents
         if len(jobs) > 1:
             path = path.with_name(f"{path.stem}-{i:03d}{path.suffix}") if out is not None else path
             latents = latents.with_name(f"{latents.stem}-{i:03d}{latents.suffix}") if latents is not None else None

@@ -86,13 +86,10 @@ def bench_record(device_type: str):
 def record_bench(result: dict) -> None:
     """Keep the last `cf bench` result per device type, for the CPU notice."""
     import json
-    import os
 
-    path = bench_record(result["device"].split(":")[0])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, path)
+    from cfcli.paths import write_atomic
+
+    write_atomic(bench_record(result["device"].split(":")[0]), json.dumps(result))
 
 
 def recorded_bench(device_type: str) -> dict | None:

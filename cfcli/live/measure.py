@@ -110,7 +110,7 @@ class Null:
 
 
 def component_timings(engine: Engine, session: LiveSession, seed: int, blocks: int = 6) -> dict:
-    """Median DiT time per block, decode time per block, and frames/s of an unpaced run with decoding, on the
+    """Mean DiT time per block, decode time per block, and frames/s of an unpaced run with decoding, on the
     live session's cache layout (warmed up first)."""
     p = engine.preset
     session.warm_up()
