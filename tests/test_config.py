@@ -94,5 +94,5 @@ def test_bad_config_is_one_clear_message(cf, text, message):
 
 def test_cf_live_takes_its_defaults_from_the_config_file_too(cf):
     write_config("device: gpu0\n")  # reaches `cf live` only if the file's keys are its defaults: refused, nothing loaded
-    r = cf("live", "--preset", FRAMEWISE, "--random-weights", "--measure-latency", 1, "--json")  # ends, were it to run
+    r = cf("live", "--preset", FRAMEWISE, "--random-weights", "--measure-latency", 1, "--json")
     assert r.exit_code == 1 and "unknown device 'gpu0'" in r.output

@@ -37,6 +37,8 @@ def test_decoder_working_set_shrinks_with_each_plan():
     assert 2.9 < whole / GIB < 3.2  # four full-resolution frames at once, with every layer's two-frame past
     assert split < whole - 0.7 * GIB  # one frame at a time after time upsampling
     assert host < split / 2  # only the running layer's past on the device
+    tiny, same = decoder_peak("taehv", model_configs({}), 60, 104, torch.bfloat16)
+    assert 0 < tiny == same < whole / 4  # TAEHV: no host-cache form, a fraction of the VAE's working set
 
 
 @pytest.mark.parametrize("budget, name, text, graphs, offload", [
@@ -85,6 +87,8 @@ def test_plan_for_fake_gpus():
     assert forced.weights == "int8" and forced.budget == 7 * GIB
     with pytest.raises(CfError, match="needs at least"):
         plan_memory(p, LATENTS_81, torch.bfloat16, GpuMemory(8 * GIB, 3 * GIB))
+    taehv = plan_memory(p, LATENTS_81, torch.bfloat16, GpuMemory(12 * GIB, 11 * GIB), decoder="taehv")
+    assert taehv.name == "exact"  # (the planner once failed on TAEHV's decoder, which has no causal-cache object)
 
 
 def test_cpu_runs_have_no_budget():
