@@ -93,14 +93,12 @@ def load(name: str, device, dtype, text_device, random_weights: bool, opts: tupl
     p, dev, dt, options = setup.preset, setup.device, setup.dtype, setup.options
     if text_device == "cuda" and dev.type != "cuda":
         raise CfError("--text-device cuda needs the run on a GPU", "use --text-device cpu")
-    random = random_weights
-    console.print(f"[bold]{p.name}[/] · loading the models on {dev}{' (random weights)' if random else ''}")
-    engine = bench.build_engine(p, dev, dt, random, 0)
-    bench.use_decoder(engine, options.decoder, random, 0)
-    engine.quantize(options.quantize).accelerate(options)
+    console.print(f"[bold]{p.name}[/] · loading the models on {dev}{' (random weights)' if random_weights else ''}")
+    engine = bench.build_engine(p, dev, dt, random_weights, 0)
+    engine.configure(options, bench.decoder_model(options.decoder, random_weights, dev, 0))
     where = pick_text_device(text_device, dev, p, dt)
     console.print(f"umT5 stays loaded on [cyan]{where}[/]" + ("" if text_device else " (automatic; --text-device)"))
-    return engine, ResidentPromptEncoder(p, dev, dt, where, random, 0).load()
+    return engine, ResidentPromptEncoder(p, dev, dt, where, random_weights, 0).load()
 
 
 def run_server(engine, encoder, config, host: str, port: int, token: str | None, record: bool, seed: int | None,

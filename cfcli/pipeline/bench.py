@@ -183,12 +183,12 @@ def build_engine(preset: Preset, device: torch.device, dtype: torch.dtype, rando
     return Engine(preset, dit, vae, device, dtype)
 
 
-def use_decoder(engine: Engine, name: str, random: bool, seed: int) -> None:
-    """The requested decoder; TAEHV random (full size) like the rest when its weights are not downloaded."""
+def decoder_model(name: str, random: bool, device: torch.device, seed: int) -> nn.Module | None:
+    """For `Engine.configure`: a random full-size TAEHV, like the rest, when asked for random weights or its weights
+    are not downloaded; else None (the decoder's own weights)."""
     if name == "taehv" and (random or not taehv_path().is_file()):
-        engine.use_decoder(name, build_random(TAEHV, TAEHVConfig(), engine.device, torch.float32, seed + 2))
-    else:
-        engine.use_decoder(name)
+        return build_random(TAEHV, TAEHVConfig(), device, torch.float32, seed + 2)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -455,13 +455,8 @@ def run(req: BenchRequest, status: Callable[[str], None] = lambda m: None) -> Be
         text = bench_text(p, dev, dt, use_random, req.repeat, clock, req.seed, text_placement(options))
         status("building the DiT and VAE")
         opts = req.options
-        engine = build_engine(p, dev, dt, use_random, req.seed).quantize(opts.quantize)
-        use_decoder(engine, opts.decoder, use_random, req.seed)
-        if plan is not None:
-            from cfcli.pipeline.memory import apply_plan
-
-            apply_plan(engine, plan)
-        engine.accelerate(opts)
+        engine = build_engine(p, dev, dt, use_random, req.seed)
+        engine.configure(opts, decoder_model(opts.decoder, use_random, dev, req.seed))
         reset_peak(dev)
         status("warm-up" + (" (compiling)" if opts.compile and dev.type == "cuda" else ""))
         # Kernels are chosen, blocks compiled and graphs captured within a few blocks; once past the horizon every

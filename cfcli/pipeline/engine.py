@@ -180,9 +180,10 @@ class Engine:
             self.applied.add("fp8")
         return self
 
-    def configure(self, options: EngineOptions) -> "Engine":
-        """Decoder, quantisation, the memory plan, then the fast path (the order they must come in)."""
-        self.use_decoder(options.decoder).quantize(options.quantize)
+    def configure(self, options: EngineOptions, decoder_model: nn.Module | None = None) -> "Engine":
+        """Decoder (`decoder_model`: TAEHV weights to use instead of the cached ones, see `use_decoder`),
+        quantisation, the memory plan, then the fast path (the order they must come in)."""
+        self.use_decoder(options.decoder, decoder_model).quantize(options.quantize)
         if options.memory is not None:
             from cfcli.pipeline.memory import apply_plan
 
