@@ -13,10 +13,9 @@ import threading
 import torch
 from torch import Tensor
 
-from cfcli import hub
 from cfcli.models.build import build_text_encoder
 from cfcli.models.t5 import UMT5Encoder, encode_text
-from cfcli.pipeline.text import PromptEncoder
+from cfcli.pipeline.text import PromptEncoder, load_umt5
 from cfcli.presets import Preset
 
 HEADROOM_GIB = 6.0  # free GPU memory kept beyond umT5's own weights when placing it there
@@ -68,28 +67,16 @@ class ResidentPromptEncoder(PromptEncoder):
 
             self._encoder = build_random(UMT5Encoder, cfg, self.text_device, self.dtype, self.seed + 2)
             return self
-        from cfcli.models.checkpoint import load_strict, read_state_dict
-        from cfcli.models.tokenizer import PromptTokenizer
-
-        self._tokenizer = PromptTokenizer.from_folder(hub.resolve(self.preset, "tokenizer"))
-        path = hub.resolve(self.preset, "text_encoder")
-        with torch.device("meta"):
-            self._encoder = UMT5Encoder(cfg)
-        load_strict(self._encoder, read_state_dict(path), what=f"text encoder ({path.name})", dtype=self.dtype,
-                    device=self.text_device)
+        self._encoder, self._tokenizer = load_umt5(self.preset, self.text_device, self.dtype)
         return self
 
     def _ids(self, prompt: str) -> tuple[Tensor, Tensor]:
         if not self.random_weights:
             return self._tokenizer([prompt], self.text_len)
-        from cfcli.pipeline.bench import RANDOM_PROMPT_TOKENS
+        from cfcli.pipeline.bench import random_ids
 
-        n = min(RANDOM_PROMPT_TOKENS, self.text_len)
         seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "little")
-        ids = torch.zeros(1, self.text_len, dtype=torch.int64)
-        ids[0, :n] = torch.randint(1, self._encoder.cfg.vocab, (n,),
-                                   generator=torch.Generator().manual_seed(seed))
-        return ids, (torch.arange(self.text_len) < n).long()[None]
+        return random_ids(self._encoder.cfg.vocab, self.text_len, seed)
 
     def _run_encoder(self, prompts: list[str]) -> list[Tensor]:
         self.load()

@@ -287,27 +287,21 @@ def load_text_encoder(preset: Preset, device, dtype, random: bool, seed: int, pl
     stream = placement == "stream"
     if random:
         encoder = random_t5(cfg, device, dtype, seed + 2, stream)
-        n = min(RANDOM_PROMPT_TOKENS, text_len)
-        gen = torch.Generator("cpu").manual_seed(seed)
-        ids = torch.zeros(1, text_len, dtype=torch.int64)
-        ids[0, :n] = torch.randint(1, cfg.vocab, (n,), generator=gen)
-        mask = (torch.arange(text_len) < n).long()[None]
+        ids, mask = random_ids(cfg.vocab, text_len, seed)
         return encoder, ids.to(device), mask.to(device)
-    from cfcli.models.checkpoint import load_strict, read_state_dict
-    from cfcli.models.tokenizer import PromptTokenizer
+    from cfcli.pipeline.text import load_umt5
 
-    tokenizer = PromptTokenizer.from_folder(hub.resolve(preset, "tokenizer"))
-    path = hub.resolve(preset, "text_encoder")
-    with torch.device("meta"):
-        encoder = UMT5Encoder(cfg)
-    load_strict(encoder, read_state_dict(path), what=f"text encoder ({path.name})", dtype=dtype,
-                device="cpu" if stream else device)
-    if stream:
-        from cfcli.models.t5_stream import StreamedUMT5
-
-        encoder = StreamedUMT5(encoder, device)
+    encoder, tokenizer = load_umt5(preset, device, dtype, placement)
     ids, mask = tokenizer([BENCH_PROMPT], text_len)
     return encoder, ids.to(device), mask.to(device)
+
+
+def random_ids(vocab: int, text_len: int, seed: int) -> tuple[Tensor, Tensor]:
+    """(ids [1, text_len], mask) of a random prompt of a typical length (`RANDOM_PROMPT_TOKENS`), for random weights."""
+    n = min(RANDOM_PROMPT_TOKENS, text_len)
+    ids = torch.zeros(1, text_len, dtype=torch.int64)
+    ids[0, :n] = torch.randint(1, vocab, (n,), generator=torch.Generator("cpu").manual_seed(seed))
+    return ids, (torch.arange(text_len) < n).long()[None]
 
 
 def bench_text(preset: Preset, device, dtype, random: bool, repeat: int, clock: Clock, seed: int,

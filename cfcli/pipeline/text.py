@@ -110,18 +110,7 @@ class PromptEncoder:
         return full
 
     def _run_encoder(self, prompts: list[str]) -> list[Tensor]:
-        tokenizer = PromptTokenizer.from_folder(hub.resolve(self.preset, "tokenizer"))
-        path = hub.resolve(self.preset, "text_encoder")
-        self.note(loading("text encoder (umT5)", path))
-        encoder = build_text_encoder(self.configs)
-        stream = self.placement == "stream"
-        with maybe_load(self.phases, "text_encoder", path):
-            load_strict(encoder, read_state_dict(path), what=f"text encoder ({path.name})", dtype=self.dtype,
-                        device="cpu" if stream else self.device)
-        if stream:
-            from cfcli.models.t5_stream import StreamedUMT5
-
-            encoder = StreamedUMT5(encoder, self.device)
+        encoder, tokenizer = load_umt5(self.preset, self.device, self.dtype, self.placement, self.note, self.phases)
         rows = []
         with torch.inference_mode():
             for prompt in prompts:
@@ -133,3 +122,22 @@ class PromptEncoder:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         return rows
+
+
+def load_umt5(preset: Preset, device: torch.device, dtype: torch.dtype, placement: str = "resident",
+              note=lambda m: None, phases=None) -> tuple[torch.nn.Module, PromptTokenizer]:
+    """The preset's cached umT5 and tokenizer: umT5 whole on `device` ("resident"), or layer by layer from host
+    memory ("stream", `cfcli.models.t5_stream`). `note` hears the loading line, `phases` times the load."""
+    tokenizer = PromptTokenizer.from_folder(hub.resolve(preset, "tokenizer"))
+    path = hub.resolve(preset, "text_encoder")
+    note(loading("text encoder (umT5)", path))
+    encoder = build_text_encoder(preset.configs)
+    stream = placement == "stream"
+    with maybe_load(phases, "text_encoder", path):
+        load_strict(encoder, read_state_dict(path), what=f"text encoder ({path.name})", dtype=dtype,
+                    device="cpu" if stream else device)
+    if stream:
+        from cfcli.models.t5_stream import StreamedUMT5
+
+        encoder = StreamedUMT5(encoder, device)
+    return encoder, tokenizer
