@@ -35,6 +35,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from cfcli.ops.linear import keeping_dtype, replace_linears_
+
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
 AMAX_EPS = 1e-12  # amax floor: an all-zero tensor gets a tiny non-zero scale instead of a 0/0
@@ -178,17 +180,7 @@ class FP8Linear(nn.Module):
                         and self.weight.device.type == "cuda" and fp8_matmul_supported(self.weight.device))
 
     def _apply(self, fn, recurse=True):
-        # `.to(dtype)` / `.half()` / `.bfloat16()` would cast the float8 weight and the float32 scale like any float
-        # tensor: keep their dtypes (device moves and `to_empty` still apply).
-        keep = {id(self.weight), id(self.weight_scale)}
-
-        def keep_dtype(t):
-            out = fn(t)
-            if id(t) in keep and out.dtype != t.dtype:
-                out = t.to(device=out.device)
-            return out
-
-        super()._apply(keep_dtype, recurse)
+        super()._apply(keeping_dtype(fn, self.weight, self.weight_scale), recurse)  # float8 / float32 kept
         self._update_path()
         return self
 
@@ -222,11 +214,5 @@ def quantize_fp8_(module: nn.Module, filter: Callable[[str, nn.Linear], bool], *
     Quantises on the layers' current device. Run it after the weights are loaded and before `torch.compile` /
     CUDA-graph capture. Layers already converted are not `nn.Linear`s, so a second call replaces nothing.
     """
-    chosen = [(name, m) for name, m in module.named_modules()
-              if name and isinstance(m, nn.Linear) and fp8_shape_ok(m.in_features, m.out_features) and filter(name, m)]
-    for name, linear in chosen:
-        parent_name, _, attr = name.rpartition(".")
-        parent = module.get_submodule(parent_name) if parent_name else module
-        with torch.no_grad():
-            setattr(parent, attr, FP8Linear.from_linear(linear, use_fast_accum=use_fast_accum, emulate=emulate))
-    return len(chosen)
+    return replace_linears_(module, lambda name, m: fp8_shape_ok(m.in_features, m.out_features) and filter(name, m),
+                            lambda m: FP8Linear.from_linear(m, use_fast_accum=use_fast_accum, emulate=emulate))

@@ -15,6 +15,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from cfcli.ops.linear import keeping_dtype, replace_linears_
+
 INT8_MAX = 127.0
 
 
@@ -38,9 +40,7 @@ class Int8Linear(nn.Module):
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
 
     def _apply(self, fn, recurse=True):
-        # `.to(dtype)` must not turn the int8 weight or the float32 scales into floats of the model's dtype.
-        keep = {id(self.weight), id(self.weight_scale)}
-        return super()._apply(lambda t: t.to(device=fn(t).device) if id(t) in keep else fn(t), recurse)
+        return super()._apply(keeping_dtype(fn, self.weight, self.weight_scale), recurse)  # int8 / float32 kept
 
     def forward(self, x: Tensor) -> Tensor:
         y = torch.nn.functional.linear(x, self.weight.to(x.dtype))
@@ -54,9 +54,4 @@ class Int8Linear(nn.Module):
 def quantize_int8_(module: nn.Module, chosen_by: Callable[[str, nn.Module], bool]) -> int:
     """Replace, in place, the `nn.Linear`s that `chosen_by(name, module)` picks by `Int8Linear`s; returns how many.
     (The model knows which: for the DiT, `cfcli.models.dit.block_linear`.)"""
-    chosen = [(name, m) for name, m in module.named_modules() if isinstance(m, nn.Linear) and chosen_by(name, m)]
-    for name, linear in chosen:
-        parent, _, attr = name.rpartition(".")
-        with torch.no_grad():
-            setattr(module.get_submodule(parent), attr, Int8Linear(linear))
-    return len(chosen)
+    return replace_linears_(module, chosen_by, Int8Linear)
