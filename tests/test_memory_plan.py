@@ -87,6 +87,10 @@ def test_plan_for_fake_gpus():
     assert forced.weights == "int8" and forced.budget == 7 * GIB
     with pytest.raises(CfError, match="needs at least"):
         plan_memory(p, LATENTS_81, torch.bfloat16, GpuMemory(8 * GIB, 3 * GIB))
+    rolling = plan_memory(load_preset("longvideo"), LATENTS_81, torch.bfloat16, GpuMemory(141 * GIB, 139 * GIB),
+                          max_vram=20, low_vram=True)
+    assert rolling.weights == "int8" and rolling.kv == "model"  # its rolling cache has no 8-bit form
+    assert "KV cache full precision" in rolling.describe()
     taehv = plan_memory(p, LATENTS_81, torch.bfloat16, GpuMemory(12 * GIB, 11 * GIB), decoder="taehv")
     assert taehv.name == "exact"  # (the planner once failed on TAEHV's decoder, which has no causal-cache object)
 

@@ -159,6 +159,7 @@ class Footprint:
     decode_work_host: int  # split, and the causal caches in host memory
     text_resident: int  # umT5 whole, with its activations
     text_stream: int  # two umT5 blocks and the final norm, with the activations
+    kv_quantizable: bool = True  # the sampler's cache can be stored in 8 bits (not the rolling sampler's)
 
     def generation(self, plan: MemoryPlan) -> int:
         low = plan.weights == "int8"
@@ -234,7 +235,7 @@ def footprint(preset: Preset, latent_frames: int, dtype: torch.dtype, decoder: s
         dequant_work=dequant, text_kv=text_kv, text_proj=text_proj, decoder=dec_bytes, decode_work=decode,
         decode_work_split=decode_split, decode_work_host=decode_host,
         text_resident=module_bytes(t5, dtype) + t5_work,
-        text_stream=2 * t5_block + module_bytes(t5.norm, dtype) + t5_work)
+        text_stream=2 * t5_block + module_bytes(t5.norm, dtype) + t5_work, kv_quantizable=kind.quantizable_cache)
 
 
 def _block_int8(dit: nn.Module, dtype: torch.dtype) -> int:
@@ -253,7 +254,8 @@ def candidates(fp: Footprint, quantised_only: bool) -> list[MemoryPlan]:
              MemoryPlan("exact", "model", "model", "stream", False, True, lean=True),
              MemoryPlan("exact", "model", "model", "stream", False, False, lean=True),
              MemoryPlan("exact", "model", "model", "stream", False, True, lean=True, host_decoder_cache=True)]
-    low = [MemoryPlan("low" if k == 0 else "low+offload", "int8", KV_FORMAT, "stream", False, True, k, lean=True)
+    kv = KV_FORMAT if fp.kv_quantizable else "model"
+    low = [MemoryPlan("low" if k == 0 else "low+offload", "int8", kv, "stream", False, True, k, lean=True)
            for k in range(fp.blocks + 1)]
     low.append(replace(low[-1], name="min", host_decoder_cache=True))
     return low if quantised_only else exact + low
@@ -324,14 +326,13 @@ def apply_plan(engine, plan: MemoryPlan) -> None:
     from cfcli.models.offload import Parked, offload_blocks_
     from cfcli.models.dit import block_linear
     from cfcli.ops.weight_quant import quantize_int8_
-    from cfcli.pipeline.samplers import sampler_kind
 
     dit = engine.dit
     if plan.weights == "int8":
         quantize_int8_(dit, block_linear)
     elif plan.lean:
         engine.parked = Parked([m for b in dit.blocks for m in (b.cross_attn.k, b.cross_attn.v)], engine.device)
-    if plan.kv != "model" and sampler_kind(engine.preset).quantizable_cache:
+    if plan.kv != "model":
         engine.kv_format = plan.kv
     if plan.offload_blocks:
         offload_blocks_(dit, plan.offload_blocks, bind=lambda slot, block: setattr(slot.self_attn, "layer",
