@@ -34,6 +34,7 @@ class ClipInfo:
     has_audio: bool
     variable_rate: bool
     metadata: dict = field(default_factory=dict)
+    pts: tuple[int, ...] = field(default=(), repr=False, compare=False)  # every frame's time, in order (`read_tail`)
 
     def notes(self) -> list[str]:
         """What the user should know about how this clip is read."""
@@ -79,7 +80,7 @@ def probe_clip(path: Path) -> ClipInfo:
 
 def _probe(path: Path, container) -> ClipInfo:
     stream = container.streams.video[0]
-    pts = sorted(p.pts for p in container.demux(stream) if p.size and p.pts is not None)
+    pts = _frame_times(container, stream)
     first = None
     if pts:
         with _open(path) as again:  # a fresh demuxer: seeking back fails on some damaged files
@@ -90,7 +91,12 @@ def _probe(path: Path, container) -> ClipInfo:
     w, h = (first.height, first.width) if rotation % 180 else (first.width, first.height)
     fps = float(stream.average_rate or stream.guessed_rate or 16)
     return ClipInfo(path, len(pts), fps, w, h, rotation, bool(container.streams.audio), _variable(pts),
-                    read_metadata(container))
+                    read_metadata(container), tuple(pts))
+
+
+def _frame_times(container, stream) -> list[int]:
+    """Every frame's presentation time, in order, from the packets (demuxed, not decoded)."""
+    return sorted(p.pts for p in container.demux(stream) if p.size and p.pts is not None)
 
 
 def _variable(pts: list[int]) -> bool:
@@ -139,8 +145,7 @@ def read_tail(path: Path, n: int, info: ClipInfo | None = None) -> torch.Tensor:
     n = min(n, info.frames)
     with _open(path) as container:
         stream = container.streams.video[0]
-        pts = sorted(p.pts for p in container.demux(stream) if p.size and p.pts is not None)
-        start = pts[-n]
+        start = (info.pts or _frame_times(container, stream))[-n]  # the probe's times: the file is not demuxed again
         container.seek(start, stream=stream, backward=True, any_frame=False)
         kept: deque = deque(maxlen=n)
         for frame in container.decode(stream):
