@@ -45,5 +45,7 @@ def check_length(frames: int, option: str, seconds: float | None = None, fps: fl
 
 
 def codec_note(ctx, codec: str) -> str | None:
-    """A note when an option the codec ignores was given."""
-    return "ffv1 is lossless and ignores --crf" if codec == "ffv1" and given(ctx, "crf") else None
+    """A note when an option the codec ignores was given (a lossless codec has no quality setting)."""
+    from cfcli.pipeline.containers import get
+
+    return f"{codec} is lossless and ignores --crf" if given(ctx, "crf") and get(codec).lossless else None
