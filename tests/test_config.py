@@ -96,3 +96,14 @@ def test_cf_live_takes_its_defaults_from_the_config_file_too(cf):
     write_config("device: gpu0\n")  # reaches `cf live` only if the file's keys are its defaults: refused, nothing loaded
     r = cf("live", "--preset", FRAMEWISE, "--random-weights", "--measure-latency", 1, "--json")
     assert r.exit_code == 1 and "unknown device 'gpu0'" in r.output
+
+
+def test_cf_live_records_under_the_configured_output_folder(cf, tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr("cfcli.cli.live.load", lambda *a, **k: (None, None))
+    monkeypatch.setattr("cfcli.cli.live.run_server", lambda engine, encoder, config, *a: seen.update(dir=config.out_dir))
+    monkeypatch.setenv("CF_OUTPUT_DIR", str(tmp_path / "videos"))
+    assert cf("live", "--preset", FRAMEWISE).exit_code == 0
+    assert seen["dir"] == tmp_path / "videos" / "live"
+    assert cf("live", "--preset", FRAMEWISE, "--out-dir", tmp_path / "rec").exit_code == 0
+    assert seen["dir"] == tmp_path / "rec"

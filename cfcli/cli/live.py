@@ -11,6 +11,7 @@ from cfcli.cli.checks import check_options
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt,
                               ModeOpt, PlainOpt, PresetOpt, QuantizeOpt, SeedOpt, StepsOpt, console, friendly,
                               preset_name, set_up)
+from cfcli.cli.files import output_dir
 from cfcli.errors import CfError
 
 
@@ -28,7 +29,8 @@ def register(app: typer.Typer) -> None:
         open_browser: bool = typer.Option(False, "--open", help="Open the page in the browser."),
         token: str = typer.Option(None, "--token", help="Access token (default: generated when --host is not "
                                                         "local)."),
-        out_dir: Path = typer.Option(Path("outputs/live"), "--out-dir", help="Where recordings are saved."),
+        out_dir: Path = typer.Option(None, "--out-dir", help="Where recordings are saved (default: live/ in the "
+                                                             "output folder, ./outputs or CF_OUTPUT_DIR)."),
         record: bool = typer.Option(True, "--record/--no-record", help="Record each video unless the page turns "
                                                                        "it off."),
         codec: CodecOpt = "h264",
@@ -72,7 +74,7 @@ def register(app: typer.Typer) -> None:
             raise CfError(f"--max-seconds must be a positive number, got {max_seconds}")
         if lead < 0:
             raise CfError(f"--lead must be at least 0, got {lead}")
-        config = LiveConfig(out_dir, codec, crf, lead, max_seconds)
+        config = LiveConfig(out_dir or output_dir() / "live", codec, crf, lead, max_seconds)
         engine, encoder = load(preset_name(preset, mode, steps), device, dtype, text_device, random_weights,
                                (compile, cuda_graphs, quantize, decoder, plain))
         if measure_latency is not None:
