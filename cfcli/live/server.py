@@ -116,7 +116,7 @@ class Uploads:
     async def receive(self, kind: str, request: Request) -> dict:
         size = int(request.headers.get("content-length") or 0)
         if size > self.limit:
-            raise CfError(f"the upload is over {self.limit // 2**20} MiB")
+            raise UploadTooLarge(f"the upload is over {self.limit // 2**20} MiB")
         uid = f"{kind}-{secrets.token_hex(8)}"
         path = self.dir / uid
         with path.open("wb") as f:
@@ -127,7 +127,7 @@ class Uploads:
                 f.write(part)
         try:
             if size > self.limit:
-                raise CfError(f"the upload is over {self.limit // 2**20} MiB")
+                raise UploadTooLarge(f"the upload is over {self.limit // 2**20} MiB")
             await asyncio.to_thread(check_image if kind == "image" else check_clip, path)
         except BaseException:
             path.unlink(missing_ok=True)
@@ -147,6 +147,10 @@ class Uploads:
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class UploadTooLarge(CfError):
+    """An upload over the size limit (HTTP 413; any other refused upload is 415)."""
 
 
 def check_image(path: Path) -> None:
@@ -252,7 +256,7 @@ def create_app(session: LiveSession, hub: Hub, settings: ServerSettings = Server
             return JSONResponse(await uploads.receive(kind, request))
         except CfError as exc:
             return JSONResponse({"type": "error", "message": exc.message, "hint": exc.hint},
-                                413 if "MiB" in exc.message else 415)
+                                413 if isinstance(exc, UploadTooLarge) else 415)
 
     async def recording(request: Request):
         path = session.recordings.get(request.path_params["name"])
