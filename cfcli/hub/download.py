@@ -10,8 +10,8 @@ from pathlib import Path
 
 from cfcli.errors import CfError
 from cfcli.hub.cache import COMMIT, hub_cache, repo_dir
-from cfcli.hub.listing import HubFile
-from cfcli.hub.network import _network_errors, _status
+from cfcli.hub.hubfile import HubFile
+from cfcli.hub.network import network_errors, _status
 from cfcli.hub.verify import check_content, discard
 from cfcli.paths import write_atomic as _write_text
 
@@ -84,7 +84,7 @@ def _transient(exc: Exception, f: HubFile) -> str:
         status = _status(exc)
         if status not in (408, 429) and status < 500:
             raise CfError(f"the Hub refused {f.label} ({status})", "for a private or gated repo set HF_TOKEN") from exc
-    if isinstance(exc, (OSError, HfHubHTTPError, LocalEntryNotFoundError) + _network_errors()):
+    if isinstance(exc, (OSError, HfHubHTTPError, LocalEntryNotFoundError) + network_errors()):
         return str(exc).splitlines()[0] or type(exc).__name__
     raise exc
 

@@ -14,7 +14,7 @@ def _status(exc: Exception) -> int:
     return int(getattr(response, "status_code", 0) or 0)
 
 
-def _network_errors() -> tuple[type[BaseException], ...]:
+def network_errors() -> tuple[type[BaseException], ...]:
     """The HTTP client's transport errors, whichever client this huggingface_hub uses (only if already imported)."""
     errors: list[type[BaseException]] = []
     for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"), ("requests", "RequestException")):
@@ -32,7 +32,7 @@ def _with_retries(call: Callable, *, what: str, retries: int = 2, sleep: Callabl
     for attempt in range(retries + 1):
         try:
             return call()
-        except (HfHubHTTPError, *_network_errors()) as exc:
+        except (HfHubHTTPError, *network_errors()) as exc:
             if attempt == retries:
                 raise CfError(f"could not {what} on {constants.ENDPOINT}: {str(exc).splitlines()[0]}",
                               "check your connection, proxy settings or HF_ENDPOINT, then try again") from exc

@@ -7,13 +7,9 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from cfcli.hub.jsonfiles import _read_json, _write_json
-from cfcli.paths import cf_home
-
-if TYPE_CHECKING:  # a HubFile knows whether it is verified: listing imports this module
-    from cfcli.hub.listing import HubFile
+from cfcli.hub.hubfile import HubFile
+from cfcli.hub.verified import forget_verified, is_verified, mark_verified
 
 
 HASH_CHUNK = 8 << 20
@@ -40,11 +36,11 @@ def check_content(path: Path, f: HubFile, on_bytes: Callable[[int], None] | None
     blob = Path(os.path.realpath(path))
     if not f.etag or blob.stat().st_size != f.size:
         return False
-    if not recheck and _is_verified(blob, f.etag, f.size):
+    if not recheck and is_verified(blob, f.etag, f.size):
         return True
     if content_hash(blob, f.etag, on_bytes) != f.etag:
         return False
-    _mark_verified(blob, f.etag)
+    mark_verified(blob, f.etag)
     return True
 
 
@@ -55,30 +51,5 @@ def discard(f: HubFile) -> None:
     if pointer.is_symlink() or pointer.exists():
         targets.add(Path(os.path.realpath(pointer)))
     for p in targets:
-        _forget_verified(p)
+        forget_verified(p)
         p.unlink(missing_ok=True)
-
-
-def _verified_db() -> Path:
-    return cf_home() / "verified.json"
-
-
-def _is_verified(blob: Path, etag: str, size: int) -> bool:
-    try:
-        st = blob.stat()
-    except OSError:
-        return False
-    return st.st_size == size and _read_json(_verified_db()).get(str(blob)) == [etag, st.st_size, st.st_mtime_ns]
-
-
-def _mark_verified(blob: Path, etag: str) -> None:
-    st = blob.stat()
-    db = _read_json(_verified_db())
-    db[str(blob)] = [etag, st.st_size, st.st_mtime_ns]
-    _write_json(_verified_db(), db)
-
-
-def _forget_verified(blob: Path) -> None:
-    db = _read_json(_verified_db())
-    if db.pop(str(blob), None) is not None:
-        _write_json(_verified_db(), db)
