@@ -66,3 +66,8 @@ def setting(key: str, config: dict) -> str | None:
     """A setting no flag gave: its environment variable, else the config file, else None."""
     value = os.environ.get(env_name(key)) or config.get(key)
     return str(value) if value is not None else None
+
+
+def output_dir() -> Path:
+    """Where default output paths go: CF_OUTPUT_DIR, else the config file's `output_dir`, else ./outputs."""
+    return Path(setting("output_dir", read_config()) or "outputs").expanduser()

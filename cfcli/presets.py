@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from cfcli.config import read_config, setting
 from cfcli.errors import CfError
 
 if TYPE_CHECKING:  # the models pull in torch: imported where used
@@ -195,3 +196,24 @@ def _weight_ref(entry: dict, base: Path) -> WeightRef:
         return WeightRef(path=(base / Path(entry["path"]).expanduser()).resolve())
     return WeightRef(repo=entry["repo"], file=entry.get("file"), folder=entry.get("folder"),
                      revision=entry.get("revision"))
+
+
+MODE_PRESETS = ("framewise", "chunkwise", "longvideo", "self-forcing")  # the shipped presets `--mode` picks
+
+
+def preset_name(preset: str | None, mode: str | None, steps: int | None) -> str:
+    """A preset given wins; else mode/steps pick a shipped preset; else CF_PRESET, the config file, framewise."""
+    if preset is None and mode is None and steps is None:
+        preset = setting("preset", read_config())
+    if preset is not None:
+        if mode is not None or steps is not None:
+            raise CfError("--preset cannot be combined with --mode/--steps", "use one or the other")
+        return str(preset)
+    mode = mode or "framewise"
+    if mode not in MODE_PRESETS:
+        raise CfError(f"unknown mode {mode!r}", f"use {', '.join(MODE_PRESETS[:-1])} or {MODE_PRESETS[-1]}")
+    if steps in (None, 4):
+        return mode
+    if mode != "framewise" or steps not in (1, 2):
+        raise CfError(f"no {steps}-step {mode} model", "frame-wise has 4, 2 and 1 steps; chunk-wise 4")
+    return f"framewise-{steps}step"

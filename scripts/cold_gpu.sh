@@ -29,7 +29,7 @@ import yaml
 from cfcli.models.dit import CausalWanDiT, DiTConfig
 from cfcli.models.t5 import T5Config, UMT5Encoder
 from cfcli.models.vae import VAEConfig, WanVAE
-from cfcli.pipeline.bench import build_random
+from cfcli.pipeline.random_weights import build_random
 from cfcli.presets import presets_dir
 
 out, arch_from, modes = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]

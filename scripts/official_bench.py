@@ -9,7 +9,7 @@ the harness only supplies what a machine with no weights and no flash-attn lacks
 - the umT5 text encoder (and its tokenizer, which needs Hub files and `transformers`) is bypassed: a module returns
   random prompt embeddings [1, 512, 4096] in the pipeline's dtype, rows past a typical prompt's length zeroed;
 - `CausalWanModel.from_pretrained` and the VAE loader are replaced for the build only, by the same classes built on the
-  device with cf bench's seeded random init (`cfcli.pipeline.bench.random_init_`);
+  device with cf bench's seeded random init (`cfcli.pipeline.random_weights.random_init_`);
 - their package `__init__`s (trainers, Wan's T2V/I2V apps, tokenizers) are skipped: only the modules the loop
   imports are loaded.
 
@@ -44,13 +44,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cfcli.pipeline.bench import (
-    RANDOM_PROMPT_TOKENS,
-    Clock,
-    gpu_name,
-    phase_peak,
-    random_init_,
-)
+from cfcli.pipeline.bench import Clock, gpu_name, phase_peak
+from cfcli.pipeline.random_weights import RANDOM_PROMPT_TOKENS, random_init_
 
 OFFICIAL = ROOT / ".official"
 PROMPT = "a red fox running through a snowy birch forest at dawn"  # never encoded: the embeddings are random

@@ -25,8 +25,9 @@ def live_server(preset, out_dir, codec="ffv1", max_seconds=1.0, token=None, host
     from cfcli.cli.live import build_app, load
     from cfcli.live.server import uvicorn_config
     from cfcli.live.session import LiveConfig
+    from cfcli.session import Session
 
-    engine, encoder = load(str(preset), "cpu", "float32", None, False, (True, True, None, "wan"))
+    engine, encoder = load(Session(str(preset), device="cpu", dtype="float32"), max_seconds, None)
     config = LiveConfig(out_dir, codec, 18, lead, max_seconds)
     app, session = build_app(engine, encoder, config, token, max_upload_bytes=max_upload_bytes)
     port = free_port()

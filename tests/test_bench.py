@@ -14,7 +14,7 @@ from cfcli.models.build import model_configs
 from cfcli.models.dit import CausalWanDiT, DiTConfig
 from cfcli.models.t5 import T5Config
 from cfcli.models.taehv import TAEHVConfig
-from cfcli.pipeline import bench, flops
+from cfcli.pipeline import bench, flops, random_weights
 from cfcli.pipeline.engine import Engine
 from cfcli.pipeline.sampler import CausalSampler
 from cfcli.presets import load_preset
@@ -71,7 +71,7 @@ def test_chunkwise_random_weights_rounds_frames(cf):
     # 20 frames -> 6 latent frames (21 video frames) -> 2 chunks of 3
     assert (out["frames"], out["latent_frames"], out["blocks"], out["weights"]) == (21, 6, 2, "random")
     assert (out["height"], out["width"]) == (32, 64)
-    assert out["text_load_s"] is None and out["text_tokens"] == bench.RANDOM_PROMPT_TOKENS
+    assert out["text_load_s"] is None and out["text_tokens"] == random_weights.RANDOM_PROMPT_TOKENS
 
 
 def test_random_weights_stay_finite_in_bfloat16(cf):

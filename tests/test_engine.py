@@ -42,15 +42,15 @@ def test_a_decoded_block_comes_out_one_latent_frame_at_a_time(golden):
 
 
 def test_plain_turns_every_lever_off_and_the_engine_applies_none():
-    from cfcli.cli.common import engine_options
     from cfcli.pipeline.engine import LEVERS
+    from cfcli.session import SpeedFlags
 
-    plain = engine_options(True, True, None, "wan", plain=True)
+    plain = SpeedFlags(plain=True).options()
     levers = ("compile", "graphs", "cudnn_attention", "split_attention", "fused_gelu", "tuned_vae", "fused_vae")
     assert plain == EngineOptions.plain() and not any(getattr(plain, name) for name in levers)
     assert plain.quantize is None and plain.decoder == "wan" and set(levers) < set(LEVERS)
     assert all(getattr(EngineOptions(), name) for name in levers)  # the default: every lever on where it runs
-    assert engine_options(False, True, None, "wan", plain=False) == EngineOptions(
+    assert SpeedFlags(compile=False).options() == EngineOptions(
         compile=False, fused_vae=False)  # the tuned decoder rides on the graphs; its fused kernels on compiling
     engine = fixture_engine("tiny-framewise.yaml").configure(plain)
     assert engine.levers() == [] and engine.runner is engine.dit

@@ -3,9 +3,11 @@
 Layers, highest first. A module may import its own layer or any layer below it, never one above. Imports inside
 functions count too: a lazy import still ties the layers together.
 
-- entry:    `cfcli/__main__.py` (runs the CLI).
+- entry:    `cfcli/__main__.py` (runs the CLI) and the package `__init__.py`, the Python API's façade (it re-exports
+            `cfcli.session` lazily; its version lives in `version.py`).
 - cli:      `cfcli/cli/` parses arguments and renders; may use everything below.
-- live:     `cfcli/live/`, the live front end's server and session; drives the pipeline.
+- live:     `cfcli/live/`, the live front end's server and session; drives the pipeline through the session.
+- session:  `cfcli/session.py`, the front door: resolves options, plans memory, holds the loaded engine, runs jobs.
 - pipeline: `cfcli/pipeline/` plans and owns the loop.
 - store:    top-level modules that find, fetch, convert or describe weights and presets. They sit above models
             because they read the model configs or checkpoint layout: `presets.py` builds model configs,
@@ -14,7 +16,7 @@ functions count too: a lazy import still ties the layers together.
 - models:   `cfcli/models/`, plain nn.Modules.
 - ops:      `cfcli/ops/`, kernels and functional pieces.
 - base:     modules that import nothing of cfcli above them, usable from any layer: `errors.py`, `paths.py`,
-            `preset_schema.py`, `resume.py`, `config.py` and the package `__init__.py`.
+            `preset_schema.py`, `resume.py`, `config.py` and `version.py`.
 
 A new top-level module must be placed in `UNITS` below; the test fails until it is.
 """
@@ -28,13 +30,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "cfcli"
 
-LAYERS = ["entry", "cli", "live", "pipeline", "store", "models", "ops", "base"]
+LAYERS = ["entry", "cli", "live", "session", "pipeline", "store", "models", "ops", "base"]
 
 # Top-level unit of cfcli (its second dotted name) -> layer.
 UNITS = {
     "__main__": "entry",
     "cli": "cli",
     "live": "live",
+    "session": "session",
     "pipeline": "pipeline",
     "presets": "store",
     "hub": "store",
@@ -49,7 +52,8 @@ UNITS = {
     "preset_schema": "base",
     "resume": "base",
     "config": "base",
-    "": "base",  # `cfcli` itself (its __init__)
+    "version": "base",
+    "": "entry",  # `cfcli` itself (its __init__: the Python API)
 }
 
 
@@ -177,3 +181,13 @@ def test_no_command_imports_another_command():
 def test_the_command_list_matches_the_cli():
     assert {t.split(".")[2] for _, t in imports_in((ROOT / "cli" / "__init__.py").read_text(), "cfcli.cli", True)
             if t.count(".") == 2} - {"common"} == COMMANDS
+
+
+def test_front_ends_reach_the_pipeline_through_the_session():
+    """The CLI commands that run models and the live front end build no engine and place no model themselves: they
+    open a `cfcli.session.Session` (a front end that imports a model class or decides a placement is a door in the
+    wrong place)."""
+    banned = ("cfcli.pipeline.memory", "cfcli.pipeline.random_weights", "cfcli.pipeline.text", "cfcli.models")
+    front = [f"{file}:{line}: {importer} imports {target}" for file, line, importer, target in edges()
+             if unit(importer) in ("cli", "live") and target.startswith(banned) and target != "cfcli.models.geometry"]
+    assert not front, "front ends reaching past the session:\n" + "\n".join(front)

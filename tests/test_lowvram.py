@@ -32,7 +32,7 @@ def plan(name: str, host_cache: bool = False):
 
 
 def run(memory=None, frames: int = 9):
-    engine = Engine.load(tiny(), "cpu", torch.float32).configure(EngineOptions(memory=memory))
+    engine = Engine.load(tiny(), "cpu", torch.float32).configure(EngineOptions(), memory)
     ctx = torch.randn(1, 20, 32, generator=torch.Generator().manual_seed(0))
     chunks = list(engine.generate(engine.text_kv(ctx), frames, seed=3))
     return engine, torch.cat([c.latents for c in chunks]), torch.cat([c.pixels for c in chunks])

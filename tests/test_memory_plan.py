@@ -107,9 +107,9 @@ def test_plan_options_turn_off_what_the_plan_cannot_afford(full):
     from cfcli.pipeline.engine import EngineOptions
 
     plan = choose_plan(full, 11 * GIB)
-    opts = plan.engine_options(EngineOptions(compile=True, graphs=True))
-    assert (opts.compile, opts.graphs, opts.memory) == (True, False, plan)
-    assert not choose_plan(full, 139 * GIB).engine_options(EngineOptions(compile=False)).compile  # the user's "no"
+    opts = plan.limit(EngineOptions(compile=True, graphs=True))
+    assert (opts.compile, opts.graphs) == (True, False)
+    assert not choose_plan(full, 139 * GIB).limit(EngineOptions(compile=False)).compile  # the user's "no"
 
 
 def test_cli_refuses_max_vram_on_the_cpu_before_loading(cf, tmp_path):

@@ -10,7 +10,7 @@ try:  # recent Typer ships its own copy of Click
 except ImportError:
     from click.exceptions import NoArgsIsHelpError, UsageError
 
-from cfcli import __version__
+from cfcli.version import __version__
 from cfcli.cli import bench, cache, download, extend, generate, info, live
 from cfcli.cli.common import fail, friendly
 

@@ -8,8 +8,7 @@ import typer
 
 from cfcli.cli.checks import check_length, check_options
 from cfcli.cli.common import (CompileOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt, LowVramOpt, MaxVramOpt,
-                              ModeOpt, PlainOpt, PresetOpt, QuantizeOpt, StepsOpt, console, friendly, is_tty,
-                              preset_name, set_up)
+                              ModeOpt, PlainOpt, PresetOpt, QuantizeOpt, StepsOpt, console, friendly, is_tty)
 from cfcli.cli.progress import record_bench
 from cfcli.errors import CfError
 
@@ -59,18 +58,20 @@ def register(app: typer.Typer) -> None:
           cf bench --device cpu --preset framewise --height 240 --width 416 --frames 9
           cf bench --cold --repeat 3 --frames 81
         """
-        from cfcli.pipeline import bench as job
         from cfcli.pipeline.plan import frame_counts
+        from cfcli.presets import preset_name
+        from cfcli.session import Session, SpeedFlags
 
         check_options(frames)
-        # need_weights=False: random TAEHV weights stand in, like the rest
-        setup = set_up(preset, mode, steps, device, dtype, (compile, cuda_graphs, quantize, decoder, plain), height,
-                       width, need_weights=False)
-        p, dev, dt, options = setup.preset, setup.device, setup.dtype, setup.options
         if repeat < 1:
             raise CfError(f"--repeat must be at least 1, got {repeat}")
         if peak_tflops is not None and not (math.isfinite(peak_tflops) and peak_tflops > 0):
             raise CfError(f"--peak-tflops must be a positive number, got {peak_tflops}")
+        # random_weights None: the cached weights when they are here, else random ones (TAEHV's too)
+        session = Session(preset, mode=mode, steps=steps, device=device, dtype=dtype, height=height, width=width,
+                          speed=SpeedFlags(compile, cuda_graphs, quantize, decoder, plain), max_vram=max_vram,
+                          low_vram=low_vram, random_weights=True if random_weights else None)
+        p, dev = session.preset, session.device
         want = frames if frames is not None else p.frames
         check_length(want, "--frames", geometry=p.geometry)
         real, _ = frame_counts(p, want, image=False)
@@ -79,21 +80,20 @@ def register(app: typer.Typer) -> None:
         if cold:
             from cfcli.cli.cold import bench_cold, check_cold, generate_options
 
-            check_cold(random_weights, job.weights_cached(p), save_latents)
+            check_cold(random_weights, not session.uses_random_weights, save_latents)
             return bench_cold(generate_options(preset_name(preset, mode, steps), real, height, width, device, dtype,
                                                compile, cuda_graphs, quantize, decoder, max_vram, low_vram, plain),
                               repeat, json_out)
-        if not random_weights and not job.weights_cached(p):
+        if not random_weights and session.uses_random_weights:
             console.print(f"[yellow]note:[/] {p.name} weights are not downloaded: using random weights of the same "
                           "size (same speed, meaningless pixels)")
-        req = job.BenchRequest(p, dev, dt, p.geometry.latent_frames_for(real), repeat, random_weights,
-                               peak_tflops=peak_tflops or job.DEFAULT_PEAK_TFLOPS, options=options,
-                               max_vram=max_vram, low_vram=low_vram, save_latents=save_latents)
+        latent_frames = p.geometry.latent_frames_for(real)
         if is_tty() and not json_out:
             with console.status("benchmarking") as spinner:
-                result = job.run(req, lambda m: spinner.update(f"benchmarking: {m}"))
+                result = session.bench(latent_frames, repeat, peak_tflops, save_latents,
+                                       lambda m: spinner.update(f"benchmarking: {m}"))
         else:
-            result = job.run(req)
+            result = session.bench(latent_frames, repeat, peak_tflops, save_latents)
         record_bench(result.to_json())
         if json_out:
             typer.echo(json.dumps(result.to_json()))

@@ -1,9 +1,7 @@
 """What every command shares: the consoles, option parsing helpers, and the one place errors become messages."""
 
 import functools
-import random
 import sys
-from dataclasses import dataclass
 from typing import Annotated
 
 import typer
@@ -53,7 +51,6 @@ LowVramOpt = Annotated[bool, typer.Option("--low-vram", help="The smallest plan 
 DecoderOpt = Annotated[str, typer.Option("--decoder", metavar="wan|taehv",
                                          help="wan: the full VAE. taehv: the tiny TAEHV decoder, ~1.3x faster end "
                                               "to end, softer detail (`cf download --decoder taehv`).")]
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 def fail(message: str, hint: str = "") -> None:
@@ -89,93 +86,6 @@ def friendly(fn):
             raise
 
     return wrapper
-
-
-@dataclass(frozen=True)
-class Setup:
-    """What every model command starts from: the preset (at the asked size), device, dtype and engine options."""
-
-    preset: object  # cfcli.presets.Preset
-    device: object  # torch.device
-    dtype: object  # torch.dtype
-    options: object  # cfcli.pipeline.engine.EngineOptions
-
-
-def set_up(preset: str | None, mode: str | None, steps: int | None, device: str | None, dtype: str | None,
-           speed: tuple, height: int | None = None, width: int | None = None, need_weights: bool = True) -> Setup:
-    """The one set-up of generate, extend, live and bench; `speed` is (compile, graphs, quantize, decoder, plain).
-    Everything is checked here, before any model loads; `need_weights`: TAEHV's weights must be downloaded."""
-    from cfcli.pipeline.plan import with_resolution
-    from cfcli.presets import load_preset
-
-    p = with_resolution(load_preset(preset_name(preset, mode, steps)), height, width)
-    dev = pick_device(device)
-    options = engine_options(*speed)
-    options.check(dev, need_weights)
-    return Setup(p, dev, pick_dtype(dtype, dev), options)
-
-
-def engine_options(compile: bool, graphs: bool, quantize: str | None, decoder: str, plain: bool = False):
-    """The `EngineOptions` of a command's speed flags. The tuned VAE decoder rides on --compile / --cuda-graphs (and
-    its fused kernels on --compile), as before it was a lever of its own; --plain turns every lever off and refuses
-    the ones asked for by name."""
-    from cfcli.pipeline.engine import EngineOptions
-
-    if not plain:
-        return EngineOptions(compile, graphs, quantize, decoder, tuned_vae=compile or graphs, fused_vae=compile)
-    if quantize is not None or decoder != "wan":
-        raise CfError("--plain runs the reference modules: no --quantize, no --decoder taehv",
-                      "leave out --plain, or those options")
-    return EngineOptions.plain()
-
-
-def pick_device(device: str | None):
-    import torch
-
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise CfError(f"unknown device {device!r}", "use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CfError("CUDA is not available on this machine",
-                      "use --device cpu (slow) or install a CUDA build of torch")
-    return dev
-
-
-def pick_dtype(dtype: str | None, device):
-    import torch
-
-    if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise CfError(f"unknown dtype {dtype!r}", f"use one of: {', '.join(DTYPES)}")
-    return getattr(torch, dtype)
-
-
-def new_seed(seed: int | None) -> int:
-    return seed if seed is not None else random.SystemRandom().randrange(2**31)
-
-
-def preset_name(preset: str | None, mode: str | None, steps: int | None) -> str:
-    """--preset wins; else --mode/--steps pick a shipped preset; else CF_PRESET, the config file, framewise."""
-    if preset is None and mode is None and steps is None:
-        from cfcli.config import read_config, setting
-
-        preset = setting("preset", read_config())
-    if preset is not None:
-        if mode is not None or steps is not None:
-            raise CfError("--preset cannot be combined with --mode/--steps", "use one or the other")
-        return preset
-    mode = mode or "framewise"
-    if mode not in ("framewise", "chunkwise", "longvideo", "self-forcing"):
-        raise CfError(f"unknown mode {mode!r}", "use framewise, chunkwise, longvideo or self-forcing")
-    if steps in (None, 4):
-        return mode
-    if mode != "framewise" or steps not in (1, 2):
-        raise CfError(f"no {steps}-step {mode} model", "frame-wise has 4, 2 and 1 steps; chunk-wise 4")
-    return f"framewise-{steps}step"
 
 
 def is_tty() -> bool:

@@ -22,10 +22,10 @@ from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progre
 from rich.table import Table
 
 from cfcli import converted_check, hub
-from cfcli.cli.common import ModeOpt, PresetOpt, QuietOpt, StepsOpt, console, friendly, preset_name
+from cfcli.cli.common import ModeOpt, PresetOpt, QuietOpt, StepsOpt, console, friendly
 from cfcli.errors import CfError
 from cfcli.paths import cf_home, cf_home_variable, hf_cache_variable, usable_dir
-from cfcli.presets import Preset, load_preset, shipped_presets
+from cfcli.presets import Preset, load_preset, preset_name, shipped_presets
 
 stdout = Console(highlight=False)
 
@@ -235,7 +235,7 @@ def offline_check(presets: list[Preset], dry_run: bool) -> None:
 
 def unreachable(exc: CfError) -> bool:
     """Whether the Hub could not be reached at all (no network, DNS, refused, timeouts), not what it answered."""
-    return isinstance(exc.__cause__, (OSError, *hub._network_errors()))
+    return isinstance(exc.__cause__, (OSError, *hub.network_errors()))
 
 
 def show_manifest(presets: list[Preset]) -> None:

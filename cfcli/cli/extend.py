@@ -7,11 +7,10 @@ import typer
 from cfcli.cli.checks import check_length, check_options, codec_note
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, ExtendModeOpt, GraphsOpt,
                               JsonOpt, LowVramOpt, MaxVramOpt, OverwriteOpt, PlainOpt, PresetOpt, QuantizeOpt, QuietOpt,
-                              SeedOpt, StepsOpt, console, friendly, new_seed, set_up, show_plan)
-from cfcli.cli.files import open_file, output_codec, poster_path, write_poster
+                              SeedOpt, StepsOpt, console, friendly, show_plan)
+from cfcli.cli.files import open_file, poster_path, write_poster
 from cfcli.cli.progress import ProgressView, cpu_notice, status_line
 from cfcli.cli.summary import report
-from cfcli.errors import CfError
 
 
 def register(app: typer.Typer) -> None:
@@ -61,43 +60,34 @@ def register(app: typer.Typer) -> None:
           cf extend fox.mp4 --prompt "the fox jumps into the river" --frames 32
           cf extend holiday.mov --prompt "the waves roll in" --only-new --codec ffv1
         """
-        from cfcli.pipeline import extend as job
         from cfcli.pipeline.outputs import check as check_outputs
-        from cfcli.pipeline.samplers import sampler_kind
         from cfcli.pipeline.signals import exit_code, stop_on_signals
+        from cfcli.session import Session, SpeedFlags
 
         check_options(frames, seconds, seed, fps, crf)
-        fmt = output_codec(codec, out)
-        setup = set_up(preset, mode, steps, device, dtype, (compile, cuda_graphs, quantize, decoder, plain))
-        p, dev, dt = setup.preset, setup.device, setup.dtype
+        session = Session(preset, mode=mode, steps=steps, device=device, dtype=dtype,
+                          speed=SpeedFlags(compile, cuda_graphs, quantize, decoder, plain), max_vram=max_vram,
+                          low_vram=low_vram, status=status_line(quiet))
         if frames is not None:
-            check_length(frames, "--frames", geometry=p.geometry)
-        if not sampler_kind(p).starts_from_frames:
-            raise CfError(f"{p.name} cannot extend clips", "use --mode framewise or --mode chunkwise")
+            check_length(frames, "--frames", geometry=session.preset.geometry)
         # Planned once, before the models load: the clip probed, its prompt, the context and the new frames.
-        video = job.plan_extend(p, clip, prompt, frames, seconds, fps, context_frames, only_new)
-        s = new_seed(seed)
-        path = out or clip.with_name(f"{clip.stem}-extended-{s}{fmt.suffix}")
+        req = session.extend_request(clip, prompt=prompt, frames=frames, seconds=seconds, fps=fps,
+                                     context_frames=context_frames, only_new=only_new, seed=seed, out=out,
+                                     overwrite=overwrite, codec=codec, crf=crf, save_latents=save_latents)
         if poster:
-            check_outputs(poster_path(path), overwrite, "--poster")
-        from cfcli.pipeline.memory import plan_run
-
-        options, plan = plan_run(p, video.latent_frames, dev, dt, setup.options, max_vram, low_vram)
-        show_plan(plan, quiet)
-        for line in (*video.notes, codec_note(ctx, fmt.name)):
+            check_outputs(poster_path(req.out), overwrite, "--poster")
+        show_plan(session.plan_memory(req.plan.latent_frames), quiet)
+        for line in (*req.plan.notes, codec_note(ctx, req.codec)):
             if line and not quiet:
                 console.print(f"[yellow]note:[/] {line}")
         with stop_on_signals():
-            # Reserved (checked, locked, temp file created) before any model loads.
-            with job.reserve_outputs(path, save_latents, overwrite, fmt.name, crf, p, inputs=(clip,)) as outputs:
-                cpu_notice(dev, device, quiet)  # once every check has passed
+            with session.reserve(req) as req:  # checked, locked, temp files made before any model loads
+                cpu_notice(session.device, device, quiet)  # once every check has passed
                 if not quiet:
-                    console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {clip} + {video.new_frames} frames "
-                                  f"→ {path}")
-                req = job.ExtendRequest(video, s, path, dev, dt, fmt.name, crf, save_latents, options, overwrite,
-                                        outputs)
-                with ProgressView(enabled=not quiet, fps=video.fps, device=dev) as view:
-                    summary = job.run(req, view.update, status=status_line(quiet))
+                    console.print(f"[bold]{req.preset.name}[/] · seed [cyan]{req.seed}[/] · {clip} + "
+                                  f"{req.plan.new_frames} frames → {req.out}")
+                with ProgressView(enabled=not quiet, fps=req.plan.fps, device=session.device) as view:
+                    summary = session.run(req, view.update)
             report(summary, quiet, json_out)
             if summary.interrupted:
                 raise typer.Exit(exit_code())
@@ -105,4 +95,3 @@ def register(app: typer.Typer) -> None:
             write_poster(summary.path)
         if open_:
             open_file(summary.path)
-

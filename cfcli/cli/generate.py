@@ -1,7 +1,7 @@
 """`cf generate`: text (or picture) to video, streamed to the file block by block."""
 
-import math
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -10,8 +10,8 @@ from typer.core import TyperCommand
 from cfcli.cli.checks import check_length, check_options, codec_note
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt,
                               LowVramOpt, MaxVramOpt, ModeOpt, OverwriteOpt, PlainOpt, PresetOpt, QuantizeOpt, QuietOpt,
-                              SeedOpt, StepsOpt, console, friendly, new_seed, set_up, show_plan)
-from cfcli.cli.files import open_file, output_codec, output_dir, poster_path, write_poster
+                              SeedOpt, StepsOpt, console, friendly, show_plan)
+from cfcli.cli.files import open_file, poster_path, write_poster
 from cfcli.cli.progress import ProgressView, cpu_notice, status_line
 from cfcli.cli.summary import report
 from cfcli.errors import CfError
@@ -110,69 +110,73 @@ def register(app: typer.Typer) -> None:
 
         phases = Phases()
         phases.mark("cli_ready")
-        from cfcli.pipeline import generate as job
+        from cfcli.pipeline import containers
         from cfcli.pipeline.outputs import check as check_outputs
-        from cfcli.pipeline.plan import plan_video
         from cfcli.pipeline.signals import exit_code, stop_on_signals, stopped_by
+        from cfcli.session import Session, SpeedFlags
 
         check_options(frames, seconds, seed, fps, crf)
-        schedule = read_schedule(prompt, prompt_at, prompt_schedule, prompt_file)
-        prompts = [schedule.opening] if schedule else read_prompts(prompt, prompt_file)
-        fmt = output_codec(codec, out)
-        setup = set_up(preset, mode, steps, device, dtype, (compile, cuda_graphs, quantize, decoder, plain), height,
-                       width)
-        p, dev, dt = setup.preset, setup.device, setup.dtype
-        fps_ = fps or p.fps
-        want = frames if frames is not None else (round(seconds * fps_) + 1 if seconds is not None else p.frames)
-        check_length(want, "--frames" if seconds is None else "--seconds", seconds, fps_, p.geometry)
+        pairs = prompt_at_pairs(prompt_at, prompt_schedule, prompt_file)
+        prompts = read_prompts(prompt, prompt_file)
+        session = Session(preset, mode=mode, steps=steps, device=device, dtype=dtype, height=height, width=width,
+                          speed=SpeedFlags(compile, cuda_graphs, quantize, decoder, plain), max_vram=max_vram,
+                          low_vram=low_vram, status=status_line(quiet), phases=phases)
+        p = session.preset
+        check_length_asked(frames, seconds, fps or p.fps, p)
         # Planned once, before the models load: a bad --image, an empty prompt, a switch that never shows refused here.
-        plans = {text: plan_video(p, want, fps_, image, None if schedule else text, schedule) for text in prompts}
-        first = plans[prompts[0]]
-        for note in (first.rounding(), codec_note(ctx, fmt.name)):
+        firsts = [session.generate_request(text, frames=frames, seconds=seconds, fps=fps, seed=0, image=image, out=out,
+                                           codec=codec, crf=crf, prompt_at=pairs, prompt_schedule=prompt_schedule,
+                                           overwrite=overwrite) for text in prompts]
+        first = firsts[0]
+        for note in (first.plan.rounding(), codec_note(ctx, first.codec)):
             if note and not quiet:
                 console.print(f"[yellow]note:[/] {note}")
-        runs = plan_runs(prompts, seed, count, out, fmt.suffix, save_latents)
+        suffix = containers.get(first.codec).suffix
+        runs = plan_runs([r.plan.prompt for r in firsts], seed, count, out, suffix, save_latents)
+        requests = [replace(firsts[i // count], seed=s, out=path, save_latents=latents)
+                    for i, (_, s, path, latents) in enumerate(runs)]
         if poster:
-            for _, _, path, _ in runs:
-                check_outputs(poster_path(path), overwrite, "--poster")
-        status = status_line(quiet)
-        from cfcli.pipeline.memory import plan_run, text_placement
-
-        options, plan = plan_run(p, first.latent_frames, dev, dt, setup.options, max_vram, low_vram)
-        show_plan(plan, quiet)
+            for req in requests:
+                check_outputs(poster_path(req.out), overwrite, "--poster")
+        show_plan(session.plan_memory(first.plan.latent_frames), quiet)
         with stop_on_signals(), ExitStack() as reserved:
             # Every output is reserved (checked, locked, its temp file created) before any model loads.
-            outputs = [reserved.enter_context(job.reserve_outputs(path, latents, overwrite, fmt.name, crf, p))
-                       for _, _, path, latents in runs]
-            cpu_notice(dev, device, quiet)  # once every check has passed
+            requests = [reserved.enter_context(session.reserve(req)) for req in requests]
+            cpu_notice(session.device, device, quiet)  # once every check has passed
             phases.mark("prepared")  # torch imported, options checked, outputs reserved
-            # Every prompt is encoded in one umT5 load, which is gone before the DiT loads (once, for all prompts).
-            encoder = job.PromptEncoder(p, dev, dt, note=status, placement=text_placement(options), phases=phases)
-            texts = list(dict.fromkeys(t for v in plans.values() for t in v.prompts()))
-            with phases.span("text"):
-                features = dict(zip(texts, encoder.encode(texts)))
-            phases.facts["text_cache_hit"] = not encoder.loaded_encoder
-            engine = job.Engine.load(p, dev, dt, note=status, phases=phases)
-            with phases.span("configure"):
-                engine.configure(options)
-            for (text, s, path, latents), reserved_outputs in zip(runs, outputs):
-                video = plans[text].with_features(features)
-                if not quiet:
-                    console.print(f"[bold]{p.name}[/] · seed [cyan]{s}[/] · {video.frames} frames → {path}")
-                    show_switches(video, p)
-                req = job.GenerateRequest(video, s, path, dev, dt, fmt.name, crf, latents, options,
-                                          overwrite=overwrite, outputs=reserved_outputs)
-                phases.video()
-                phases.mark("video_start")
-                with ProgressView(enabled=not quiet, fps=fps_, device=dev) as view:
-                    summary = job.run(req, timed_progress(view.update, phases), engine=engine)
-                report(summary, quiet, json_out, phases.report(summary.frames))
+            encode_all(session, requests, phases)
+            for req in requests:
+                summary = run_one(session, req, quiet, json_out, phases)
                 if summary.interrupted or stopped_by():
                     raise typer.Exit(exit_code())
                 if poster:
                     write_poster(summary.path)
         if open_:
-            open_file(runs[0][2] if len(runs) == 1 else runs[0][2].parent)
+            open_file(requests[0].out if len(requests) == 1 else requests[0].out.parent)
+
+
+def encode_all(session, requests: list, phases) -> None:
+    """Every prompt of the run encoded in one umT5 load, gone before the DiT loads; the requests' plans take them."""
+    with phases.span("text"):
+        features = session.encode([t for req in requests for t in req.plan.prompts()])
+    phases.facts["text_cache_hit"] = not session.encoder.loaded_encoder
+    for i, req in enumerate(requests):
+        requests[i] = replace(req, plan=req.plan.with_features(features))
+
+
+def run_one(session, req, quiet: bool, json_out: bool, phases):
+    """One video of the run, with its progress view and summary."""
+    p = req.preset
+    session.engine  # noqa: B018 - loaded (and timed) before the video's clock starts
+    if not quiet:
+        console.print(f"[bold]{p.name}[/] · seed [cyan]{req.seed}[/] · {req.plan.frames} frames → {req.out}")
+        show_switches(req.plan, p)
+    phases.video()
+    phases.mark("video_start")
+    with ProgressView(enabled=not quiet, fps=req.plan.fps, device=req.device) as view:
+        summary = session.run(req, timed_progress(view.update, phases))
+    report(summary, quiet, json_out, phases.report(summary.frames))
+    return summary
 
 
 def plan_runs(prompts: list[str], seed: int | None, count: int, out: Path | None, suffix: str,
@@ -180,7 +184,9 @@ def plan_runs(prompts: list[str], seed: int | None, count: int, out: Path | None
     """(prompt, seed, video path, latents path) of every video, `count` per prompt: a batch numbers
     `--out`/`--save-latents`, and default names that slug alike get `-2`, `-3`, … so no output of the run overwrites
     another."""
+    from cfcli.config import output_dir
     from cfcli.pipeline.outputs import same_file, slug
+    from cfcli.session import new_seed
 
     if count < 1:
         raise CfError(f"--count must be at least 1, got {count}")
@@ -216,26 +222,21 @@ def read_prompts(prompt: str | None, prompt_file: Path | None) -> list[str]:
     return [prompt]  # an empty one is refused by the plan
 
 
-def read_schedule(prompt: str | None, prompt_at: list[str] | None, schedule_file: Path | None,
-                  prompt_file: Path | None):
-    """The prompt schedule of `--prompt-at` pairs and `--prompt-schedule` lines together; None without switches."""
-    from cfcli.pipeline.prompts import PromptSchedule, parse_prompt_at, read_schedule_file
-
-    if not prompt_at and schedule_file is None:
-        return None
-    if prompt_file is not None:
+def prompt_at_pairs(prompt_at: list[str] | None, schedule_file: Path | None,
+                    prompt_file: Path | None) -> list[tuple[str, str]]:
+    """The `--prompt-at TIME PROMPT` values as (time, prompt) pairs; a schedule does not go with a batch."""
+    if (prompt_at or schedule_file is not None) and prompt_file is not None:
         raise CfError("--prompt-file cannot be combined with --prompt-at/--prompt-schedule",
                       "a schedule tells one video's story; make the batch and the story in separate runs")
-    switches = read_schedule_file(schedule_file) if schedule_file is not None else []
     pairs = [value.split("\t", 1) for value in prompt_at or ()]
     if any(len(pair) != 2 for pair in pairs):
         raise CfError("--prompt-at takes a time and a prompt", 'e.g. --prompt-at 12s "the fox jumps into the river"')
-    switches += parse_prompt_at([(time, text) for time, text in pairs])
-    for switch in switches:
-        if not math.isfinite(switch.seconds):
-            raise CfError(f"the time of a prompt switch ({switch.source[:40]}…) is too large",
-                          "give a time within the video, e.g. 12s or 1:05")
-    return PromptSchedule.build(prompt, switches)
+    return [(time, text) for time, text in pairs]
+
+
+def check_length_asked(frames: int | None, seconds: float | None, fps: float, preset) -> None:
+    want = frames if frames is not None else (round(seconds * fps) + 1 if seconds is not None else preset.frames)
+    check_length(want, "--frames" if seconds is None else "--seconds", seconds, fps, preset.geometry)
 
 
 def show_switches(video, preset) -> None:

@@ -9,9 +9,9 @@ import typer
 
 from cfcli.cli.checks import check_options
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt,
-                              ModeOpt, PlainOpt, PresetOpt, QuantizeOpt, SeedOpt, StepsOpt, console, friendly,
-                              preset_name, set_up)
-from cfcli.cli.files import output_dir
+                              LowVramOpt, MaxVramOpt, ModeOpt, PlainOpt, PresetOpt, QuantizeOpt, SeedOpt, StepsOpt,
+                              console, friendly, show_plan)
+from cfcli.cli.progress import status_line
 from cfcli.errors import CfError
 
 
@@ -48,6 +48,8 @@ def register(app: typer.Typer) -> None:
         quantize: QuantizeOpt = None,
         plain: PlainOpt = False,
         decoder: DecoderOpt = "wan",
+        max_vram: MaxVramOpt = None,
+        low_vram: LowVramOpt = False,
         random_weights: bool = typer.Option(False, "--random-weights",
                                             help="Random weights of the preset's size (timing without downloads)."),
         measure_latency: int = typer.Option(None, "--measure-latency", metavar="N",
@@ -63,20 +65,22 @@ def register(app: typer.Typer) -> None:
           cf live --mode chunkwise --seed 7 --port 8000
           cf live --host 0.0.0.0 --token secret      # other machines may connect, with the token
         """
+        from cfcli.config import output_dir
         from cfcli.live.session import LiveConfig
         from cfcli.pipeline import containers
+        from cfcli.session import Session, SpeedFlags
 
         check_options(seed=seed, crf=crf)
         containers.get(codec)  # an unknown codec (or one this ffmpeg lacks) is refused here
-        if text_device not in (None, "cpu", "cuda"):
-            raise CfError(f"unknown --text-device {text_device!r}", "use cpu or cuda")
         if max_seconds is not None and not (math.isfinite(max_seconds) and max_seconds > 0):
             raise CfError(f"--max-seconds must be a positive number, got {max_seconds}")
         if lead < 0:
             raise CfError(f"--lead must be at least 0, got {lead}")
         config = LiveConfig(out_dir or output_dir() / "live", codec, crf, lead, max_seconds)
-        engine, encoder = load(preset_name(preset, mode, steps), device, dtype, text_device, random_weights,
-                               (compile, cuda_graphs, quantize, decoder, plain))
+        session = Session(preset, mode=mode, steps=steps, device=device, dtype=dtype,
+                          speed=SpeedFlags(compile, cuda_graphs, quantize, decoder, plain), max_vram=max_vram,
+                          low_vram=low_vram, random_weights=random_weights, status=status_line(False))
+        engine, encoder = load(session, max_seconds, text_device)
         if measure_latency is not None:
             from cfcli.live.measure import measure
 
@@ -86,21 +90,17 @@ def register(app: typer.Typer) -> None:
         run_server(engine, encoder, config, host, port, token, record, seed, open_browser, max_upload_mb)
 
 
-def load(name: str, device, dtype, text_device, random_weights: bool, opts: tuple):
-    """(engine, resident prompt encoder), the encoder placed by `pick_text_device` and said where."""
-    from cfcli.live.text import ResidentPromptEncoder, pick_text_device
-    from cfcli.pipeline import bench
-
-    setup = set_up(name, None, None, device, dtype, opts, need_weights=not random_weights)
-    p, dev, dt, options = setup.preset, setup.device, setup.dtype, setup.options
-    if text_device == "cuda" and dev.type != "cuda":
-        raise CfError("--text-device cuda needs the run on a GPU", "use --text-device cpu")
-    console.print(f"[bold]{p.name}[/] · loading the models on {dev}{' (random weights)' if random_weights else ''}")
-    engine = bench.build_engine(p, dev, dt, random_weights, 0)
-    engine.configure(options, bench.decoder_model(options.decoder, random_weights, dev, 0))
-    where = pick_text_device(text_device, dev, p, dt)
-    console.print(f"umT5 stays loaded on [cyan]{where}[/]" + ("" if text_device else " (automatic; --text-device)"))
-    return engine, ResidentPromptEncoder(p, dev, dt, where, random_weights, 0).load()
+def load(session, max_seconds: float | None, text_device: str | None):
+    """(engine, prompt encoder) of `session` for the live loop: planned (umT5 kept loaded beside the DiT, or on the
+    CPU where it does not fit) and loaded, each said."""
+    p, dev = session.preset, session.device
+    random = " (random weights)" if session.random_weights else ""
+    console.print(f"[bold]{p.name}[/] · loading the models on {dev}{random}")
+    engine, encoder = session.open_live(max_seconds, text_device)
+    show_plan(session.memory)
+    console.print(f"umT5 stays loaded on [cyan]{encoder.text_device}[/]" +
+                  ("" if text_device else " (automatic; --text-device)"))
+    return engine, encoder
 
 
 def run_server(engine, encoder, config, host: str, port: int, token: str | None, record: bool, seed: int | None,

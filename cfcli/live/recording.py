@@ -8,7 +8,7 @@ file is renamed into place.
 from pathlib import Path
 
 from cfcli.pipeline import containers
-from cfcli.pipeline.generate import SafeWriter
+from cfcli.pipeline.files import SafeWriter
 from cfcli.pipeline.outputs import free_name, reserve
 from cfcli.pipeline.video import rewrite_metadata
 

@@ -29,7 +29,7 @@ from cfcli.live.recording import Recording
 from cfcli.live.schedule import LivePrompt, LiveSchedule
 from cfcli.models.geometry import Geometry
 from cfcli.pipeline.engine import Engine
-from cfcli.pipeline.generate import metadata
+from cfcli.pipeline.files import metadata
 from cfcli.pipeline.plan import frame_counts
 from cfcli.pipeline.outputs import slug
 from cfcli.pipeline.samplers import sampler_kind

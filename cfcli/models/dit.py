@@ -199,6 +199,11 @@ def timestep_sinusoid(t: Tensor, dim: int) -> Tensor:
     return torch.cat([angles.cos(), angles.sin()], dim=1)
 
 
+def _bind_slot(slot: Block, block: Block) -> None:
+    """A device slot holding `block`'s weights attends with `block`'s KV-cache layer."""
+    slot.self_attn.layer = block.self_attn.layer
+
+
 class CausalWanDiT(nn.Module):
     """Wan2.1 DiT run block-causally: each call denoises one block of latent frames against the KV cache."""
 
@@ -229,6 +234,17 @@ class CausalWanDiT(nn.Module):
         """Every block module that runs, once: `blocks`, or with offloaded blocks (`cfcli.models.offload`) the
         resident ones and the stream's device slots."""
         return self.blocks.distinct() if hasattr(self.blocks, "distinct") else list(self.blocks)
+
+    def text_projections(self) -> list[nn.Module]:
+        """The cross-attention K/V projections of every block: run once per prompt (`text_kv`), so a small memory plan
+        may keep them in host memory (`cfcli.models.offload.Parked`)."""
+        return [m for b in self.blocks for m in (b.cross_attn.k, b.cross_attn.v)]
+
+    def offload_blocks(self, count: int) -> int:
+        """Keep the last `count` blocks in host memory, streamed in per call (`cfcli.models.offload`); how many."""
+        from cfcli.models.offload import offload_blocks_
+
+        return offload_blocks_(self, count, bind=_bind_slot)
 
     def frame_tokens(self, height: int, width: int) -> int:
         """Tokens per latent frame of `height`×`width` latents (1560 at 60×104)."""

@@ -147,6 +147,9 @@ class TAEHV(nn.Module):
         """A decoder for one video, fed latent frames in order over successive calls."""
         return TAEHVStreamingDecoder(self)
 
+    def lean(self, split_frames: bool, host_cache: bool) -> None:
+        """Nothing to switch: a few small frames a layer is all TAEHV keeps (`cfcli.models.decoder.Decoder`)."""
+
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
         """latents [B, F, 16, h, w] (normalised) -> float32 pixels [B, 1 + 4(F-1), 3, 8h, 8w] in [-1, 1]."""
@@ -179,6 +182,10 @@ class TAEHVStreamingDecoder:
         self.model = model
         self.memory = MemBlockMemory()
         self.latents_seen = 0
+
+    def carried(self) -> list[Tensor]:
+        """[]: TAEHV's memory has no host-memory form (`cfcli.models.decoder.StreamDecoder`)."""
+        return []
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:

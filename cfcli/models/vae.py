@@ -439,6 +439,11 @@ class WanVAE(nn.Module):
         """A decoder for one video, fed latent frames in order over successive calls."""
         return StreamingDecoder(self)
 
+    def lean(self, split_frames: bool, host_cache: bool) -> None:
+        """The `cfcli.models.decoder.Decoder` switch of small memory plans (`Decoder3d.split_frames`,
+        `cache_on_host`)."""
+        self.decoder.split_frames, self.cache_on_host = split_frames, host_cache
+
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
         """latents [B, F, 16, h, w] (normalised) -> float32 pixels [B, 1 + 4(F-1), 3, 8h, 8w] clamped to [-1, 1]."""
@@ -459,6 +464,10 @@ class StreamingDecoder:
 
         self.cache = CausalCache(HostStore() if vae.cache_on_host else None)
         self.latents_seen = 0
+
+    def carried(self) -> list[Tensor]:
+        """Each causal convolution's past frames (what `WanVAE.cache_on_host` keeps in host memory)."""
+        return list(self.cache._past.values()) if isinstance(self.cache._past, dict) else []
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:

@@ -22,26 +22,22 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from cfcli import hub
 from cfcli.errors import CfError
-from cfcli.models.build import build_models
 from cfcli.models.dit import DiTConfig
-from cfcli.models.t5 import T5Config, UMT5Encoder, encode_text
-from cfcli.models.taehv import TAEHV, TAEHVConfig
+from cfcli.models.t5 import encode_text
 from cfcli.pipeline.engine import Engine, EngineOptions
 from cfcli.pipeline.flops import FlopPlan, flop_plan, t5_flops
-from cfcli.presets import WEIGHT_ROLES, Preset
-from cfcli.taehv_weights import taehv_path
+from cfcli.pipeline.memory import MemoryPlan
+from cfcli.pipeline.random_weights import random_ids, random_t5
+from cfcli.presets import Preset
 
 DEFAULT_PEAK_TFLOPS = 700.0  # dense bf16 matmul rate assumed for an H100 (the 8192³ GEMM reaches ~800 there)
-INIT_STD = 0.02
-RANDOM_PROMPT_TOKENS = 64  # umT5 runs only the real tokens: a typical detailed prompt's length
 BENCH_PROMPT = ("a red fox running through a snowy birch forest at dawn, soft golden light between the trees, "
                 "snow dust rising behind its paws, the camera tracking alongside at ground level, cinematic, "
                 "shallow depth of field, highly detailed fur")
@@ -57,12 +53,11 @@ class BenchRequest:
     dtype: torch.dtype
     latent_frames: int
     repeat: int = 3
-    random_weights: bool = False  # True: random even when the weights are cached
+    random_weights: bool = False  # the engine's weights are random (text encoding then is too)
     seed: int = 0
     peak_tflops: float = DEFAULT_PEAK_TFLOPS
     options: EngineOptions = EngineOptions()
-    max_vram: float | None = None  # GiB: plan for it and cap the allocator (`cfcli.pipeline.memory`)
-    low_vram: bool = False
+    plan: MemoryPlan | None = None  # the memory plan the engine runs (`cfcli.pipeline.memory`)
     save_latents: Path | None = None  # the latents of one more (untimed) DiT-only run, to compare plans
 
 
@@ -113,82 +108,6 @@ class BenchResult:
 
     def to_json(self) -> dict:
         return asdict(self)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Planning: resolution, frames, weights
-
-def weights_cached(preset: Preset) -> bool:
-    """True when every weight file of the preset is on this machine (never touches the network)."""
-    try:
-        for role in WEIGHT_ROLES:
-            hub.resolve(preset, role)
-    except CfError:
-        return False
-    return True
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Random weights
-
-def random_init_(module: nn.Module, seed: int, std: float = INIT_STD) -> nn.Module:
-    """Seeded in-place init on the module's device: norms to 1 / 0, biases 0, everything else N(0, std²).
-
-    A small std keeps the residual stream and the gated (modulated) branches finite through 30 layers in bf16.
-    """
-    gen = None
-    with torch.no_grad():
-        for mod in module.modules():
-            is_norm = "norm" in type(mod).__name__.lower()
-            for name, p in mod.named_parameters(recurse=False):
-                if gen is None:
-                    gen = torch.Generator(p.device).manual_seed(seed)
-                if name == "bias":
-                    p.zero_()
-                elif is_norm:
-                    p.fill_(1.0)
-                else:
-                    p.normal_(0.0, std, generator=gen)
-    return module.eval().requires_grad_(False)
-
-
-def build_random(module_cls, cfg, device: torch.device, dtype: torch.dtype, seed: int) -> nn.Module:
-    """`module_cls(cfg)` built on meta, materialised in `dtype` on `device` (no CPU copy), randomly initialised."""
-    with torch.device("meta"):
-        module = module_cls(cfg)
-    return random_init_(materialize(module, device, dtype), seed)
-
-
-def materialize(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
-    """A meta-device module given uninitialised storage in `dtype` on `device`.
-
-    Buffers that were real at construction (the VAE's latent statistics, built on the CPU) are restored after
-    `to_empty`, which would otherwise leave them uninitialised.
-    """
-    keep = {n: b.clone() for n, b in module.named_buffers() if not b.is_meta}
-    module = module.to(dtype).to_empty(device=device)
-    with torch.no_grad():
-        for name, buf in module.named_buffers():
-            if name in keep:
-                buf.copy_(keep[name])
-    return module
-
-
-def build_engine(preset: Preset, device: torch.device, dtype: torch.dtype, random: bool, seed: int) -> Engine:
-    if not random:
-        return Engine.load(preset, device, dtype)
-    models = build_models(preset)
-    dit = random_init_(materialize(models.dit, device, dtype), seed)
-    vae = random_init_(materialize(models.vae, device, dtype), seed + 1)
-    return Engine(preset, dit, vae, device, dtype)
-
-
-def decoder_model(name: str, random: bool, device: torch.device, seed: int) -> nn.Module | None:
-    """For `Engine.configure`: a random full-size TAEHV, like the rest, when asked for random weights or its weights
-    are not downloaded; else None (the decoder's own weights)."""
-    if name == "taehv" and (random or not taehv_path().is_file()):
-        return build_random(TAEHV, TAEHVConfig(), device, torch.float32, seed + 2)
-    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -259,23 +178,6 @@ class TextTiming:
     peak_gib: float | None
 
 
-def random_t5(cfg: T5Config, device: torch.device, dtype: torch.dtype, seed: int, stream: bool) -> nn.Module:
-    """A random full-size umT5, initialised part by part on `device` (each part seeded on its own, so resident and
-    streamed encoders get the same weights); with `stream` each part goes to host memory once initialised and the
-    encoder runs layer by layer (`cfcli.models.t5_stream`), never whole on the GPU."""
-    with torch.device("meta"):
-        encoder = UMT5Encoder(cfg).to(dtype)
-    for i, part in enumerate([encoder.token_embedding, *encoder.blocks, encoder.norm]):
-        random_init_(part.to_empty(device=device), seed + i)
-        if stream:
-            part.cpu()
-    if not stream:
-        return encoder
-    from cfcli.models.t5_stream import StreamedUMT5
-
-    return StreamedUMT5(encoder, device)
-
-
 def load_text_encoder(preset: Preset, device, dtype, random: bool, seed: int, placement: str = "resident"):
     """(encoder, ids, mask): random weights on random ids, or the cached umT5 and tokenizer on BENCH_PROMPT.
 
@@ -294,14 +196,6 @@ def load_text_encoder(preset: Preset, device, dtype, random: bool, seed: int, pl
     encoder, tokenizer = load_umt5(preset, device, dtype, placement)
     ids, mask = tokenizer([BENCH_PROMPT], text_len)
     return encoder, ids.to(device), mask.to(device)
-
-
-def random_ids(vocab: int, text_len: int, seed: int) -> tuple[Tensor, Tensor]:
-    """(ids [1, text_len], mask) of a random prompt of a typical length (`RANDOM_PROMPT_TOKENS`), for random weights."""
-    n = min(RANDOM_PROMPT_TOKENS, text_len)
-    ids = torch.zeros(1, text_len, dtype=torch.int64)
-    ids[0, :n] = torch.randint(1, vocab, (n,), generator=torch.Generator("cpu").manual_seed(seed))
-    return ids, (torch.arange(text_len) < n).long()[None]
 
 
 def bench_text(preset: Preset, device, dtype, random: bool, repeat: int, clock: Clock, seed: int,
@@ -430,15 +324,14 @@ def attention_backends(device: torch.device, dtype: torch.dtype, cfg: DiTConfig,
 WARMUP_FRAMES = 24  # latent frames generated before timing (more than the 21-frame horizon: the cache rolls too)
 
 
-def run(req: BenchRequest, status: Callable[[str], None] = lambda m: None) -> BenchResult:
-    p, dev, dt = req.preset, req.device, req.dtype
+def run(req: BenchRequest, load_engine: Callable[[], Engine], status: Callable[[str], None] = lambda m: None
+        ) -> BenchResult:
+    """Time the text encoder, then the engine `load_engine` gives (loaded and configured under `req.plan`, after
+    umT5 is gone as in production): a warm-up, then `req.repeat` timed videos."""
+    p, dev, dt, plan = req.preset, req.device, req.dtype, req.plan
     if req.repeat < 1:
         raise CfError(f"--repeat must be at least 1, got {req.repeat}")
-    use_random = req.random_weights or not weights_cached(p)
-    from cfcli.pipeline.memory import plan_run, text_placement
-
-    options, plan = plan_run(p, req.latent_frames, dev, dt, req.options, req.max_vram, req.low_vram)
-    req = replace(req, options=options)
+    use_random = req.random_weights
     # An engine of an earlier run in this process is freed only by the cycle collector (each compiled block stage
     # refers back to its block); until then its weights would count in this run's peak memory.
     gc.collect()
@@ -446,13 +339,12 @@ def run(req: BenchRequest, status: Callable[[str], None] = lambda m: None) -> Be
     with device_ctx:
         clock = Clock(dev)
         status("text encoder")
-        text = bench_text(p, dev, dt, use_random, req.repeat, clock, req.seed, text_placement(options))
+        text = bench_text(p, dev, dt, use_random, req.repeat, clock, req.seed, plan.text if plan else "resident")
         status("building the DiT and VAE")
-        opts = req.options
-        engine = build_engine(p, dev, dt, use_random, req.seed)
-        engine.configure(opts, decoder_model(opts.decoder, use_random, dev, req.seed))
+        engine = load_engine()
         reset_peak(dev)
-        status("warm-up" + (" (compiling)" if opts.compile and dev.type == "cuda" else ""))
+        compiling = "compile" in engine.levers()
+        status("warm-up" + (" (compiling)" if compiling else ""))
         # Kernels are chosen, blocks compiled and graphs captured within a few blocks; once past the horizon every
         # cache plan repeats, so a long video need not be made twice.
         warm = min(req.latent_frames, WARMUP_FRAMES // p.block_frames * p.block_frames)
@@ -474,7 +366,6 @@ def run(req: BenchRequest, status: Callable[[str], None] = lambda m: None) -> Be
     flops = flop_plan(p, req.latent_frames, req.options.decoder)
     result = summarise(req, repeats, text, flops, use_random, finite, peak, attention, gpu_name(dev), warmup_s,
                        levers)
-    result.plan = plan.describe() if plan is not None else None
     if dev.type == "cuda":
         worst = lambda phase: max(getattr(r, phase) for r in repeats)  # noqa: E731
         result.phase_peak_gib = {"text": text.peak_gib, "generation": worst("gen_peak"),

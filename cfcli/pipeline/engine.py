@@ -8,7 +8,7 @@ while the next block is generated.
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -20,21 +20,16 @@ from cfcli.models.build import build_models
 from cfcli.models.cache import DiTCache
 from cfcli.models.dit import CausalWanDiT
 from cfcli.models.vae import WanVAE
+from cfcli.pipeline.phases import loading
 from cfcli.pipeline.prompts import TextSchedule
 from cfcli.pipeline.sampler import StepPlan
 from cfcli.pipeline.samplers import sampler_kind
 from cfcli.pipeline.schedule import FlowSchedule
+from cfcli.pipeline.video import to_uint8
 from cfcli.presets import Preset
 
-def to_uint8(pixels: Tensor) -> Tensor:
-    """[-1, 1] pixels -> uint8 as the official writer does: 255·clamp(x·0.5 + 0.5, 0, 1), truncated."""
-    return (pixels.float() * 0.5 + 0.5).clamp(0, 1).mul(255).to(torch.uint8)
-
-
-def loading(what: str, path: Path) -> str:
-    """The status line for a model about to load: what, how big, from where."""
-    return f"loading {what} {hub.human(path.stat().st_size)} from {path}"
-
+if TYPE_CHECKING:
+    from cfcli.pipeline.memory import MemoryPlan
 
 DECODERS = ("wan", "taehv")
 
@@ -69,7 +64,8 @@ LEVERS = ("compile", "graphs", "cudnn_attention", "split_attention", "fused_gelu
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """How an engine runs beyond what its preset says: the speed levers, quantisation, the decoder, the memory plan.
+    """How an engine runs beyond what its preset says: the speed levers, quantisation, the decoder (the memory plan is
+    an argument of its own: `Engine.configure`).
 
     Each lever is applied only where it runs (all are CUDA ones; `Engine.levers` lists those that did). None changes
     what is computed; all but the graphs move results within rounding. `EngineOptions.plain()`: every lever off, the
@@ -79,7 +75,6 @@ class EngineOptions:
     graphs: bool = True  # each DiT call replayed as a CUDA graph (`cfcli.pipeline.fast.GraphedDiT`)
     quantize: str | None = None  # `Engine.quantize`: "fp8"
     decoder: str = "wan"  # `Engine.use_decoder`: "wan" or "taehv"
-    memory: "object | None" = None  # a `cfcli.pipeline.memory.MemoryPlan` (`MemoryPlan.engine_options`)
     cudnn_attention: bool = True  # SDPA's cuDNN kernel first (`cfcli.ops.attention.preferred_backends`)
     split_attention: bool = True  # self-attention split across the keys (`cfcli.ops.split_attention`; Hopper+)
     fused_gelu: bool = True  # each FFN's up-projection and GELU as one GEMM (`cfcli.ops.linear`)
@@ -180,15 +175,36 @@ class Engine:
             self.applied.add("fp8")
         return self
 
-    def configure(self, options: EngineOptions, decoder_model: nn.Module | None = None) -> "Engine":
+    def configure(self, options: EngineOptions, plan: "MemoryPlan | None" = None,
+                  decoder_model: nn.Module | None = None) -> "Engine":
         """Decoder (`decoder_model`: TAEHV weights to use instead of the cached ones, see `use_decoder`),
-        quantisation, the memory plan, then the fast path (the order they must come in)."""
+        quantisation, the memory `plan`, then the fast path the plan allows (the order they must come in)."""
         self.use_decoder(options.decoder, decoder_model).quantize(options.quantize)
-        if options.memory is not None:
-            from cfcli.pipeline.memory import apply_plan
-
-            apply_plan(self, options.memory)
+        if plan is not None:
+            self.apply(plan)
+            options = plan.limit(options)
         return self.accelerate(options)
+
+    def apply(self, plan: "MemoryPlan") -> "Engine":
+        """Put the parts where a memory plan (`cfcli.pipeline.memory`) says, through what the models offer: int8 block
+        weights, parked text projections, an 8-bit KV cache, offloaded blocks, the decoder's lean forms."""
+        from cfcli.models.dit import block_linear
+        from cfcli.models.offload import Parked
+        from cfcli.ops.weight_quant import quantize_int8_
+
+        if plan.weights == "int8":
+            quantize_int8_(self.dit, block_linear)
+        elif plan.lean:
+            self.parked = Parked(self.dit.text_projections(), self.device)
+        if plan.kv != "model":
+            self.kv_format = plan.kv
+        if plan.offload_blocks:
+            self.dit.offload_blocks(plan.offload_blocks)
+        if plan.lean:
+            self.vae.lean(True, plan.host_decoder_cache)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return self
 
     def accelerate(self, options: EngineOptions = EngineOptions()) -> "Engine":
         """Turn on the CUDA speed levers `options` asks for (`cfcli.pipeline.fast`), where they run; `levers()` then

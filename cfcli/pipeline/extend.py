@@ -14,12 +14,12 @@ import torch
 
 from cfcli.errors import CfError
 from cfcli.pipeline.clip_reader import ClipInfo, iter_frames, probe_clip, read_tail
-from cfcli.pipeline.engine import Engine, EngineOptions
-from cfcli.pipeline.generate import (Progress, SafeWriter, Summary, made_with, metadata, reserve_outputs,
-                                     stream_to_file)
-from cfcli.pipeline.outputs import Outputs
+from cfcli.pipeline.engine import Engine
+from cfcli.pipeline.files import (OutputRequest, SafeWriter, Summary, made_with, metadata, reserve_outputs,
+                                  stream_to_file)
 from cfcli.pipeline.media import fit_frames, to_model_range
-from cfcli.pipeline.text import PromptEncoder
+from cfcli.pipeline.outputs import Outputs
+from cfcli.pipeline.sinks import Progress
 from cfcli.presets import Preset
 
 DEFAULT_CONTEXT_LATENTS = {1: 5, 3: 6}  # frame-wise 17 frames, chunk-wise 21 frames (Wan2.1's VAE)
@@ -58,23 +58,8 @@ class ExtendPlan:
         return self.new_frames + (0 if self.only_new else self.clip.frames)
 
 
-@dataclass
-class ExtendRequest:
-    plan: ExtendPlan
-    seed: int
-    out: Path
-    device: torch.device
-    dtype: torch.dtype
-    codec: str = "h264"
-    crf: int = 18
-    save_latents: Path | None = None
-    options: EngineOptions = EngineOptions()  # when `run` loads the engine itself
-    overwrite: bool = False  # replace existing files at `out` / `save_latents` (`out` may be the clip itself)
-    outputs: Outputs | None = None  # reserved by the caller before the models loaded (`reserve_outputs`)
-
-    @property
-    def preset(self) -> Preset:
-        return self.plan.preset
+class ExtendRequest(OutputRequest):
+    """One continuation (`plan`: an `ExtendPlan`); `out` may be the clip itself, with `overwrite`."""
 
     @property
     def clip(self) -> Path:
@@ -163,26 +148,18 @@ def extend_notes(plan: ExtendPlan, asked: int) -> tuple[str, ...]:
     return tuple(notes)
 
 
-def run(req: ExtendRequest, on_progress: Callable[[Progress], None] = lambda p: None,
-        engine: Engine | None = None, status: Callable[[str], None] = lambda s: None,
-        features: torch.Tensor | None = None) -> Summary:
-    """Extend one clip; its outputs are `req.outputs` when the caller reserved them, else reserved here first.
-    `status` hears each model about to load; `features` are the prompt's umT5 features when already encoded."""
+def run(req: ExtendRequest, engine: Engine, features: torch.Tensor,
+        on_progress: Callable[[Progress], None] = lambda p: None) -> Summary:
+    """Extend one clip with the prompt's umT5 `features`; its outputs are `req.outputs` when the caller reserved them,
+    else reserved here first."""
     with req.outputs or reserve_outputs(req.out, req.save_latents, req.overwrite, req.codec, req.crf, req.preset,
                                         inputs=(req.clip,)) as outputs:
-        return _run(req, outputs, on_progress, engine, status, features)
+        return _run(req, outputs, engine, features, on_progress)
 
 
-def _run(req: ExtendRequest, outputs: Outputs, on_progress, engine, status, features) -> Summary:
+def _run(req: ExtendRequest, outputs: Outputs, engine: Engine, features: torch.Tensor, on_progress) -> Summary:
     plan, p = req.plan, req.preset
     context = fit_frames(read_tail(req.clip, plan.context_frames, plan.clip), p.width, p.height)
-    if features is None:
-        from cfcli.pipeline.memory import text_placement
-
-        features = PromptEncoder(p, req.device, req.dtype, note=status,
-                                 placement=text_placement(req.options)).encode([plan.prompt])[0]
-    if engine is None:
-        engine = Engine.load(p, req.device, req.dtype, note=status).configure(req.options)
     ctx_latents = engine.encode_video(to_model_range(context).permute(1, 0, 2, 3))
     meta = metadata(plan.prompt, req.seed, p, plan.total, round(float(plan.fps), 3), extended_from=str(req.clip),
                     context_frames=plan.context_frames, new_frames=plan.new_frames, only_new=plan.only_new,

@@ -33,6 +33,7 @@ GIB = 2**30
 HEADROOM = 0.03  # of the budget: allocator fragmentation, cuBLAS/cuDNN workspaces
 LOW_VRAM_GIB = 7.0  # what `--low-vram` plans for without `--max-vram` (an 8 GB card less the desktop's share)
 KV_FORMAT = "int8"  # the low plans' KV cache (`cfcli.models.kv_quant.FORMATS`)
+TEXT_PLACES = {"resident": "on the GPU", "stream": "streamed layer by layer", "cpu": "on the CPU"}
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class MemoryPlan:
     name: str
     weights: str  # "model": the run's dtype | "int8"
     kv: str  # "model" | "int8" | "fp8"
-    text: str  # "resident" | "stream"
+    text: str  # umT5: "resident" (on the GPU) | "stream" (layer by layer from host memory) | "cpu" (`keep_text`)
     graphs: bool
     compile: bool
     offload_blocks: int = 0
@@ -54,7 +55,7 @@ class MemoryPlan:
     def describe(self) -> str:
         parts = [f"DiT {'int8 weights' if self.weights == 'int8' else 'full precision'}",
                  f"KV cache {self.kv if self.kv != 'model' else 'full precision'}",
-                 f"umT5 {'streamed layer by layer' if self.text == 'stream' else 'on the GPU'}"]
+                 f"umT5 {TEXT_PLACES[self.text]}"]
         if self.offload_blocks:
             parts.append(f"{self.offload_blocks} DiT blocks streamed from host memory")
         if self.lean:
@@ -65,10 +66,13 @@ class MemoryPlan:
         budget = f" of {self.budget / GIB:.1f} GiB" if self.budget is not None else ""
         return f"{self.name} (~{self.need / GIB:.1f} GiB{budget}: {', '.join(parts)})"
 
-    def engine_options(self, options):
-        """`options` (an `EngineOptions`) running this plan: the fast path only where the plan allows it."""
-        return replace(options, compile=options.compile and self.compile, graphs=options.graphs and self.graphs,
-                       memory=self)
+    def places_alike(self, other: "MemoryPlan | None") -> bool:
+        """Whether `other` puts every part where this plan does (estimates and budget aside)."""
+        return other is not None and replace(self, need=0, budget=None) == replace(other, need=0, budget=None)
+
+    def limit(self, options):
+        """`options` (an `EngineOptions`) as this plan runs them: the fast path only where the plan allows it."""
+        return replace(options, compile=options.compile and self.compile, graphs=options.graphs and self.graphs)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -111,17 +115,15 @@ def decoder_peak(decoder: str, configs, h: int, w: int, dtype: torch.dtype, spli
 
     with torch.device("meta"):
         model = (TAEHV(TAEHVConfig()) if decoder == "taehv" else build_vae(configs)).to(dtype)
-    if decoder == "wan":
-        model.decoder.split_frames = split
+    model.lean(split, False)
     channels = TAEHVConfig().latent_channels if decoder == "taehv" else configs.vae.z_dim
     z = torch.empty(1, 1, channels, h, w, device="meta", dtype=dtype)
     with torch.inference_mode(), TracedPeak() as trace:
         stream = model.stream_decoder()
         for _ in range(2):
             stream.decode(z)
-    # TAEHV's memory (a few small frames a layer) has no host-cache form: the same peak either way.
-    past = stream.cache._past.values() if decoder == "wan" else ()
-    caches = [t.untyped_storage().nbytes() for t in past]
+    # TAEHV's memory (a few small frames a layer) has no host-cache form: it carries nothing, the same peak either way.
+    caches = [t.untyped_storage().nbytes() for t in stream.carried()]
     return trace.peak, trace.peak - sum(caches) + 2 * max(caches, default=0)
 
 
@@ -321,40 +323,29 @@ def cap_allocator(device: torch.device, max_vram: float | None) -> None:
 
 
 
-def apply_plan(engine, plan: MemoryPlan) -> None:
-    """Put a loaded engine's parts where `plan` says (`Engine.configure` calls it before the fast path)."""
-    from cfcli.models.offload import Parked, offload_blocks_
-    from cfcli.models.dit import block_linear
-    from cfcli.ops.weight_quant import quantize_int8_
-
-    dit = engine.dit
-    if plan.weights == "int8":
-        quantize_int8_(dit, block_linear)
-    elif plan.lean:
-        engine.parked = Parked([m for b in dit.blocks for m in (b.cross_attn.k, b.cross_attn.v)], engine.device)
-    if plan.kv != "model":
-        engine.kv_format = plan.kv
-    if plan.offload_blocks:
-        offload_blocks_(dit, plan.offload_blocks, bind=lambda slot, block: setattr(slot.self_attn, "layer",
-                                                                                   block.self_attn.layer))
-    if plan.lean:
-        engine.vae.decoder.split_frames = True
-        engine.vae.cache_on_host = plan.host_decoder_cache
-    if engine.device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def plan_run(preset: Preset, latent_frames: int, device: torch.device, dtype: torch.dtype, options,
-             max_vram: float | None, low_vram: bool):
-    """(`options` running the plan, the plan or None) for a command's run; caps the allocator for `--max-vram`.
+def plan_run(preset: Preset, latent_frames: int, device: torch.device, dtype: torch.dtype, decoder: str,
+             max_vram: float | None, low_vram: bool) -> MemoryPlan | None:
+    """The plan of a command's run, or None off the GPU without `--low-vram`; caps the allocator for `--max-vram`.
     Called before any model loads, so a run that cannot fit stops with the planner's message."""
-    plan = plan_memory(preset, latent_frames, dtype, gpu_memory(device), max_vram, low_vram, options.decoder)
+    plan = plan_memory(preset, latent_frames, dtype, gpu_memory(device), max_vram, low_vram, decoder)
+    if plan is not None:
+        cap_allocator(device, max_vram)
+    return plan
+
+
+def keep_text(plan: MemoryPlan | None, preset: Preset, latent_frames: int, dtype: torch.dtype, decoder: str,
+              choice: str | None = None) -> MemoryPlan | None:
+    """`plan` for a run that keeps umT5 loaded beside the DiT (`cf live`): umT5 on the GPU ("resident") when it fits
+    the budget with the generation's peak, else on the CPU ("cpu"); `choice` ("cuda" / "cpu") decides instead, and a
+    GPU placement that cannot fit is refused. Off the GPU (no plan) umT5 runs where the run does."""
     if plan is None:
-        return options, None
-    cap_allocator(device, max_vram)
-    return plan.engine_options(options), plan
-
-
-def text_placement(options) -> str:
-    """Where umT5 runs under `options`' memory plan: "resident" (today's default) or "stream"."""
-    return options.memory.text if options.memory is not None else "resident"
+        return None
+    fp = footprint(preset, latent_frames, dtype, decoder)
+    fits = fp.generation(plan) + fp.text_resident <= (plan.budget or 0) * (1 - HEADROOM)
+    if choice == "cuda" and not fits:
+        need = math.ceil((fp.generation(plan) + fp.text_resident) / (1 - HEADROOM) / GIB * 10) / 10
+        raise CfError(f"umT5 beside the DiT needs about {need:.1f} GiB of GPU memory; "
+                      f"{(plan.budget or 0) / GIB:.1f} GiB is planned for", "use --text-device cpu")
+    text = "cpu" if choice == "cpu" or not fits else "resident"
+    need = fp.generation(plan) + (fp.text_resident if text == "resident" else 0)
+    return replace(plan, text=text, need=max(need, fp.load(plan)))

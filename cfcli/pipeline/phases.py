@@ -19,6 +19,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from cfcli.hub.hints import human
+
 _PERF0 = time.perf_counter()  # the import of this module: the last resort for the process start
 
 
@@ -117,3 +119,18 @@ def maybe_load(phases: "Phases | None", name: str, path: Path):
         return
     with phases.load(name, path):
         yield
+
+
+@contextmanager
+def maybe_span(phases: "Phases | None", name: str):
+    """`phases.span(name)`, or nothing without `phases`."""
+    if phases is None:
+        yield
+        return
+    with phases.span(name):
+        yield
+
+
+def loading(what: str, path: Path) -> str:
+    """The status line for a model about to load: what, how big, from where."""
+    return f"loading {what} {human(path.stat().st_size)} from {path}"

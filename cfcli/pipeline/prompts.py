@@ -192,3 +192,17 @@ def text_at(text: "Tensor | TextSchedule | None", frame: int) -> Tensor:
 
     Any object with an `at(frame)` method is a schedule (`cf live` steers with one that grows while it plays)."""
     return text.at(frame) if hasattr(text, "at") else text
+
+
+def build_schedule(prompt: str | None, prompt_at: list[tuple[str, str]], schedule_file: Path | None = None):
+    """The prompt schedule of `prompt_at` (time, prompt) pairs and a schedule file's lines together, opening with
+    `prompt`; None without switches."""
+    if not prompt_at and schedule_file is None:
+        return None
+    switches = read_schedule_file(schedule_file) if schedule_file is not None else []
+    switches += parse_prompt_at([(str(time), text) for time, text in prompt_at])
+    for switch in switches:
+        if not math.isfinite(switch.seconds):
+            raise CfError(f"the time of a prompt switch ({switch.source[:40]}…) is too large",
+                          "give a time within the video, e.g. 12s or 1:05")
+    return PromptSchedule.build(prompt, switches)

@@ -2,14 +2,16 @@
 
 Cache key: the text-encoder file's identity (resolved path, size, mtime), the tokenizer folder, the cleaned
 prompt, the text length and the dtype. Entries hold only the real tokens' rows (the rest are zeros by definition)
-and are written atomically. The encoder is loaded on the run's device only when some prompt misses the cache and is
-released before the DiT runs.
+and are written atomically. Where umT5 runs is the memory plan's `text` (`cfcli.pipeline.memory`): on the GPU, streamed
+layer by layer from host memory, or on the CPU. It is loaded only when some prompt misses the cache and released
+before the DiT runs, unless the encoder `keep`s it loaded (`cf live`, where prompts arrive while the DiT runs).
 """
 
 import contextlib
 import hashlib
 import logging
 import os
+import threading
 from pathlib import Path
 
 import torch
@@ -21,8 +23,7 @@ from cfcli.models.checkpoint import load_strict, read_state_dict
 from cfcli.models.t5 import encode_text
 from cfcli.models.tokenizer import PromptTokenizer, clean_prompt
 from cfcli.paths import cf_home
-from cfcli.pipeline.engine import loading
-from cfcli.pipeline.phases import maybe_load
+from cfcli.pipeline.phases import loading, maybe_load
 from cfcli.presets import Preset
 
 log = logging.getLogger(__name__)
@@ -34,15 +35,22 @@ def _file_id(path: Path) -> str:
 
 
 class PromptEncoder:
+    """umT5 features of prompts for a run on `device`; `placement` is the memory plan's `text` ("resident",
+    "stream" or "cpu"); `keep`: umT5 stays loaded between calls (calls are then serialised by a lock)."""
+
     def __init__(self, preset: Preset, device: torch.device, dtype: torch.dtype, cache_dir: Path | None = None,
-                 note=lambda m: None, placement: str = "resident", phases=None):
+                 note=lambda m: None, placement: str = "resident", phases=None, keep: bool = False):
         self.preset, self.device, self.dtype, self.note = preset, device, dtype, note  # note: loading status
         self.phases = phases  # a `cfcli.pipeline.phases.Phases` that times the encoder's load
-        self.placement = placement  # "stream": umT5 layer by layer from host memory (`cfcli.models.t5_stream`)
+        self.placement, self.keep = placement, keep
+        self.text_device = torch.device("cpu") if placement == "cpu" else device  # where umT5 computes
         self.configs = preset.configs
         self.text_len = self.configs.geometry.text_len
         self.cache_dir = cache_dir if cache_dir is not None else cf_home() / "prompts"
-        self.loaded_encoder = False  # for tests and `cf bench`: did the last call need umT5?
+        self.loaded_encoder = False  # did the last call need umT5 (a `cf generate` phase fact)?
+        self.loads = 0  # how many times umT5 was loaded
+        self._kept = None  # (encoder, tokenize) while `keep`
+        self._lock = threading.Lock()
 
     def _key(self, prompt: str) -> str:
         enc, tok = hub.resolve(self.preset, "text_encoder"), hub.resolve(self.preset, "tokenizer")
@@ -52,6 +60,24 @@ class PromptEncoder:
 
     def encode(self, prompts: list[str]) -> list[Tensor]:
         """umT5 features [1, text_len, dim] (padding rows zero) for each prompt, on the run's device."""
+        with self._lock:
+            return self._encode(prompts)
+
+    def load(self) -> "PromptEncoder":
+        """Load umT5 now when it is kept, so the first prompt does not wait for it."""
+        with self._lock:
+            if self.keep and self._kept is None:
+                self._kept = self._load()
+        return self
+
+    def release(self) -> None:
+        """Drop a kept umT5 (and give its GPU memory back)."""
+        with self._lock:
+            self._kept = None
+        if self.text_device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _encode(self, prompts: list[str]) -> list[Tensor]:
         keys = [self._key(p) for p in prompts]
         out = {key: rows for key in set(keys) if (rows := self._cached(key)) is not None}
         missing = [(k, p) for k, p in zip(keys, prompts) if k not in out]
@@ -109,17 +135,26 @@ class PromptEncoder:
         full[0, : rows.shape[0]] = rows.to(self.device, self.dtype)
         return full
 
+    def _load(self):
+        """(umT5, tokenize: prompt -> (ids, mask)) where the placement says."""
+        self.loads += 1
+        stream = "stream" if self.placement == "stream" else "resident"
+        encoder, tokenizer = load_umt5(self.preset, self.text_device, self.dtype, stream, self.note, self.phases)
+        return encoder, lambda prompt: tokenizer([prompt], self.text_len)
+
     def _run_encoder(self, prompts: list[str]) -> list[Tensor]:
-        encoder, tokenizer = load_umt5(self.preset, self.device, self.dtype, self.placement, self.note, self.phases)
+        encoder, tokenize = self._kept or self._load()
+        if self.keep:
+            self._kept = (encoder, tokenize)
         rows = []
         with torch.inference_mode():
             for prompt in prompts:
-                ids, mask = tokenizer([prompt], self.text_len)
+                ids, mask = tokenize(prompt)
                 n = int(mask.sum())
-                emb = encode_text(encoder, ids.to(self.device), mask.to(self.device), self.text_len)
+                emb = encode_text(encoder, ids.to(self.text_device), mask.to(self.text_device), self.text_len)
                 rows.append(emb[0, :n].cpu())
-        del encoder  # umT5 leaves the GPU before the DiT runs
-        if self.device.type == "cuda":
+        del encoder  # unless kept, umT5 leaves the GPU before the DiT runs
+        if not self.keep and self.text_device.type == "cuda":
             torch.cuda.empty_cache()
         return rows
 

@@ -27,6 +27,11 @@ CONTAINER_OPTIONS = {
 }
 
 
+def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] pixels -> uint8 as the official writer does: 255·clamp(x·0.5 + 0.5, 0, 1), truncated."""
+    return (pixels.float() * 0.5 + 0.5).clamp(0, 1).mul(255).to(torch.uint8)
+
+
 class VideoWriter:
     """Append uint8 frames [n, 3, H, W] to a video file as they are produced; `close()` finalises the container."""
 

@@ -1,0 +1,412 @@
+"""The front door: one `Session` holds what runs need — the resolved options, the memory plan, the prompt encoder and
+the loaded, configured engine — and runs jobs on it. Every front end goes through it: the `cf` commands, `cf live`,
+and Python callers (`cfcli.Session`, `cfcli.generate`).
+
+    with cfcli.Session(preset="framewise") as s:
+        s.generate("a fox running through snow", seed=1, out="fox.mp4")
+        s.extend("fox.mp4", prompt="the fox jumps into a river", frames=32)
+
+Options resolve as the CLI resolves them: an argument, else its environment variable (`CF_DEVICE`, `CF_DTYPE`,
+`CF_CODEC`, `CF_CRF`, `CF_PRESET`, `CF_OUTPUT_DIR`), else the config file, else the preset or built-in default.
+Everything a job is asked is checked before anything loads; the models load once, on first need, and stay loaded
+(compiled blocks and captured graphs too) until `close()`.
+"""
+
+import gc
+import random
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from cfcli.config import output_dir, read_config, setting
+from cfcli.errors import CfError
+from cfcli.pipeline import containers
+from cfcli.pipeline.engine import Engine, EngineOptions
+from cfcli.pipeline.extend import ExtendRequest, plan_extend
+from cfcli.pipeline.files import Summary, reserve_outputs
+from cfcli.pipeline.generate import GenerateRequest
+from cfcli.pipeline.memory import MemoryPlan, keep_text, plan_run
+from cfcli.pipeline.outputs import slug
+from cfcli.pipeline.plan import VideoPlan, plan_video, with_resolution
+from cfcli.pipeline.prompts import build_schedule
+from cfcli.pipeline.samplers import sampler_kind
+from cfcli.pipeline.sinks import Progress
+from cfcli.pipeline.text import PromptEncoder
+from cfcli.presets import Preset, load_preset, preset_name
+
+DTYPES = ("float32", "bfloat16", "float16")
+SEED_RANGE = 2**31  # seeds drawn when none is given
+
+
+@dataclass(frozen=True)
+class SpeedFlags:
+    """The speed flags every model command takes (`--compile`, `--cuda-graphs`, `--quantize`, `--decoder`,
+    `--plain`), as one value."""
+
+    compile: bool = True
+    cuda_graphs: bool = True
+    quantize: str | None = None
+    decoder: str = "wan"
+    plain: bool = False
+
+    def options(self) -> EngineOptions:
+        """The engine options they ask for. The tuned VAE decoder rides on compile / graphs (its fused kernels on
+        compile); `plain` turns every lever off and refuses the ones asked for by name."""
+        if not self.plain:
+            return EngineOptions(self.compile, self.cuda_graphs, self.quantize, self.decoder,
+                                 tuned_vae=self.compile or self.cuda_graphs, fused_vae=self.compile)
+        if self.quantize is not None or self.decoder != "wan":
+            raise CfError("--plain runs the reference modules: no --quantize, no --decoder taehv",
+                          "leave out --plain, or those options")
+        return EngineOptions.plain()
+
+
+def pick_device(device: str | None) -> torch.device:
+    """`device`, else CF_DEVICE / the config file, else CUDA when there is a GPU; refused unless it can run here."""
+    device = device if device is not None else setting("device", read_config())
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise CfError(f"unknown device {device!r}", "use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise CfError(f"--device {device}: cfcli runs on CUDA GPUs and the CPU, not {dev.type}",
+                      "use --device cpu (slow), or a machine with an NVIDIA GPU")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CfError("CUDA is not available on this machine",
+                      "use --device cpu (slow) or install a CUDA build of torch")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise CfError(f"there is no GPU {dev.index}: this machine has {torch.cuda.device_count()}",
+                      f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return dev
+
+
+def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    """`dtype`, else CF_DTYPE / the config file, else bfloat16 on a GPU and float32 on the CPU."""
+    dtype = dtype if dtype is not None else setting("dtype", read_config())
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise CfError(f"unknown dtype {dtype!r}", f"use one of: {', '.join(DTYPES)}")
+    return getattr(torch, dtype)
+
+
+def new_seed(seed: int | None) -> int:
+    return seed if seed is not None else random.SystemRandom().randrange(SEED_RANGE)
+
+
+def pick_codec(codec: str | None, out: Path | None) -> containers.Codec:
+    """The codec to write: `codec`, else CF_CODEC / the config file, else the one `out`'s suffix means, else h264;
+    checked against `out`'s container (FFV1 in MP4 is refused, it plays nowhere)."""
+    name = codec or setting("codec", read_config())
+    name = name or (containers.for_suffix(out.suffix) if out is not None else None) or "h264"
+    chosen = containers.get(name)
+    if out is not None:
+        containers.check_pair(chosen, out.suffix)
+    return chosen
+
+
+def pick_crf(crf: int | None) -> int:
+    if crf is not None:
+        return crf
+    value = setting("crf", read_config())
+    return int(value) if value is not None else 18
+
+
+class Session:
+    """A preset's engine on one device, planned, loaded on first need and kept until `close()`.
+
+    `preset` (a name or a YAML file) or `mode`/`steps` pick the preset; `height`/`width` change its size; `compile`,
+    `cuda_graphs`, `quantize`, `decoder`, `plain` are the speed flags (or give `speed`); `max_vram`/`low_vram` set the
+    memory budget; `random_weights`: random weights of the preset's size (True), the downloaded ones (False), or
+    random only when they are not downloaded (None). `status` hears a line before each model loads; `phases` (a
+    `cfcli.pipeline.phases.Phases`) times the loads.
+    """
+
+    def __init__(self, preset: str | None = None, *, mode: str | None = None, steps: int | None = None,
+                 device: str | None = None, dtype: str | None = None, height: int | None = None,
+                 width: int | None = None, speed: SpeedFlags | None = None, max_vram: float | None = None,
+                 low_vram: bool = False, random_weights: bool | None = False,
+                 status: Callable[[str], None] = lambda line: None, phases=None, **flags):
+        unknown = set(flags) - set(SpeedFlags.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"Session() got unexpected options: {', '.join(sorted(unknown))}")
+        self.speed = replace(speed or SpeedFlags(), **flags)
+        self.preset: Preset = with_resolution(load_preset(preset_name(preset, mode, steps)), height, width)
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        self.options = self.speed.options()
+        self.options.check(self.device, need_weights=random_weights is False)
+        if max_vram is not None and not (max_vram == max_vram and 0 < max_vram < float("inf")):
+            raise CfError(f"--max-vram must be a positive number of GiB, got {max_vram}", "e.g. --max-vram 11")
+        self.max_vram, self.low_vram = max_vram, low_vram
+        self.random_weights = random_weights
+        self.stand_in = random_weights is None  # random TAEHV stands in for one that is not downloaded (`cf bench`)
+        self.status, self.phases = status, phases
+        self.memory: MemoryPlan | None = None  # the plan the engine runs (`plan_memory`)
+        self.planned_for = 0  # latent frames the plan holds
+        self.text_device: str | None = None  # a kept umT5's placement asked for (`keep_text`)
+        self.engine_loads = 0
+        self._engine: Engine | None = None
+        self._encoder: PromptEncoder | None = None
+
+    # --- planning (before anything loads) ------------------------------------------------------------------------
+
+    @property
+    def uses_random_weights(self) -> bool:
+        if self.random_weights is None:
+            from cfcli.pipeline.random_weights import weights_cached
+
+            self.random_weights = not weights_cached(self.preset)
+        return self.random_weights
+
+    def plan_memory(self, latent_frames: int) -> MemoryPlan | None:
+        """The memory plan for videos of up to `latent_frames` latent frames (None off the GPU without --low-vram).
+        Made once, before anything loads; a longer video later plans again, and an engine loaded under another
+        plan is released (it loads again under the new one)."""
+        if self.memory is not None and latent_frames <= self.planned_for:
+            return self.memory
+        plan = plan_run(self.preset, latent_frames, self.device, self.dtype, self.options.decoder, self.max_vram,
+                        self.low_vram)
+        if self.text_device is not None:
+            choice = None if self.text_device == "auto" else self.text_device
+            plan = keep_text(plan, self.preset, latent_frames, self.dtype, self.options.decoder, choice)
+        same = plan.places_alike(self.memory) if plan is not None else self.memory is None
+        if self._engine is not None and not same:
+            self.status(f"memory plan changed for {latent_frames} latent frames: loading the models again")
+            self.release()
+        self.memory, self.planned_for = plan, max(latent_frames, self.planned_for)
+        return plan
+
+    def open_live(self, max_seconds: float | None = None, text_device: str | None = None) -> tuple[Engine,
+                                                                                                 PromptEncoder]:
+        """(engine, prompt encoder) for the live loop (`cfcli.live`): planned for a live video of up to
+        `max_seconds` (default: the model's position table) with umT5 kept loaded beside the DiT."""
+        most = self.preset.geometry.max_latent_frames
+        frames = most if max_seconds is None else min(most, self.video_plan("live", seconds=max_seconds).latent_frames)
+        encoder = self.keep_text_loaded(frames, text_device)
+        return self.engine, encoder
+
+    def keep_text_loaded(self, latent_frames: int, text_device: str | None = None) -> PromptEncoder:
+        """Plan for a run that keeps umT5 loaded beside the DiT (`cf live`), `text_device` ("cpu" / "cuda") or
+        placed by the plan; returns the encoder, loaded."""
+        if text_device not in (None, "cpu", "cuda"):
+            raise CfError(f"unknown --text-device {text_device!r}", "use cpu or cuda")
+        if text_device == "cuda" and self.device.type != "cuda":
+            raise CfError("--text-device cuda needs the run on a GPU", "use --text-device cpu")
+        self.text_device = text_device or "auto"
+        self.memory, self._encoder = None, None  # planned again, umT5 kept
+        self.plan_memory(latent_frames)
+        return self.encoder.load()
+
+    def video_plan(self, prompt: str | None, *, frames: int | None = None, seconds: float | None = None,
+                   fps: float | None = None, image: Path | str | None = None,
+                   prompt_at: Sequence[tuple[str, str]] = (), prompt_schedule: Path | str | None = None) -> VideoPlan:
+        """The plan of one video (frames rounded up to whole blocks, prompt switches placed), refused here when it
+        cannot be made."""
+        p = self.preset
+        if frames is not None and seconds is not None:
+            raise CfError("--frames and --seconds both give the length", "use one of them")
+        fps = fps or p.fps
+        want = frames if frames is not None else (round(seconds * fps) + 1 if seconds is not None else p.frames)
+        schedule = build_schedule(prompt, list(prompt_at), Path(prompt_schedule) if prompt_schedule else None)
+        image = Path(image) if image is not None else None
+        return plan_video(p, want, fps, image, None if schedule else prompt, schedule)
+
+    def generate_request(self, prompt: str | None, *, frames: int | None = None, seconds: float | None = None,
+                         fps: float | None = None, seed: int | None = None, image: Path | str | None = None,
+                         out: Path | str | None = None, overwrite: bool = False, codec: str | None = None,
+                         crf: int | None = None, save_latents: Path | str | None = None,
+                         prompt_at: Sequence[tuple[str, str]] = (),
+                         prompt_schedule: Path | str | None = None) -> GenerateRequest:
+        """Everything `generate` is asked, checked and planned, nothing loaded or written."""
+        plan = self.video_plan(prompt, frames=frames, seconds=seconds, fps=fps, image=image, prompt_at=prompt_at,
+                               prompt_schedule=prompt_schedule)
+        seed = new_seed(seed)
+        out = Path(out).expanduser() if out is not None else None
+        fmt = pick_codec(codec, out)
+        out = out or output_dir() / f"{slug(plan.prompt)}-{seed}{fmt.suffix}"
+        return GenerateRequest(plan, seed, out, self.device, self.dtype, fmt.name, pick_crf(crf),
+                               Path(save_latents) if save_latents is not None else None, self.options, overwrite)
+
+    def extend_request(self, clip: Path | str, *, prompt: str | None = None, frames: int | None = None,
+                       seconds: float | None = None, fps: float | None = None, context_frames: int | None = None,
+                       only_new: bool = False, seed: int | None = None, out: Path | str | None = None,
+                       overwrite: bool = False, codec: str | None = None, crf: int | None = None,
+                       save_latents: Path | str | None = None) -> ExtendRequest:
+        """Everything `extend` is asked, checked and planned (the clip probed, not decoded), nothing loaded."""
+        p, clip = self.preset, Path(clip).expanduser()
+        if frames is not None and seconds is not None:
+            raise CfError("--frames and --seconds both give the length", "use one of them")
+        if not sampler_kind(p).starts_from_frames:
+            raise CfError(f"{p.name} cannot extend clips", "use --mode framewise or --mode chunkwise")
+        plan = plan_extend(p, clip, prompt, frames, seconds, fps, context_frames, only_new)
+        seed = new_seed(seed)
+        out = Path(out).expanduser() if out is not None else None
+        fmt = pick_codec(codec, out)
+        out = out or clip.with_name(f"{clip.stem}-extended-{seed}{fmt.suffix}")
+        return ExtendRequest(plan, seed, out, self.device, self.dtype, fmt.name, pick_crf(crf),
+                             Path(save_latents) if save_latents is not None else None, self.options, overwrite)
+
+    @contextmanager
+    def reserve(self, req: GenerateRequest | ExtendRequest) -> Iterator[GenerateRequest | ExtendRequest]:
+        """The request with its outputs reserved (checked, locked, temp files made) until the block ends; also
+        plans the memory for it, so a run that cannot fit is refused before anything is written."""
+        self.plan_memory(req.plan.latent_frames)
+        inputs = (req.plan.clip.path,) if isinstance(req, ExtendRequest) else ()
+        with reserve_outputs(req.out, req.save_latents, req.overwrite, req.codec, req.crf, req.preset,
+                             inputs=inputs) as outputs:
+            yield replace(req, outputs=outputs)
+
+    # --- the models ----------------------------------------------------------------------------------------------
+
+    @property
+    def encoder(self) -> PromptEncoder:
+        """The prompt encoder, umT5 placed by the memory plan (`cf live`: kept loaded)."""
+        if self._encoder is None:
+            placement = self.memory.text if self.memory is not None else "resident"
+            keep = self.text_device is not None
+            if self.uses_random_weights:
+                from cfcli.pipeline.random_weights import RandomPromptEncoder
+
+                self._encoder = RandomPromptEncoder(self.preset, self.device, self.dtype, placement=placement,
+                                                    keep=keep, note=self.status, phases=self.phases)
+            else:
+                self._encoder = PromptEncoder(self.preset, self.device, self.dtype, placement=placement, keep=keep,
+                                              note=self.status, phases=self.phases)
+        return self._encoder
+
+    def encode(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """umT5 features of each distinct prompt, in one encoder load (before the DiT loads, unless it is loaded)."""
+        texts = list(dict.fromkeys(prompts))
+        return dict(zip(texts, self.encoder.encode(texts))) if texts else {}
+
+    @property
+    def engine(self) -> Engine:
+        """The loaded, configured engine (loaded on first use, under the memory plan)."""
+        if self._engine is None:
+            self.plan_memory(self.preset.geometry.max_latent_frames if self.memory is None else self.planned_for)
+            self._engine = self._load_engine()
+        return self._engine
+
+    def _load_engine(self) -> Engine:
+        from cfcli.pipeline.phases import maybe_span
+
+        p, dev, dt = self.preset, self.device, self.dtype
+        from cfcli.pipeline.random_weights import decoder_model, random_engine
+
+        random = self.uses_random_weights
+        if random:
+            self.status(f"building {p.name} with random weights on {dev}")
+            engine = random_engine(p, dev, dt)
+        else:
+            engine = Engine.load(p, dev, dt, note=self.status, phases=self.phases)
+        decoder = decoder_model(self.options.decoder, random, dev) if random or self.stand_in else None
+        self.engine_loads += 1
+        with maybe_span(self.phases, "configure"):
+            return engine.configure(self.options, self.memory, decoder)
+
+    # --- jobs ----------------------------------------------------------------------------------------------------
+
+    def run(self, req: GenerateRequest | ExtendRequest,
+            on_progress: Callable[[Progress], None] = lambda p: None) -> Summary:
+        """Run a request (`generate_request`, `extend_request`; reserved by `reserve` or here): its prompts encoded
+        where they are not, the engine loaded where it is not, the video streamed into its file."""
+        from cfcli.pipeline import extend, generate
+
+        self.plan_memory(req.plan.latent_frames)
+        if isinstance(req, ExtendRequest):
+            features = self.encode([req.plan.prompt])[req.plan.prompt]
+            return extend.run(req, self.engine, features, on_progress)
+        plan = req.plan if req.plan.features else req.plan.with_features(self.encode(req.plan.prompts()))
+        return generate.run(replace(req, plan=plan), self.engine, on_progress)
+
+    def generate(self, prompt: str | None = None, *, on_progress: Callable[[Progress], None] = lambda p: None,
+                 **options) -> Summary:
+        """Make one clip (the options of `cf generate`: frames, seconds, fps, seed, image, out, overwrite, codec,
+        crf, save_latents, prompt_at, prompt_schedule); returns its `Summary` (path, frames, seed, timings,
+        metadata)."""
+        req = self.generate_request(prompt, **options)
+        with self.reserve(req) as reserved:
+            return self.run(reserved, on_progress)
+
+    def extend(self, clip: Path | str, *, on_progress: Callable[[Progress], None] = lambda p: None,
+               **options) -> Summary:
+        """Continue a clip (the options of `cf extend`: prompt, frames, seconds, fps, context_frames, only_new, seed,
+        out, overwrite, codec, crf, save_latents); returns its `Summary`."""
+        req = self.extend_request(clip, **options)
+        with self.reserve(req) as reserved:
+            return self.run(reserved, on_progress)
+
+    def stream(self, prompt: str | None = None, *, seed: int | None = None, **options) -> Iterator[torch.Tensor]:
+        """The frames of one video as they are made, no file: uint8 tensors [n, H, W, 3] on the CPU, a few frames
+        at a time (options: frames, seconds, fps, image, prompt_at, prompt_schedule). Stop early by closing the
+        iterator (or breaking out of the loop)."""
+        from cfcli.pipeline.media import load_image
+
+        plan = self.video_plan(prompt, **options)
+        self.plan_memory(plan.latent_frames)
+        plan = plan.with_features(self.encode(plan.prompts()))
+        engine, p = self.engine, self.preset
+        context = None
+        if plan.image is not None:
+            context = engine.encode_video(load_image(plan.image, p.width, p.height)[:, None])
+        chunks = engine.generate(plan.text(engine.text_kv), plan.generated, new_seed(seed), context)
+        try:
+            for chunk in chunks:
+                yield chunk.host_pixels().permute(0, 2, 3, 1)
+        finally:
+            chunks.close()
+
+    def bench(self, latent_frames: int, repeat: int = 3, peak_tflops: float | None = None,
+              save_latents: Path | None = None, status: Callable[[str], None] = lambda m: None):
+        """Time warm generations of `latent_frames` on this session's engine (`cfcli.pipeline.bench`): the
+        text encoder first, then the DiT and VAE loaded as a run loads them."""
+        from cfcli.pipeline import bench
+
+        plan = self.plan_memory(latent_frames)
+        req = bench.BenchRequest(self.preset, self.device, self.dtype, latent_frames, repeat, self.uses_random_weights,
+                                 peak_tflops=peak_tflops or bench.DEFAULT_PEAK_TFLOPS, options=self.options, plan=plan,
+                                 save_latents=save_latents)
+        result = bench.run(req, lambda: self.engine, status)
+        result.plan = plan.describe() if plan is not None else None
+        return result
+
+    # --- the end -------------------------------------------------------------------------------------------------
+
+    def release(self) -> None:
+        """Let go of the loaded models (the plan and options stay: the next job loads them again)."""
+        if self._encoder is not None:
+            self._encoder.release()
+        self._engine = self._encoder = None
+        gc.collect()  # compiled block stages refer back to their blocks: only the cycle collector frees them
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def close(self) -> None:
+        """Free the GPU: models, compiled code and graphs, the cache buffer."""
+        self.release()
+        self.memory, self.planned_for = None, 0
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def generate(prompt: str | None = None, *, preset: str | None = None, device: str | None = None,
+             frames: int | None = None, seed: int | None = None, out: Path | str | None = None,
+             save_latents: Path | str | None = None, **options) -> Summary:
+    """One clip in one call: a `Session` opened, `Session.generate` run and the session closed. `options` are the
+    session's (mode, steps, dtype, height, width, compile, cuda_graphs, quantize, decoder, plain, max_vram, low_vram)
+    and the job's (seconds, fps, image, overwrite, codec, crf, prompt_at, prompt_schedule, on_progress)."""
+    session_keys = {"mode", "steps", "dtype", "height", "width", "speed", "max_vram", "low_vram", "random_weights",
+                    "status", *SpeedFlags.__dataclass_fields__}
+    opened = {k: options.pop(k) for k in list(options) if k in session_keys}
+    with Session(preset, device=device, **opened) as session:
+        return session.generate(prompt, frames=frames, seed=seed, out=out, save_latents=save_latents, **options)
