@@ -175,7 +175,8 @@ class Uploads:
             return None
         found = self.files.get(uid)
         if found is None or found[0] != kind:
-            raise CfError(f"no {kind} upload {uid!r}", f"POST the file to /api/uploads/{kind} and use the id it returns")
+            raise CfError(f"no {kind} upload {uid!r}",
+                          f"POST the file to /api/uploads/{kind} and use the id it returns")
         return found[2]
 
     def remove(self) -> None:
