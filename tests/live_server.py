@@ -29,7 +29,7 @@ def live_server(preset, out_dir, codec="ffv1", max_seconds=1.0, token=None, host
 
     engine, encoder = load(Session(str(preset), device="cpu", dtype="float32"), max_seconds, None)
     config = LiveConfig(out_dir, codec, 18, lead, max_seconds)
-    app, session = build_app(engine, encoder, config, token, max_upload_bytes=max_upload_bytes)
+    app, session = build_app(engine, encoder, config, token, max_upload_bytes=max_upload_bytes, host=host)
     port = free_port()
     server = uvicorn.Server(uvicorn_config(app, host, port))
     thread = threading.Thread(target=server.run, daemon=True)

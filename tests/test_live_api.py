@@ -13,7 +13,7 @@ from cfcli.models.build import model_configs
 from cfcli.pipeline.video import read_video
 
 from conftest import FIXTURES, PROMPT
-from live_server import Client, live_server
+from live_server import Client, free_port, live_server
 
 FRAMEWISE = FIXTURES / "tiny-framewise.yaml"
 WAN = model_configs({}).geometry  # the released models' strides
@@ -141,7 +141,7 @@ def test_bad_requests_get_errors_and_the_server_survives(tmp_path):
         a.send(type="restart")
         assert "nothing to restart" in a.kind("error")["message"]
         r = httpx.post(srv.url + "/api/uploads/image", content=b"not a picture")
-        assert r.status_code == 415 and "not a picture" in r.json()["message"]
+        assert r.status_code == 415 and "could not read image" in r.json()["message"] and "PNG" in r.json()["hint"]
         assert httpx.post(srv.url + "/api/uploads/clip", content=b"\x00" * 100).status_code == 415
         assert httpx.post(srv.url + "/api/uploads/image", content=b"\x00" * 5000).status_code == 413
         png = (FIXTURES / "framewise_4step_i2v.png").read_bytes()
@@ -174,12 +174,12 @@ def test_the_token_is_required_off_localhost(tmp_path):
 
 
 def test_cf_live_makes_a_token_for_a_public_host(cf, monkeypatch):
-    served = {}
-    monkeypatch.setattr("cfcli.live.server.serve", lambda app, host, port: served.update(host=host, port=port))
-    r = cf("live", "--preset", FRAMEWISE, "--device", "cpu", "--host", "0.0.0.0", "--port", 7999)
+    served, port = {}, free_port()
+    monkeypatch.setattr("cfcli.live.server.serve", lambda app, sock: served.update(address=sock.getsockname()) or 0)
+    r = cf("live", "--preset", FRAMEWISE, "--device", "cpu", "--host", "0.0.0.0", "--port", port)
     assert r.exit_code == 0, r.output
     assert "?token=" in r.output and "umT5 stays loaded on cpu" in r.output
-    assert served == {"host": "0.0.0.0", "port": 7999}
+    assert served["address"] == ("0.0.0.0", port)
 
 
 @pytest.mark.parametrize("args, phrase", [(["--crf", 99], "--crf 99 is out of range"),
@@ -197,7 +197,9 @@ def test_latency_measurement_runs_on_cpu(tmp_path):
     from cfcli.live.measure import measure
     from cfcli.live.session import LiveConfig
 
-    engine, encoder = load(str(FRAMEWISE), "cpu", "float32", None, False, (True, True, None, "wan"))
+    from cfcli.session import Session
+
+    engine, encoder = load(Session(str(FRAMEWISE), device="cpu", dtype="float32"), None, None)
     out = measure(engine, encoder, LiveConfig(tmp_path), switches=1, seed=1, blocks=2)
     assert out["switches"] == 1 and out["latency_s"]["p50"] == out["latency_s"]["max"] > 0
     assert out["block_s"] > 0 and out["decode_s"] > 0 and out["frames_per_s"] > 0 and out["text_device"] == "cpu"

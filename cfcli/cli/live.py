@@ -1,5 +1,6 @@
 """`cf live`: load the models once, serve the live page, steer the video while it plays (Ctrl-C to quit)."""
 
+import contextlib
 import json
 import math
 import secrets
@@ -66,28 +67,58 @@ def register(app: typer.Typer) -> None:
           cf live --host 0.0.0.0 --token secret      # other machines may connect, with the token
         """
         from cfcli.config import output_dir
+        from cfcli.live.recording import recover_partials
+        from cfcli.live.server import bind
         from cfcli.live.session import LiveConfig
-        from cfcli.pipeline import containers
         from cfcli.session import Session, SpeedFlags
 
-        check_options(seed=seed, crf=crf)
-        containers.get(codec)  # an unknown codec (or one this ffmpeg lacks) is refused here
-        if max_seconds is not None and not (math.isfinite(max_seconds) and max_seconds > 0):
-            raise CfError(f"--max-seconds must be a positive number, got {max_seconds}")
-        if lead < 0:
-            raise CfError(f"--lead must be at least 0, got {lead}")
-        config = LiveConfig(out_dir or output_dir() / "live", codec, crf, lead, max_seconds)
         session = Session(preset, mode=mode, steps=steps, device=device, dtype=dtype,
                           speed=SpeedFlags(compile, cuda_graphs, quantize, decoder, plain), max_vram=max_vram,
                           low_vram=low_vram, random_weights=random_weights, status=status_line(False))
-        engine, encoder = load(session, max_seconds, text_device)
-        if measure_latency is not None:
-            from cfcli.live.measure import measure
+        check_live_options(session.preset, seed, crf, codec, port, token, max_seconds, lead,
+                           max_upload_mb, measure_latency)
+        config = LiveConfig(out_dir or output_dir() / "live", codec, crf, lead, max_seconds)
+        sock = bind(host, port) if measure_latency is None else None  # a busy port is refused before anything loads
+        try:
+            for path in recover_partials(config.out_dir):
+                console.print(f"[yellow]kept[/] the recording of a server that was killed: {path}")
+            engine, encoder = load(session, max_seconds, text_device)
+            if measure_latency is not None:
+                from cfcli.live.measure import measure
 
-            result = measure(engine, encoder, config, measure_latency, seed or 0)
-            typer.echo(json.dumps(result)) if json_out else console.print_json(data=result)
-            return
-        run_server(engine, encoder, config, host, port, token, record, seed, open_browser, max_upload_mb)
+                result = measure(engine, encoder, config, measure_latency, seed or 0)
+                typer.echo(json.dumps(result)) if json_out else console.print_json(data=result)
+                return
+            run_server(engine, encoder, config, host, sock, token, record, seed, open_browser, max_upload_mb)
+        finally:
+            if sock is not None:
+                sock.close()
+
+
+def check_live_options(p, seed, crf, codec, port: int, token: str | None, max_seconds: float | None,
+                       lead: float, max_upload_mb: int, measure_latency: int | None) -> None:
+    """Every value `cf live` takes, refused before anything binds or loads (`p`: the session's preset)."""
+    from cfcli.cli.checks import check_length
+    from cfcli.pipeline import containers
+
+    check_options(seed=seed, crf=crf)
+    containers.get(codec)  # an unknown codec (or one this ffmpeg lacks) is refused here
+    if not 0 <= port <= 65535:
+        raise CfError(f"--port {port} is out of range", "use 1 to 65535, e.g. --port 7860 (0: any free port)")
+    if token is not None and not token:
+        raise CfError("--token is empty", "give a token that is hard to guess, or leave out --token (one is made "
+                                          "when --host is not local)")
+    if max_seconds is not None:
+        if not (math.isfinite(max_seconds) and max_seconds > 0):
+            raise CfError(f"--max-seconds must be a positive number, got {max_seconds}", "e.g. --max-seconds 60")
+        check_length(math.ceil(min(max_seconds * p.fps, 2**62)), "--max-seconds", max_seconds, p.fps, p.geometry)
+    if not (math.isfinite(lead) and lead >= 0):
+        raise CfError(f"--lead must be a number of seconds from 0 up, got {lead}", "e.g. --lead 1.0")
+    if max_upload_mb < 1:
+        raise CfError(f"--max-upload-mb must be at least 1, got {max_upload_mb}", "e.g. --max-upload-mb 64")
+    if measure_latency is not None and measure_latency < 1:
+        raise CfError(f"--measure-latency must be at least 1 switch, got {measure_latency}",
+                      "e.g. --measure-latency 20")
 
 
 def load(session, max_seconds: float | None, text_device: str | None):
@@ -103,36 +134,42 @@ def load(session, max_seconds: float | None, text_device: str | None):
     return engine, encoder
 
 
-def run_server(engine, encoder, config, host: str, port: int, token: str | None, record: bool, seed: int | None,
+def run_server(engine, encoder, config, host: str, sock, token: str | None, record: bool, seed: int | None,
                open_browser: bool, max_upload_mb: int) -> None:
-    from cfcli.live.server import is_local, serve
+    """Serve on the bound `sock` until a stop signal (SIGINT, SIGTERM, SIGHUP: the recording is saved each time)."""
+    from cfcli.live.server import is_local, quoted, serve
 
     if token is None and not is_local(host):
         token = secrets.token_urlsafe(24)
-    app, _ = build_app(engine, encoder, config, token, record, seed, max_upload_mb * 2**20)
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
-    url += f"?token={token}" if token else ""
+    app, _ = build_app(engine, encoder, config, token, record, seed, max_upload_mb * 2**20, host=host)
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{sock.getsockname()[1]}/"
+    url += f"?token={quoted(token)}" if token else ""
     console.print(f"[green]live:[/] {url}   (Ctrl-C to quit; recordings go to {config.out_dir})")
     if open_browser:
         import webbrowser
 
         webbrowser.open(url)
-    serve(app, host, port)
-    console.print("stopped")
+    signum = serve(app, sock)
+    with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+        console.print("stopped")
+    if signum:
+        raise typer.Exit(128 + signum)
 
 
 def build_app(engine, encoder, config, token: str | None, record: bool = True, seed: int | None = None,
-              max_upload_bytes: int = 64 * 2**20):
-    """(the ASGI app, its running `LiveSession`): what `cf live` serves, and what the tests serve."""
-    from cfcli.live.server import Hub, ServerSettings, create_app
+              max_upload_bytes: int = 64 * 2**20, host: str = "127.0.0.1"):
+    """(the ASGI app, its running `LiveSession`): what `cf live` serves, and what the tests serve. `host` is the
+    address bound: on a local one only a local Host is answered, token or not."""
+    from cfcli.live.server import Broadcast, ServerSettings, create_app, is_local
     from cfcli.live.session import LiveSession
 
-    hub = Hub()
-    session = LiveSession(engine, encoder, config, hub)
+    settings = ServerSettings(token, max_upload_bytes, local=token is None or is_local(host))
+    broadcast = Broadcast()
+    session = LiveSession(engine, encoder, config, broadcast)
     session.warm_up()
     session.begin()
     p = engine.preset
     info = {"preset": p.name, "mode": p.mode, "fps": p.fps, "width": p.width, "height": p.height,
             "device": str(engine.device), "text_device": str(encoder.text_device), "record": record,
             "seed": seed, "max_seconds": config.max_seconds}
-    return create_app(session, hub, ServerSettings(token, max_upload_bytes), info), session
+    return create_app(session, broadcast, settings, info), session

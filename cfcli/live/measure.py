@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from cfcli.live.session import Context, LiveConfig, LiveSession, StartRequest
+from cfcli.live.session import LiveConfig, LiveSession, StartRequest
 from cfcli.pipeline.engine import Engine
 from cfcli.pipeline.sinks import stream
 
@@ -27,7 +27,7 @@ WAIT_S = 120.0
 
 
 class Collect:
-    """`Events` that keeps messages and counts frames (the JPEG encoding still runs, as for a viewer)."""
+    """An `Outlet` that keeps messages and counts frames (the JPEG encoding still runs, as for a viewer)."""
 
     def __init__(self):
         self.messages, self.frames, self.changed = [], 0, threading.Condition()
@@ -115,7 +115,7 @@ def component_timings(engine: Engine, session: LiveSession, seed: int, blocks: i
     p = engine.preset
     session.warm_up()
     kv = engine.text_kv(session.encoder.encode([PROMPTS[0]])[0])
-    total = session._latent_frames(Context())
+    total = session.plan(StartRequest(PROMPTS[0], seed)).generated
     latents = blocks * p.block_frames
 
     def first_blocks(decode: bool):

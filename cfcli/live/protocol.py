@@ -39,12 +39,14 @@ def parse(text: str | bytes | None) -> dict:
     """Validate one client message; returns the dict with defaults for the optional fields left out."""
     if not isinstance(text, str):
         raise BadMessage("send control messages as JSON text, not binary")
-    if len(text.encode()) > MAX_MESSAGE_BYTES:
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_MESSAGE_BYTES:
         raise BadMessage(f"message over {MAX_MESSAGE_BYTES} bytes")
     try:
         msg = json.loads(text)
     except json.JSONDecodeError as exc:
         raise BadMessage(f"not JSON: {exc.msg}") from None
+    except (ValueError, RecursionError) as exc:  # a number past int()'s digit limit; nesting past the stack
+        raise BadMessage(f"not a message this server reads: {type(exc).__name__}") from None
     if not isinstance(msg, dict) or msg.get("type") not in MESSAGES:
         raise BadMessage(f"unknown message type; use one of: {', '.join(MESSAGES)}")
     fields = MESSAGES[msg["type"]]
@@ -66,9 +68,22 @@ def check_values(msg: dict) -> None:
     prompt = msg.get("prompt")
     if prompt is not None and (not prompt.strip() or len(prompt) > MAX_PROMPT_CHARS):
         raise BadMessage(f"{msg['type']}: the prompt must be 1-{MAX_PROMPT_CHARS} characters")
+    if prompt is not None and not encodable(prompt):
+        raise BadMessage(f"{msg['type']}: the prompt is not valid Unicode text (a lone surrogate such as \\ud800): "
+                         "a recording could not store it")
     seed = msg.get("seed")
     if seed is not None and not 0 <= seed < 2**63:
         raise BadMessage(f"{msg['type']}: the seed must be in [0, 2^63)")
+
+
+def encodable(text: str) -> bool:
+    """Whether `text` is valid UTF-8 when written (a lone surrogate, `"\\ud800"` in JSON, is not: metadata could
+    not hold it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def encode_frame(session: int, index: int, rgb, quality: int) -> bytes:

@@ -1,8 +1,13 @@
 """The live generation worker: one thread runs one video at a time through the shared loop, steered while it plays.
 
 States: `idle` → `loading` (prompt features, picture or clip context) → `running` → `stopping` → `idle`.
-Calls from the server (`start`, `stop`, `restart`, `prompt`, `record`) never block: they queue a command for the
-worker thread or hand a prompt to the text thread, which encodes it and queues it on the run's `LiveSchedule`.
+Calls from the server (`start`, `stop`, `restart`, `prompt`, `record`) never block: they leave the next start in the
+worker's one slot (a restart replaces what is there, a stop empties it) or hand a prompt to the text thread, which
+encodes it and queues it on the run's `LiveSchedule`.
+
+A start is planned as `cf generate` and `cf extend` plan theirs: a `VideoPlan` (a prompt, or a picture, for
+`--max-seconds` or up to the position table) or an `ExtendPlan` (a clip: its context by `read_tail`, the recording
+opening with the clip's own frames at the clip's own rate).
 
 Each run is `Engine.generate` with the live schedule as its text, driven by `sinks.stream` (the loop `cf generate`
 and `cf extend` use) into two sinks: the recording (complete) and the live stream (frames to the viewers, each of
@@ -27,11 +32,12 @@ from cfcli.errors import CfError
 from cfcli.live.protocol import encode_frame
 from cfcli.live.recording import Recording
 from cfcli.live.schedule import LivePrompt, LiveSchedule
-from cfcli.models.geometry import Geometry
+from cfcli.pipeline.clip_reader import ClipInfo
 from cfcli.pipeline.engine import Engine
+from cfcli.pipeline.extend import ExtendPlan
 from cfcli.pipeline.files import metadata
-from cfcli.pipeline.plan import frame_counts
 from cfcli.pipeline.outputs import slug
+from cfcli.pipeline.plan import VideoPlan
 from cfcli.pipeline.samplers import sampler_kind
 from cfcli.pipeline.sinks import Background, stream
 
@@ -39,7 +45,7 @@ log = logging.getLogger("cfcli.live")
 STATUS_EVERY_S = 0.5
 
 
-class Events(Protocol):
+class Outlet(Protocol):
     """Where the worker reports (thread-safe): JSON messages and encoded frames for every viewer."""
 
     def message(self, msg: dict) -> None: ...
@@ -63,28 +69,31 @@ class LiveConfig:
 class StartRequest:
     prompt: str
     seed: int
-    image: Path | None = None  # a checked upload (server-chosen path)
-    clip: Path | None = None
+    image: Path | None = None  # an upload the server checked (`check_image_input`), under a server-chosen path
+    clip: ClipInfo | None = None  # an upload the server probed (`probe_clip`): it is not probed again
     record: bool = False
 
 
 @dataclass
-class Context:
-    """What a run starts from: latents to prime with, clip frames the recording opens with, the frame mapping."""
+class Start:
+    """A run's plan and the latents it primes the cache with (a picture's, or a clip's last frames)."""
 
+    plan: VideoPlan | ExtendPlan
     latents: torch.Tensor | None = None
-    clip_frames: torch.Tensor | None = None
-    image: bool = False
 
     @property
-    def n_latents(self) -> int:
-        return 0 if self.latents is None else self.latents.shape[1]
+    def clip(self) -> ClipInfo | None:
+        return self.plan.clip if isinstance(self.plan, ExtendPlan) else None
 
-    def frame_of(self, latent: int, geometry: Geometry) -> int:
-        """Streamed frame index made first by `latent` (a clip's context frames are not streamed)."""
-        if self.clip_frames is not None:
-            return geometry.continuation_frames(latent - self.n_latents)
-        return geometry.first_frame_of(latent)
+    @property
+    def max_frames(self) -> int:
+        """Frames streamed (a clip's own frames are recorded, not streamed)."""
+        return self.plan.new_frames if self.clip is not None else self.plan.frames
+
+    def frame_of(self, latent: int) -> int:
+        """Streamed frame index made first by `latent`."""
+        g = self.plan.preset.geometry
+        return g.continuation_frames(latent - self.plan.context) if self.clip is not None else g.first_frame_of(latent)
 
 
 @dataclass
@@ -142,13 +151,15 @@ class LiveStream:
 
 
 class LiveSession:
-    def __init__(self, engine: Engine, encoder, config: LiveConfig, events: Events):
+    def __init__(self, engine: Engine, encoder, config: LiveConfig, events: Outlet):
         self.engine, self.encoder, self.config, self.events = engine, encoder, config, events
         self.preset, self.fps = engine.preset, float(engine.preset.fps)
         self.state, self.stats, self.schedule = "idle", None, None
         self.recordings: dict[str, Path] = {}  # name -> file, the only files the server hands out
         self.latencies: list[float] = []
-        self._commands: queue.Queue = queue.Queue()
+        self._next: StartRequest | None = None  # the one start waiting for the worker: restarts replace it
+        self._quit = False
+        self._wake = threading.Condition()
         self._stop = threading.Event()
         self._ids, self._sessions = itertools.count(1), itertools.count(1)
         self._text = ThreadPoolExecutor(1, thread_name_prefix="cf-live-text")
@@ -173,7 +184,7 @@ class LiveSession:
         if self.engine.device.type != "cuda":
             return
 
-        total = self._latent_frames(Context())
+        total = self.plan(StartRequest("warm-up", 0)).generated
         n = latent_frames or attention_window(self.preset) + 2 * self.preset.block_frames
         kv = self.engine.text_kv(self.encoder.encode(["warm-up"])[0])
         chunks = self.engine.generate(kv, total, 0)
@@ -187,16 +198,24 @@ class LiveSession:
             chunks.close()
 
     def start(self, req: StartRequest) -> None:
-        if self.state != "idle" or not self._commands.empty():
-            raise CfError("a video is already running", "stop it first, or restart")
-        self._commands.put(("start", req))
+        with self._wake:
+            if self.state != "idle" or self._next is not None:
+                raise CfError("a video is already running", "stop it first, or restart")
+            self._next = req
+            self._wake.notify()
 
     def restart(self, req: StartRequest) -> None:
-        self._stop.set()
-        self._commands.put(("start", req))
+        """Stop the video and start `req`: it replaces a start still waiting (the latest restart wins)."""
+        with self._wake:
+            self._next = req
+            self._stop.set()
+            self._wake.notify()
 
     def stop(self) -> None:
-        self._stop.set()
+        """Stop the video, and drop a start still waiting."""
+        with self._wake:
+            self._next = None
+            self._stop.set()
 
     def record(self, on: bool) -> None:
         if self.stats is None:
@@ -217,8 +236,10 @@ class LiveSession:
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop the run (its recording is closed and kept if it was on) and the threads."""
-        self._stop.set()
-        self._commands.put(("quit", None))
+        with self._wake:
+            self._next, self._quit = None, True
+            self._stop.set()
+            self._wake.notify()
         self._threads[0].join(timeout)
         self.jpeg_queue.put(None)
         self._threads[1].join(timeout)
@@ -260,10 +281,13 @@ class LiveSession:
 
     def _serve_commands(self) -> None:
         while True:
-            kind, req = self._commands.get()
-            if kind == "quit":
-                return
-            self._stop.clear()
+            with self._wake:
+                self._wake.wait_for(lambda: self._next is not None or self._quit)
+                if self._quit:
+                    return
+                req, self._next = self._next, None
+                self._stop.clear()  # under the lock: a restart from now on stops this run
+                self.state = "loading"
             try:
                 self._run(req)
             except CfError as exc:
@@ -301,23 +325,23 @@ class LiveSession:
         self._set_state("loading")
         session = next(self._sessions)
         opening = LivePrompt(next(self._ids), req.prompt.strip(), time.perf_counter())
+        start = Start(self.plan(req))
         opening.kv = self.engine.text_kv(self.encoder.encode([opening.prompt])[0])
-        ctx = self._context(req)
-        latents = self._latent_frames(ctx)
-        stats = RunStats(session, req.seed, opening.prompt, self._frames_made(ctx, latents), record=req.record)
-        schedule = LiveSchedule(opening, ctx.n_latents, lambda latent: ctx.frame_of(latent, self.engine.geometry),
+        start.latents = self._context_latents(req, start)
+        stats = RunStats(session, req.seed, opening.prompt, start.max_frames, record=req.record)
+        schedule = LiveSchedule(opening, start.plan.context, start.frame_of,
                                 on_change=lambda p: self.events.message(p.as_message(self.fps)))
-        recording = self._recording(req, session, ctx)
+        recording = self._recording(req, session, start)
         self.stats, self.schedule = stats, schedule
         self._set_state("running")
         self.events.message({"type": "started", "session": session, "seed": req.seed, "prompt": opening.prompt,
                              "max_frames": stats.max_frames, "fps": self.fps})
-        chunks = self.engine.generate(schedule, latents, req.seed, ctx.latents)
+        chunks = self.engine.generate(schedule, start.plan.generated, req.seed, start.latents)
         # Viewers first; the recording encodes on its own thread, so neither holds up the next block.
         stream(self._paced(chunks, stats, schedule), [LiveStream(self, stats, schedule), Background(recording)],
-               stats.max_frames, write_context=ctx.clip_frames is None, frames_before=recording.frames)
+               stats.max_frames, write_context=start.clip is None, frames_before=recording.frames)
         self.state = "stopping"
-        self._finish(recording, stats, schedule, ctx, "limit" if stats.finished else "stopped")
+        self._finish(recording, stats, schedule, start, "limit" if stats.finished else "stopped")
         self.latencies += [p.made_s for p in schedule.entries[1:] if p.made_s is not None]
 
     def _paced(self, chunks, stats: RunStats, schedule: LiveSchedule):
@@ -349,78 +373,83 @@ class LiveSession:
         return (stats.ahead_s(self.fps) > self.config.lead_s and not schedule.has_pending
                 and not self._stop.is_set())
 
-    def _context(self, req: StartRequest) -> Context:
-        p = self.preset
-        if req.image is not None:
-            from cfcli.pipeline.media import load_image
+    def plan(self, req: StartRequest) -> VideoPlan | ExtendPlan:
+        """A start planned as `cf generate` / `cf extend` plan theirs: `--max-seconds` long (at the clip's rate for a
+        clip, as `cf extend --seconds`), or as long as the position table allows."""
+        from cfcli.pipeline.extend import context_latents, plan_extend
+        from cfcli.pipeline.plan import plan_video
 
-            if p.block_frames != 1:
-                raise CfError(f"starting from a picture needs a frame-wise preset; {p.name} is {p.mode}",
-                              "run cf live --mode framewise")
-            image = load_image(req.image, p.width, p.height)
-            return Context(self.engine.encode_video(image[:, None]), image=True)
+        p, g, bf, most_s = self.preset, self.preset.geometry, self.preset.block_frames, self.config.max_seconds
         if req.clip is not None:
-            from cfcli.pipeline.clip_reader import iter_frames
-            from cfcli.pipeline.extend import context_latents, load_clip
-            from cfcli.pipeline.media import fit_frames, to_model_range
-
             if not sampler_kind(p).starts_from_frames:
                 raise CfError(f"{p.name} cannot continue clips", "run cf live --mode framewise or chunkwise")
-            info = load_clip(req.clip)  # the whole clip is kept for the recording: uploads are size-limited
-            frames = torch.cat([fit_frames(batch, p.width, p.height)
-                                for batch in iter_frames(req.clip, rotation=info.rotation)])
-            n = context_latents(p, frames.shape[0], None)
-            context = frames[-self.engine.geometry.video_frames_for(n):]
-            return Context(self.engine.encode_video(to_model_range(context).permute(1, 0, 2, 3)), frames)
-        return Context()
+            most = (g.max_latent_frames - context_latents(p, req.clip.frames, None)) // bf * bf
+            new = g.continuation_frames(most)
+            if most_s is not None:
+                new = min(new, max(1, round(most_s * (req.clip.fps or p.fps))))
+            return plan_extend(p, req.clip, req.prompt, new_frames=new)
+        given = 0 if req.image is None else 1
+        frames = g.video_frames_for((g.max_latent_frames - given) // bf * bf + given)
+        if most_s is not None:
+            frames = min(frames, round(most_s * p.fps) + 1)
+        return plan_video(p, frames, image=req.image, prompt=req.prompt, image_checked=True)
 
-    def _latent_frames(self, ctx: Context) -> int:
-        """New latent frames: up to `--max-seconds` (as `cf generate --seconds` counts them) or the position table."""
-        p, bf, g = self.preset, self.preset.block_frames, self.engine.geometry
-        most = (g.max_latent_frames - ctx.n_latents) // bf * bf
-        if self.config.max_seconds is None:
-            return most
-        if ctx.clip_frames is not None:
-            want = g.continuation_latents(round(self.config.max_seconds * self.fps))
-            return min(most, max(bf, -(-want // bf) * bf))
-        return min(most, frame_counts(p, round(self.config.max_seconds * self.fps) + 1, ctx.image)[1])
+    def _context_latents(self, req: StartRequest, start: Start) -> torch.Tensor | None:
+        """The picture, or the clip's last frames (read by seeking, as `cf extend` reads them), VAE-encoded."""
+        from cfcli.pipeline.clip_reader import read_tail
+        from cfcli.pipeline.media import fit_frames, load_image, to_model_range
 
-    def _frames_made(self, ctx: Context, latents: int) -> int:
-        g = self.engine.geometry
-        if ctx.clip_frames is not None:
-            return g.continuation_frames(latents)
-        return g.video_frames_for(latents + ctx.n_latents)
+        p = self.preset
+        if req.image is not None:
+            return self.engine.encode_video(load_image(req.image, p.width, p.height)[:, None])
+        if start.clip is not None:
+            tail = fit_frames(read_tail(start.clip.path, start.plan.context_frames, start.clip), p.width, p.height)
+            return self.engine.encode_video(to_model_range(tail).permute(1, 0, 2, 3))
+        return None
 
-    def _recording(self, req: StartRequest, session: int, ctx: Context) -> Recording:
-        p, c = self.preset, self.config
+    def _recording(self, req: StartRequest, session: int, start: Start) -> Recording:
+        """The recording, at the plan's rate (a clip's own); a clip's frames open it, streamed from the file."""
+        from cfcli.pipeline.clip_reader import iter_frames
+        from cfcli.pipeline.media import fit_frames
+
+        p, c, clip = self.preset, self.config, start.clip
         name = f"live-{slug(req.prompt, 40)}-{req.seed}-{session}"
-        rec = Recording(c.out_dir, name, self.fps, p.width, p.height, c.codec, c.crf)
-        if ctx.clip_frames is not None:
+        opening = metadata(req.prompt.strip(), req.seed, p, 0, self._file_fps(start), live=True)
+        del opening["frames"]  # known at the end; a file cut short (SIGKILL) still says how it was made
+        rec = Recording(c.out_dir, name, start.plan.fps, p.width, p.height, c.codec, c.crf, opening)
+        if clip is not None:
             try:
-                rec.write(ctx.clip_frames)
+                for batch in iter_frames(clip.path, rotation=clip.rotation):  # never held whole
+                    rec.write(fit_frames(batch, p.width, p.height))
             except BaseException:
                 rec.abort()
                 raise
         return rec
 
-    def _finish(self, recording: Recording, stats: RunStats, schedule: LiveSchedule, ctx: Context,
+    @staticmethod
+    def _file_fps(start: Start) -> float:
+        return round(float(start.plan.fps), 3)
+
+    def _finish(self, recording: Recording, stats: RunStats, schedule: LiveSchedule, start: Start,
                 reason: str) -> None:
+        from cfcli.pipeline.extend import source_facts
+
         if (dropped := schedule.drop_pending()) is not None:
             self.jpeg_queue.put(dropped.as_message(self.fps))
         self.jpeg_queue.put({"type": "ended", "session": stats.session, "reason": reason, "frames": stats.frames})
         if not stats.record or stats.frames == 0:
             recording.abort()
             return
-        offset = 0 if ctx.clip_frames is None else ctx.clip_frames.shape[0]
+        fps, clip = self._file_fps(start), start.clip
         extra = {"live": True}
         if len(schedule.entries) > 1:
-            extra["prompt_schedule"] = schedule.as_metadata(self.fps, offset)
-        if ctx.clip_frames is not None:
-            extra["context_frames"] = self.engine.geometry.video_frames_for(ctx.n_latents)
-        meta = metadata(stats.prompt, stats.seed, self.preset, recording.frames, self.fps, **extra)
-        path = recording.save(meta)
+            extra["prompt_schedule"] = schedule.as_metadata(fps, 0 if clip is None else clip.frames)
+        if clip is not None:
+            extra |= {"context_frames": start.plan.context_frames} | source_facts(clip, fps, self.preset)
+        path, note = recording.save(metadata(stats.prompt, stats.seed, self.preset, recording.frames, fps, **extra))
+        if note:
+            self.jpeg_queue.put({"type": "error", "message": note})
         self.recordings[path.name] = path
         self.jpeg_queue.put({"type": "recording", "session": stats.session, "name": path.name,
                              "url": f"/recordings/{path.name}", "frames": recording.frames,
-                             "seconds": round(recording.frames / self.fps, 3)})
-
+                             "seconds": round(recording.frames / fps, 3)})

@@ -107,12 +107,14 @@ def source_facts(clip: ClipInfo, fps: float, preset: Preset) -> dict:
     return facts
 
 
-def plan_extend(preset: Preset, clip_path: Path, prompt: str | None = None, new_frames: int | None = None,
+def plan_extend(preset: Preset, clip_path: Path | ClipInfo, prompt: str | None = None, new_frames: int | None = None,
                 seconds: float | None = None, fps: float | None = None, context_frames: int | None = None,
                 only_new: bool = False) -> ExtendPlan:
-    """The plan of extending `clip_path` (probed, not decoded) by `new_frames` frames or `seconds` (default
-    `DEFAULT_NEW_FRAMES`), at the clip's own rate unless `fps` is given; every refusal happens here."""
-    clip = load_clip(clip_path)
+    """The plan of extending `clip_path` (probed, not decoded; or its `ClipInfo` when already probed) by `new_frames`
+    frames or `seconds` (default `DEFAULT_NEW_FRAMES`), at the clip's own rate unless `fps` is given; every refusal
+    happens here."""
+    clip = clip_path if isinstance(clip_path, ClipInfo) else load_clip(clip_path)
+    clip_path = clip.path
     prompt = prompt or clip.metadata.get("prompt")
     if not prompt or not str(prompt).strip():
         raise CfError(f"{clip_path} has no prompt in its metadata", 'pass --prompt "what happens next"')

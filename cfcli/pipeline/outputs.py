@@ -5,7 +5,9 @@ refuses; `flock` is released by the kernel when a process dies, so a killed run 
 the hidden temp file `.<stem>.cf-XXXX.partial<ext>` in the destination folder, which proves the folder writable
 before any model loads. The temp file keeps the real extension so the muxer picks the right format. `commit()`
 renames the finished file into place, `discard()` removes it, `keep_partial()` keeps an interrupted video: under the
-final name when nothing was there, else beside it as `<stem>.partial<ext>`.
+final name when nothing was there, else beside it as `<stem>.partial<ext>`. A process killed outright (SIGKILL)
+leaves its temp file hidden; `adopt_stale(folder)` finds those whose lock no process holds and renames them
+`<stem>.partial<ext>`.
 """
 
 import errno
@@ -179,6 +181,39 @@ def reserve(final: Path, overwrite: bool, what: str = "the video", option: str =
         raise
     os.close(fd)
     return Target(final, Path(temp), what, lock, made)
+
+
+_TEMP_NAME = re.compile(r"\.(?P<stem>.+)\.cf-[A-Za-z0-9_]+\.partial(?P<suffix>\.[A-Za-z0-9]+)")
+
+
+def adopt_stale(folder: Path) -> list[Path]:
+    """The temp files in `folder` of runs that died (no process holds their lock), each renamed, never over a file, to
+    `<stem>.partial<ext>` so it is seen; an empty one is removed. A file a running process writes is left alone."""
+    kept = []
+    for temp in sorted(folder.glob(".*.cf-*.partial.*")) if folder.is_dir() else ():
+        m = _TEMP_NAME.fullmatch(temp.name)
+        if m is None or not temp.is_file():
+            continue
+        final = folder / f"{m['stem']}{m['suffix']}"
+        try:
+            lock = _lock(final)
+        except (CfError, OSError):  # its run is alive (or the lock cannot be taken): not ours to move
+            continue
+        if lock is None:  # a file system without locks cannot tell a live run from a dead one
+            continue
+        try:
+            if temp.stat().st_size == 0:
+                temp.unlink()
+                continue
+            dest = free_name(final.with_name(f"{final.stem}.partial{final.suffix}"))
+            _usual_mode(temp)
+            os.replace(temp, dest)
+            kept.append(dest)
+        except OSError:
+            continue
+        finally:
+            _unlock(lock)
+    return kept
 
 
 def _remove_empty(folders: list[Path]) -> None:

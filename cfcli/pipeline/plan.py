@@ -81,10 +81,13 @@ def frame_counts(preset: Preset, video_frames: int, image: bool) -> tuple[int, i
 
 
 def plan_video(preset: Preset, video_frames: int, fps: float | None = None, image: Path | None = None,
-               prompt: str | None = None, schedule: PromptSchedule | None = None) -> VideoPlan:
+               prompt: str | None = None, schedule: PromptSchedule | None = None,
+               image_checked: bool = False) -> VideoPlan:
     """The plan of one video from `prompt` (or a `schedule` of switches), from a start picture `image` or not; an empty
-    prompt, a picture the preset cannot start from and a switch that would never show are refused here."""
-    check_image_input(preset, image)
+    prompt, a picture the preset cannot start from and a switch that would never show are refused here
+    (`image_checked`: the caller already ran `check_image_input` on `image`, e.g. `cf live` when it was uploaded)."""
+    if not image_checked:
+        check_image_input(preset, image)
     if schedule is None:
         if prompt is None or not prompt.strip():
             raise CfError("the prompt is empty", 'describe the video, e.g. cf generate "a fox running"')
