@@ -304,3 +304,15 @@ def test_unknown_sampler(cf, tmp_path):
            tmp_path / "x.mkv")
     assert r.exit_code == 1 and "unknown sampler 'sideways'" in r.output and "causal" in r.output
     assert _no_output(tmp_path)
+
+
+@pytest.mark.parametrize("args", [
+    ["a fox \ud800"],
+    ["a fox", "--prompt-at", "0.5s", "a kite \udfff"],
+])
+def test_text_a_clip_cannot_record_is_refused_before_anything_loads(cf, tmp_path, args):
+    out = tmp_path / "v.mkv"
+    r = cf("generate", "--preset", FIXTURES / "tiny-framewise.yaml", "--device", "cpu", "--frames", "9", "-o", out,
+           *args)
+    assert r.exit_code == 1 and "lone surrogate" in r.stderr and "Traceback" not in r.output
+    assert not out.exists() and not list(tmp_path.iterdir())

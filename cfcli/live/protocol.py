@@ -11,6 +11,8 @@ import io
 import json
 import struct
 
+from cfcli.pipeline.prompts import encodable
+
 MAX_PROMPT_CHARS = 2000
 MAX_MESSAGE_BYTES = 16 * 1024
 FRAME_HEADER = struct.Struct("<4sIIHH")
@@ -74,16 +76,6 @@ def check_values(msg: dict) -> None:
     seed = msg.get("seed")
     if seed is not None and not 0 <= seed < 2**63:
         raise BadMessage(f"{msg['type']}: the seed must be in [0, 2^63)")
-
-
-def encodable(text: str) -> bool:
-    """Whether `text` is valid UTF-8 when written (a lone surrogate, `"\\ud800"` in JSON, is not: metadata could
-    not hold it)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def encode_frame(session: int, index: int, rgb, quality: int) -> bytes:

@@ -18,6 +18,7 @@ from cfcli.pipeline.engine import Engine
 from cfcli.pipeline.files import (OutputRequest, SafeWriter, Summary, made_with, metadata, reserve_outputs,
                                   stream_to_file)
 from cfcli.pipeline.media import fit_frames, to_model_range
+from cfcli.pipeline.prompts import check_encodable
 from cfcli.pipeline.outputs import Outputs
 from cfcli.pipeline.sinks import Progress
 from cfcli.presets import Preset
@@ -118,6 +119,7 @@ def plan_extend(preset: Preset, clip_path: Path | ClipInfo, prompt: str | None =
     prompt = prompt or clip.metadata.get("prompt")
     if not prompt or not str(prompt).strip():
         raise CfError(f"{clip_path} has no prompt in its metadata", 'pass --prompt "what happens next"')
+    check_encodable(str(prompt))
     fps = fps or clip.fps or preset.fps  # the clip's own rate, NTSC 29.97 included
     if seconds is not None:
         asked = round(seconds * fps)

@@ -92,6 +92,23 @@ def _fmt(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+def encodable(text: str) -> bool:
+    """Whether `text` is valid UTF-8 when written (a lone surrogate, `"\\ud800"` in JSON, is not: a file's metadata
+    could not hold it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_encodable(text: str, what: str = "the prompt") -> None:
+    """Refuse text a clip's metadata cannot hold, before anything loads (not after the video is made)."""
+    if not encodable(text):
+        raise CfError(f"{what} is not valid Unicode text (it holds a lone surrogate such as \\ud800)",
+                      "retype the prompt, or fix the file it came from")
+
+
 @dataclass(frozen=True)
 class PromptSchedule:
     """One video's prompts by start time: `entries[0]` is the opening prompt at 0 s, then the switches in order."""
@@ -105,6 +122,9 @@ class PromptSchedule:
             if not s.prompt:
                 raise CfError(f"the prompt switch at {_fmt(s.seconds)} ({s.source}) has no prompt",
                               "write the prompt after the time: 12s<TAB>the fox jumps into the river")
+            check_encodable(s.prompt, f"the prompt switch at {_fmt(s.seconds)} ({s.source})")
+        if opening is not None:
+            check_encodable(opening)
         entries = sorted(switches, key=lambda s: s.seconds)
         for a, b in zip(entries, entries[1:]):
             if a.seconds == b.seconds:
