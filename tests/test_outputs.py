@@ -289,3 +289,24 @@ def test_a_signal_keeps_a_playable_file_with_true_metadata(tmp_path, signum, cod
     assert 0 < clip.frames.shape[0] < 801 and clip.metadata["frames"] == clip.frames.shape[0]
     assert f"{clip.frames.shape[0]} frames kept" in err
     assert names(tmp_path) == ["v.mkv"]
+
+
+def test_a_killed_run_leaves_a_partial_that_the_next_run_puts_in_sight(cf, tmp_path):
+    """SIGKILL gives no chance to close the file: what the streamed (fragmented) MP4 holds stays playable, and the
+    next run beside it puts it in place as `NAME.partial.mp4` and says so."""
+    out = tmp_path / "v.mp4"
+    cmd = [sys.executable, "-m", "cfcli", "generate", *map(str, BASE), PROMPT, "--seed", "1", "--frames", "801",
+           "--out", str(out), "--no-compile"]
+    run = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE,
+                           env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])})
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not any(p.stat().st_size > 80000 for p in tmp_path.glob(".v.cf-*")):
+        time.sleep(0.05)  # past the encoder's lookahead and a few fragments
+    run.kill()
+    run.communicate(timeout=60)
+    assert not out.exists() and any(p.name.startswith(".v.cf-") for p in tmp_path.iterdir())
+    r = gen(cf, "--frames", 5, "--out", tmp_path / "w.mp4")
+    kept = tmp_path / "v.partial.mp4"
+    assert r.exit_code == 0 and f"kept the partial video of a run that was killed: {kept}" in r.stderr
+    assert read_video(kept).frames.shape[0] > 0 and (tmp_path / "w.mp4").is_file()
+    assert not any(p.name.startswith(".v.cf-") for p in tmp_path.iterdir())

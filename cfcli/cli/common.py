@@ -96,3 +96,15 @@ def show_plan(plan, quiet: bool = False) -> None:
     """Say which memory plan a GPU run uses (`cfcli.pipeline.memory`)."""
     if plan is not None and not quiet:
         console.print(f"[dim]memory plan: {plan.describe()}[/]")
+
+
+def report_stale(outputs) -> None:
+    """Partial files that killed runs left hidden beside these outputs: put in place as `NAME.partial.EXT` and said
+    (`cfcli.pipeline.outputs.adopt_stale`), so nothing a run made stays out of sight."""
+    from pathlib import Path
+
+    from cfcli.pipeline.outputs import adopt_stale
+
+    for folder in dict.fromkeys(Path(p).parent for p in outputs):
+        for kept in adopt_stale(folder):
+            console.print(f"[yellow]kept[/] the partial video of a run that was killed: {kept}")

@@ -7,7 +7,7 @@ import typer
 from cfcli.cli.checks import check_length, check_options, codec_note
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, ExtendModeOpt, GraphsOpt,
                               JsonOpt, LowVramOpt, MaxVramOpt, OverwriteOpt, PlainOpt, PresetOpt, QuantizeOpt, QuietOpt,
-                              SeedOpt, StepsOpt, console, friendly, show_plan)
+                              SeedOpt, StepsOpt, console, friendly, report_stale, show_plan)
 from cfcli.cli.files import open_file, poster_path, write_poster
 from cfcli.cli.progress import ProgressView, cpu_notice, status_line
 from cfcli.cli.summary import report
@@ -80,6 +80,7 @@ def register(app: typer.Typer) -> None:
         for line in (*req.plan.notes, codec_note(ctx, req.codec)):
             if line and not quiet:
                 console.print(f"[yellow]note:[/] {line}")
+        report_stale([req.out])
         with stop_on_signals():
             with session.reserve(req) as req:  # checked, locked, temp files made before any model loads
                 cpu_notice(session.device, device, quiet)  # once every check has passed

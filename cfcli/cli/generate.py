@@ -10,7 +10,7 @@ from typer.core import TyperCommand
 from cfcli.cli.checks import check_length, check_options, codec_note
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt,
                               LowVramOpt, MaxVramOpt, ModeOpt, OverwriteOpt, PlainOpt, PresetOpt, QuantizeOpt, QuietOpt,
-                              SeedOpt, StepsOpt, console, friendly, show_plan)
+                              SeedOpt, StepsOpt, console, friendly, report_stale, show_plan)
 from cfcli.cli.files import open_file, poster_path, write_poster
 from cfcli.cli.progress import ProgressView, cpu_notice, status_line
 from cfcli.cli.summary import report
@@ -139,6 +139,7 @@ def register(app: typer.Typer) -> None:
             for req in requests:
                 check_outputs(poster_path(req.out), overwrite, "--poster")
         show_plan(session.plan_memory(first.plan.latent_frames), quiet)
+        report_stale(req.out for req in requests)
         with stop_on_signals(), ExitStack() as reserved:
             # Every output is reserved (checked, locked, its temp file created) before any model loads.
             requests = [reserved.enter_context(session.reserve(req)) for req in requests]
