@@ -1,4 +1,4 @@
-"""What a command writes and where: the codec an output path means, default paths, poster frames and `--open`."""
+"""What a command writes beside its video: poster frames, and `--open`."""
 
 import os
 import subprocess
@@ -6,25 +6,6 @@ import sys
 from pathlib import Path
 
 from cfcli.errors import CfError
-
-
-def output_codec(codec: str | None, out: Path | None):
-    """The `containers.Codec` to write: --codec (env, config) as given, else the one --out's suffix means, else
-    h264; checked against --out's container (FFV1 in MP4 is refused, it plays nowhere)."""
-    from cfcli.pipeline import containers
-
-    name = codec or (containers.for_suffix(out.suffix) if out is not None else None) or "h264"
-    chosen = containers.get(name)
-    if out is not None:
-        containers.check_pair(chosen, out.suffix)
-    return chosen
-
-
-def output_dir() -> Path:
-    """Where default output paths go: CF_OUTPUT_DIR, else the config file's `output_dir`, else ./outputs."""
-    from cfcli.config import read_config, setting
-
-    return Path(setting("output_dir", read_config()) or "outputs").expanduser()
 
 
 def poster_path(video: Path) -> Path:
