@@ -84,6 +84,9 @@ def register(app: typer.Typer) -> None:
         max_vram: MaxVramOpt = None,
         low_vram: LowVramOpt = False,
         save_latents: Path = typer.Option(None, "--save-latents", help="Also write the latents (safetensors)."),
+        noise_frames: int = typer.Option(None, "--noise-frames", metavar="N",
+                                         help="Make the video as the first --frames of a run of N frames (its "
+                                              "noise and cache): how `cf info` remakes a live recording."),
         prompt_file: Path = typer.Option(None, "--prompt-file", help="One prompt per line; models load once."),
         prompt_at: list[str] = typer.Option(None, "--prompt-at", metavar="TIME PROMPT",
                                             help="Switch to PROMPT at TIME (12s, 12.5, 1:05); repeatable."),
@@ -112,7 +115,7 @@ def register(app: typer.Typer) -> None:
         phases.mark("cli_ready")
         from cfcli.pipeline import generate as job
         from cfcli.pipeline.outputs import check as check_outputs
-        from cfcli.pipeline.plan import plan_video
+        from cfcli.pipeline.plan import plan_video, with_noise_frames
         from cfcli.pipeline.signals import exit_code, stop_on_signals, stopped_by
 
         check_options(frames, seconds, seed, fps, crf)
@@ -126,7 +129,8 @@ def register(app: typer.Typer) -> None:
         want = frames if frames is not None else (round(seconds * fps_) + 1 if seconds is not None else p.frames)
         check_length(want, "--frames" if seconds is None else "--seconds", seconds, fps_, p.geometry)
         # Planned once, before the models load: a bad --image, an empty prompt, a switch that never shows refused here.
-        plans = {text: plan_video(p, want, fps_, image, None if schedule else text, schedule) for text in prompts}
+        plans = {text: with_noise_frames(plan_video(p, want, fps_, image, None if schedule else text, schedule),
+                                         noise_frames) for text in prompts}
         first = plans[prompts[0]]
         for note in (first.rounding(), codec_note(ctx, fmt.name)):
             if note and not quiet:
@@ -138,7 +142,8 @@ def register(app: typer.Typer) -> None:
         status = status_line(quiet)
         from cfcli.pipeline.memory import plan_run, text_placement
 
-        options, plan = plan_run(p, first.latent_frames, dev, dt, setup.options, max_vram, low_vram)
+        options, plan = plan_run(p, first.context + (first.run_generated or first.generated), dev, dt, setup.options,
+                                 max_vram, low_vram)  # the cache of a --noise-frames run is that run's
         show_plan(plan, quiet)
         with stop_on_signals(), ExitStack() as reserved:
             # Every output is reserved (checked, locked, its temp file created) before any model loads.

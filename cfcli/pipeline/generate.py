@@ -94,7 +94,9 @@ def made_with(req) -> dict:
     if req.preset.source is not None and req.preset.source.parent != presets_dir():  # its name cannot remake it
         facts["preset_file"] = str(req.preset.source.resolve())
     if getattr(req, "image", None) is not None:
-        facts["image"] = Path(req.image).name
+        facts["image"] = str(Path(req.image).resolve())  # the remake names it from wherever it runs
+    if getattr(req.plan, "noise_frames", None) is not None:
+        facts["noise_frames"] = req.plan.noise_frames
     return facts
 
 
@@ -118,7 +120,7 @@ def _run(req: GenerateRequest, outputs: Outputs, on_progress, engine, prompt_enc
     ctx_latents = engine.encode_video(image[:, None]) if image is not None else None
     meta = metadata(plan.prompt, req.seed, p, plan.frames, plan.fps, plan.schedule, **made_with(req))
     writer = SafeWriter(outputs.video, plan.fps, p.width, p.height, req.codec, req.crf, meta)
-    chunks = engine.generate(text, plan.generated, req.seed, ctx_latents)
+    chunks = engine.generate(text, plan.generated, req.seed, ctx_latents, run_frames=plan.run_generated)
     return stream_to_file(chunks, writer, plan.frames, req, on_progress, write_context=True, latents=outputs.latents)
 
 
