@@ -212,3 +212,42 @@ def test_noise_frames_is_checked_and_recorded(cf, tmp_path):
     facts = info(cf, out)
     assert facts["metadata"]["noise_frames"] == 33 and "--noise-frames 33" in facts["command"]
     assert torch.equal(remake(cf, facts["command"], tmp_path / "again.mkv"), read_video(out).frames)
+
+
+CHUNK = FIXTURES / "tiny-chunkwise.yaml"
+
+
+def test_extend_uses_the_clips_own_preset(cf, tmp_path, monkeypatch):
+    """A chunk-wise clip is extended chunk-wise when nothing names a preset (not frame-wise, as before), and said so;
+    --mode / --preset / CF_PRESET still choose."""
+    clip = tmp_path / "chunk.mkv"
+    assert cf("generate", PROMPT, "--preset", CHUNK, "--device", "cpu", "--frames", 9, "--seed", 1, "--codec",
+              "ffv1", "--out", clip, "-q").exit_code == 0
+    out = tmp_path / "longer.mkv"
+    r = cf("extend", clip, "--device", "cpu", "--frames", 12, "--seed", 2, "--codec", "ffv1", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert f"extending with the clip's own preset, {CHUNK.resolve()}" in r.stderr
+    assert read_video(out).metadata["preset"] == "tiny-chunkwise"
+    from cfcli.cli.info import extend_preset
+
+    assert extend_preset(clip, None, "framewise", None) is None  # --mode chooses
+    assert extend_preset(clip, str(TINY), None, None) == str(TINY)
+    monkeypatch.setenv("CF_PRESET", str(TINY))
+    assert extend_preset(clip, None, None, None) is None  # the environment's preset, through set_up
+
+
+def test_extend_falls_back_when_the_clips_preset_is_gone(cf, tmp_path):
+    from cfcli.cli.info import extend_preset
+    from cfcli.pipeline.video import rewrite_metadata
+
+    clip = tmp_path / "chunk.mkv"
+    assert cf("generate", PROMPT, "--preset", CHUNK, "--device", "cpu", "--frames", 9, "--seed", 1, "--codec",
+              "ffv1", "--out", clip, "-q").exit_code == 0
+    # its preset file moved away; its name, tiny-chunkwise, is no shipped preset either
+    rewrite_metadata(clip, read_video(clip).metadata | {"preset_file": str(tmp_path / "gone.yaml")})
+    assert extend_preset(clip, None, None, None) is None
+    r = cf("extend", clip, "--device", "cpu", "--frames", 4, "--out", tmp_path / "x.mkv")
+    assert "gone.yaml), which no longer exists; extending with the default framewise" in r.stderr
+    assert "Traceback" not in r.output
+    for meta in ({"preset": "longvideo"}, {"preset": 5}):  # cannot extend; not a name
+        assert extend_preset(crafted(tmp_path, "c.mkv", GOOD | meta), None, None, None) is None

@@ -8,6 +8,7 @@ from cfcli.cli.checks import check_length, check_options, codec_note
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, ExtendModeOpt, GraphsOpt,
                               JsonOpt, LowVramOpt, MaxVramOpt, OverwriteOpt, PlainOpt, PresetOpt, QuantizeOpt, QuietOpt,
                               SeedOpt, StepsOpt, console, friendly, new_seed, set_up, show_plan)
+from cfcli.cli.info import extend_preset
 from cfcli.cli.files import open_file, output_codec, poster_path, write_poster
 from cfcli.cli.progress import ProgressView, cpu_notice, status_line
 from cfcli.cli.summary import report
@@ -68,6 +69,7 @@ def register(app: typer.Typer) -> None:
 
         check_options(frames, seconds, seed, fps, crf)
         fmt = output_codec(codec, out)
+        preset = extend_preset(clip, preset, mode, steps, quiet)  # the clip's own when nothing names one
         setup = set_up(preset, mode, steps, device, dtype, (compile, cuda_graphs, quantize, decoder, plain))
         p, dev, dt = setup.preset, setup.device, setup.dtype
         if frames is not None:
