@@ -251,3 +251,25 @@ def test_extend_falls_back_when_the_clips_preset_is_gone(cf, tmp_path):
     assert "Traceback" not in r.output
     for meta in ({"preset": "longvideo"}, {"preset": 5}):  # cannot extend; not a name
         assert extend_preset(crafted(tmp_path, "c.mkv", GOOD | meta), None, None, None) is None
+
+
+def test_a_stopped_clip_is_remade_exactly(cf, tmp_path, monkeypatch):
+    """A run stopped after 9 of 33 frames records both; the remake draws the noise of the 33-frame run."""
+    from cfcli.pipeline.sampler import CausalSampler
+
+    denoise = CausalSampler.denoise_block
+
+    def interrupt(self, *a, **k):
+        if self.blocks_done == 3:
+            raise KeyboardInterrupt
+        return denoise(self, *a, **k)
+
+    out = tmp_path / "stopped.mkv"
+    with monkeypatch.context() as m:
+        m.setattr(CausalSampler, "denoise_block", interrupt)
+        r = cf("generate", PROMPT, *BASE, "--frames", 33, "--seed", 8, "--codec", "ffv1", "--out", out, "-q")
+    assert r.exit_code == 130
+    facts = info(cf, out)
+    assert (facts["metadata"]["frames"], facts["metadata"]["planned_frames"]) == (9, 33)
+    assert "--frames 9 --noise-frames 33" in facts["command"]
+    assert torch.equal(remake(cf, facts["command"], tmp_path / "again.mkv"), read_video(out).frames)

@@ -50,7 +50,7 @@ FIELDS = {"prompt": TEXT, "seed": WHOLE, "preset": TEXT, "preset_file": TEXT, "m
           "extended_from": TEXT, "context_frames": COUNT, "new_frames": COUNT,
           "only_new": (lambda v: isinstance(v, bool), "true or false"), "source_seed": WHOLE,
           "motion_fps": (_number, "a positive number"), "live": (lambda v: isinstance(v, bool), "true or false"),
-          "max_frames": COUNT, "noise_frames": COUNT, "cfcli": TEXT,
+          "max_frames": COUNT, "noise_frames": COUNT, "planned_frames": COUNT, "cfcli": TEXT,
           "prompt_schedule": (_schedule, "a list of [seconds, prompt] pairs")}
 
 # Metadata keys that map one to one onto a flag of `cf generate` / `cf extend`.
@@ -146,6 +146,9 @@ def remake(meta: dict, malformed: dict[str, str]) -> tuple[list[str] | None, lis
         return None, [f"no remake command: {why}"]
     notes = [f"not exactly reproducible: {k} is malformed, left out" for k in malformed if k in dict(FLAGS)]
     if extend:
+        if "planned_frames" in good:
+            notes.append(f"the extension was stopped: the remake makes all {good['planned_frames']} frames planned, "
+                         f"of which this clip holds the first {good['frames']}")
         argv = ["cf", "extend", good["extended_from"], "--prompt", good["prompt"]]
         argv += ["--frames", str(good["new_frames"])] if "new_frames" in good else []
         argv += ["--context-frames", str(good["context_frames"])] if "context_frames" in good else []
@@ -157,7 +160,7 @@ def remake(meta: dict, malformed: dict[str, str]) -> tuple[list[str] | None, lis
         argv, more = live_generate(good)
         notes += more
     else:
-        argv, more = generate_argv(good, good["frames"])
+        argv, more = generate_argv(good, good["frames"], noise_frames=stopped_run(good))
         notes += more
     preset = good.get("preset_file") or good["preset"]
     if "preset_file" in good and not Path(preset).is_file():
@@ -203,6 +206,13 @@ def generate_argv(meta: dict, frames: int, until: float | None = None,
     return argv + (["--", prompt] if dash else []), notes
 
 
+def stopped_run(meta: dict) -> int | None:
+    """The `--noise-frames` of a clip: the run it was cut from when it was stopped early (`planned_frames`, or the
+    `noise_frames` it was made with)."""
+    run = meta.get("noise_frames") or meta.get("planned_frames")
+    return run if run is not None and run > meta["frames"] else None
+
+
 def live_generate(meta: dict) -> tuple[list[str], list[str]]:
     """A live recording: its frames are the first of a run as long as the session's limit (`max_frames`), whose
     noise and cache were drawn for that whole length; `--noise-frames` makes them so again."""
@@ -224,7 +234,7 @@ def skipped(key: str, meta: dict) -> bool:
     """Flags `cf extend` does not take: its size is the preset's, its frame rate the clip's when not whole; a
     generate frame rate that is not whole (`--fps` takes whole numbers); `--noise-frames` for live (placed by
     `live_generate`)."""
-    if key == "noise_frames" and meta.get("live"):
+    if key == "noise_frames" and "extended_from" not in meta:  # placed by `generate_argv`
         return True
     if key == "fps" and float(meta["fps"]) != int(meta["fps"]):
         return True

@@ -209,8 +209,9 @@ class SafeWriter(VideoWriter):
     def close(self) -> None:
         with finalising(), write_errors(self.target):
             super().close()
-            if self.metadata.get("frames", self.frames) != self.frames:
-                rewrite_metadata(self.target.temp, self.metadata | {"frames": self.frames})
+            if self.metadata.get("frames", self.frames) != self.frames:  # stopped: the frames it holds, of those planned
+                rewrite_metadata(self.target.temp, self.metadata | {"frames": self.frames,
+                                                                    "planned_frames": self.metadata["frames"]})
 
     def abort(self) -> None:
         with finalising():
