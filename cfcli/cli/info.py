@@ -253,10 +253,7 @@ def extend_preset(clip: Path, preset: str | None, mode: str | None, steps: int |
 
     if preset is not None or mode is not None or steps is not None or setting("preset", read_config()) is not None:
         return preset
-    try:
-        meta = probe(Path(clip))["metadata"]
-    except CfError:
-        return None
+    meta = clip_metadata(Path(clip))
     name, path = meta.get("preset"), meta.get("preset_file")
     chosen = path if _text(path) and Path(path).is_file() else name if _text(name) else None
     if chosen is None:
@@ -280,6 +277,20 @@ def extend_preset(clip: Path, preset: str | None, mode: str | None, steps: int |
         return None
     _note(f"extending with the clip's own preset, {chosen} (--preset or --mode to choose another)", quiet)
     return str(chosen)
+
+
+def clip_metadata(path: Path) -> dict:
+    """cfcli's metadata of a clip, read from its container header only ({} for a file that is not a readable video:
+    `cf extend` refuses it with its own message)."""
+    import av
+
+    from cfcli.pipeline.video import read_metadata
+
+    try:
+        with av.open(str(path)) as container:
+            return read_metadata(container)
+    except (OSError, av.FFmpegError):
+        return {}
 
 
 def _note(text: str, quiet: bool) -> None:
