@@ -228,7 +228,7 @@ def test_extend_uses_the_clips_own_preset(cf, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     assert f"extending with the clip's own preset, {CHUNK.resolve()}" in r.stderr
     assert read_video(out).metadata["preset"] == "tiny-chunkwise"
-    from cfcli.cli.info import extend_preset
+    from cfcli.cli.clip_preset import extend_preset
 
     assert extend_preset(clip, None, "framewise", None) is None  # --mode chooses
     assert extend_preset(clip, str(TINY), None, None) == str(TINY)
@@ -237,7 +237,7 @@ def test_extend_uses_the_clips_own_preset(cf, tmp_path, monkeypatch):
 
 
 def test_extend_falls_back_when_the_clips_preset_is_gone(cf, tmp_path):
-    from cfcli.cli.info import extend_preset
+    from cfcli.cli.clip_preset import extend_preset
     from cfcli.pipeline.video import rewrite_metadata
 
     clip = tmp_path / "chunk.mkv"

@@ -184,8 +184,9 @@ def _run(req: ExtendRequest, outputs: Outputs, on_progress, engine, status, feat
     if engine is None:
         engine = Engine.load(p, req.device, req.dtype, note=status).configure(req.options)
     ctx_latents = engine.encode_video(to_model_range(context).permute(1, 0, 2, 3))
-    meta = metadata(plan.prompt, req.seed, p, plan.total, round(float(plan.fps), 3), extended_from=str(Path(req.clip).resolve()),
-                    context_frames=plan.context_frames, new_frames=plan.new_frames, only_new=plan.only_new,
+    meta = metadata(plan.prompt, req.seed, p, plan.total, round(float(plan.fps), 3),
+                    extended_from=str(Path(req.clip).resolve()), context_frames=plan.context_frames,
+                    new_frames=plan.new_frames, only_new=plan.only_new,
                     **made_with(req), **source_facts(plan.clip, plan.fps, p))
     writer = SafeWriter(outputs.video, plan.fps, p.width, p.height, req.codec, req.crf, meta)
     if not plan.only_new:

@@ -209,7 +209,7 @@ class SafeWriter(VideoWriter):
     def close(self) -> None:
         with finalising(), write_errors(self.target):
             super().close()
-            if self.metadata.get("frames", self.frames) != self.frames:  # stopped: the frames it holds, of those planned
+            if self.metadata.get("frames", self.frames) != self.frames:  # stopped: what it holds, of what was planned
                 rewrite_metadata(self.target.temp, self.metadata | {"frames": self.frames,
                                                                     "planned_frames": self.metadata["frames"]})
 
