@@ -104,7 +104,7 @@ def test_clip_not_made_by_cf(cf, tmp_path):
     assert r.exit_code == 1 and "file not found" in r.output
 
 
-def crafted(tmp_path, name: str, meta) -> "Path":
+def crafted(tmp_path, name: str, meta):
     """A 3-frame clip whose comment tag holds `meta` (any JSON, or raw text)."""
     from cfcli.pipeline.video import rewrite_metadata
 
