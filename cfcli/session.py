@@ -30,7 +30,7 @@ from cfcli.pipeline.files import Summary, reserve_outputs
 from cfcli.pipeline.generate import GenerateRequest
 from cfcli.pipeline.memory import MemoryPlan, keep_text, plan_run
 from cfcli.pipeline.outputs import slug
-from cfcli.pipeline.plan import VideoPlan, plan_video, with_resolution
+from cfcli.pipeline.plan import VideoPlan, plan_video, with_noise_frames, with_resolution
 from cfcli.pipeline.prompts import build_schedule
 from cfcli.pipeline.samplers import sampler_kind
 from cfcli.pipeline.sinks import Progress
@@ -205,9 +205,11 @@ class Session:
 
     def video_plan(self, prompt: str | None, *, frames: int | None = None, seconds: float | None = None,
                    fps: float | None = None, image: Path | str | None = None,
-                   prompt_at: Sequence[tuple[str, str]] = (), prompt_schedule: Path | str | None = None) -> VideoPlan:
+                   prompt_at: Sequence[tuple[str, str]] = (), prompt_schedule: Path | str | None = None,
+                   noise_frames: int | None = None) -> VideoPlan:
         """The plan of one video (frames rounded up to whole blocks, prompt switches placed), refused here when it
-        cannot be made."""
+        cannot be made; `noise_frames`: made as the first frames of a run that long (how a live recording is
+        remade)."""
         p = self.preset
         if frames is not None and seconds is not None:
             raise CfError("--frames and --seconds both give the length", "use one of them")
@@ -215,17 +217,17 @@ class Session:
         want = frames if frames is not None else (round(seconds * fps) + 1 if seconds is not None else p.frames)
         schedule = build_schedule(prompt, list(prompt_at), Path(prompt_schedule) if prompt_schedule else None)
         image = Path(image) if image is not None else None
-        return plan_video(p, want, fps, image, None if schedule else prompt, schedule)
+        return with_noise_frames(plan_video(p, want, fps, image, None if schedule else prompt, schedule), noise_frames)
 
     def generate_request(self, prompt: str | None, *, frames: int | None = None, seconds: float | None = None,
                          fps: float | None = None, seed: int | None = None, image: Path | str | None = None,
                          out: Path | str | None = None, overwrite: bool = False, codec: str | None = None,
                          crf: int | None = None, save_latents: Path | str | None = None,
-                         prompt_at: Sequence[tuple[str, str]] = (),
-                         prompt_schedule: Path | str | None = None) -> GenerateRequest:
+                         prompt_at: Sequence[tuple[str, str]] = (), prompt_schedule: Path | str | None = None,
+                         noise_frames: int | None = None) -> GenerateRequest:
         """Everything `generate` is asked, checked and planned, nothing loaded or written."""
         plan = self.video_plan(prompt, frames=frames, seconds=seconds, fps=fps, image=image, prompt_at=prompt_at,
-                               prompt_schedule=prompt_schedule)
+                               prompt_schedule=prompt_schedule, noise_frames=noise_frames)
         seed = new_seed(seed)
         out = Path(out).expanduser() if out is not None else None
         fmt = pick_codec(codec, out)
@@ -256,7 +258,7 @@ class Session:
     def reserve(self, req: GenerateRequest | ExtendRequest) -> Iterator[GenerateRequest | ExtendRequest]:
         """The request with its outputs reserved (checked, locked, temp files made) until the block ends; also
         plans the memory for it, so a run that cannot fit is refused before anything is written."""
-        self.plan_memory(req.plan.latent_frames)
+        self.plan_memory(req.plan.run_latent_frames)
         inputs = (req.plan.clip.path,) if isinstance(req, ExtendRequest) else ()
         with reserve_outputs(req.out, req.save_latents, req.overwrite, req.codec, req.crf, req.preset,
                              inputs=inputs) as outputs:
@@ -318,7 +320,7 @@ class Session:
         where they are not, the engine loaded where it is not, the video streamed into its file."""
         from cfcli.pipeline import extend, generate
 
-        self.plan_memory(req.plan.latent_frames)
+        self.plan_memory(req.plan.run_latent_frames)
         if isinstance(req, ExtendRequest):
             features = self.encode([req.plan.prompt])[req.plan.prompt]
             return extend.run(req, self.engine, features, on_progress)
@@ -349,13 +351,14 @@ class Session:
         from cfcli.pipeline.media import load_image
 
         plan = self.video_plan(prompt, **options)
-        self.plan_memory(plan.latent_frames)
+        self.plan_memory(plan.run_latent_frames)
         plan = plan.with_features(self.encode(plan.prompts()))
         engine, p = self.engine, self.preset
         context = None
         if plan.image is not None:
             context = engine.encode_video(load_image(plan.image, p.width, p.height)[:, None])
-        chunks = engine.generate(plan.text(engine.text_kv), plan.generated, new_seed(seed), context)
+        chunks = engine.generate(plan.text(engine.text_kv), plan.generated, new_seed(seed), context,
+                                 run_frames=plan.run_generated)
         try:
             for chunk in chunks:
                 yield chunk.host_pixels().permute(0, 2, 3, 1)

@@ -73,3 +73,60 @@ def test_clear_asks_first_and_needs_a_kind(cf, tmp_path):
     assert r.exit_code == 0 and listing(cf) == []
     r = cf("cache", "clear")
     assert r.exit_code == 1 and "--old, --converted, --prompts or --all" in r.output
+
+
+def user_folder(tmp_path, name: str, files: dict[str, int]):
+    """A folder of the user's own files (some named as cfcli names its own), to be linked into $CF_HOME."""
+    folder = tmp_path / "mine" / name
+    folder.mkdir(parents=True)
+    for f, size in files.items():
+        (folder / f).write_bytes(b"\1" * size)
+    return folder
+
+
+def test_linked_cache_folders_are_left_alone(cf, tmp_path):
+    """`$CF_HOME/converted` (and prompts, taehv) linked to a folder of the user's files: nothing in it is deleted, the
+    links stay, the output says so, and no kind of clear ends in a traceback."""
+    home = hub.converted_dir().parent
+    home.mkdir(parents=True)
+    mine = {"converted": user_folder(tmp_path, "weights", {"model.safetensors": 100,
+                                                           hub.converted_name("c" * 64, True): 200}),
+            "prompts": user_folder(tmp_path, "embeds", {"x.safetensors": 50}),
+            "taehv": user_folder(tmp_path, "taehv", {"taew2_1.pth": 70})}
+    for name, target in mine.items():
+        (home / name).symlink_to(target, target_is_directory=True)
+    before = {p: p.read_bytes() for folder in mine.values() for p in folder.iterdir()}
+    rows = listing(cf)
+    assert {(e["kind"], e["link"], e["bytes"]) for e in rows} == {(k, str(v), 0) for k, v in mine.items()}
+    for flags in (["--old"], ["--converted"], ["--prompts"], ["--all", "--dry-run"], ["--all"]):
+        r = cf("cache", "clear", *flags, "-y")
+        assert r.exit_code == 0, r.output
+        assert "left alone" in r.stderr and "nothing to clear" in r.stderr
+    assert {p: p.read_bytes() for folder in mine.values() for p in folder.iterdir()} == before
+    assert all((home / name).is_symlink() for name in mine)
+
+
+def test_clear_removes_only_what_cf_made(cf, tmp_path):
+    """In real cache folders: a linked file and a file cfcli did not make survive, and so does their folder."""
+    used, old = fill(cf, tmp_path)
+    prompts = hub.converted_dir().parent / "prompts"
+    precious = user_folder(tmp_path, "own", {"keep.safetensors": 10}) / "keep.safetensors"
+    (prompts / "linked.safetensors").symlink_to(precious)
+    (prompts / "notes.txt").write_text("mine")
+    (hub.converted_dir() / "mine.safetensors").write_bytes(b"\2" * 30)
+    (hub.converted_dir() / ("d" * 64 + "-ema.safetensors")).symlink_to(precious)
+    r = cf("cache", "clear", "--all", "-y")
+    assert r.exit_code == 0, r.output
+    assert not used.exists() and not old.exists()
+    assert precious.read_bytes() == b"\1" * 10 and (prompts / "linked.safetensors").is_symlink()
+    assert (prompts / "notes.txt").read_text() == "mine" and (hub.converted_dir() / "mine.safetensors").is_file()
+    assert not list(prompts.glob("[!l]*.safetensors"))  # the cached embedding itself is gone
+
+
+def test_dry_run_lists_sizes_and_deletes_nothing(cf, tmp_path):
+    used, old = fill(cf, tmp_path)
+    r = cf("cache", "clear", "--converted", "--dry-run")
+    assert r.exit_code == 0, r.output
+    assert "3.0 kB" in r.stderr and "2.0 kB" in r.stderr and str(old) in r.stderr
+    assert "would delete 2 cached item(s), 5.0 kB" in r.stderr
+    assert used.is_file() and old.is_file()

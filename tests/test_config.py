@@ -82,7 +82,7 @@ def test_output_dir_from_config(cf, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("text, message", [
     ("devise: cpu\n", "unknown keys in"),
-    ("crf: high\n", "crf must be a int"),
+    ("crf: high\n", "crf must be a whole number from 0 to 51, got 'high'"),
     ("- cpu\n", "is not a mapping"),
     ("codec: [\n", "cannot read the config file"),
 ])
@@ -90,6 +90,52 @@ def test_bad_config_is_one_clear_message(cf, text, message):
     write_config(text)
     r = cf("generate", PROMPT, "--preset", FRAMEWISE)
     assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output
+
+
+def write_bytes(data: bytes) -> Path:
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "is not a text file"),
+    (b"crf: 20\x00\n", "is not a text file"),
+    (b"crf: [20\n", "is not valid YAML (line 2)"),
+    (b"crf: 99\n", "crf must be a whole number from 0 to 51, got 99"),
+    (b"dtype: float64\n", "dtype must be float32, bfloat16 or float16"),
+])
+def test_help_info_and_cache_work_whatever_the_config_file(cf, tmp_path, data, message):
+    """A config file that is binary, not YAML or holds a bad value never blocks --help, `cf info` or `cf cache`; the
+    command that would use it refuses with the file's name and what is wrong, never a traceback."""
+    path = write_bytes(data)
+    for args in (["--help"], ["generate", "--help"], ["extend", "-h"], ["info", "--help"], ["cache"]):
+        r = cf(*args)
+        assert r.exit_code == 0, (args, r.output)
+    clip = tmp_path / "clip.mkv"
+    r = cf("generate", PROMPT, "--preset", FRAMEWISE, "--device", "cpu", "--dtype", "float32", "--codec", "ffv1",
+           "--crf", 18, "--frames", 1, "--out", clip, "-q")  # every flag given: nothing of the file is used
+    assert r.exit_code == 0, r.output
+    assert cf("info", clip).exit_code == 0
+    r = cf("generate", PROMPT, "--preset", FRAMEWISE, "--frames", 1, "--out", tmp_path / "b.mkv")
+    assert r.exit_code == 1 and message in r.output and str(path) in r.output
+    assert "Traceback" not in r.output and r.output.count("error:") == 1
+
+
+def test_a_bad_value_is_refused_only_where_it_is_used(cf, tmp_path, monkeypatch):
+    path = write_config("crf: loud\npreset: 5\n")
+    r = cf("download", "--mode", "framewise", "--dry-run")  # neither crf nor the preset is used
+    assert r.exit_code == 0, r.output
+    r = cf("download", "--dry-run")  # the preset is
+    assert r.exit_code == 1 and f"the config file {path}: preset must be a preset name" in r.output
+    monkeypatch.setenv("CF_CRF", "20")  # the environment wins over the file's crf: it is not used
+    out = tmp_path / "c.mp4"
+    r = cf("generate", PROMPT, "--preset", FRAMEWISE, "--device", "cpu", "--frames", 1, "--out", out, "-q")
+    assert r.exit_code == 0, r.output
+    monkeypatch.delenv("CF_CRF")
+    r = cf("generate", PROMPT, "--preset", FRAMEWISE, "--device", "cpu", "--frames", 1, "--out", out, "--overwrite")
+    assert r.exit_code == 1 and "crf must be a whole number from 0 to 51, got 'loud'" in r.output
 
 
 def test_cf_live_takes_its_defaults_from_the_config_file_too(cf):

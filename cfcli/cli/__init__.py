@@ -13,6 +13,7 @@ except ImportError:
 from cfcli.version import __version__
 from cfcli.cli import bench, cache, download, extend, generate, info, live
 from cfcli.cli.common import fail, friendly
+from cfcli.errors import CfError
 
 
 @contextmanager
@@ -25,6 +26,8 @@ def _usage_errors():
     except UsageError as exc:
         where = f"{exc.ctx.command_path} --help" if exc.ctx else "cf --help"
         fail(exc.format_message(), f"see {where}")
+    except CfError as exc:  # a bad config value, raised when a command's option asks for it as its default
+        fail(exc.message, exc.hint)
 
 
 class _Group(TyperGroup):
@@ -71,6 +74,7 @@ def _root(ctx: typer.Context,
     """
     from cfcli.config import default_map, read_config
 
+    # Never refuses here: a bad file or value is refused by the command about to use it, so --help always works.
     ctx.default_map = default_map(read_config())
 
 

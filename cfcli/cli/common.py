@@ -15,7 +15,8 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
 PresetOpt = Annotated[str | None, typer.Option("--preset", help="Preset name or path to a preset YAML file.")]
 ModeOpt = Annotated[str | None, typer.Option("--mode", help="A shipped preset: framewise (the default), chunkwise, "
                                                              "longvideo or self-forcing.")]
-ExtendModeOpt = Annotated[str | None, typer.Option("--mode", help="framewise | chunkwise (default framewise).")]
+ExtendModeOpt = Annotated[str | None, typer.Option("--mode", help="framewise | chunkwise (default: the clip's own "
+                                                                   "preset, else framewise).")]
 StepsOpt = Annotated[int | None, typer.Option("--steps", help="4, 2 or 1 (frame-wise).")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (random when omitted; printed).")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")]

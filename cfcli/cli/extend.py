@@ -8,6 +8,7 @@ from cfcli.cli.checks import check_length, check_options, codec_note
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, ExtendModeOpt, GraphsOpt,
                               JsonOpt, LowVramOpt, MaxVramOpt, OverwriteOpt, PlainOpt, PresetOpt, QuantizeOpt, QuietOpt,
                               SeedOpt, StepsOpt, console, friendly, report_stale, show_plan)
+from cfcli.cli.clip_preset import extend_preset
 from cfcli.cli.files import open_file, poster_path, write_poster
 from cfcli.cli.progress import ProgressView, cpu_notice, status_line
 from cfcli.cli.summary import report
@@ -65,6 +66,7 @@ def register(app: typer.Typer) -> None:
         from cfcli.session import Session, SpeedFlags
 
         check_options(frames, seconds, seed, fps, crf)
+        preset = extend_preset(clip, preset, mode, steps, quiet)  # the clip's own when nothing names one
         session = Session(preset, mode=mode, steps=steps, device=device, dtype=dtype,
                           speed=SpeedFlags(compile, cuda_graphs, quantize, decoder, plain), max_vram=max_vram,
                           low_vram=low_vram, status=status_line(quiet))

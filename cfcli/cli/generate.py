@@ -84,6 +84,9 @@ def register(app: typer.Typer) -> None:
         max_vram: MaxVramOpt = None,
         low_vram: LowVramOpt = False,
         save_latents: Path = typer.Option(None, "--save-latents", help="Also write the latents (safetensors)."),
+        noise_frames: int = typer.Option(None, "--noise-frames", metavar="N",
+                                         help="Make the video as the first --frames of a run of N frames (its "
+                                              "noise and cache): how `cf info` remakes a live recording."),
         prompt_file: Path = typer.Option(None, "--prompt-file", help="One prompt per line; models load once."),
         prompt_at: list[str] = typer.Option(None, "--prompt-at", metavar="TIME PROMPT",
                                             help="Switch to PROMPT at TIME (12s, 12.5, 1:05); repeatable."),
@@ -126,7 +129,7 @@ def register(app: typer.Typer) -> None:
         # Planned once, before the models load: a bad --image, an empty prompt, a switch that never shows refused here.
         firsts = [session.generate_request(text, frames=frames, seconds=seconds, fps=fps, seed=0, image=image, out=out,
                                            codec=codec, crf=crf, prompt_at=pairs, prompt_schedule=prompt_schedule,
-                                           overwrite=overwrite) for text in prompts]
+                                           noise_frames=noise_frames, overwrite=overwrite) for text in prompts]
         first = firsts[0]
         for note in (first.plan.rounding(), codec_note(ctx, first.codec)):
             if note and not quiet:
@@ -138,7 +141,7 @@ def register(app: typer.Typer) -> None:
         if poster:
             for req in requests:
                 check_outputs(poster_path(req.out), overwrite, "--poster")
-        show_plan(session.plan_memory(first.plan.latent_frames), quiet)
+        show_plan(session.plan_memory(first.plan.run_latent_frames), quiet)
         report_stale(req.out for req in requests)
         with stop_on_signals(), ExitStack() as reserved:
             # Every output is reserved (checked, locked, its temp file created) before any model loads.

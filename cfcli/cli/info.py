@@ -1,8 +1,16 @@
 """`cf info CLIP`: how a clip was made (the metadata cfcli stores in it, the stream as ffprobe sees it) and the exact
-command that makes it again."""
+command that makes it again.
+
+The metadata is read as untrusted JSON: every value is checked against what cfcli writes (`FIELDS`), a malformed one
+is shown as it is and named, and the remake command is built only from good values. Where the clip does not record
+all that decides its pixels (an older cfcli, a live recording), the command is still given with what it can say and a
+`not exactly reproducible: …` note for each gap.
+"""
 
 import json
+import math
 import shlex
+from decimal import Decimal
 from pathlib import Path
 
 import typer
@@ -10,10 +18,47 @@ import typer
 from cfcli.cli.common import JsonOpt, console, friendly
 from cfcli.errors import CfError
 
+
+def _text(v) -> bool:
+    return isinstance(v, str) and bool(v.strip())
+
+
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _count(v) -> bool:
+    return _whole(v) and v >= 1
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def _schedule(v) -> bool:
+    return isinstance(v, list) and len(v) >= 1 and all(
+        isinstance(e, list) and len(e) == 2 and isinstance(e[0], (int, float)) and not isinstance(e[0], bool)
+        and math.isfinite(e[0]) and e[0] >= 0 and _text(e[1]) for e in v)
+
+
+# What cfcli writes under each key: a check and, for the message, what the value should be.
+TEXT, WHOLE, COUNT = (_text, "text"), (_whole, "a whole number ≥ 0"), (_count, "a whole number ≥ 1")
+FIELDS = {"prompt": TEXT, "seed": WHOLE, "preset": TEXT, "preset_file": TEXT, "mode": TEXT,
+          "steps": (lambda v: isinstance(v, list) and all(_whole(s) for s in v), "a list of whole numbers"),
+          "frames": COUNT, "fps": (_number, "a positive number"), "width": COUNT, "height": COUNT, "device": TEXT,
+          "dtype": TEXT, "codec": TEXT, "crf": WHOLE, "decoder": TEXT, "quantize": TEXT, "image": TEXT,
+          "extended_from": TEXT, "context_frames": COUNT, "new_frames": COUNT,
+          "only_new": (lambda v: isinstance(v, bool), "true or false"), "source_seed": WHOLE,
+          "motion_fps": (_number, "a positive number"), "live": (lambda v: isinstance(v, bool), "true or false"),
+          "max_frames": COUNT, "noise_frames": COUNT, "planned_frames": COUNT, "cfcli": TEXT,
+          "prompt_schedule": (_schedule, "a list of [seconds, prompt] pairs")}
+
 # Metadata keys that map one to one onto a flag of `cf generate` / `cf extend`.
 FLAGS = (("seed", "--seed"), ("fps", "--fps"), ("height", "--height"), ("width", "--width"), ("codec", "--codec"),
          ("crf", "--crf"), ("device", "--device"), ("dtype", "--dtype"), ("decoder", "--decoder"),
-         ("quantize", "--quantize"), ("image", "--image"))
+         ("quantize", "--quantize"), ("image", "--image"), ("noise_frames", "--noise-frames"))
+# What decides the pixels beyond the prompt, preset and seed: without it the remake uses today's defaults.
+DECIDES = ("device", "dtype", "decoder", "height", "width", "codec")
 
 
 def register(app: typer.Typer) -> None:
@@ -31,11 +76,14 @@ def register(app: typer.Typer) -> None:
         """
         facts = probe(clip)
         meta = facts["metadata"]
-        command = shlex.join(remake(meta)) if meta.get("prompt") else None
+        malformed = facts["malformed"] | check(meta)
+        argv, notes = remake(meta, malformed) if meta else (None, [])
+        command = shlex.join(argv) if argv else None
         if json_out:
-            typer.echo(json.dumps(facts | {"command": command}, ensure_ascii=False))
+            typer.echo(json.dumps(facts | {"malformed": malformed, "command": command, "notes": notes},
+                                  ensure_ascii=False))
             return
-        show(clip, facts, command)
+        show(clip, facts, malformed, command, notes)
 
 
 def probe(path: Path) -> dict:
@@ -43,7 +91,7 @@ def probe(path: Path) -> dict:
     import av
 
     from cfcli.pipeline.containers import format_name
-    from cfcli.pipeline.video import read_metadata
+    from cfcli.pipeline.video import META_KEY, read_metadata
 
     if not path.is_file():
         raise CfError(f"file not found: {path}", "check the path")
@@ -60,50 +108,161 @@ def probe(path: Path) -> dict:
                       "color_range": int(cc.color_range), "color_primaries": int(cc.color_primaries),
                       "color_trc": int(cc.color_trc), "colorspace": int(cc.colorspace)}
             meta = read_metadata(container)
+            raw = container.metadata.get(META_KEY) or container.metadata.get(META_KEY.upper())
     except av.FFmpegError as exc:
         raise CfError(f"cannot read {path} as a video: {exc}".splitlines()[0]) from exc
-    return {"path": str(path), "stream": stream, "metadata": meta}
+    malformed = {}
+    if raw and not meta and raw.lstrip().startswith(("{", "[")):  # cfcli writes a JSON object there
+        malformed["comment"] = "not a JSON object of cfcli metadata"
+    return {"path": str(path), "stream": stream, "metadata": meta, "malformed": malformed}
 
 
-def remake(meta: dict) -> list[str]:
-    """The `cf` command line that makes this clip again from its metadata (same device and dtype: same pixels)."""
-    if "extended_from" in meta:
-        argv = ["cf", "extend", meta["extended_from"], "--prompt", meta["prompt"]]
-        argv += ["--frames", str(meta["new_frames"])] if "new_frames" in meta else []
-        argv += ["--context-frames", str(meta["context_frames"])] if "context_frames" in meta else []
-        argv += ["--only-new"] if meta.get("only_new") else []
+def check(meta: dict) -> dict[str, str]:
+    """Key → what is wrong with its value, for every value that is not what cfcli writes there."""
+    bad = {}
+    for key, value in meta.items():
+        if key in FIELDS and not FIELDS[key][0](value):
+            bad[key] = f"expected {FIELDS[key][1]}, got {json.dumps(value, ensure_ascii=False)[:60]}"
+    return bad
+
+
+def seconds_arg(seconds: float) -> str:
+    """A time `--prompt-at` parses back to the same float (shortest round-trip digits, never an exponent)."""
+    text = format(Decimal(repr(float(seconds))), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def remake(meta: dict, malformed: dict[str, str]) -> tuple[list[str] | None, list[str]]:
+    """The `cf` command line that makes this clip again from its metadata, and notes: why there is none, or what
+    keeps it from being bit-exact. Only well-formed values are used."""
+    good = {k: v for k, v in meta.items() if k not in malformed}
+    extend = "extended_from" in meta
+    need = ["prompt", "seed", "extended_from" if extend else "frames"]
+    if "preset" not in good and "preset_file" not in good:
+        need.append("preset")
+    missing = [k for k in need if k not in good]
+    if missing:
+        why = ", ".join(f"{k} is {'malformed' if k in meta else 'missing'}" for k in missing)
+        return None, [f"no remake command: {why}"]
+    notes = [f"not exactly reproducible: {k} is malformed, left out" for k in malformed if k in dict(FLAGS)]
+    if extend:
+        if "planned_frames" in good:
+            notes.append(f"the extension was stopped: the remake makes all {good['planned_frames']} frames planned, "
+                         f"of which this clip holds the first {good['frames']}")
+        argv = ["cf", "extend", good["extended_from"], "--prompt", good["prompt"]]
+        argv += ["--frames", str(good["new_frames"])] if "new_frames" in good else []
+        argv += ["--context-frames", str(good["context_frames"])] if "context_frames" in good else []
+        argv += ["--only-new"] if good.get("only_new") else []
+        if not Path(good["extended_from"]).is_absolute():
+            notes.append(f"the source clip is recorded as {good['extended_from']}, relative to where cf extend ran: "
+                         "run the command there")
+    elif good.get("live"):
+        argv, more = live_generate(good)
+        notes += more
     else:
-        argv = ["cf", "generate", meta["prompt"], "--frames", str(meta["frames"])]
-        for seconds, text in (meta.get("prompt_schedule") or [])[1:]:
-            argv += ["--prompt-at", f"{seconds:g}", text]
-    argv += ["--preset", str(meta.get("preset_file") or meta["preset"])]
+        argv, more = generate_argv(good, good["frames"], noise_frames=stopped_run(good))
+        notes += more
+    preset = good.get("preset_file") or good["preset"]
+    if "preset_file" in good and not Path(preset).is_file():
+        notes.append(f"not exactly reproducible: the preset file {preset} is gone")
+    elif "preset_file" not in good:
+        from cfcli.presets import shipped_presets
+
+        if preset not in shipped_presets():
+            notes.append(f"not reproducible as it is: {preset} is not a shipped preset, and the clip does not record "
+                         "the preset file it came from (give it with --preset)")
+    argv += ["--preset", str(preset)]
     for key, flag in FLAGS:
-        if meta.get(key) is not None and not skipped(key, meta):
-            argv += [flag, f"{meta[key]:g}" if isinstance(meta[key], float) else str(meta[key])]
-    return argv
+        if good.get(key) is not None and not skipped(key, good):
+            value = good[key]
+            argv += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    if "fps" in good and not extend and float(good["fps"]) != int(good["fps"]):
+        notes.append(f"not exactly reproducible: --fps takes whole numbers, the clip plays at {good['fps']:g}")
+    gaps = [k for k in DECIDES if k not in good and not (extend and k in ("height", "width"))]
+    if gaps:
+        notes.append(f"not exactly reproducible: the clip does not record its {', '.join(gaps)} (the remake uses "
+                     "today's defaults)")
+    if "image" in good and not Path(good["image"]).is_absolute():
+        notes.append(f"the start picture is recorded by name only ({good['image']}): run the command where it is")
+    return argv, notes
+
+
+def generate_argv(meta: dict, frames: int, until: float | None = None,
+                  noise_frames: int | None = None) -> tuple[list[str], list[str]]:
+    """`cf generate PROMPT --frames N` with the prompt schedule as `--prompt-at` pairs (those before `until`
+    seconds: a switch after the end of a recording never showed)."""
+    prompt = meta["prompt"]
+    dash = prompt.startswith("-")  # would be taken for an option: given after `--`, at the end
+    argv, notes = ["cf", "generate", *([] if dash else [prompt]), "--frames", str(frames)], []
+    argv += ["--noise-frames", str(noise_frames)] if noise_frames is not None else []
+    for seconds, text in (meta.get("prompt_schedule") or [])[1:]:
+        if until is not None and seconds >= until:
+            continue
+        if text.startswith("-"):
+            notes.append(f"not exactly reproducible: the switch prompt {text[:30]!r} starts with '-', which "
+                         "--prompt-at cannot take (use a --prompt-schedule file)")
+            continue
+        argv += ["--prompt-at", seconds_arg(seconds), text]
+    return argv + (["--", prompt] if dash else []), notes
+
+
+def stopped_run(meta: dict) -> int | None:
+    """The `--noise-frames` of a clip: the run it was cut from when it was stopped early (`planned_frames`, or the
+    `noise_frames` it was made with)."""
+    run = meta.get("noise_frames") or meta.get("planned_frames")
+    return run if run is not None and run > meta["frames"] else None
+
+
+def live_generate(meta: dict) -> tuple[list[str], list[str]]:
+    """A live recording: its frames are the first of a run as long as the session's limit (`max_frames`), whose
+    noise and cache were drawn for that whole length; `--noise-frames` makes them so again."""
+    notes = []
+    if "context_frames" in meta:
+        notes.append("not reproducible by cf generate: the live run continued an uploaded clip, which the "
+                     "recording does not keep")
+    fps = float(meta.get("fps") or 16)
+    longer = meta.get("max_frames", 0) > meta["frames"]
+    argv, more = generate_argv(meta, meta["frames"], meta["frames"] / fps, meta["max_frames"] if longer else None)
+    notes += more
+    if "max_frames" not in meta:
+        notes.append("not exactly reproducible: the recording does not say how long its live run could go "
+                     "(max_frames), which decides its noise; this command draws it for --frames only")
+    return argv, notes
 
 
 def skipped(key: str, meta: dict) -> bool:
-    """Flags `cf extend` does not take: its size is the preset's, its frame rate the clip's when not whole."""
+    """Flags `cf extend` does not take: its size is the preset's, its frame rate the clip's when not whole; a
+    generate frame rate that is not whole (`--fps` takes whole numbers); `--noise-frames` for live (placed by
+    `live_generate`)."""
+    if key == "noise_frames" and "extended_from" not in meta:  # placed by `generate_argv`
+        return True
+    if key == "fps" and float(meta["fps"]) != int(meta["fps"]):
+        return True
     if "extended_from" not in meta:
         return False
-    return key in ("height", "width", "image") or (key == "fps" and float(meta["fps"]) != int(meta["fps"]))
+    return key in ("height", "width", "image", "noise_frames")
 
 
-def show(path: Path, facts: dict, command: str | None) -> None:
+def show(path: Path, facts: dict, malformed: dict[str, str], command: str | None, notes: list[str]) -> None:
     from rich.markup import escape
 
     s, meta = facts["stream"], facts["metadata"]
     tag = f" ({s['tag']})" if s["tag"] else ""
     console.print(f"[bold]{escape(str(path))}[/]: {s['codec']}{tag} {s['width']}×{s['height']} {s['pix_fmt']}, "
                   f"{s['frames']} frames at {s['fps']:g} fps ({s['frames'] / s['fps'] if s['fps'] else 0:.2f}s)")
+    if "comment" in malformed:
+        console.print(f"[yellow]malformed:[/] the comment tag: {malformed['comment']}")
     if not meta:
-        console.print("[dim]no cfcli metadata: not made by cf (or a GIF, which has no place for it)[/]")
+        if "comment" not in malformed:
+            console.print("[dim]no cfcli metadata: not made by cf (or a GIF, which has no place for it)[/]")
         return
     width = max(len(k) for k in meta)
     for key, value in meta.items():
         shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        console.print(f"  {key:<{width}}  {escape(str(shown))}", highlight=False)
+        bad = f"  [yellow]malformed: {escape(malformed[key])}[/]" if key in malformed else ""
+        console.print(f"  {escape(key):<{width}}  {escape(str(shown))}{bad}", highlight=False)
+    for note in notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
     if command:
         console.print("[bold]remake:[/]")
         typer.echo(command)

@@ -287,23 +287,29 @@ class Engine:
         return self.vae.encode(video.to(self.device, self.dtype)[None])
 
     def generate(self, text_kv: Tensor | TextSchedule, latent_frames: int, seed: int, context: Tensor | None = None,
-                 decode: bool = True) -> Iterator[Chunk]:
+                 decode: bool = True, run_frames: int | None = None) -> Iterator[Chunk]:
         """Generate `latent_frames` new latent frames after the given `context` latents [1, F_in, C, h, w].
 
         `text_kv` is one prompt's cross-attention K/V or, for prompt switching, a `TextSchedule` by latent frame.
 
         The seed is applied right before the noise is drawn (after any context was encoded by the caller), on a
         generator of the run's device: the same seed gives the official noise stream.
+
+        `run_frames` (new latent frames, at least `latent_frames`): run as a run of that length does (its noise drawn
+        whole, its KV cache, its sampler) and stop after the first `latent_frames`, which are then bit for bit that
+        run's: how a live recording, cut from a longer run, is made again.
         """
         n_ctx = 0 if context is None else context.shape[1]
+        total = latent_frames if run_frames is None else run_frames
         bf = self.preset.block_frames
-        if latent_frames <= 0 or latent_frames % bf:
-            raise CfError(f"{latent_frames} latent frames is not a whole number of {bf}-frame blocks")
+        if latent_frames <= 0 or latent_frames % bf or total < latent_frames or total % bf:
+            raise CfError(f"{latent_frames} latent frames (of a run of {total}) is not a whole number of {bf}-frame "
+                          "blocks")
         kind = sampler_kind(self.preset)
         if context is not None and not kind.starts_from_frames:
             raise CfError(f"the {kind.label} sampler cannot start from given frames",
                           "generate from text only, or start from a picture or clip with a framewise/chunkwise preset")
-        sampler = kind.sampler(self.runner, self.schedule, self.plan, bf, self.new_cache(n_ctx + latent_frames))
+        sampler = kind.sampler(self.runner, self.schedule, self.plan, bf, self.new_cache(n_ctx + total))
         decoder = self.decoder.stream_decoder() if decode else None
         side = torch.cuda.Stream(self.device) if decode and self.device.type == "cuda" else None
 
@@ -321,14 +327,19 @@ class Engine:
                 yield chunk(context, True)
             generator = torch.Generator(self.device).manual_seed(seed)
             h, w = self.latent_hw
-            noise = torch.randn((1, latent_frames, self.dit.cfg.in_dim, h, w), generator=generator,
+            noise = torch.randn((1, total, self.dit.cfg.in_dim, h, w), generator=generator,
                                 dtype=self.dtype, device=self.device)
+            left = latent_frames  # a longer run (`run_frames`) stops once these are out
             for x0 in sampler.stream(noise, text_kv, generator):
+                x0 = x0[:, :left]
+                left -= x0.shape[1]
                 if decoder is None:
                     yield chunk(x0, False)
-                    continue
-                for i in range(x0.shape[1]):
-                    yield chunk(x0[:, i:i + 1], False, block_end=i + 1 == x0.shape[1])
+                else:
+                    for i in range(x0.shape[1]):
+                        yield chunk(x0[:, i:i + 1], False, block_end=i + 1 == x0.shape[1])
+                if left <= 0:
+                    return
 
 
 def decode_aside(decoder, latents: Tensor, side: "torch.cuda.Stream", is_context: bool, block_end: bool) -> Chunk:

@@ -54,6 +54,10 @@ class ExtendPlan:
         return self.context + self.generated
 
     @property
+    def run_latent_frames(self) -> int:
+        return self.latent_frames
+
+    @property
     def total(self) -> int:
         """Frames in the output file."""
         return self.new_frames + (0 if self.only_new else self.clip.frames)
@@ -165,8 +169,9 @@ def _run(req: ExtendRequest, outputs: Outputs, engine: Engine, features: torch.T
     plan, p = req.plan, req.preset
     context = fit_frames(read_tail(req.clip, plan.context_frames, plan.clip), p.width, p.height)
     ctx_latents = engine.encode_video(to_model_range(context).permute(1, 0, 2, 3))
-    meta = metadata(plan.prompt, req.seed, p, plan.total, round(float(plan.fps), 3), extended_from=str(req.clip),
-                    context_frames=plan.context_frames, new_frames=plan.new_frames, only_new=plan.only_new,
+    meta = metadata(plan.prompt, req.seed, p, plan.total, round(float(plan.fps), 3),
+                    extended_from=str(Path(req.clip).resolve()), context_frames=plan.context_frames,
+                    new_frames=plan.new_frames, only_new=plan.only_new,
                     **made_with(req), **source_facts(plan.clip, plan.fps, p))
     writer = SafeWriter(outputs.video, plan.fps, p.width, p.height, req.codec, req.crf, meta)
     if not plan.only_new:

@@ -90,7 +90,9 @@ def made_with(req) -> dict:
     if req.preset.source is not None and req.preset.source.parent != presets_dir():  # its name cannot remake it
         facts["preset_file"] = str(req.preset.source.resolve())
     if getattr(req, "image", None) is not None:
-        facts["image"] = Path(req.image).name
+        facts["image"] = str(Path(req.image).resolve())  # the remake names it from wherever it runs
+    if getattr(req.plan, "noise_frames", None) is not None:
+        facts["noise_frames"] = req.plan.noise_frames
     return facts
 
 
@@ -180,8 +182,9 @@ class SafeWriter(VideoWriter):
     def close(self) -> None:
         with finalising(), write_errors(self.target):
             super().close()
-            if self.metadata.get("frames", self.frames) != self.frames:
-                rewrite_metadata(self.target.temp, self.metadata | {"frames": self.frames})
+            if self.metadata.get("frames", self.frames) != self.frames:  # stopped: what it holds, of what was planned
+                rewrite_metadata(self.target.temp, self.metadata | {"frames": self.frames,
+                                                                    "planned_frames": self.metadata["frames"]})
 
     def abort(self) -> None:
         with finalising():

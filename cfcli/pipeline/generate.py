@@ -39,5 +39,5 @@ def _run(req: GenerateRequest, outputs: Outputs, engine: Engine, on_progress) ->
     ctx_latents = engine.encode_video(image[:, None]) if image is not None else None
     meta = metadata(plan.prompt, req.seed, p, plan.frames, plan.fps, plan.schedule, **made_with(req))
     writer = SafeWriter(outputs.video, plan.fps, p.width, p.height, req.codec, req.crf, meta)
-    chunks = engine.generate(text, plan.generated, req.seed, ctx_latents)
+    chunks = engine.generate(text, plan.generated, req.seed, ctx_latents, run_frames=plan.run_generated)
     return stream_to_file(chunks, writer, plan.frames, req, on_progress, write_context=True, latents=outputs.latents)

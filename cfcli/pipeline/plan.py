@@ -31,6 +31,7 @@ class VideoPlan:
     schedule: PromptSchedule
     starts: tuple[int, ...]
     image: Path | None = None  # the start picture (`context` is then 1)
+    noise_frames: int | None = None  # made as the first frames of a run this long (`with_noise_frames`)
     features: dict[str, Tensor] = field(default_factory=dict, compare=False)
 
     @property
@@ -40,6 +41,18 @@ class VideoPlan:
     @property
     def latent_frames(self) -> int:
         return self.context + self.generated
+
+    @property
+    def run_latent_frames(self) -> int:
+        """Latent frames of the run that makes it (what its KV cache and memory plan are sized for)."""
+        return self.context + (self.run_generated or self.generated)
+
+    @property
+    def run_generated(self) -> int | None:
+        """New latent frames of the run whose first `generated` this video is (`Engine.generate`'s `run_frames`)."""
+        if self.noise_frames is None:
+            return None
+        return frame_counts(self.preset, self.noise_frames, self.image is not None)[1]
 
     @property
     def prompt(self) -> str:
@@ -96,6 +109,22 @@ def plan_video(preset: Preset, video_frames: int, fps: float | None = None, imag
     frames, generated = frame_counts(preset, video_frames, image is not None)
     starts = schedule.block_starts(fps, frames, preset.block_frames, preset.geometry)
     return VideoPlan(preset, video_frames, frames, 0 if image is None else 1, generated, fps, schedule, starts, image)
+
+
+def with_noise_frames(plan: VideoPlan, noise_frames: int | None) -> VideoPlan:
+    """The video made as the first `plan.frames` frames of a run of `noise_frames` (`--noise-frames`): that run's
+    noise, KV cache and sampling, so a live recording cut from a longer run is made again bit for bit."""
+    if noise_frames is None:
+        return plan
+    g = plan.preset.geometry
+    if noise_frames < plan.frames:
+        raise CfError(f"--noise-frames {noise_frames} is shorter than the video ({plan.frames} frames)",
+                      "give the length of the run the video was cut from, at least --frames")
+    run = frame_counts(plan.preset, noise_frames, plan.image is not None)[1]
+    if plan.context + run > g.max_latent_frames:
+        raise CfError(f"--noise-frames {noise_frames} is longer than the model's position table",
+                      f"the most is {g.max_video_frames} frames")
+    return replace(plan, noise_frames=noise_frames)
 
 
 def with_resolution(preset: Preset, height: int | None, width: int | None) -> Preset:
