@@ -3,6 +3,7 @@ the clip (bit-exact through FFV1), for generated and extended clips; clips not m
 
 import json
 import shlex
+from pathlib import Path
 
 import torch
 
@@ -166,38 +167,39 @@ def test_crafted_metadata_is_shown_and_named_never_a_traceback(cf, tmp_path):
         assert (shown in r.stderr) if shown else "no cfcli metadata" in r.stderr
 
 
-def test_a_live_recording_is_remade_exactly_when_it_records_its_run_length(cf, tmp_path):
-    """A live run draws its noise for the whole session length (`max_frames`) and is stopped early: `--noise-frames`
-    makes its frames again, bit for bit. Without `max_frames` in the metadata, info says it is not exact."""
-    from cfcli.pipeline.video import rewrite_metadata
+def test_a_live_recording_is_remade_exactly(cf, tmp_path):
+    """A live run draws its noise for the whole session length (`max_frames`) and is stopped early; the recording says
+    so, with what else decides its pixels (device, dtype, size, decoder, codec, the preset file, the start picture
+    kept beside it), and `cf info`'s command (`--noise-frames`) makes its frames again, bit for bit."""
+    import httpx
 
     from live_server import Client, live_server
 
+    picture = FIXTURES / "framewise_4step_i2v.png"
     with live_server(TINY, tmp_path / "live", codec="ffv1", max_seconds=4.0) as srv, Client(srv.ws) as c:
         c.send(type="claim")
-        c.send(type="start", prompt=PROMPT, seed=7, record=True)
-        started = c.kind("started")
-        c.until(frames=6)
-        c.send(type="stop")
-        rec = c.kind("recording")
-    path = tmp_path / "live" / rec["name"]
-    clip = read_video(path)
-    assert started["max_frames"] > clip.frames.shape[0] == clip.metadata["frames"]
-    facts = info(cf, path)
-    assert any(n.startswith("not exactly reproducible: the recording does not say how long") for n in facts["notes"])
-    assert any("not a shipped preset" in n for n in facts["notes"]) or "preset_file" in clip.metadata
-    assert any("does not record its device, dtype, decoder, height, width, codec" in n for n in facts["notes"])
-    # what `cf live` must record, written here as it would (`made_with`'s keys and the run's length)
-    rewrite_metadata(path, clip.metadata | {"max_frames": started["max_frames"], "preset_file": str(TINY.resolve()),
-                                            "device": "cpu", "dtype": "float32", "decoder": "wan", "height": 48,
-                                            "width": 80, "codec": "ffv1"})
-    facts = info(cf, path)
-    assert f"--noise-frames {started['max_frames']}" in facts["command"] and not facts["notes"]
-    again = remake(cf, facts["command"], tmp_path / "again.mkv")
-    assert torch.equal(again, clip.frames)
-    plain = shlex.split(facts["command"])
+        recs = []
+        for image in (None, httpx.post(f"{srv.url}/api/uploads/image", content=picture.read_bytes()).json()["id"]):
+            c.send(type="start", prompt=PROMPT, seed=7, record=True, image=image)
+            started = c.kind("started")
+            c.until(frames=len(c.frames) + 6)  # this run's first blocks
+            c.send(type="stop")
+            recs.append(c.kind("recording"))
+            c.kind("status", state="idle")
+    for rec in recs:
+        path = tmp_path / "live" / rec["name"]
+        clip = read_video(path)
+        assert started["max_frames"] == clip.metadata["max_frames"] > clip.frames.shape[0] == clip.metadata["frames"]
+        facts = info(cf, path)
+        assert f"--noise-frames {started['max_frames']}" in facts["command"] and not facts["notes"], facts
+        again = remake(cf, facts["command"], tmp_path / f"again-{rec['name']}.mkv")
+        assert torch.equal(again, clip.frames)
+    kept = Path(read_video(tmp_path / "live" / recs[1]["name"]).metadata["image"])
+    assert kept.parent == tmp_path / "live" and kept.read_bytes() == picture.read_bytes()  # beside the recording
+    plain = shlex.split(info(cf, tmp_path / "live" / recs[0]["name"])["command"])
     i = plain.index("--noise-frames")
-    assert not torch.equal(remake(cf, shlex.join(plain[:i] + plain[i + 2:]), tmp_path / "short.mkv"), clip.frames)
+    short = remake(cf, shlex.join(plain[:i] + plain[i + 2:]), tmp_path / "short.mkv")
+    assert not torch.equal(short, read_video(tmp_path / "live" / recs[0]["name"]).frames)
 
 
 def test_noise_frames_is_checked_and_recorded(cf, tmp_path):

@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import logging
 import queue
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,8 +36,8 @@ from cfcli.live.schedule import LivePrompt, LiveSchedule
 from cfcli.pipeline.clip_reader import ClipInfo
 from cfcli.pipeline.engine import Engine
 from cfcli.pipeline.extend import ExtendPlan
-from cfcli.pipeline.files import metadata
-from cfcli.pipeline.outputs import slug
+from cfcli.pipeline.files import metadata, run_facts
+from cfcli.pipeline.outputs import free_name, slug
 from cfcli.pipeline.plan import VideoPlan
 from cfcli.pipeline.samplers import sampler_kind
 from cfcli.pipeline.sinks import Background, stream
@@ -414,7 +415,7 @@ class LiveSession:
 
         p, c, clip = self.preset, self.config, start.clip
         name = f"live-{slug(req.prompt, 40)}-{req.seed}-{session}"
-        opening = metadata(req.prompt.strip(), req.seed, p, 0, self._file_fps(start), live=True)
+        opening = metadata(req.prompt.strip(), req.seed, p, 0, self._file_fps(start), **self._facts(start))
         del opening["frames"]  # known at the end; a file cut short (SIGKILL) still says how it was made
         rec = Recording(c.out_dir, name, start.plan.fps, p.width, p.height, c.codec, c.crf, opening)
         if clip is not None:
@@ -425,6 +426,34 @@ class LiveSession:
                 rec.abort()
                 raise
         return rec
+
+    def _facts(self, start: Start, image: Path | None = None) -> dict:
+        """What decides the recording beyond prompt and seed (`cf info` remakes it from them): the run's length
+        (`max_frames`: its noise and cache were drawn for all of it), device, dtype, size, decoder, codec, picture."""
+        e, c = self.engine, self.config
+        decoder = "taehv" if "taehv" in e.levers() else "wan"
+        quantize = "fp8" if "fp8" in e.levers() else None
+        return {"live": True, "max_frames": start.max_frames} | run_facts(self.preset, e.device, e.dtype, c.codec,
+                                                                           c.crf, decoder, quantize, image)
+
+    @staticmethod
+    def _keep_picture(req: StartRequest | None, recording: Recording) -> Path | None:
+        """The uploaded start picture, copied beside the recording (`NAME.start.EXT`): uploads are temporary, and a
+        remake needs it. None without one (or when it cannot be copied: the remake then says it lacks it)."""
+        if req is None or req.image is None:
+            return None
+        try:
+            from PIL import Image
+
+            with Image.open(req.image) as img:  # an upload has no name of its own: its format gives the suffix
+                suffix = req.image.suffix or f".{(img.format or 'img').lower()}"
+            final = recording.target.final
+            target = free_name(final.with_name(f"{final.stem}.start{suffix}"))
+            shutil.copyfile(req.image, target)
+        except OSError:
+            log.warning("could not keep the start picture beside %s", recording.target.final)
+            return None
+        return target
 
     @staticmethod
     def _file_fps(start: Start) -> float:
@@ -441,7 +470,7 @@ class LiveSession:
             recording.abort()
             return
         fps, clip = self._file_fps(start), start.clip
-        extra = {"live": True}
+        extra = self._facts(start, self._keep_picture(self.last_request, recording))
         if len(schedule.entries) > 1:
             extra["prompt_schedule"] = schedule.as_metadata(fps, 0 if clip is None else clip.frames)
         if clip is not None:

@@ -81,18 +81,25 @@ def metadata(prompt: str, seed: int, p: Preset, frames: int, fps: float, schedul
 
 def made_with(req) -> dict:
     """Metadata beyond the prompt and preset: what else decides the pixels and the file (for `cf info`)."""
-    facts = {"width": req.preset.width, "height": req.preset.height, "device": req.device.type,
-             "dtype": str(req.dtype).removeprefix("torch."), "codec": req.codec, "decoder": req.options.decoder}
-    if containers.get(req.codec).tagged_bt709:  # the codecs CRF applies to
-        facts["crf"] = req.crf
-    if req.options.quantize:
-        facts["quantize"] = req.options.quantize
-    if req.preset.source is not None and req.preset.source.parent != presets_dir():  # its name cannot remake it
-        facts["preset_file"] = str(req.preset.source.resolve())
-    if getattr(req, "image", None) is not None:
-        facts["image"] = str(Path(req.image).resolve())  # the remake names it from wherever it runs
-    if getattr(req.plan, "noise_frames", None) is not None:
-        facts["noise_frames"] = req.plan.noise_frames
+    return run_facts(req.preset, req.device, req.dtype, req.codec, req.crf, req.options.decoder, req.options.quantize,
+                     getattr(req, "image", None), getattr(req.plan, "noise_frames", None))
+
+
+def run_facts(preset: Preset, device: torch.device, dtype: torch.dtype, codec: str, crf: int, decoder: str,
+              quantize: str | None = None, image: Path | None = None, noise_frames: int | None = None) -> dict:
+    """What decides a clip's pixels and file beyond its prompt, seed and preset: what `cf info` remakes it from."""
+    facts = {"width": preset.width, "height": preset.height, "device": device.type,
+             "dtype": str(dtype).removeprefix("torch."), "codec": codec, "decoder": decoder}
+    if containers.get(codec).tagged_bt709:  # the codecs CRF applies to
+        facts["crf"] = crf
+    if quantize:
+        facts["quantize"] = quantize
+    if preset.source is not None and preset.source.parent != presets_dir():  # its name cannot remake it
+        facts["preset_file"] = str(preset.source.resolve())
+    if image is not None:
+        facts["image"] = str(Path(image).resolve())  # the remake names it from wherever it runs
+    if noise_frames is not None:
+        facts["noise_frames"] = noise_frames
     return facts
 
 
