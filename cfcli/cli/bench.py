@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cfcli.cli.checks import check_length, check_options
+from cfcli.cli.checks import check_cpu_ram, check_length, check_options
 from cfcli.cli.common import (CompileOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt, LowVramOpt, MaxVramOpt,
                               ModeOpt, PlainOpt, PresetOpt, QuantizeOpt, StepsOpt, console, friendly, is_tty,
                               preset_name, set_up)
@@ -56,7 +56,7 @@ def register(app: typer.Typer) -> None:
         \b
           cf bench
           cf bench --mode chunkwise --decoder taehv --json
-          cf bench --device cpu --preset framewise --height 240 --width 416 --frames 9
+          cf bench --device cpu --dtype bfloat16 --height 240 --width 416 --frames 5 --repeat 1
           cf bench --cold --repeat 3 --frames 81
         """
         from cfcli.pipeline import bench as job
@@ -83,6 +83,7 @@ def register(app: typer.Typer) -> None:
             return bench_cold(generate_options(preset_name(preset, mode, steps), real, height, width, device, dtype,
                                                compile, cuda_graphs, quantize, decoder, max_vram, low_vram, plain),
                               repeat, json_out)
+        check_cpu_ram(p, p.geometry.latent_frames_for(real), dev, dt, options.decoder)
         if not random_weights and not job.weights_cached(p):
             console.print(f"[yellow]note:[/] {p.name} weights are not downloaded: using random weights of the same "
                           "size (same speed, meaningless pixels)")
@@ -94,11 +95,21 @@ def register(app: typer.Typer) -> None:
                 result = job.run(req, lambda m: spinner.update(f"benchmarking: {m}"))
         else:
             result = job.run(req)
-        record_bench(result.to_json())
+        floors = dev.type == "cuda" or peak_tflops is not None
+        data = with_floors(result.to_json(), floors)
+        record_bench(data)
         if json_out:
-            typer.echo(json.dumps(result.to_json()))
+            typer.echo(json.dumps(data))
         else:
-            render(result, peak_tflops is None, floors=dev.type == "cuda" or peak_tflops is not None)
+            render(result, peak_tflops is None, floors=floors)
+
+
+def with_floors(data: dict, floors: bool) -> dict:
+    """The JSON as the table shows it: without floors (the CPU, no --peak-tflops) the rate and every floor are null,
+    as the table reads n/a."""
+    if floors:
+        return data
+    return {**data, "peak_tflops": None, "floor": {k: None for k in data["floor"]}}
 
 
 def render(r, assumed_rate: bool, floors: bool = True) -> None:

@@ -138,6 +138,9 @@ def pick_device(device: str | None):
         dev = torch.device(device)
     except RuntimeError:
         raise CfError(f"unknown device {device!r}", "use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):  # mps, xpu, …: the models and kernels are written for CUDA and the CPU
+        raise CfError(f"--device {device} is not supported: cf runs on a CUDA GPU or the CPU",
+                      "use --device cpu (slow), or a machine with a CUDA GPU")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CfError("CUDA is not available on this machine",
                       "use --device cpu (slow) or install a CUDA build of torch")

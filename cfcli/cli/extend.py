@@ -4,11 +4,11 @@ from pathlib import Path
 
 import typer
 
-from cfcli.cli.checks import check_length, check_options, codec_note
+from cfcli.cli.checks import check_length, check_open, check_options, check_posters, codec_note
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, ExtendModeOpt, GraphsOpt,
                               JsonOpt, LowVramOpt, MaxVramOpt, OverwriteOpt, PlainOpt, PresetOpt, QuantizeOpt, QuietOpt,
                               SeedOpt, StepsOpt, console, friendly, new_seed, set_up, show_plan)
-from cfcli.cli.files import open_file, output_codec, poster_path, write_poster
+from cfcli.cli.files import open_file, output_codec, write_poster
 from cfcli.cli.progress import ProgressView, cpu_notice, status_line
 from cfcli.cli.summary import report
 from cfcli.errors import CfError
@@ -62,11 +62,11 @@ def register(app: typer.Typer) -> None:
           cf extend holiday.mov --prompt "the waves roll in" --only-new --codec ffv1
         """
         from cfcli.pipeline import extend as job
-        from cfcli.pipeline.outputs import check as check_outputs
         from cfcli.pipeline.samplers import sampler_kind
         from cfcli.pipeline.signals import exit_code, stop_on_signals
 
         check_options(frames, seconds, seed, fps, crf)
+        check_open(open_)
         fmt = output_codec(codec, out)
         setup = set_up(preset, mode, steps, device, dtype, (compile, cuda_graphs, quantize, decoder, plain))
         p, dev, dt = setup.preset, setup.device, setup.dtype
@@ -79,7 +79,7 @@ def register(app: typer.Typer) -> None:
         s = new_seed(seed)
         path = out or clip.with_name(f"{clip.stem}-extended-{s}{fmt.suffix}")
         if poster:
-            check_outputs(poster_path(path), overwrite, "--poster")
+            check_posters([(path, save_latents)], overwrite, inputs=(clip,))
         from cfcli.pipeline.memory import plan_run
 
         options, plan = plan_run(p, video.latent_frames, dev, dt, setup.options, max_vram, low_vram)
