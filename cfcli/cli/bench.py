@@ -56,7 +56,7 @@ def register(app: typer.Typer) -> None:
         \b
           cf bench
           cf bench --mode chunkwise --decoder taehv --json
-          cf bench --device cpu --dtype bfloat16 --height 240 --width 416 --frames 5 --repeat 1
+          cf bench --device cpu --dtype bfloat16 --height 240 --width 416 --frames 5
           cf bench --cold --repeat 3 --frames 81
         """
         from cfcli.pipeline import bench as job

@@ -118,7 +118,7 @@ def available_ram() -> int | None:
         return None
 
 
-SMALL_CPU_BENCH = "cf bench --device cpu --dtype bfloat16 --height 240 --width 416 --frames 5 --repeat 1"
+SMALL_CPU_BENCH = "cf bench --device cpu --dtype bfloat16 --height 240 --width 416 --frames 5"
 
 
 def check_cpu_ram(preset, latent_frames: int, device, dtype, decoder: str = "wan") -> None:
