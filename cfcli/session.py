@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from cfcli import hub
 from cfcli.config import output_dir, read_config, setting
 from cfcli.errors import CfError
 from cfcli.pipeline import containers
@@ -28,7 +29,7 @@ from cfcli.pipeline.engine import Engine, EngineOptions
 from cfcli.pipeline.extend import ExtendRequest, plan_extend
 from cfcli.pipeline.files import Summary, reserve_outputs
 from cfcli.pipeline.generate import GenerateRequest
-from cfcli.pipeline.memory import MemoryPlan, keep_text, plan_run
+from cfcli.pipeline.memory import MemoryPlan, check_host_memory, keep_text, plan_run
 from cfcli.pipeline.outputs import slug
 from cfcli.pipeline.plan import VideoPlan, plan_video, with_noise_frames, with_resolution
 from cfcli.pipeline.prompts import build_schedule
@@ -74,8 +75,8 @@ def pick_device(device: str | None) -> torch.device:
     except RuntimeError:
         raise CfError(f"unknown device {device!r}", "use cpu, cuda or cuda:N") from None
     if dev.type not in ("cpu", "cuda"):
-        raise CfError(f"--device {device}: cfcli runs on CUDA GPUs and the CPU, not {dev.type}",
-                      "use --device cpu (slow), or a machine with an NVIDIA GPU")
+        raise CfError(f"--device {device} is not supported: cf runs on a CUDA GPU or the CPU",
+                      "use --device cpu (slow), or a machine with a CUDA GPU")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CfError("CUDA is not available on this machine",
                       "use --device cpu (slow) or install a CUDA build of torch")
@@ -170,6 +171,10 @@ class Session:
         plan is released (it loads again under the new one)."""
         if self.memory is not None and latent_frames <= self.planned_for:
             return self.memory
+        if self.device.type == "cpu":  # weights found first, then host memory checked before any is built
+            if not self.uses_random_weights:
+                hub.resolve_all(self.preset)
+            check_host_memory(self.preset, latent_frames, self.dtype, self.options.decoder)
         plan = plan_run(self.preset, latent_frames, self.device, self.dtype, self.options.decoder, self.max_vram,
                         self.low_vram)
         if self.text_device is not None:

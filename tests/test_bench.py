@@ -47,13 +47,17 @@ def check_shape(out: dict) -> None:
     assert out["finite"] is True
     assert set(out["floor"]) == {"fps_end_to_end", "fps_generation", "first_frame_s", "block_ms_p50",
                                  "block_ms_p95", "text_encode_s"}
+    if out["peak_tflops"] is None:  # the CPU without --peak-tflops: no floors, as the table's n/a
+        assert all(v is None for v in out["floor"].values())
+        return
     assert all(v > 0 for v in out["floor"].values())
     assert out["floor"]["fps_generation"] > out["floor"]["fps_end_to_end"]  # decoding only adds work
 
 
 def test_framewise_fixture_weights_json(cf):
-    out = bench_json(cf, "tiny-framewise.yaml", "--frames", 9, "--dtype", "float32")
+    out = bench_json(cf, "tiny-framewise.yaml", "--frames", 9, "--dtype", "float32", "--peak-tflops", 1)
     check_shape(out)
+    assert out["peak_tflops"] == 1
     assert (out["preset"], out["device"], out["dtype"]) == ("tiny-framewise", "cpu", "float32")
     assert (out["frames"], out["latent_frames"], out["blocks"]) == (9, 3, 3)
     assert (out["height"], out["width"], out["weights"]) == (48, 80, "cached")
@@ -67,6 +71,7 @@ def test_chunkwise_random_weights_rounds_frames(cf):
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)  # stdout holds only the JSON; the note went to stderr
     check_shape(out)
+    assert out["peak_tflops"] is None and out["floor"]["fps_end_to_end"] is None  # CPU, no rate given: no floors
     assert "benchmarking 21" in r.stderr
     # 20 frames -> 6 latent frames (21 video frames) -> 2 chunks of 3
     assert (out["frames"], out["latent_frames"], out["blocks"], out["weights"]) == (21, 6, 2, "random")

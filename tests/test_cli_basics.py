@@ -197,10 +197,13 @@ def test_poster_is_the_first_frame_and_never_overwritten(cf, tmp_path):
 
 
 def test_open_plays_the_result_with_the_desktop_opener(cf, tmp_path, monkeypatch):
+    import cfcli.cli.checks as checks
     import cfcli.cli.files as files
 
     calls = []
     monkeypatch.setattr(files.sys, "platform", "linux")
+    monkeypatch.setenv("DISPLAY", ":0")  # a desktop with xdg-open (`--open` is refused up front without one)
+    monkeypatch.setattr(checks.shutil, "which", lambda name: f"/usr/bin/{name}")
     monkeypatch.setattr(files.subprocess, "Popen", lambda argv, **kw: calls.append(argv))
     out = tmp_path / "o.mp4"
     assert gen(cf, PROMPT, "--frames", 1, "--out", out, "--open").exit_code == 0

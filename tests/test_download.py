@@ -130,6 +130,7 @@ def test_fresh_download_then_cached_noop(env, fake_hub, tmp_path):
 def test_dry_run_lists_files_sizes_and_cache(env, fake_hub):
     r = ok(cf(env, "download", "--dry-run"))
     assert fake_hub.file_gets() == [] and not (cache_dir(env) / "models--zhuhz22--Causal-Forcing").exists()
+    assert "dry run: asking the Hub" in r.stderr and "HF_HUB_OFFLINE=1 cf download --dry-run" in r.stderr
     vae_size = hub.human((WEIGHTS / VAE).stat().st_size)
     assert f"{WAN}/{VAE}" in r.stdout and vae_size in r.stdout and "download" in r.stdout
     assert "convert after download" in r.stdout and BASE_DIT not in r.stdout

@@ -131,13 +131,30 @@ def test_parked_and_host_store_are_transparent_off_the_gpu():
 # -- the plans on the tiny fixture ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("host_cache", [False, True])
-def test_lean_exact_plans_are_bit_identical_to_the_default_path(host_cache):
-    """Parked text projections, frame-by-frame decoding, decoder caches in host memory: same latents, same pixels
-    (CPU kernels)."""
+def test_lean_exact_plans_give_the_default_latents_and_pixels_within_a_level(host_cache):
+    """Parked text projections, frame-by-frame decoding, decoder caches in host memory: the same latents, bit for bit
+    (the same DiT kernels on the same shapes); pixels within `SPLIT_DECODE_MAX` level at no more than
+    `SPLIT_DECODE_SHARE` of them (a different decoder code path: see `pixels_within_a_level`)."""
     _, lat, pix = run()
     engine, lat2, pix2 = run(plan("exact", host_cache))
     assert engine.parked is not None and engine.vae.decoder.split_frames and engine.vae.cache_on_host == host_cache
-    assert torch.equal(lat2, lat) and torch.equal(pix2, pix)
+    assert torch.equal(lat2, lat)
+    pixels_within_a_level(pix2, pix)
+
+
+# Frame-by-frame decoding runs the VAE's convolutions on other shapes than whole-clip decoding, so the CPU kernels
+# (oneDNN/MKL, picked by CPU and torch version) may sum in another order: float32 results a rounding apart. Pixels are
+# truncated to uint8 (`to_uint8`), so a value a rounding below a level boundary drops one level: a difference of
+# exactly 1 at a few pixels (seen: 13 of 380,160 with torch 2.14.1, and 2.13.0 on an AVX-512 CPU; 0 elsewhere). More
+# than 1 level, or more than 0.1 % of the pixels, would be a real difference in what is decoded.
+SPLIT_DECODE_MAX, SPLIT_DECODE_SHARE = 1, 1e-3
+
+
+def pixels_within_a_level(got, want):
+    assert got.shape == want.shape and got.dtype == want.dtype == torch.uint8
+    diff = (got.int() - want.int()).abs()
+    assert diff.max() <= SPLIT_DECODE_MAX
+    assert (diff > 0).float().mean() <= SPLIT_DECODE_SHARE
 
 
 def test_host_decoder_cache_decodes_the_same_pixels():

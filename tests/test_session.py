@@ -93,7 +93,7 @@ def test_refusals_come_before_anything_loads(tmp_path):
     with pytest.raises(CfError, match="prompt is empty"):
         s.generate("  ", frames=9)
     assert s._engine is None and s._encoder is None
-    with pytest.raises(CfError, match="the CPU, not mps"):
+    with pytest.raises(CfError, match="--device mps is not supported"):
         Session(str(FRAMEWISE), device="mps")
     with pytest.raises(CfError, match="--max-vram must be a positive number"):
         Session(str(FRAMEWISE), device="cpu", max_vram=float("nan"))

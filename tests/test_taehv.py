@@ -63,9 +63,11 @@ def test_decode_matches_official(model, cases, case):
 
 @pytest.mark.parametrize("chunks", [(1, 1, 1, 1), (2, 2), (1, 3), (3, 1)])
 def test_streaming_equals_whole_decode(model, cases, chunks):
+    """Chunks run the convolutions on other shapes than the whole clip, which the CPU's kernels may sum in another
+    order: equal up to float32 rounding (pixels in [-1, 1]), not bit for bit."""
     z = cases["a.latents"]
     whole = model.decode(z)
-    assert torch.equal(stream_in_chunks(model, z, chunks), whole)
+    torch.testing.assert_close(stream_in_chunks(model, z, chunks), whole, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("f", [1, 2, 5])
@@ -79,7 +81,8 @@ def test_empty_first_call_keeps_the_first_frame_trim(model):
     z = latents(1, 2, 16, 2, 3)
     stream = model.stream_decoder()
     assert stream.decode(z[:, :0]).shape[1] == 0
-    assert torch.equal(torch.cat([stream.decode(z[:, :1]), stream.decode(z[:, 1:])], 1), model.decode(z))
+    torch.testing.assert_close(torch.cat([stream.decode(z[:, :1]), stream.decode(z[:, 1:])], 1), model.decode(z),
+                               rtol=0, atol=1e-5)  # other shapes than the whole clip: float32 rounding apart
 
 
 def test_wrong_latent_channels_rejected(model):

@@ -128,7 +128,7 @@ def test_encode_text_batch(encoder, tokenizer, tensors):
         assert rel_err(out[i], tensors[f"{name}.embeds"]) <= 1e-5, name
     with torch.no_grad():
         full = encoder(ids[-1:], mask[-1:])  # no padding at all: both paths run 512 tokens
-    assert torch.equal(out[-1], full[0])
+    assert rel_err(out[-1], full[0]) <= 1e-6  # a batch of 5 and of 1: GEMMs of other sizes, rounding apart at most
 
 
 def test_bf16_assign_load():

@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
         \b
           cf bench
           cf bench --mode chunkwise --decoder taehv --json
-          cf bench --device cpu --preset framewise --height 240 --width 416 --frames 9
+          cf bench --device cpu --dtype bfloat16 --height 240 --width 416 --frames 5
           cf bench --cold --repeat 3 --frames 81
         """
         from cfcli.pipeline.plan import frame_counts
@@ -94,11 +94,21 @@ def register(app: typer.Typer) -> None:
                                        lambda m: spinner.update(f"benchmarking: {m}"))
         else:
             result = session.bench(latent_frames, repeat, peak_tflops, save_latents)
-        record_bench(result.to_json())
+        floors = dev.type == "cuda" or peak_tflops is not None
+        data = with_floors(result.to_json(), floors)
+        record_bench(data)
         if json_out:
-            typer.echo(json.dumps(result.to_json()))
+            typer.echo(json.dumps(data))
         else:
-            render(result, peak_tflops is None, floors=dev.type == "cuda" or peak_tflops is not None)
+            render(result, peak_tflops is None, floors=floors)
+
+
+def with_floors(data: dict, floors: bool) -> dict:
+    """The JSON as the table shows it: without floors (the CPU, no --peak-tflops) the rate and every floor are null,
+    as the table reads n/a."""
+    if floors:
+        return data
+    return {**data, "peak_tflops": None, "floor": {k: None for k in data["floor"]}}
 
 
 def render(r, assumed_rate: bool, floors: bool = True) -> None:

@@ -1,6 +1,11 @@
-"""Option values checked in one pass before anything loads: each bad value is one message naming it and its range."""
+"""Option values checked in one pass before anything loads: each bad value is one message naming it and its range,
+and options that cannot go together are refused by name instead of one silently winning."""
 
 import math
+import os
+import shutil
+import sys
+from pathlib import Path
 
 from cfcli.errors import CfError
 
@@ -19,6 +24,8 @@ def check_options(frames: int | None = None, seconds: float | None = None, seed:
                   fps: int | None = None, crf: int | None = None) -> None:
     """Refuse values no run can use (lengths past the model's position table: `check_length` once the preset is
     known, before anything loads)."""
+    if frames is not None and seconds is not None:
+        raise CfError("--frames and --seconds both set the length", "give one of them")
     if frames is not None:
         check_length(frames, "--frames")
     if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
@@ -45,7 +52,52 @@ def check_length(frames: int, option: str, seconds: float | None = None, fps: fl
 
 
 def codec_note(ctx, codec: str) -> str | None:
-    """A note when an option the codec ignores was given (a lossless codec has no quality setting)."""
+    """A note when --crf was given to a codec without a quality setting (the table's options never use it)."""
     from cfcli.pipeline.containers import get
 
-    return f"{codec} is lossless and ignores --crf" if given(ctx, "crf") and get(codec).lossless else None
+    chosen = get(codec)
+    if not given(ctx, "crf") or any("{crf}" in v for v in chosen.options.values()):
+        return None
+    why = "is lossless" if chosen.lossless else "has no quality setting (a 256-colour palette per frame)"
+    return f"{codec} {why} and ignores --crf"
+
+
+def check_prompt_sources(prompt: str | None, prompt_file: Path | None) -> None:
+    """A prompt on the command line and --prompt-file: one of them would be dropped."""
+    if prompt is not None and prompt_file is not None:
+        raise CfError(f"a prompt and --prompt-file {prompt_file} were both given",
+                      "put every prompt in the file, or give the one prompt without --prompt-file")
+
+
+def check_open(open_: bool) -> None:
+    """`--open` needs a desktop to play on: on a headless machine say so before the run, not silently after it."""
+    if not open_ or sys.platform in ("win32", "darwin"):  # startfile / open are always there
+        return
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise CfError("--open needs a display, and this machine has none (DISPLAY and WAYLAND_DISPLAY are unset)",
+                      "leave out --open; the summary prints the video's path")
+    if shutil.which("xdg-open") is None:
+        raise CfError("--open needs xdg-open, which is not installed", "install xdg-utils, or leave out --open")
+
+
+def check_posters(runs: list[tuple[Path, Path | None]], overwrite: bool, inputs: tuple[Path, ...] = ()) -> None:
+    """`--poster` writes `<video>.jpg` beside each video of `runs` ((video, latents) pairs): refuse a poster that is
+    another output of the run (`--save-latents x.jpg`), another poster or an input, and an existing file without
+    --overwrite. Linear in the number of videos."""
+    from cfcli.cli.files import PathSet, poster_path
+    from cfcli.pipeline.outputs import check
+
+    taken = PathSet()
+    for video, latents in runs:
+        taken.add(video, "a video of this run")
+        if latents is not None:
+            taken.add(latents, f"--save-latents {latents}")
+    for path in inputs:
+        taken.add(path, "an input of the run")
+    for video, _ in runs:
+        poster = poster_path(video)
+        if (what := taken.get(poster)) is not None:
+            raise CfError(f"--poster would write {poster}, which is {what}",
+                          "give the latents (or --out) another name, e.g. latents.safetensors, or leave out --poster")
+        check(poster, overwrite, "--poster")
+        taken.add(poster, "the poster of another video of this run")

@@ -38,7 +38,8 @@ def register(app: typer.Typer) -> None:
         steps: StepsOpt = None,
         preset: PresetOpt = None,
         all_: bool = typer.Option(False, "--all", help="Every shipped preset."),
-        dry_run: bool = typer.Option(False, "--dry-run", help="List files, sizes and what is cached; fetch nothing."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="List files, sizes and what is cached; fetch "
+                                     "nothing (asks the Hub for the listing; HF_HUB_OFFLINE=1: shipped sizes)."),
         list_: bool = typer.Option(False, "--list", help="List the shipped presets and whether they are ready."),
         verify: bool = typer.Option(False, "--verify", help="Hash cached files again, even those checked before."),
         decoder: str = typer.Option(None, "--decoder", metavar="taehv",
@@ -125,6 +126,10 @@ def run_download(presets: list[Preset], *, dry_run: bool, recheck: bool, quiet: 
     if constants.is_offline_mode():
         offline_check(presets, dry_run)
         return
+    if dry_run:  # said before the network is touched: a dry run fetches nothing, but it does ask the Hub
+        console.print("[dim]dry run: asking the Hub for the exact files and sizes (nothing is downloaded); without "
+                      "the network: HF_HUB_OFFLINE=1 cf download --dry-run (what is cached, and sizes from the "
+                      "manifest shipped with cfcli)[/]")
     if not dry_run:
         usable_dir(hub.hub_cache(), hf_cache_variable())
         usable_dir(cf_home(), cf_home_variable())

@@ -4,12 +4,12 @@ from pathlib import Path
 
 import typer
 
-from cfcli.cli.checks import check_length, check_options, codec_note
+from cfcli.cli.checks import check_length, check_open, check_options, check_posters, codec_note
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, ExtendModeOpt, GraphsOpt,
                               JsonOpt, LowVramOpt, MaxVramOpt, OverwriteOpt, PlainOpt, PresetOpt, QuantizeOpt, QuietOpt,
                               SeedOpt, StepsOpt, console, friendly, report_stale, show_plan)
 from cfcli.cli.clip_preset import extend_preset
-from cfcli.cli.files import open_file, poster_path, write_poster
+from cfcli.cli.files import open_file, write_poster
 from cfcli.cli.progress import ProgressView, cpu_notice, status_line
 from cfcli.cli.summary import report
 
@@ -61,11 +61,11 @@ def register(app: typer.Typer) -> None:
           cf extend fox.mp4 --prompt "the fox jumps into the river" --frames 32
           cf extend holiday.mov --prompt "the waves roll in" --only-new --codec ffv1
         """
-        from cfcli.pipeline.outputs import check as check_outputs
         from cfcli.pipeline.signals import exit_code, stop_on_signals
         from cfcli.session import Session, SpeedFlags
 
         check_options(frames, seconds, seed, fps, crf)
+        check_open(open_)
         preset = extend_preset(clip, preset, mode, steps, quiet)  # the clip's own when nothing names one
         session = Session(preset, mode=mode, steps=steps, device=device, dtype=dtype,
                           speed=SpeedFlags(compile, cuda_graphs, quantize, decoder, plain), max_vram=max_vram,
@@ -77,8 +77,8 @@ def register(app: typer.Typer) -> None:
                                      context_frames=context_frames, only_new=only_new, seed=seed, out=out,
                                      overwrite=overwrite, codec=codec, crf=crf, save_latents=save_latents)
         if poster:
-            check_outputs(poster_path(req.out), overwrite, "--poster")
-        show_plan(session.plan_memory(req.plan.latent_frames), quiet)
+            check_posters([(req.out, req.save_latents)], overwrite, inputs=(req.plan.clip.path,))
+        show_plan(session.plan_memory(req.plan.run_latent_frames), quiet)
         for line in (*req.plan.notes, codec_note(ctx, req.codec)):
             if line and not quiet:
                 console.print(f"[yellow]note:[/] {line}")

@@ -7,11 +7,11 @@ from pathlib import Path
 import typer
 from typer.core import TyperCommand
 
-from cfcli.cli.checks import check_length, check_options, codec_note
+from cfcli.cli.checks import check_length, check_open, check_options, check_posters, check_prompt_sources, codec_note
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt,
                               LowVramOpt, MaxVramOpt, ModeOpt, OverwriteOpt, PlainOpt, PresetOpt, QuantizeOpt, QuietOpt,
                               SeedOpt, StepsOpt, console, friendly, report_stale, show_plan)
-from cfcli.cli.files import open_file, poster_path, write_poster
+from cfcli.cli.files import open_file, write_poster
 from cfcli.cli.progress import ProgressView, cpu_notice, status_line
 from cfcli.cli.summary import report
 from cfcli.errors import CfError
@@ -114,11 +114,12 @@ def register(app: typer.Typer) -> None:
         phases = Phases()
         phases.mark("cli_ready")
         from cfcli.pipeline import containers
-        from cfcli.pipeline.outputs import check as check_outputs
         from cfcli.pipeline.signals import exit_code, stop_on_signals, stopped_by
         from cfcli.session import Session, SpeedFlags
 
         check_options(frames, seconds, seed, fps, crf)
+        check_prompt_sources(prompt, prompt_file)
+        check_open(open_)
         pairs = prompt_at_pairs(prompt_at, prompt_schedule, prompt_file)
         prompts = read_prompts(prompt, prompt_file)
         session = Session(preset, mode=mode, steps=steps, device=device, dtype=dtype, height=height, width=width,
@@ -139,8 +140,7 @@ def register(app: typer.Typer) -> None:
         requests = [replace(firsts[i // count], seed=s, out=path, save_latents=latents)
                     for i, (_, s, path, latents) in enumerate(runs)]
         if poster:
-            for req in requests:
-                check_outputs(poster_path(req.out), overwrite, "--poster")
+            check_posters([(req.out, req.save_latents) for req in requests], overwrite)
         show_plan(session.plan_memory(first.plan.run_latent_frames), quiet)
         report_stale(req.out for req in requests)
         with stop_on_signals(), ExitStack() as reserved:
@@ -188,27 +188,34 @@ def plan_runs(prompts: list[str], seed: int | None, count: int, out: Path | None
     """(prompt, seed, video path, latents path) of every video, `count` per prompt: a batch numbers
     `--out`/`--save-latents`, and default names that slug alike get `-2`, `-3`, … so no output of the run overwrites
     another."""
+    from cfcli.cli.files import PathSet
     from cfcli.config import output_dir
-    from cfcli.pipeline.outputs import same_file, slug
+    from cfcli.pipeline.outputs import slug
     from cfcli.session import new_seed
 
     if count < 1:
         raise CfError(f"--count must be at least 1, got {count}")
     jobs = [(text, seed + k if seed is not None else new_seed(None)) for text in prompts for k in range(count)]
-    runs, taken = [], []
+    runs, taken = [], PathSet()
+    next_n: dict[Path, int] = {}  # per name: every `-n` below it is taken already, so a search never starts over
     folder = output_dir() if out is None else None  # the config file read once, not per video
     for i, (text, s) in enumerate(jobs):
         path, latents = out or folder / f"{slug(text)}-{s}{suffix}", save_latents
         if len(jobs) > 1:
             path = path.with_name(f"{path.stem}-{i:03d}{path.suffix}") if out is not None else path
             latents = latents.with_name(f"{latents.stem}-{i:03d}{latents.suffix}") if latents is not None else None
-        n, stem = 2, path.stem
-        while any(same_file(path, t) for t in taken):
-            path, n = path.with_name(f"{stem}-{n}{path.suffix}"), n + 1
-        if latents is not None and any(same_file(latents, t) for t in [*taken, path]):
-            raise CfError(f"--save-latents {latents} is also a video of this run",
-                          "give the latents a file of their own, e.g. latents.safetensors")
-        taken += [path] + ([latents] if latents is not None else [])
+        first, stem = path, path.stem
+        if path in taken:
+            n = next_n.get(first, 2)
+            while (path := first.with_name(f"{stem}-{n}{first.suffix}")) in taken:
+                n += 1
+            next_n[first] = n + 1
+        taken.add(path)
+        if latents is not None:
+            if latents in taken:
+                raise CfError(f"--save-latents {latents} is also a video of this run",
+                              "give the latents a file of their own, e.g. latents.safetensors")
+            taken.add(latents)
         runs.append((text, s, path, latents))
     return runs
 

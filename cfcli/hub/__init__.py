@@ -17,7 +17,7 @@ from cfcli.hub.hints import download_command, download_hint, human
 from cfcli.hub.cache import COMMIT, hub_cache, repo_dir, cached_path, disk_size
 from cfcli.hub.converted import (CONVERTIBLE, HEX_ETAG, needs_conversion, converted_dir, converted_name, blob_etag,
                                  record_conversion, converted_path)
-from cfcli.hub.local import resolve, LocalStatus, local_status
+from cfcli.hub.local import resolve, resolve_all, LocalStatus, local_status
 from cfcli.hub.verify import HASH_CHUNK, content_hash, check_content, discard
 from cfcli.hub.network import network_errors
 from cfcli.hub.hubfile import HubFile
@@ -27,6 +27,6 @@ from cfcli.hub.space import check_space, free_space
 
 __all__ = ["download_command", "download_hint", "human", "COMMIT", "hub_cache", "repo_dir", "cached_path", "disk_size",
            "CONVERTIBLE", "HEX_ETAG", "needs_conversion", "converted_dir", "converted_name", "blob_etag",
-           "record_conversion", "converted_path", "resolve", "LocalStatus", "local_status", "HASH_CHUNK",
+           "record_conversion", "converted_path", "resolve", "resolve_all", "LocalStatus", "local_status", "HASH_CHUNK",
            "content_hash", "check_content", "discard", "network_errors", "HubFile", "Need", "plan", "RETRIES",
            "Events", "fetch", "check_space", "free_space"]

@@ -30,6 +30,11 @@ def resolve(preset: Preset, role: str) -> Path:
     return path
 
 
+def resolve_all(preset: Preset) -> dict[str, Path]:
+    """Every weight role's local path; a CfError naming the first that is missing (and how to get it)."""
+    return {role: resolve(preset, role) for role in WEIGHT_ROLES}
+
+
 @dataclass
 class LocalStatus:
     """What `cf models` shows for one preset: each role's local file (None = missing) and whether it is converted."""

@@ -18,6 +18,7 @@ counts tensors the allocator hands out, plus `HEADROOM` of the budget for fragme
 
 import functools
 import math
+import os
 import weakref
 from dataclasses import dataclass, replace
 
@@ -310,6 +311,35 @@ def plan_memory(preset: Preset, latent_frames: int, dtype: torch.dtype, gpu: Gpu
     fp = footprint(preset, latent_frames, dtype, decoder)
     what = f"{preset.name} at {preset.width}×{preset.height}"
     return choose_plan(fp, budget_for(gpu, max_vram, low_vram), low_vram, what)
+
+
+def available_ram() -> int | None:
+    """Bytes of memory available to a new allocation (Linux's MemAvailable); None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_host_memory(preset: Preset, latent_frames: int, dtype: torch.dtype, decoder: str = "wan") -> None:
+    """A CPU run, before any weights are built or loaded in host memory: refused when the larger of its text phase
+    (the whole umT5) and its generation (DiT, VAE, KV cache, one call's work) is more than the memory available."""
+    fp = footprint(preset, latent_frames, dtype, decoder)
+    need = max(fp.text_resident, fp.dit + fp.decoder + fp.kv + fp.text_kv + fp.dit_work + fp.decode_work)
+    free = available_ram()
+    if free is not None and need > free:
+        raise CfError(f"a CPU run of {preset.name} at {preset.width}×{preset.height} in "
+                      f"{str(dtype).removeprefix('torch.')} needs about {need / GIB:.1f} GiB of memory; "
+                      f"{free / GIB:.1f} GiB is available",
+                      "free memory, or make fewer frames at a smaller size: full-size weights at --dtype bfloat16 "
+                      "--height 240 --width 416 --frames 5 need about 11 GiB")
 
 
 def cap_allocator(device: torch.device, max_vram: float | None) -> None:

@@ -17,7 +17,7 @@ from cfcli.models.t5 import T5Config, UMT5Encoder
 from cfcli.models.taehv import TAEHV, TAEHVConfig
 from cfcli.pipeline.engine import Engine
 from cfcli.pipeline.text import PromptEncoder
-from cfcli.presets import WEIGHT_ROLES, Preset
+from cfcli.presets import Preset
 from cfcli.taehv_weights import taehv_path
 
 INIT_STD = 0.02
@@ -27,8 +27,7 @@ RANDOM_PROMPT_TOKENS = 64  # umT5 runs only the real tokens: a typical detailed 
 def weights_cached(preset: Preset) -> bool:
     """True when every weight file of the preset is on this machine (never touches the network)."""
     try:
-        for role in WEIGHT_ROLES:
-            hub.resolve(preset, role)
+        hub.resolve_all(preset)
     except CfError:
         return False
     return True
