@@ -213,7 +213,17 @@ def adopt_stale(folder: Path) -> list[Path]:
             continue
         finally:
             _unlock(lock)
+    _clear_dead_locks(folder)
     return kept
+
+
+def _clear_dead_locks(folder: Path) -> None:
+    """Lock files whose runs died (flock went with them) hold nothing: taken and removed, so none pile up."""
+    for path in sorted(folder.glob(".*.cf-lock")) if folder.is_dir() else ():
+        try:
+            _unlock(_lock(folder / path.name[1:-len(".cf-lock")]))
+        except (CfError, OSError):  # a running process holds it: leave it
+            continue
 
 
 def _remove_empty(folders: list[Path]) -> None:
