@@ -68,8 +68,10 @@ class MemoryPlan:
         return f"{self.name} (~{self.need / GIB:.1f} GiB{budget}: {', '.join(parts)})"
 
     def places_alike(self, other: "MemoryPlan | None") -> bool:
-        """Whether `other` puts every part where this plan does (estimates and budget aside)."""
-        return other is not None and replace(self, need=0, budget=None) == replace(other, need=0, budget=None)
+        """Whether `other` puts the engine's parts where this plan does (estimates, budget and umT5, which the prompt
+        encoder places, aside): an engine loaded under one runs under the other."""
+        same = dict(need=0, budget=None, text="")
+        return other is not None and replace(self, **same) == replace(other, **same)
 
     def limit(self, options):
         """`options` (an `EngineOptions`) as this plan runs them: the fast path only where the plan allows it."""
