@@ -29,7 +29,7 @@ from cfcli.pipeline.engine import Engine, EngineOptions
 from cfcli.pipeline.extend import ExtendRequest, plan_extend
 from cfcli.pipeline.files import Summary, reserve_outputs
 from cfcli.pipeline.generate import GenerateRequest
-from cfcli.pipeline.memory import MemoryPlan, check_host_memory, keep_text, plan_run
+from cfcli.pipeline.memory import MemoryPlan, check_host_memory, plan_run, with_kept_text
 from cfcli.pipeline.outputs import slug
 from cfcli.pipeline.plan import VideoPlan, plan_video, with_noise_frames, with_resolution
 from cfcli.pipeline.prompts import build_schedule
@@ -124,14 +124,16 @@ class Session:
     `preset` (a name or a YAML file) or `mode`/`steps` pick the preset; `height`/`width` change its size; `compile`,
     `cuda_graphs`, `quantize`, `decoder`, `plain` are the speed flags (or give `speed`); `max_vram`/`low_vram` set the
     memory budget; `random_weights`: random weights of the preset's size (True), the downloaded ones (False), or
-    random only when they are not downloaded (None). `status` hears a line before each model loads; `phases` (a
+    random only when they are not downloaded (None); `keep_text`: umT5 stays loaded between jobs when the memory plan
+    has room for it beside the DiT (None, the default), always (True: `cf live`, on the CPU where the GPU has no room)
+    or never (False: a one-off run). `status` hears a line before each model loads; `phases` (a
     `cfcli.pipeline.phases.Phases`) times the loads.
     """
 
     def __init__(self, preset: str | None = None, *, mode: str | None = None, steps: int | None = None,
                  device: str | None = None, dtype: str | None = None, height: int | None = None,
                  width: int | None = None, speed: SpeedFlags | None = None, max_vram: float | None = None,
-                 low_vram: bool = False, random_weights: bool | None = False,
+                 low_vram: bool = False, random_weights: bool | None = False, keep_text: bool | None = None,
                  status: Callable[[str], None] = lambda line: None, phases=None, **flags):
         unknown = set(flags) - set(SpeedFlags.__dataclass_fields__)
         if unknown:
@@ -150,7 +152,8 @@ class Session:
         self.status, self.phases = status, phases
         self.memory: MemoryPlan | None = None  # the plan the engine runs (`plan_memory`)
         self.planned_for = 0  # latent frames the plan holds
-        self.text_device: str | None = None  # a kept umT5's placement asked for (`keep_text`)
+        self.keep_text = keep_text
+        self.text_device: str | None = None  # where a kept umT5 must go ("cpu" / "cuda"), else the plan decides
         self.engine_loads = 0
         self._engine: Engine | None = None
         self._encoder: PromptEncoder | None = None
@@ -177,9 +180,10 @@ class Session:
             check_host_memory(self.preset, latent_frames, self.dtype, self.options.decoder)
         plan = plan_run(self.preset, latent_frames, self.device, self.dtype, self.options.decoder, self.max_vram,
                         self.low_vram)
-        if self.text_device is not None:
-            choice = None if self.text_device == "auto" else self.text_device
-            plan = keep_text(plan, self.preset, latent_frames, self.dtype, self.options.decoder, choice)
+        if self.keep_text is not False:
+            kept = with_kept_text(plan, self.preset, latent_frames, self.dtype, self.options.decoder,
+                                  self.text_device)
+            plan = kept if self.keep_text or (kept is not None and kept.text == "resident") else plan
         same = plan.places_alike(self.memory) if plan is not None else self.memory is None
         if self._engine is not None and not same:
             self.status(f"memory plan changed for {latent_frames} latent frames: loading the models again")
@@ -203,7 +207,7 @@ class Session:
             raise CfError(f"unknown --text-device {text_device!r}", "use cpu or cuda")
         if text_device == "cuda" and self.device.type != "cuda":
             raise CfError("--text-device cuda needs the run on a GPU", "use --text-device cpu")
-        self.text_device = text_device or "auto"
+        self.keep_text, self.text_device = True, text_device
         self.memory, self._encoder = None, None  # planned again, umT5 kept
         self.plan_memory(latent_frames)
         return self.encoder.load()
@@ -276,7 +280,7 @@ class Session:
         """The prompt encoder, umT5 placed by the memory plan (`cf live`: kept loaded)."""
         if self._encoder is None:
             placement = self.memory.text if self.memory is not None else "resident"
-            keep = self.text_device is not None
+            keep = self.memory.text_kept if self.memory is not None else self.keep_text is True
             if self.uses_random_weights:
                 from cfcli.pipeline.random_weights import RandomPromptEncoder
 
@@ -414,7 +418,7 @@ def generate(prompt: str | None = None, *, preset: str | None = None, device: st
     session's (mode, steps, dtype, height, width, compile, cuda_graphs, quantize, decoder, plain, max_vram, low_vram)
     and the job's (seconds, fps, image, overwrite, codec, crf, prompt_at, prompt_schedule, on_progress)."""
     session_keys = {"mode", "steps", "dtype", "height", "width", "speed", "max_vram", "low_vram", "random_weights",
-                    "status", *SpeedFlags.__dataclass_fields__}
-    opened = {k: options.pop(k) for k in list(options) if k in session_keys}
+                    "keep_text", "status", *SpeedFlags.__dataclass_fields__}
+    opened = {"keep_text": False} | {k: options.pop(k) for k in list(options) if k in session_keys}
     with Session(preset, device=device, **opened) as session:
         return session.generate(prompt, frames=frames, seed=seed, out=out, save_latents=save_latents, **options)

@@ -3,7 +3,6 @@
 
 import gc
 import weakref
-from dataclasses import replace
 
 import pytest
 import torch
@@ -129,11 +128,10 @@ def test_live_gets_the_plan_generate_gets_under_the_same_budget(monkeypatch):
     fp = memory.footprint(load_preset(FRAMEWISE), 21, torch.float32)
     for budget_bytes in (fp.need(memory.candidates(fp, False)[0]) * 1.2, fp.need(memory.candidates(fp, False)[-1])):
         gib = budget_bytes / (1 - memory.HEADROOM) / memory.GIB * 1.01
-        generate = Session(str(FRAMEWISE), device="cpu", dtype="float32", max_vram=gib).plan_memory(21)
+        generate = Session(str(FRAMEWISE), device="cpu", dtype="float32", max_vram=gib, keep_text=False).plan_memory(21)
         live = Session(str(FRAMEWISE), device="cpu", dtype="float32", max_vram=gib)
         live.keep_text_loaded(21)
-        strip = dict(text=None, need=0)
-        assert replace(live.memory, **strip) == replace(generate, **strip)
+        assert live.memory.places_alike(generate) and live.memory.text_kept and not generate.text_kept
         assert live.memory.text in ("resident", "cpu") and live.encoder.keep and live.encoder._kept is not None
     huge = Session(str(FRAMEWISE), device="cpu", dtype="float32", max_vram=50)
     huge.keep_text_loaded(21)
@@ -143,7 +141,21 @@ def test_live_gets_the_plan_generate_gets_under_the_same_budget(monkeypatch):
     tight.keep_text_loaded(21)
     assert tight.memory.text == "cpu"  # no room beside the DiT: umT5 stays loaded on the CPU
     with pytest.raises(CfError, match="use --text-device cpu"):
-        memory.keep_text(tight.memory, tight.preset, 21, torch.float32, "wan", "cuda")
+        memory.with_kept_text(tight.memory, tight.preset, 21, torch.float32, "wan", "cuda")
+
+
+def test_a_session_keeps_umt5_loaded_where_the_plan_has_room(monkeypatch, tmp_path):
+    fake_gpu(monkeypatch, 80)
+    with Session(str(FRAMEWISE), device="cpu", dtype="float32", max_vram=50) as s:
+        s.generate(PROMPT, frames=5, seed=1, out=tmp_path / "a.mkv")
+        s.generate("a red kite over the sea", frames=5, seed=2, out=tmp_path / "b.mkv")
+        assert s.memory.text_kept and "umT5 kept loaded" in s.memory.describe() and s.encoder.loads == 1
+    tight = memory.footprint(load_preset(FRAMEWISE), 2, torch.float32)
+    budget = tight.generation(memory.candidates(tight, False)[0]) / memory.GIB * 1.1
+    with Session(str(FRAMEWISE), device="cpu", dtype="float32", max_vram=budget) as s:
+        assert not s.plan_memory(2).text_kept  # no room beside the DiT: encoded, then dropped, as cf generate does
+    with Session(str(FRAMEWISE), device="cpu", dtype="float32", max_vram=50, keep_text=False) as s:
+        assert not s.plan_memory(2).text_kept
 
 
 def test_a_longer_video_plans_again_and_reloads_only_when_the_plan_changes(monkeypatch):

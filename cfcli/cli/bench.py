@@ -70,7 +70,7 @@ def register(app: typer.Typer) -> None:
         # random_weights None: the cached weights when they are here, else random ones (TAEHV's too)
         session = Session(preset, mode=mode, steps=steps, device=device, dtype=dtype, height=height, width=width,
                           speed=SpeedFlags(compile, cuda_graphs, quantize, decoder, plain), max_vram=max_vram,
-                          low_vram=low_vram, random_weights=True if random_weights else None)
+                          low_vram=low_vram, keep_text=False, random_weights=True if random_weights else None)
         p, dev = session.preset, session.device
         want = frames if frames is not None else p.frames
         check_length(want, "--frames", geometry=p.geometry)

@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
         preset = extend_preset(clip, preset, mode, steps, quiet)  # the clip's own when nothing names one
         session = Session(preset, mode=mode, steps=steps, device=device, dtype=dtype,
                           speed=SpeedFlags(compile, cuda_graphs, quantize, decoder, plain), max_vram=max_vram,
-                          low_vram=low_vram, status=status_line(quiet))
+                          low_vram=low_vram, keep_text=False, status=status_line(quiet))
         if frames is not None:
             check_length(frames, "--frames", geometry=session.preset.geometry)
         # Planned once, before the models load: the clip probed, its prompt, the context and the new frames.

@@ -124,7 +124,7 @@ def register(app: typer.Typer) -> None:
         prompts = read_prompts(prompt, prompt_file)
         session = Session(preset, mode=mode, steps=steps, device=device, dtype=dtype, height=height, width=width,
                           speed=SpeedFlags(compile, cuda_graphs, quantize, decoder, plain), max_vram=max_vram,
-                          low_vram=low_vram, status=status_line(quiet), phases=phases)
+                          low_vram=low_vram, keep_text=False, status=status_line(quiet), phases=phases)
         p = session.preset
         check_length_asked(frames, seconds, fps or p.fps, p)
         # Planned once, before the models load: a bad --image, an empty prompt, a switch that never shows refused here.

@@ -44,7 +44,7 @@ class MemoryPlan:
     name: str
     weights: str  # "model": the run's dtype | "int8"
     kv: str  # "model" | "int8" | "fp8"
-    text: str  # umT5: "resident" (on the GPU) | "stream" (layer by layer from host memory) | "cpu" (`keep_text`)
+    text: str  # umT5: "resident" (on the GPU) | "stream" (layer by layer from host memory) | "cpu" (`with_kept_text`)
     graphs: bool
     compile: bool
     offload_blocks: int = 0
@@ -52,11 +52,12 @@ class MemoryPlan:
     host_decoder_cache: bool = False  # the decoder's causal caches in host memory, each layer's fetched as it runs
     need: int = 0
     budget: int | None = None
+    text_kept: bool = False  # umT5 stays loaded beside the DiT between prompts (`with_kept_text`)
 
     def describe(self) -> str:
         parts = [f"DiT {'int8 weights' if self.weights == 'int8' else 'full precision'}",
                  f"KV cache {self.kv if self.kv != 'model' else 'full precision'}",
-                 f"umT5 {TEXT_PLACES[self.text]}"]
+                 f"umT5 {'kept loaded ' if self.text_kept else ''}{TEXT_PLACES[self.text]}"]
         if self.offload_blocks:
             parts.append(f"{self.offload_blocks} DiT blocks streamed from host memory")
         if self.lean:
@@ -70,7 +71,7 @@ class MemoryPlan:
     def places_alike(self, other: "MemoryPlan | None") -> bool:
         """Whether `other` puts the engine's parts where this plan does (estimates, budget and umT5, which the prompt
         encoder places, aside): an engine loaded under one runs under the other."""
-        same = dict(need=0, budget=None, text="")
+        same = dict(need=0, budget=None, text="", text_kept=False)
         return other is not None and replace(self, **same) == replace(other, **same)
 
     def limit(self, options):
@@ -365,7 +366,7 @@ def plan_run(preset: Preset, latent_frames: int, device: torch.device, dtype: to
     return plan
 
 
-def keep_text(plan: MemoryPlan | None, preset: Preset, latent_frames: int, dtype: torch.dtype, decoder: str,
+def with_kept_text(plan: MemoryPlan | None, preset: Preset, latent_frames: int, dtype: torch.dtype, decoder: str,
               choice: str | None = None) -> MemoryPlan | None:
     """`plan` for a run that keeps umT5 loaded beside the DiT (`cf live`): umT5 on the GPU ("resident") when it fits
     the budget with the generation's peak, else on the CPU ("cpu"); `choice` ("cuda" / "cpu") decides instead, and a
@@ -380,4 +381,4 @@ def keep_text(plan: MemoryPlan | None, preset: Preset, latent_frames: int, dtype
                       f"{(plan.budget or 0) / GIB:.1f} GiB is planned for", "use --text-device cpu")
     text = "cpu" if choice == "cpu" or not fits else "resident"
     need = fp.generation(plan) + (fp.text_resident if text == "resident" else 0)
-    return replace(plan, text=text, need=max(need, fp.load(plan)))
+    return replace(plan, text=text, text_kept=True, need=max(need, fp.load(plan)))
