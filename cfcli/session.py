@@ -29,6 +29,7 @@ from cfcli.pipeline.engine import Engine, EngineOptions
 from cfcli.pipeline.extend import ExtendRequest, plan_extend
 from cfcli.pipeline.files import Summary, reserve_outputs
 from cfcli.pipeline.generate import GenerateRequest
+from cfcli.pipeline.limits import check_length, check_options
 from cfcli.pipeline.memory import MemoryPlan, check_host_memory, plan_run, with_kept_text
 from cfcli.pipeline.outputs import slug
 from cfcli.pipeline.plan import VideoPlan, plan_video, with_noise_frames, with_resolution
@@ -220,10 +221,10 @@ class Session:
         cannot be made; `noise_frames`: made as the first frames of a run that long (how a live recording is
         remade)."""
         p = self.preset
-        if frames is not None and seconds is not None:
-            raise CfError("--frames and --seconds both give the length", "use one of them")
+        check_options(frames, seconds, fps=fps)
         fps = fps or p.fps
         want = frames if frames is not None else (round(seconds * fps) + 1 if seconds is not None else p.frames)
+        check_length(want, "--frames" if seconds is None else "--seconds", seconds, fps, p.geometry)
         schedule = build_schedule(prompt, list(prompt_at), Path(prompt_schedule) if prompt_schedule else None)
         image = Path(image) if image is not None else None
         return with_noise_frames(plan_video(p, want, fps, image, None if schedule else prompt, schedule), noise_frames)
@@ -235,6 +236,7 @@ class Session:
                          prompt_at: Sequence[tuple[str, str]] = (), prompt_schedule: Path | str | None = None,
                          noise_frames: int | None = None) -> GenerateRequest:
         """Everything `generate` is asked, checked and planned, nothing loaded or written."""
+        check_options(seed=seed, crf=crf)
         plan = self.video_plan(prompt, frames=frames, seconds=seconds, fps=fps, image=image, prompt_at=prompt_at,
                                prompt_schedule=prompt_schedule, noise_frames=noise_frames)
         seed = new_seed(seed)
@@ -251,8 +253,9 @@ class Session:
                        save_latents: Path | str | None = None) -> ExtendRequest:
         """Everything `extend` is asked, checked and planned (the clip probed, not decoded), nothing loaded."""
         p, clip = self.preset, Path(clip).expanduser()
-        if frames is not None and seconds is not None:
-            raise CfError("--frames and --seconds both give the length", "use one of them")
+        check_options(frames, seconds, seed, fps, crf)
+        if frames is not None:
+            check_length(frames, "--frames", geometry=p.geometry)
         if not sampler_kind(p).starts_from_frames:
             raise CfError(f"{p.name} cannot extend clips", "use --mode framewise or --mode chunkwise")
         plan = plan_extend(p, clip, prompt, frames, seconds, fps, context_frames, only_new)

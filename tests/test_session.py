@@ -87,8 +87,12 @@ def test_refusals_come_before_anything_loads(tmp_path):
     (tmp_path / "taken.mkv").write_bytes(b"x")
     with pytest.raises(CfError, match="exists"):
         s.generate(PROMPT, frames=9, out=tmp_path / "taken.mkv")
-    with pytest.raises(CfError, match="both give the length"):
+    with pytest.raises(CfError, match="both set the length"):
         s.generate(PROMPT, frames=9, seconds=1)
+    with pytest.raises(CfError, match="--crf 99 is out of range"):
+        s.generate(PROMPT, frames=9, crf=99)
+    with pytest.raises(CfError, match="longer than the model can make"):
+        s.generate(PROMPT, seconds=10**6)
     with pytest.raises(CfError, match="prompt is empty"):
         s.generate("  ", frames=9)
     assert s._engine is None and s._encoder is None

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import typer
 
-from cfcli.cli.checks import check_length, check_options
 from cfcli.cli.common import (CompileOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt, LowVramOpt, MaxVramOpt,
                               ModeOpt, PlainOpt, PresetOpt, QuantizeOpt, StepsOpt, console, friendly, is_tty)
 from cfcli.cli.progress import record_bench
 from cfcli.errors import CfError
-
+from cfcli.pipeline.limits import check_length, check_options
 
 def register(app: typer.Typer) -> None:
     @app.command("bench", short_help="Measure generation speed on this machine.")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from cfcli.cli.checks import check_length, check_open, check_options, check_posters, codec_note
+from cfcli.cli.checks import check_open, check_posters, codec_note
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, ExtendModeOpt, GraphsOpt,
                               JsonOpt, LowVramOpt, MaxVramOpt, OverwriteOpt, PlainOpt, PresetOpt, QuantizeOpt, QuietOpt,
                               SeedOpt, StepsOpt, console, friendly, report_stale, show_plan)
@@ -12,7 +12,7 @@ from cfcli.cli.clip_preset import extend_preset
 from cfcli.cli.files import open_file, write_poster
 from cfcli.cli.progress import ProgressView, cpu_notice, status_line
 from cfcli.cli.summary import report
-
+from cfcli.pipeline.limits import check_options
 
 def register(app: typer.Typer) -> None:
     @app.command("extend", short_help="Continue a video clip past its last frame.")
@@ -70,8 +70,6 @@ def register(app: typer.Typer) -> None:
         session = Session(preset, mode=mode, steps=steps, device=device, dtype=dtype,
                           speed=SpeedFlags(compile, cuda_graphs, quantize, decoder, plain), max_vram=max_vram,
                           low_vram=low_vram, keep_text=False, status=status_line(quiet))
-        if frames is not None:
-            check_length(frames, "--frames", geometry=session.preset.geometry)
         # Planned once, before the models load: the clip probed, its prompt, the context and the new frames.
         req = session.extend_request(clip, prompt=prompt, frames=frames, seconds=seconds, fps=fps,
                                      context_frames=context_frames, only_new=only_new, seed=seed, out=out,

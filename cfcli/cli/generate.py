@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from typer.core import TyperCommand
 
-from cfcli.cli.checks import check_length, check_open, check_options, check_posters, check_prompt_sources, codec_note
+from cfcli.cli.checks import check_open, check_posters, check_prompt_sources, codec_note
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt,
                               LowVramOpt, MaxVramOpt, ModeOpt, OverwriteOpt, PlainOpt, PresetOpt, QuantizeOpt, QuietOpt,
                               SeedOpt, StepsOpt, console, friendly, report_stale, show_plan)
@@ -15,6 +15,7 @@ from cfcli.cli.files import open_file, write_poster
 from cfcli.cli.progress import ProgressView, cpu_notice, status_line
 from cfcli.cli.summary import report
 from cfcli.errors import CfError
+from cfcli.pipeline.limits import check_options
 
 
 class _GenerateCommand(TyperCommand):
@@ -46,7 +47,6 @@ def join_prompt_at(args: list[str]) -> list[str]:
             out.append(arg)
             i += 1
     return out
-
 
 def register(app: typer.Typer) -> None:
     @app.command("generate", cls=_GenerateCommand, short_help="Make a video from a prompt (and a picture).")
@@ -125,8 +125,6 @@ def register(app: typer.Typer) -> None:
         session = Session(preset, mode=mode, steps=steps, device=device, dtype=dtype, height=height, width=width,
                           speed=SpeedFlags(compile, cuda_graphs, quantize, decoder, plain), max_vram=max_vram,
                           low_vram=low_vram, keep_text=False, status=status_line(quiet), phases=phases)
-        p = session.preset
-        check_length_asked(frames, seconds, fps or p.fps, p)
         # Planned once, before the models load: a bad --image, an empty prompt, a switch that never shows refused here.
         firsts = [session.generate_request(text, frames=frames, seconds=seconds, fps=fps, seed=0, image=image, out=out,
                                            codec=codec, crf=crf, prompt_at=pairs, prompt_schedule=prompt_schedule,
@@ -243,11 +241,6 @@ def prompt_at_pairs(prompt_at: list[str] | None, schedule_file: Path | None,
     if any(len(pair) != 2 for pair in pairs):
         raise CfError("--prompt-at takes a time and a prompt", 'e.g. --prompt-at 12s "the fox jumps into the river"')
     return [(time, text) for time, text in pairs]
-
-
-def check_length_asked(frames: int | None, seconds: float | None, fps: float, preset) -> None:
-    want = frames if frames is not None else (round(seconds * fps) + 1 if seconds is not None else preset.frames)
-    check_length(want, "--frames" if seconds is None else "--seconds", seconds, fps, preset.geometry)
 
 
 def show_switches(video, preset) -> None:

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import typer
 
-from cfcli.cli.checks import check_options
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt,
                               LowVramOpt, MaxVramOpt, ModeOpt, PlainOpt, PresetOpt, QuantizeOpt, SeedOpt, StepsOpt,
                               console, friendly, show_plan)
 from cfcli.cli.progress import status_line
 from cfcli.errors import CfError
-
+from cfcli.pipeline.limits import check_options
 
 def register(app: typer.Typer) -> None:
     @app.command("live", short_help="Play and steer generation live in the browser.")
@@ -98,7 +97,7 @@ def register(app: typer.Typer) -> None:
 def check_live_options(p, seed, crf, codec, port: int, token: str | None, max_seconds: float | None,
                        lead: float, max_upload_mb: int, measure_latency: int | None) -> None:
     """Every value `cf live` takes, refused before anything binds or loads (`p`: the session's preset)."""
-    from cfcli.cli.checks import check_length
+    from cfcli.pipeline.limits import check_length
     from cfcli.pipeline import containers
 
     check_options(seed=seed, crf=crf)
