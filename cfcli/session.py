@@ -387,9 +387,7 @@ class Session:
         req = bench.BenchRequest(self.preset, self.device, self.dtype, latent_frames, repeat, self.uses_random_weights,
                                  peak_tflops=peak_tflops or bench.DEFAULT_PEAK_TFLOPS, options=self.options, plan=plan,
                                  save_latents=save_latents)
-        result = bench.run(req, lambda: self.engine, status)
-        result.plan = plan.describe() if plan is not None else None
-        return result
+        return bench.run(req, lambda: self.engine, status)
 
     # --- the end -------------------------------------------------------------------------------------------------
 

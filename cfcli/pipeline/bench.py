@@ -366,6 +366,7 @@ def run(req: BenchRequest, load_engine: Callable[[], Engine], status: Callable[[
     flops = flop_plan(p, req.latent_frames, req.options.decoder)
     result = summarise(req, repeats, text, flops, use_random, finite, peak, attention, gpu_name(dev), warmup_s,
                        levers)
+    result.plan = plan.describe() if plan is not None else None
     if dev.type == "cuda":
         worst = lambda phase: max(getattr(r, phase) for r in repeats)  # noqa: E731
         result.phase_peak_gib = {"text": text.peak_gib, "generation": worst("gen_peak"),

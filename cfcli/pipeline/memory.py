@@ -367,7 +367,7 @@ def plan_run(preset: Preset, latent_frames: int, device: torch.device, dtype: to
 
 
 def with_kept_text(plan: MemoryPlan | None, preset: Preset, latent_frames: int, dtype: torch.dtype, decoder: str,
-              choice: str | None = None) -> MemoryPlan | None:
+                   choice: str | None = None) -> MemoryPlan | None:
     """`plan` for a run that keeps umT5 loaded beside the DiT (`cf live`): umT5 on the GPU ("resident") when it fits
     the budget with the generation's peak, else on the CPU ("cpu"); `choice` ("cuda" / "cpu") decides instead, and a
     GPU placement that cannot fit is refused. Off the GPU (no plan) umT5 runs where the run does."""
