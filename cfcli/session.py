@@ -271,7 +271,7 @@ class Session:
         """The request with its outputs reserved (checked, locked, temp files made) until the block ends; also
         plans the memory for it, so a run that cannot fit is refused before anything is written."""
         self.plan_memory(req.plan.run_latent_frames)
-        inputs = (req.plan.clip.path,) if isinstance(req, ExtendRequest) else ()
+        inputs = (req.clip,) if isinstance(req, ExtendRequest) else ()
         with reserve_outputs(req.out, req.save_latents, req.overwrite, req.codec, req.crf, req.preset,
                              inputs=inputs) as outputs:
             yield replace(req, outputs=outputs)

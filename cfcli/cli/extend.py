@@ -75,7 +75,7 @@ def register(app: typer.Typer) -> None:
                                      context_frames=context_frames, only_new=only_new, seed=seed, out=out,
                                      overwrite=overwrite, codec=codec, crf=crf, save_latents=save_latents)
         if poster:
-            check_posters([(req.out, req.save_latents)], overwrite, inputs=(req.plan.clip.path,))
+            check_posters([(req.out, req.save_latents)], overwrite, inputs=(req.clip,))
         show_plan(session.plan_memory(req.plan.run_latent_frames), quiet)
         for line in (*req.plan.notes, codec_note(ctx, req.codec)):
             if line and not quiet:
