@@ -17,6 +17,9 @@ over it. The refusal names the file, the key and what it expects.
 """
 
 import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import yaml
@@ -32,6 +35,37 @@ EXPECTED = {"device": "a device name: cpu, cuda or cuda:N", "dtype": "float32, b
 COMMAND_KEYS = {"generate": ("device", "dtype", "codec", "crf"), "extend": ("device", "dtype", "codec", "crf"),
                 "live": ("device", "dtype", "codec", "crf"), "bench": ("device", "dtype")}
 HINT = "fix or remove that line of the config file"
+# The variables a client's settings come from (`client_environment`): the CF_* defaults and where the file is.
+CLIENT_VARIABLES = (*(f"CF_{k.upper()}" for k in KEYS), "CF_CONFIG", "XDG_CONFIG_HOME")
+_environment: ContextVar[Mapping[str, str] | None] = ContextVar("cf_environment", default=None)
+
+
+def environ() -> Mapping[str, str]:
+    """The environment settings are read from: this process's, or the client's a `cf serve` job runs for."""
+    given = _environment.get()
+    return os.environ if given is None else given
+
+
+def client_environment() -> dict[str, str]:
+    """This process's settings variables, paths made absolute: what a `cf serve` job needs to read settings as this
+    process would (`environment`)."""
+    env = {k: os.environ[k] for k in CLIENT_VARIABLES if os.environ.get(k)}
+    for k in ("CF_OUTPUT_DIR", "CF_CONFIG", "XDG_CONFIG_HOME"):
+        if k in env:
+            env[k] = str(Path(env[k]).expanduser().absolute())
+    if "CF_PRESET" in env and Path(env["CF_PRESET"]).suffix in (".yaml", ".yml"):
+        env["CF_PRESET"] = str(Path(env["CF_PRESET"]).expanduser().absolute())
+    return env
+
+
+@contextmanager
+def environment(env: Mapping[str, str]) -> Iterator[None]:
+    """Settings read from `env` (a client's `client_environment`) instead of this process's, in this context."""
+    token = _environment.set(dict(env))
+    try:
+        yield
+    finally:
+        _environment.reset(token)
 
 
 class Config(dict):
@@ -52,9 +86,10 @@ class Config(dict):
 
 
 def config_path() -> Path:
-    if os.environ.get("CF_CONFIG"):
-        return Path(os.environ["CF_CONFIG"]).expanduser()
-    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    env = environ()
+    if env.get("CF_CONFIG"):
+        return Path(env["CF_CONFIG"]).expanduser()
+    base = env.get("XDG_CONFIG_HOME") or Path.home() / ".config"
     return Path(base).expanduser() / "cfcli" / "config.yaml"
 
 
@@ -132,8 +167,9 @@ def default_map(config: Config) -> dict:
 def setting(key: str, config: Config | dict) -> str | None:
     """A setting no flag gave: its environment variable, else the config file (a CfError if its value there is bad,
     or the file cannot be used), else None."""
-    if os.environ.get(env_name(key)):
-        return os.environ[env_name(key)]
+    env = environ()
+    if env.get(env_name(key)):
+        return env[env_name(key)]
     if isinstance(config, Config):
         config.check(key)
     value = config.get(key)

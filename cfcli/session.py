@@ -142,6 +142,7 @@ class Session:
         self.speed = replace(speed or SpeedFlags(), **flags)
         self.preset: Preset = with_resolution(load_preset(preset_name(preset, mode, steps)), height, width)
         self.device = pick_device(device)
+        self.asked_device = device  # as given (None: picked), for notes
         self.dtype = pick_dtype(dtype, self.device)
         self.options = self.speed.options()
         self.options.check(self.device, need_weights=random_weights is False)
@@ -158,6 +159,14 @@ class Session:
         self.engine_loads = 0
         self._engine: Engine | None = None
         self._encoder: PromptEncoder | None = None
+
+    def attach(self, status: Callable[[str], None], phases=None) -> "Session":
+        """Report the next jobs' loading to `status` and time them in `phases` (a resident `cf serve` session serves
+        one client after another)."""
+        self.status, self.phases = status, phases
+        if self._encoder is not None:
+            self._encoder.note, self._encoder.phases = status, phases
+        return self
 
     # --- planning (before anything loads) ------------------------------------------------------------------------
 
@@ -198,8 +207,10 @@ class Session:
         `max_seconds` (default: the model's position table) with umT5 kept loaded beside the DiT."""
         most = self.preset.geometry.max_latent_frames
         frames = most if max_seconds is None else min(most, self.video_plan("live", seconds=max_seconds).latent_frames)
-        encoder = self.keep_text_loaded(frames, text_device)
-        return self.engine, encoder
+        kept = self.keep_text is True and self._encoder is not None and self._encoder.keep
+        if not (kept and frames <= self.planned_for and text_device in (None, self.text_device)):
+            self.keep_text_loaded(frames, text_device)  # planned again, umT5 loaded and kept
+        return self.engine, self.encoder.load()
 
     def keep_text_loaded(self, latent_frames: int, text_device: str | None = None) -> PromptEncoder:
         """Plan for a run that keeps umT5 loaded beside the DiT (`cf live`), `text_device` ("cpu" / "cuda") or

@@ -59,7 +59,8 @@ def test_completion_is_offered_and_commands_listed_whole(cf):
     out = cf("--help").output
     assert "--install-completion" in out and "--show-completion" in out
     listed = help_text([], 80).split("Commands:")[1].strip().splitlines()
-    assert [ln.split()[0] for ln in listed] == ["generate", "extend", "live", "info", "bench", "download", "models", "cache"]
+    assert [ln.split()[0] for ln in listed] == ["generate", "extend", "live", "serve", "info", "bench", "download",
+                                                "models", "cache"]
     assert not any(ln.endswith("...") for ln in listed)
 
 
@@ -113,11 +114,10 @@ def test_loading_lines_cpu_notice_and_plain_progress_without_a_tty(cf, tmp_path)
 
 def test_plain_progress_lines_are_spaced_by_the_interval(capsys):
     from cfcli.cli.progress import ProgressView
-    from cfcli.pipeline.sinks import Progress
 
-    view = ProgressView(True, 16, torch.device("cpu"), interval=3600)
-    for done in (30, 31, 32, 33):  # 30 frames copied before (an extended clip), 3 made in 1.5 s, 3 of 3 done
-        view.update(Progress(done, 33, (done - 30) * 0.5 or 0.1, 0.1, frames_before=30))
+    view = ProgressView(True, 16, interval=3600)
+    for made in (0, 1, 2, 3):  # 3 made in 1.5 s, 3 of 3 done
+        view.update(made, 3, made * 0.5 or 0.1)
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == ["generating 0/3 frames, 0.0 fps (0.00× real time)",
                      "generating 3/3 frames, 2.0 fps (0.12× real time)"]

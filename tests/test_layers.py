@@ -6,7 +6,10 @@ functions count too: a lazy import still ties the layers together.
 - entry:    `cfcli/__main__.py` (runs the CLI) and the package `__init__.py`, the Python API's façade (it re-exports
             `cfcli.session` lazily; its version lives in `version.py`).
 - cli:      `cfcli/cli/` parses arguments and renders; may use everything below.
+- serve:    `cfcli/serve/`, the resident server (`cf serve`: jobs and the live page on one engine) and its client.
 - live:     `cfcli/live/`, the live front end's server and session; drives the pipeline through the session.
+- jobs:     `cfcli/jobs/`, what `cf generate` and `cf extend` do on a session, reporting through a view: run by the
+            CLI and by `cf serve` alike.
 - session:  `cfcli/session.py`, the front door: resolves options, plans memory, holds the loaded engine, runs jobs.
 - pipeline: `cfcli/pipeline/` plans and owns the loop.
 - store:    top-level modules that find, fetch, convert or describe weights and presets. They sit above models
@@ -30,13 +33,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "cfcli"
 
-LAYERS = ["entry", "cli", "live", "session", "pipeline", "store", "models", "ops", "base"]
+LAYERS = ["entry", "cli", "serve", "live", "jobs", "session", "pipeline", "store", "models", "ops", "base"]
 
 # Top-level unit of cfcli (its second dotted name) -> layer.
 UNITS = {
     "__main__": "entry",
     "cli": "cli",
+    "serve": "serve",
     "live": "live",
+    "jobs": "jobs",
     "session": "session",
     "pipeline": "pipeline",
     "presets": "store",
@@ -167,11 +172,12 @@ def test_imports_are_found_at_any_depth_and_resolved():
     assert imports_in("from .dit import X\n", "cfcli.models", True) == [(1, "cfcli.models.dit")]
 
 
-COMMANDS = {"bench", "cache", "download", "extend", "generate", "info", "live"}  # cfcli/cli/<command>.py
+COMMANDS = {"bench", "cache", "download", "extend", "generate", "info", "live", "serve"}  # cfcli/cli/<command>.py
 
 
 def test_no_command_imports_another_command():
-    """What two commands share lives in its own module of cfcli/cli (common, checks, files, progress, summary)."""
+    """What two commands share lives in its own module of cfcli/cli (common, checks, files, progress, view, jobs,
+    live_options)."""
     crossed = [f"{file}:{line}: {importer} imports {target}" for file, line, importer, target in edges()
                if importer.startswith("cfcli.cli.") and target.startswith("cfcli.cli.")
                and {importer.split(".")[2], target.split(".")[2]} <= COMMANDS and importer != target]
@@ -189,5 +195,5 @@ def test_front_ends_reach_the_pipeline_through_the_session():
     wrong place)."""
     banned = ("cfcli.pipeline.memory", "cfcli.pipeline.random_weights", "cfcli.pipeline.text", "cfcli.models")
     front = [f"{file}:{line}: {importer} imports {target}" for file, line, importer, target in edges()
-             if unit(importer) in ("cli", "live") and target.startswith(banned) and target != "cfcli.models.geometry"]
+             if unit(importer) in ("cli", "serve", "live", "jobs") and target.startswith(banned) and target != "cfcli.models.geometry"]
     assert not front, "front ends reaching past the session:\n" + "\n".join(front)

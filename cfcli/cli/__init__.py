@@ -11,7 +11,7 @@ except ImportError:
     from click.exceptions import NoArgsIsHelpError, UsageError
 
 from cfcli.version import __version__
-from cfcli.cli import bench, cache, download, extend, generate, info, live
+from cfcli.cli import bench, cache, download, extend, generate, info, live, serve
 from cfcli.cli.common import fail, friendly
 from cfcli.errors import CfError
 
@@ -49,6 +49,7 @@ app = typer.Typer(name="cf", help="Causal Forcing real-time video generation on 
 generate.register(app)
 extend.register(app)
 live.register(app)
+serve.register(app)
 info.register(app)
 bench.register(app)
 download.register(app)

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from cfcli.errors import CfError
+from cfcli.errors import explain
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -49,6 +49,8 @@ MaxVramOpt = Annotated[float | None, typer.Option("--max-vram", metavar="GIB",
                                                      "allocator); default: what is free.")]
 LowVramOpt = Annotated[bool, typer.Option("--low-vram", help="The smallest plan (8-bit DiT weights and KV cache): "
                                                              "8 GB cards; with --max-vram, fitted to it.")]
+NoServerOpt = Annotated[bool, typer.Option("--no-server", envvar="CF_NO_SERVER", show_envvar=True,
+                                            help="Run in this process even when a `cf serve` is running.")]
 DecoderOpt = Annotated[str, typer.Option("--decoder", metavar="wan|taehv",
                                          help="wan: the full VAE. taehv: the tiny TAEHV decoder, ~1.3x faster end "
                                               "to end, softer detail (`cf download --decoder taehv`).")]
@@ -69,43 +71,19 @@ def friendly(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except CfError as exc:
-            fail(exc.message, exc.hint)
         except KeyboardInterrupt as exc:  # a stop outside the writing loop (which keeps a partial and says so)
             from cfcli.pipeline.signals import exit_code
 
             console.print("[yellow]stopped[/]")
             raise typer.Exit(exit_code(exc)) from None
-        except Exception as exc:  # noqa: BLE001
-            if type(exc).__name__ == "OutOfMemoryError":
-                fail("the GPU ran out of memory",
-                     "lower --frames or the resolution (a smaller preset), use --dtype bfloat16, or close other "
-                     "programs using the GPU")
-            if isinstance(exc, OSError) and exc.strerror:  # the last net: a message, never a traceback
-                fail(f"{exc.strerror}" + (f": {exc.filename}" if exc.filename else ""),
-                     "check the path and its permissions")
-            raise
+        except Exception as exc:  # noqa: BLE001 - the last net: a message, never a traceback
+            known = explain(exc)
+            if known is None:
+                raise
+            fail(known.message, known.hint)
 
     return wrapper
 
 
 def is_tty() -> bool:
     return sys.stderr.isatty()
-
-
-def show_plan(plan, quiet: bool = False) -> None:
-    """Say which memory plan a GPU run uses (`cfcli.pipeline.memory`)."""
-    if plan is not None and not quiet:
-        console.print(f"[dim]memory plan: {plan.describe()}[/]")
-
-
-def report_stale(outputs) -> None:
-    """Partial files that killed runs left hidden beside these outputs: put in place as `NAME.partial.EXT` and said
-    (`cfcli.pipeline.outputs.adopt_stale`), so nothing a run made stays out of sight."""
-    from pathlib import Path
-
-    from cfcli.pipeline.outputs import adopt_stale
-
-    for folder in dict.fromkeys(Path(p).parent for p in outputs):
-        for kept in adopt_stale(folder):
-            console.print(f"[yellow]kept[/] the partial video of a run that was killed: {kept}")

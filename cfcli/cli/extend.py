@@ -1,18 +1,16 @@
-"""`cf extend CLIP`: continue a clip (ours or any video PyAV decodes) past its last frame."""
+"""`cf extend CLIP`: continue a clip (ours or any video PyAV decodes) past its last frame — here, or on a running
+`cf serve` (the job: `cfcli.jobs.extend`)."""
 
 from pathlib import Path
 
 import typer
 
-from cfcli.cli.checks import check_open, check_posters, codec_note
+from cfcli.cli.checks import check_open, given
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, ExtendModeOpt, GraphsOpt,
-                              JsonOpt, LowVramOpt, MaxVramOpt, OverwriteOpt, PlainOpt, PresetOpt, QuantizeOpt, QuietOpt,
-                              SeedOpt, StepsOpt, console, friendly, report_stale, show_plan)
-from cfcli.cli.clip_preset import extend_preset
-from cfcli.cli.files import open_file, write_poster
-from cfcli.cli.progress import ProgressView, cpu_notice, status_line
-from cfcli.cli.summary import report
-from cfcli.pipeline.limits import check_options
+                              JsonOpt, LowVramOpt, MaxVramOpt, NoServerOpt, OverwriteOpt, PlainOpt, PresetOpt,
+                              QuantizeOpt, QuietOpt, SeedOpt, StepsOpt, friendly)
+from cfcli.cli.files import open_file
+from cfcli.cli.jobs import given_engine, run_job
 
 def register(app: typer.Typer) -> None:
     @app.command("extend", short_help="Continue a video clip past its last frame.")
@@ -51,6 +49,7 @@ def register(app: typer.Typer) -> None:
         open_: bool = typer.Option(False, "--open", help="Play the video when done."),
         quiet: QuietOpt = False,
         json_out: JsonOpt = False,
+        no_server: NoServerOpt = False,
     ) -> None:
         """Continue a video clip; the output is the clip followed by the new frames (or only the new ones).
 
@@ -61,38 +60,11 @@ def register(app: typer.Typer) -> None:
           cf extend fox.mp4 --prompt "the fox jumps into the river" --frames 32
           cf extend holiday.mov --prompt "the waves roll in" --only-new --codec ffv1
         """
-        from cfcli.pipeline.signals import exit_code, stop_on_signals
-        from cfcli.session import Session, SpeedFlags
+        from cfcli.jobs.extend import ExtendJob
 
-        check_options(frames, seconds, seed, fps, crf)
         check_open(open_)
-        preset = extend_preset(clip, preset, mode, steps, quiet)  # the clip's own when nothing names one
-        session = Session(preset, mode=mode, steps=steps, device=device, dtype=dtype,
-                          speed=SpeedFlags(compile, cuda_graphs, quantize, decoder, plain), max_vram=max_vram,
-                          low_vram=low_vram, keep_text=False, status=status_line(quiet))
-        # Planned once, before the models load: the clip probed, its prompt, the context and the new frames.
-        req = session.extend_request(clip, prompt=prompt, frames=frames, seconds=seconds, fps=fps,
-                                     context_frames=context_frames, only_new=only_new, seed=seed, out=out,
-                                     overwrite=overwrite, codec=codec, crf=crf, save_latents=save_latents)
-        if poster:
-            check_posters([(req.out, req.save_latents)], overwrite, inputs=(req.clip,))
-        show_plan(session.plan_memory(req.plan.run_latent_frames), quiet)
-        for line in (*req.plan.notes, codec_note(ctx, req.codec)):
-            if line and not quiet:
-                console.print(f"[yellow]note:[/] {line}")
-        report_stale([req.out])
-        with stop_on_signals():
-            with session.reserve(req) as req:  # checked, locked, temp files made before any model loads
-                cpu_notice(session.device, device, quiet)  # once every check has passed
-                if not quiet:
-                    console.print(f"[bold]{req.preset.name}[/] · seed [cyan]{req.seed}[/] · {clip} + "
-                                  f"{req.plan.new_frames} frames → {req.out}")
-                with ProgressView(enabled=not quiet, fps=req.plan.fps, device=session.device) as view:
-                    summary = session.run(req, view.update)
-            report(summary, quiet, json_out)
-            if summary.interrupted:
-                raise typer.Exit(exit_code())
-        if poster:
-            write_poster(summary.path)
+        job = ExtendJob(clip, given_engine(ctx), prompt, frames, seconds, context_frames, only_new, seed, fps, out,
+                        overwrite, codec, crf, given(ctx, "crf"), save_latents, poster)
+        view = run_job("extend", job, quiet, json_out, no_server)
         if open_:
-            open_file(summary.path)
+            open_file(Path(view.paths[0]))

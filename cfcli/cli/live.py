@@ -2,7 +2,6 @@
 
 import contextlib
 import json
-import math
 import secrets
 from pathlib import Path
 
@@ -10,10 +9,9 @@ import typer
 
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt,
                               LowVramOpt, MaxVramOpt, ModeOpt, PlainOpt, PresetOpt, QuantizeOpt, SeedOpt, StepsOpt,
-                              console, friendly, show_plan)
+                              console, friendly)
+from cfcli.cli.live_options import check_live_options
 from cfcli.cli.progress import status_line
-from cfcli.errors import CfError
-from cfcli.pipeline.limits import check_options
 
 def register(app: typer.Typer) -> None:
     @app.command("live", short_help="Play and steer generation live in the browser.")
@@ -94,32 +92,6 @@ def register(app: typer.Typer) -> None:
                 sock.close()
 
 
-def check_live_options(p, seed, crf, codec, port: int, token: str | None, max_seconds: float | None,
-                       lead: float, max_upload_mb: int, measure_latency: int | None) -> None:
-    """Every value `cf live` takes, refused before anything binds or loads (`p`: the session's preset)."""
-    from cfcli.pipeline.limits import check_length
-    from cfcli.pipeline import containers
-
-    check_options(seed=seed, crf=crf)
-    containers.get(codec)  # an unknown codec (or one this ffmpeg lacks) is refused here
-    if not 0 <= port <= 65535:
-        raise CfError(f"--port {port} is out of range", "use 1 to 65535, e.g. --port 7860 (0: any free port)")
-    if token is not None and not token:
-        raise CfError("--token is empty", "give a token that is hard to guess, or leave out --token (one is made "
-                                          "when --host is not local)")
-    if max_seconds is not None:
-        if not (math.isfinite(max_seconds) and max_seconds > 0):
-            raise CfError(f"--max-seconds must be a positive number, got {max_seconds}", "e.g. --max-seconds 60")
-        check_length(math.ceil(min(max_seconds * p.fps, 2**62)), "--max-seconds", max_seconds, p.fps, p.geometry)
-    if not (math.isfinite(lead) and lead >= 0):
-        raise CfError(f"--lead must be a number of seconds from 0 up, got {lead}", "e.g. --lead 1.0")
-    if max_upload_mb < 1:
-        raise CfError(f"--max-upload-mb must be at least 1, got {max_upload_mb}", "e.g. --max-upload-mb 64")
-    if measure_latency is not None and measure_latency < 1:
-        raise CfError(f"--measure-latency must be at least 1 switch, got {measure_latency}",
-                      "e.g. --measure-latency 20")
-
-
 def load(session, max_seconds: float | None, text_device: str | None):
     """(engine, prompt encoder) of `session` for the live loop: planned (umT5 kept loaded beside the DiT, or on the
     CPU where it does not fit) and loaded, each said."""
@@ -127,7 +99,10 @@ def load(session, max_seconds: float | None, text_device: str | None):
     random = " (random weights)" if session.random_weights else ""
     console.print(f"[bold]{p.name}[/] · loading the models on {dev}{random}")
     engine, encoder = session.open_live(max_seconds, text_device)
-    show_plan(session.memory)
+    from cfcli.cli.view import ConsoleView
+    from cfcli.jobs.notices import show_plan
+
+    show_plan(ConsoleView(), session.memory)
     console.print(f"umT5 stays loaded on [cyan]{encoder.text_device}[/]" +
                   ("" if text_device else " (automatic; --text-device)"))
     return engine, encoder
@@ -159,7 +134,7 @@ def build_app(engine, encoder, config, token: str | None, record: bool = True, s
               max_upload_bytes: int = 64 * 2**20, host: str = "127.0.0.1"):
     """(the ASGI app, its running `LiveSession`): what `cf live` serves, and what the tests serve. `host` is the
     address bound: on a local one only a local Host is answered, token or not."""
-    from cfcli.live.server import Broadcast, ServerSettings, create_app, is_local
+    from cfcli.live.server import Broadcast, ServerSettings, create_app, is_local, page_info
     from cfcli.live.session import LiveSession
 
     settings = ServerSettings(token, max_upload_bytes, local=token is None or is_local(host))
@@ -167,8 +142,5 @@ def build_app(engine, encoder, config, token: str | None, record: bool = True, s
     session = LiveSession(engine, encoder, config, broadcast)
     session.warm_up()
     session.begin()
-    p = engine.preset
-    info = {"preset": p.name, "mode": p.mode, "fps": p.fps, "width": p.width, "height": p.height,
-            "device": str(engine.device), "text_device": str(encoder.text_device), "record": record,
-            "seed": seed, "max_seconds": config.max_seconds}
+    info = page_info(engine, encoder, record, seed, config.max_seconds)
     return create_app(session, broadcast, settings, info), session

@@ -15,46 +15,41 @@ LOG_INTERVAL_S = 5.0
 
 
 class ProgressView:
-    def __init__(self, enabled: bool, fps: float, device, interval: float = LOG_INTERVAL_S):
-        self.enabled, self.fps, self.device, self.interval = enabled, fps, device, interval
+    def __init__(self, enabled: bool, fps: float, interval: float = LOG_INTERVAL_S):
+        self.enabled, self.fps, self.interval = enabled, fps, interval
         self._bar, self._last_line = None, None
 
     def __enter__(self):
         return self
 
-    def update(self, p) -> None:
+    def update(self, made: int, goal: int, elapsed: float, mem_gib: float | None = None) -> None:
+        """`made` of `goal` frames generated in `elapsed` seconds; `mem_gib`: the GPU's peak memory (None off it)."""
         if not self.enabled:
             return
-        made, goal = p.frames_done - p.frames_before, p.frames_total - p.frames_before
-        rate = made / p.elapsed if p.elapsed > 0 else 0.0
+        rate = made / elapsed if elapsed > 0 else 0.0
         speed = f"{rate:.1f} fps ({rate / self.fps:.2f}× real time)"
+        mem = f"{mem_gib:.1f} GiB" if mem_gib is not None else ""
         if is_tty():
-            self._draw(made, goal, speed)
+            self._draw(made, goal, speed, mem)
         elif self._last_line is None or made >= goal or time.monotonic() - self._last_line >= self.interval:
             self._last_line = time.monotonic()
             eta = f", ETA {(goal - made) / rate:.0f}s" if 0 < rate and made < goal else ""
-            mem = f", {self._mem()}" if self._mem() else ""
-            console.print(f"generating {made}/{goal} frames, {speed}{eta}{mem}", highlight=False, markup=False)
+            console.print(f"generating {made}/{goal} frames, {speed}{eta}{', ' + mem if mem else ''}",
+                          highlight=False, markup=False)
 
-    def _draw(self, made: int, goal: int, speed: str) -> None:
+    def _draw(self, made: int, goal: int, speed: str, mem: str) -> None:
         if self._bar is None:
             self._bar = Progress(TextColumn("[bold]generating"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[speed]}"), TimeRemainingColumn(),
                                  TextColumn("{task.fields[mem]}"), console=console, transient=True)
             self._bar.__enter__()
             self._task = self._bar.add_task("gen", total=goal, completed=made, speed=speed, mem="")
-        self._bar.update(self._task, completed=made, total=goal, speed=speed, mem=self._mem())
-
-    def _mem(self) -> str:
-        if self.device.type != "cuda":
-            return ""
-        import torch
-
-        return f"{torch.cuda.max_memory_allocated(self.device) / 2**30:.1f} GiB"
+        self._bar.update(self._task, completed=made, total=goal, speed=speed, mem=mem)
 
     def __exit__(self, *exc):
         if self._bar:
             self._bar.__exit__(*exc)
+            self._bar = None
         return False
 
 
@@ -65,38 +60,11 @@ def status_line(quiet: bool):
     return (lambda m: None) if quiet else (lambda m: console.print(f"[dim]{escape(m)}…[/]"))
 
 
-def cpu_notice(device, asked: str | None, quiet: bool) -> None:
-    """Say so when generation runs on the CPU: it works, at a small fraction of a GPU's speed (the last
-    `cf bench --device cpu` on this machine says how small)."""
-    if quiet or device.type != "cpu":
-        return
-    why = "no CUDA GPU found" if asked is None else f"--device {asked}"
-    last = recorded_bench("cpu")
-    speed = (f"`cf bench` measured {last['fps_end_to_end']:.2g} frames/s here ({last['preset']}, "
-             f"{last['width']}×{last['height']})" if last else "`cf bench --device cpu` measures this machine")
-    console.print(f"[yellow]note:[/] running on the CPU ({why}): far slower than a GPU; {speed}")
-
-
-def bench_record(device_type: str):
-    from cfcli.paths import cf_home
-
-    return cf_home() / "bench" / f"last-{device_type}.json"
-
-
 def record_bench(result: dict) -> None:
-    """Keep the last `cf bench` result per device type, for the CPU notice."""
+    """Keep the last `cf bench` result per device type, for the CPU notice (`cfcli.jobs.notices.cpu_notice`)."""
     import json
 
+    from cfcli.jobs.notices import bench_record
     from cfcli.paths import write_atomic
 
     write_atomic(bench_record(result["device"].split(":")[0]), json.dumps(result))
-
-
-def recorded_bench(device_type: str) -> dict | None:
-    import json
-
-    try:
-        data = json.loads(bench_record(device_type).read_text())
-        return data if isinstance(data.get("fps_end_to_end"), float) else None
-    except (OSError, ValueError, AttributeError):
-        return None

@@ -387,13 +387,22 @@ ROUTES = [Route("/", index), Route("/api/info", api_info), Route("/api/status", 
 
 
 def create_app(session: LiveSession, broadcast: Broadcast, settings: ServerSettings = ServerSettings(),
-               info: dict | None = None):
-    """The ASGI app; `info` (preset, devices, limits) is served at /api/info."""
+               info: dict | None = None, routes: list = (), lifespan=lifespan):
+    """The ASGI app; `info` (preset, devices, limits) is served at /api/info. `routes` and `lifespan`: what a server
+    that serves more than the live page (`cf serve`) adds, and its lifespan (which must run `live.lifespan`)."""
     info = dict(info or {}) | {"auth": settings.token is not None, "max_upload_bytes": settings.max_upload_bytes,
                                "max_message_bytes": MAX_MESSAGE_BYTES}
-    app = Starlette(routes=ROUTES, lifespan=lifespan)
+    app = Starlette(routes=[*routes, *ROUTES], lifespan=lifespan)
     app.state.live = Live(session, broadcast, settings, info)
     return Guard(app, settings.token, settings.local)
+
+
+def page_info(engine, encoder, record: bool, seed: int | None, max_seconds: float | None) -> dict:
+    """What the page shows of the server: the preset, its size and devices, and the start defaults."""
+    p = engine.preset
+    return {"preset": p.name, "mode": p.mode, "fps": p.fps, "width": p.width, "height": p.height,
+            "device": str(engine.device), "text_device": str(encoder.text_device), "record": record, "seed": seed,
+            "max_seconds": max_seconds}
 
 
 def pick_seed(seed: int | None) -> int:
@@ -435,10 +444,12 @@ def bind_error(host: str, port: int, exc: OSError) -> CfError:
     return CfError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", "choose another --host or --port")
 
 
-def serve(app, sock: socket.socket) -> int:
+def serve(app, sock: socket.socket, on_stop=lambda signum: None, grace_s: float = 5) -> int:
     """Run uvicorn on `sock` until SIGINT, SIGTERM or SIGHUP; the lifespan shutdown stops generation and saves the
-    recording. The signal that stopped it, 0 for none."""
-    server = Server(uvicorn_config(app))
+    recording. `on_stop(signum)` hears the signal first (`cf serve` cancels its jobs there); open requests get
+    `grace_s` to finish. The signal that stopped it, 0 for none."""
+    server = Server(uvicorn_config(app, grace_s=grace_s))
+    server.on_stop = on_stop
     server.run(sockets=[sock])
     return server.signum
 
@@ -448,6 +459,7 @@ class Server(uvicorn.Server):
     uvicorn handles only those two, and SIGHUP's default ends the process with no shutdown, so no recording."""
 
     signum = 0  # the first stop signal
+    on_stop = staticmethod(lambda signum: None)
 
     @contextlib.contextmanager
     def capture_signals(self):
@@ -462,10 +474,12 @@ class Server(uvicorn.Server):
                 signal.signal(s, handler)
 
     def handle_exit(self, sig, frame) -> None:
+        if not self.signum:
+            self.on_stop(sig)
         self.signum = self.signum or sig
         super().handle_exit(sig, frame)
 
 
-def uvicorn_config(app, host: str = "127.0.0.1", port: int = 0):
+def uvicorn_config(app, host: str = "127.0.0.1", port: int = 0, grace_s: float = 5):
     return uvicorn.Config(app, host=host, port=port, log_level="warning", ws_max_size=MAX_MESSAGE_BYTES * 4,
-                          lifespan="on", timeout_graceful_shutdown=5)
+                          lifespan="on", timeout_graceful_shutdown=grace_s)

@@ -152,8 +152,13 @@ class LiveStream:
 
 
 class LiveSession:
-    def __init__(self, engine: Engine, encoder, config: LiveConfig, events: Outlet):
+    """`hold`: what each video runs inside, yielding the (engine, encoder) to run on: `cf serve` holds the GPU there
+    (its jobs wait meanwhile) and gives back its resident session's parts, loaded again if a job switched them.
+    Without it every video runs on `engine` and `encoder`."""
+
+    def __init__(self, engine: Engine, encoder, config: LiveConfig, events: Outlet, hold=None):
         self.engine, self.encoder, self.config, self.events = engine, encoder, config, events
+        self.hold = hold or (lambda: contextlib.nullcontext((self.engine, self.encoder)))
         self.preset, self.fps = engine.preset, float(engine.preset.fps)
         self.state, self.stats, self.schedule = "idle", None, None
         self.recordings: dict[str, Path] = {}  # name -> file, the only files the server hands out
@@ -290,7 +295,8 @@ class LiveSession:
                 self._stop.clear()  # under the lock: a restart from now on stops this run
                 self.state = "loading"
             try:
-                self._run(req)
+                with self.hold() as (self.engine, self.encoder):
+                    self._run(req)
             except CfError as exc:
                 self.events.message({"type": "error", "message": exc.message, "hint": exc.hint})
             except Exception as exc:  # noqa: BLE001 - the server must outlive a failed run

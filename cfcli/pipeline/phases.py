@@ -55,8 +55,9 @@ class Phases:
     """A timing record: `span(name)` times a phase, `mark(name)` notes a moment (the first time only), `load(...)`
     times one model's load with its size. `video()` starts the per-video part again (a batch makes several)."""
 
-    def __init__(self):
-        self.t0, self.clock = process_start()
+    def __init__(self, t0: float | None = None):
+        """`t0`: the perf_counter value to time from (`cf serve`: when it took the job), else the process start."""
+        self.t0, self.clock = (t0, "job") if t0 is not None else process_start()
         self.spans: dict[str, float] = {}
         self.marks: dict[str, float] = {}
         self.loads: dict[str, dict] = {}

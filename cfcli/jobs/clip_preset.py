@@ -3,7 +3,8 @@ it (a module of its own, so `cf extend` reads a clip's metadata without importin
 
 from pathlib import Path
 
-from cfcli.cli.common import console
+from collections.abc import Callable
+
 from cfcli.errors import CfError
 
 
@@ -12,9 +13,9 @@ def _text(v) -> bool:
 
 
 def extend_preset(clip: Path, preset: str | None, mode: str | None, steps: int | None,
-                  quiet: bool = False) -> str | None:
+                  note: Callable[[str], None] = lambda text: None) -> str | None:
     """The preset `cf extend` uses: `--preset` as given; when neither --preset/--mode/--steps nor CF_PRESET/the config
-    file names one, the clip's own (its preset file, else its shipped preset), said in a note. A recorded preset that
+    file names one, the clip's own (its preset file, else its shipped preset), said in a `note`. A recorded preset that
     is gone or cannot extend clips falls back to the default, with a note saying why; a clip cfcli cannot read is
     left to `cf extend`'s own checks."""
     from cfcli.config import read_config, setting
@@ -26,8 +27,8 @@ def extend_preset(clip: Path, preset: str | None, mode: str | None, steps: int |
     chosen = path if _text(path) and Path(path).is_file() else name if _text(name) else None
     if chosen is None:
         if _text(path) or name is not None:
-            _note(f"the clip's preset ({path or name}) is not recorded in a usable form; extending with the "
-                  "default framewise", quiet)
+            note(f"the clip's preset ({path or name}) is not recorded in a usable form; extending with the "
+                 "default framewise")
         return None
     from cfcli.pipeline.samplers import sampler_kind
     from cfcli.presets import load_preset
@@ -36,14 +37,13 @@ def extend_preset(clip: Path, preset: str | None, mode: str | None, steps: int |
         p = load_preset(chosen)
     except CfError:
         where = f" ({path})" if _text(path) and path != chosen else ""
-        _note(f"the clip was made with the preset {chosen}{where}, which no longer exists; extending with the default "
-              "framewise (--preset or --mode to choose)", quiet)
+        note(f"the clip was made with the preset {chosen}{where}, which no longer exists; extending with the default "
+             "framewise (--preset or --mode to choose)")
         return None
     if not sampler_kind(p).starts_from_frames:
-        _note(f"the clip was made with {p.name}, which cannot extend clips; extending with the default framewise",
-              quiet)
+        note(f"the clip was made with {p.name}, which cannot extend clips; extending with the default framewise")
         return None
-    _note(f"extending with the clip's own preset, {chosen} (--preset or --mode to choose another)", quiet)
+    note(f"extending with the clip's own preset, {chosen} (--preset or --mode to choose another)")
     return str(chosen)
 
 
@@ -59,10 +59,3 @@ def clip_metadata(path: Path) -> dict:
             return read_metadata(container)
     except (OSError, av.FFmpegError):
         return {}
-
-
-def _note(text: str, quiet: bool) -> None:
-    if not quiet:
-        from rich.markup import escape
-
-        console.print(f"[yellow]note:[/] {escape(text)}")
