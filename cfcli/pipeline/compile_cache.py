@@ -1,10 +1,12 @@
 """Compiled code kept between processes: what `torch.compile` made for an engine's DiT blocks (Inductor's graphs and
 kernels, AOTAutograd's entries, autotuning results), saved in `$CF_HOME/compiled` after the engine's first video and
-loaded by the next process before it compiles, so a fresh `cf generate` does not compile the blocks again.
+loaded by the next process before it compiles, so a fresh `cf generate` finds the graphs and kernels instead of making
+them again (Dynamo still traces the two stages: that part PyTorch does not cache).
 
 Through PyTorch's own API: `torch.compiler.load_cache_artifacts` fills PyTorch's caches from the file (it must run
 before the first compiled call of the process: what is compiled already is not looked up again);
-`torch.compiler.save_cache_artifacts` returns every artefact the process compiled or found in those caches.
+`torch.compiler.save_cache_artifacts` returns every artefact the process compiled or found in those caches, so a
+file holds what the process that wrote it used.
 
 One file per `key`: the torch version, the GPU (name and compute capability), the dtype, the DiT's sizes and the
 preset's latent shapes, and what the compiled stages are made of (the levers on, the blocks' module types). PyTorch
