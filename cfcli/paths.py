@@ -1,4 +1,5 @@
-"""cfcli's own cache folder (converted checkpoints, prompt embeddings): `$CF_HOME`, else the XDG cache dir."""
+"""cfcli's own cache folder (converted checkpoints, prompt embeddings, compiled code): `$CF_HOME`, else the XDG
+cache dir."""
 
 import errno
 import os
@@ -45,9 +46,17 @@ def usable_dir(path: Path, variable: str) -> Path:
     return path
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file and rename, so a reader never sees half a file."""
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write text or bytes via a temp file and rename, so a reader never sees half a file (and a failed write leaves
+    no temp file behind)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

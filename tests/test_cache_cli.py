@@ -2,6 +2,7 @@
 embeddings), and clear it by kind, asking first unless --yes."""
 
 import json
+import os
 
 from cfcli import hub
 from cfcli.presets import load_preset
@@ -72,7 +73,24 @@ def test_clear_asks_first_and_needs_a_kind(cf, tmp_path):
     r = CliRunner().invoke(app, ["cache", "clear", "--all"], input="y\n")
     assert r.exit_code == 0 and listing(cf) == []
     r = cf("cache", "clear")
-    assert r.exit_code == 1 and "--old, --converted, --prompts or --all" in r.output
+    assert r.exit_code == 1 and "--old, --converted, --prompts, --compiled or --all" in r.output
+
+
+def test_compiled_code_is_listed_and_cleared_as_a_kind_of_its_own(cf, tmp_path):
+    """What `cfcli.pipeline.compile_cache` writes (and a temp file of an interrupted write); a file of the user's
+    beside it stays."""
+    used, old = fill(cf, tmp_path)
+    folder = hub.converted_dir().parent / "compiled"
+    folder.mkdir()
+    (folder / ("0f" * 12 + ".bin")).write_bytes(b"\0" * 1500)
+    (folder / (".%s.bin.123.tmp" % ("a1" * 12))).write_bytes(b"\0" * 500)
+    (folder / "notes.txt").write_text("mine")
+    compiled = next(e for e in listing(cf) if e["kind"] == "compiled")
+    assert compiled["bytes"] == 2000 and compiled["note"] == "2 files" and compiled["path"] == str(folder)
+    r = cf("cache", "clear", "--compiled", "-y")
+    assert r.exit_code == 0 and "cleared 1 item(s), 2.0 kB" in r.stderr
+    assert os.listdir(folder) == ["notes.txt"] and used.is_file() and old.is_file()
+    assert {e["kind"] for e in listing(cf)} == {"converted", "prompts", "compiled"}  # the folder, now 0 files
 
 
 def user_folder(tmp_path, name: str, files: dict[str, int]):

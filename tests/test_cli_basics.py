@@ -3,7 +3,10 @@ feedback while `cf generate`/`cf extend` run (loading lines, plain progress with
 generated frames only), --count, --height/--width, --poster, --open, and `cf bench` on the CPU."""
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -229,3 +232,37 @@ def test_cpu_notice_quotes_the_last_cpu_bench(cf, tmp_path):
     fps = json.loads(r.stdout)["fps_end_to_end"]
     r = gen(cf, PROMPT, "--frames", 1, "--out", tmp_path / "a.mp4")
     assert r.exit_code == 0 and f"`cf bench` measured {fps:.2g} frames/s here (tiny-framewise, 80×48)" in r.stderr
+
+
+# `cf` as its console script runs it (`cfcli.cli.main`), with an atexit handler that says whether Python's own
+# teardown ran.
+AS_INSTALLED = """
+import atexit, sys
+atexit.register(lambda: print("python's teardown ran", flush=True))
+sys.argv[0] = "cf"
+from cfcli.cli import main
+main()
+"""
+
+
+def cf_process(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", AS_INSTALLED, *map(str, args)], capture_output=True, text=True,
+                          env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])}, timeout=300)
+
+
+def test_a_command_that_imported_torch_ends_at_once_keeping_its_status_output_and_file(tmp_path):
+    """After the summary the process ends without Python's teardown (compile workers, CUDA graphs, big modules):
+    the file is whole, the summary reached stdout, a failure's status is kept; without torch nothing changes."""
+    out = tmp_path / "videos" / "fox.mkv"
+    args = ["generate", *BASE, PROMPT, "--frames", 5, "--seed", 2, "--out", out, "--codec", "ffv1"]
+    done = cf_process(*args, "--json", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "teardown ran" not in done.stdout and json.loads(done.stdout)["path"] == str(out)
+    clip = read_video(out)
+    assert clip.frames.shape[0] == 5 and clip.metadata["seed"] == 2
+    assert [p.name for p in out.parent.iterdir()] == ["fox.mkv"]  # no lock or temp file left behind
+    again = cf_process(*args)  # refused (the file exists) after torch was imported
+    assert again.returncode == 1 and "already exists" in again.stderr and "teardown ran" not in again.stdout
+    version = cf_process("--version")
+    assert version.returncode == 0 and version.stdout.splitlines() == [f"cf (cfcli) {__version__}",
+                                                                       "python's teardown ran"]

@@ -1,4 +1,5 @@
-"""`cf cache`: what cfcli keeps in `$CF_HOME` (converted checkpoints, prompt embeddings, TAEHV), and clearing it.
+"""`cf cache`: what cfcli keeps in `$CF_HOME` (converted checkpoints, prompt embeddings, TAEHV, compiled code), and
+clearing it.
 
 Downloads live in the Hugging Face cache, which `hf cache` manages; this is only cfcli's own folder. A conversion is
 "old" when no shipped preset's current checkpoint maps to it (a newer checkpoint was converted since).
@@ -24,14 +25,15 @@ from cfcli.paths import cf_home
 # What cfcli writes in each cache folder (temp files of an interrupted write included); nothing else is cleared.
 MADE = {"converted": re.compile(r"([0-9a-f]{40}|[0-9a-f]{64})-(ema|noema)\.safetensors"),
         "prompts": re.compile(r"[^.][^/]*\.safetensors|\..+\.\d+\.tmp"),
-        "taehv": re.compile(r"taew2_1\.pth(\.part)?")}
+        "taehv": re.compile(r"taew2_1\.pth(\.part)?"),
+        "compiled": re.compile(r"[0-9a-f]{24}\.bin|\..+\.\d+\.tmp")}  # `cfcli.pipeline.compile_cache`
 
 cache_app = typer.Typer(invoke_without_command=True)
 
 
 @dataclass
 class Entry:
-    kind: str  # converted | prompts | taehv
+    kind: str  # converted | prompts | taehv | compiled
     path: Path
     size: int
     note: str = ""
@@ -50,7 +52,7 @@ def register(app: typer.Typer) -> None:
 @cache_app.callback()
 @friendly
 def _cache(ctx: typer.Context, json_out: JsonOpt = False) -> None:
-    """List cfcli's cache (converted checkpoints, prompt embeddings), or clear part of it.
+    """List cfcli's cache (converted checkpoints, prompt embeddings, compiled code), or clear part of it.
 
     Examples:
 
@@ -69,6 +71,8 @@ def clear(old: bool = typer.Option(False, "--old", help="Converted checkpoints n
           converted: bool = typer.Option(False, "--converted", help="All converted checkpoints (remade by "
                                                                      "`cf download`)."),
           prompts: bool = typer.Option(False, "--prompts", help="Cached prompt embeddings (remade on use)."),
+          compiled: bool = typer.Option(False, "--compiled", help="Compiled code of the DiT blocks (remade by the "
+                                                                   "next GPU run)."),
           all_: bool = typer.Option(False, "--all", help="Everything in $CF_HOME listed by `cf cache`."),
           dry_run: bool = typer.Option(False, "--dry-run", help="List what would be deleted, with sizes; delete "
                                                                 "nothing."),
@@ -85,10 +89,10 @@ def clear(old: bool = typer.Option(False, "--old", help="Converted checkpoints n
     """
     from rich.markup import escape
 
-    if not (old or converted or prompts or all_):
-        raise CfError("say what to clear", "use --old, --converted, --prompts or --all (see `cf cache`)")
-    chosen = [e for e in entries() if all_ or (converted and e.kind == "converted")
-              or (prompts and e.kind == "prompts") or (old and (e.old or (e.link and e.kind == "converted")))]
+    if not (old or converted or prompts or compiled or all_):
+        raise CfError("say what to clear", "use --old, --converted, --prompts, --compiled or --all (see `cf cache`)")
+    chosen = [e for e in entries() if all_ or (converted and e.kind == "converted") or (prompts and e.kind == "prompts")
+              or (compiled and e.kind == "compiled") or (old and (e.old or (e.link and e.kind == "converted")))]
     for e in chosen:
         if e.link is not None:
             console.print(f"[yellow]left alone:[/] {escape(str(e.path))} is a link to {escape(str(e.link))}; cfcli "
@@ -133,8 +137,8 @@ def linked(folder: Path) -> Path | None:
 
 
 def entries() -> list[Entry]:
-    """Every converted checkpoint (with the presets using it), the prompt cache and TAEHV, with sizes; a linked cache
-    folder as one entry that is never cleared."""
+    """Every converted checkpoint (with the presets using it), the prompt cache, TAEHV and the compiled code, with
+    sizes; a linked cache folder as one entry that is never cleared."""
     found: list[Entry] = []
     folder = converted_dir()
     if (target := linked(folder)) is not None:
@@ -143,7 +147,7 @@ def entries() -> list[Entry]:
         users = converted_users()
         found += [Entry("converted", f, f.stat().st_size, ", ".join(users.get(f.resolve(), ())), [f])
                   for f in sorted(folder.iterdir()) if made_by_cf("converted", f)]
-    for kind in ("prompts", "taehv"):
+    for kind in ("prompts", "taehv", "compiled"):
         folder = cf_home() / kind
         if (target := linked(folder)) is not None:
             found.append(Entry(kind, folder, 0, f"a link to {target}: left alone", link=target))

@@ -20,6 +20,7 @@ from cfcli.models.build import build_models
 from cfcli.models.cache import DiTCache
 from cfcli.models.dit import CausalWanDiT
 from cfcli.models.vae import WanVAE
+from cfcli.pipeline import compile_cache
 from cfcli.pipeline.phases import loading
 from cfcli.pipeline.prompts import TextSchedule
 from cfcli.pipeline.sampler import StepPlan
@@ -135,6 +136,7 @@ class Engine:
         self.kv_format: str | None = None  # 8-bit KV cache ("int8" / "fp8"), set by a memory plan
         self.parked = None  # `cfcli.models.offload.Parked` text projections, set by a memory plan
         self.applied: set[str] = set()  # the levers `quantize` and `accelerate` turned on (`levers`)
+        self.artefacts: "compile_cache.Artefacts | None" = None  # compiled code to keep after the first video
 
     def levers(self) -> list[str]:
         """The speed levers this engine runs with, in `LEVERS` order: what `cf bench` reports."""
@@ -211,7 +213,8 @@ class Engine:
         lists them. Off the GPU there is nothing to do: every model stays the reference.
 
         Graphs are bit-exact with the eager path; the other levers move results within bf16 rounding. Compiling costs
-        a one-off compilation (cached on disk by PyTorch).
+        a one-off compilation, kept in `$CF_HOME/compiled` after the first video (`cfcli.pipeline.compile_cache`) and
+        loaded here by the next process.
         """
         if self.device.type != "cuda":
             return self
@@ -220,6 +223,7 @@ class Engine:
         self.applied.update(fast.use_dit_kernels(self.dit, options.split_attention, options.fused_gelu,
                                                     options.cudnn_attention))
         if options.compile:
+            self.artefacts = compile_cache.load(compile_cache.key(self))  # before anything compiles
             fast.compile_blocks(self.dit)
             self.applied.add("compile")
         if options.graphs:
@@ -298,6 +302,8 @@ class Engine:
         `run_frames` (new latent frames, at least `latent_frames`): run as a run of that length does (its noise drawn
         whole, its KV cache, its sampler) and stop after the first `latent_frames`, which are then bit for bit that
         run's: how a live recording, cut from a longer run, is made again.
+
+        Once the engine's first video has run to its end, the code compiled for it is saved for the next process.
         """
         n_ctx = 0 if context is None else context.shape[1]
         total = latent_frames if run_frames is None else run_frames
@@ -339,7 +345,10 @@ class Engine:
                     for i in range(x0.shape[1]):
                         yield chunk(x0[:, i:i + 1], False, block_end=i + 1 == x0.shape[1])
                 if left <= 0:
-                    return
+                    break
+        if self.artefacts is not None:  # the first video compiled what the later ones run: kept for the next process
+            compile_cache.save(self.artefacts)
+            self.artefacts = None
 
 
 def decode_aside(decoder, latents: Tensor, side: "torch.cuda.Stream", is_context: bool, block_end: bool) -> Chunk:
