@@ -8,6 +8,7 @@
 #
 #   scripts/cold_gpu.sh [MODES...]   (default: framewise chunkwise)
 #   env: OUT (results, /tmp/cold), WEIGHTS (made once, /tmp/cf-cold-weights), FRAMES (81), REPEAT (3),
+#        WEIGHTS_ONLY=1 (make the weights and presets, nothing else: scripts/serve_gpu.sh),
 #        FLAGS (more options for every bench, e.g. "--device cpu --height 48 --width 80" for a dry run),
 #        ARCH_FROM (a preset YAML whose `architecture` replaces the full-size one: a quick check on the CPU)
 set -uo pipefail
@@ -56,6 +57,7 @@ for mode in modes:
     preset["architecture"] = {part: dict(v) for part, v in arch.items()}
     (out / f"{mode}.yaml").write_text(yaml.safe_dump(preset, sort_keys=False))
 PY
+[ "${WEIGHTS_ONLY:-0}" = 1 ] && exit 0
 for mode in ${MODES[@]}; do
   preset="$WEIGHTS/$mode.yaml"
   # shellcheck disable=SC2086

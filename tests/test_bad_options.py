@@ -192,7 +192,7 @@ def test_a_large_count_plans_in_linear_time(work):
     names that slug alike still get -2, -3, …"""
     import time
 
-    from cfcli.cli.generate import plan_runs
+    from cfcli.jobs.generate import plan_runs
 
     start = time.perf_counter()
     runs = plan_runs(["a fox"], 1, 20_000, Path("o.mp4"), ".mp4", Path("o.safetensors"))

@@ -96,3 +96,29 @@ def test_cold_bench_runs_fresh_processes(cf, tmp_path, monkeypatch):
 def test_cold_bench_needs_real_weights(cf):
     r = cf("bench", "--cold", "--random-weights", *TINY)
     assert r.exit_code == 1 and "needs the preset's weights" in r.output
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# cf bench --served
+
+def test_served_bench_starts_a_server_times_fresh_clients_and_stops_it(cf, tmp_path, monkeypatch):
+    from cfcli.serve import registry
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    r = cf("bench", "--served", "--repeat", 2, *TINY, "--dtype", "float32", "--frames", 5, "--json")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert report["server_start_s"] > 0 and [x["run"] for x in report["runs"]] == [1, 2]
+    for run in report["runs"]:
+        assert run["frames"] == 5 and 0 < run["first_frame_s"] < run["wall_s"]
+        assert 0 < run["server_total_s"] < run["wall_s"] and run["generation_fps"] > 0
+    assert report["summary"]["wall_s"] == pytest.approx((report["runs"][0]["wall_s"] + report["runs"][1]["wall_s"]) / 2)
+    assert "--frames" in report["command"] and registry.read() is None  # the server it started is gone
+    assert [p.name for p in scratch.iterdir()] == []
+
+
+def test_served_bench_refuses_with_cold(cf):
+    r = cf("bench", "--served", "--cold", *TINY)
+    assert r.exit_code == 1 and "two benches" in r.output

@@ -230,7 +230,7 @@ def test_extend_uses_the_clips_own_preset(cf, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     assert f"extending with the clip's own preset, {CHUNK.resolve()}" in r.stderr
     assert read_video(out).metadata["preset"] == "tiny-chunkwise"
-    from cfcli.cli.clip_preset import extend_preset
+    from cfcli.jobs.clip_preset import extend_preset
 
     assert extend_preset(clip, None, "framewise", None) is None  # --mode chooses
     assert extend_preset(clip, str(TINY), None, None) == str(TINY)
@@ -239,7 +239,7 @@ def test_extend_uses_the_clips_own_preset(cf, tmp_path, monkeypatch):
 
 
 def test_extend_falls_back_when_the_clips_preset_is_gone(cf, tmp_path):
-    from cfcli.cli.clip_preset import extend_preset
+    from cfcli.jobs.clip_preset import extend_preset
     from cfcli.pipeline.video import rewrite_metadata
 
     clip = tmp_path / "chunk.mkv"

@@ -45,6 +45,9 @@ def register(app: typer.Typer) -> None:
         cold: bool = typer.Option(False, "--cold", help="Time fresh `cf generate` processes instead, phase by phase "
                                                         "(what a user waits for); the first on empty compile "
                                                         "caches. Needs the weights on disk."),
+        served: bool = typer.Option(False, "--served", help="Time fresh `cf generate` clients whose jobs a warm "
+                                                            "`cf serve` makes (the running one, else one started "
+                                                            "for the bench). Needs the weights on disk."),
         json_out: JsonOpt = False,
     ) -> None:
         """Time warm generations: end-to-end and DiT-only FPS, first frame, block latency, memory, floors.
@@ -56,6 +59,7 @@ def register(app: typer.Typer) -> None:
           cf bench --mode chunkwise --decoder taehv --json
           cf bench --device cpu --dtype bfloat16 --height 240 --width 416 --frames 5
           cf bench --cold --repeat 3 --frames 81
+          cf bench --served --repeat 3
         """
         from cfcli.pipeline.plan import frame_counts
         from cfcli.presets import preset_name
@@ -76,13 +80,15 @@ def register(app: typer.Typer) -> None:
         real, _ = frame_counts(p, want, image=False)
         if real != want:
             console.print(f"[yellow]note:[/] {want} frames is not a length the model makes; benchmarking {real}")
-        if cold:
-            from cfcli.cli.cold import bench_cold, check_cold, generate_options
+        if cold and served:
+            raise CfError("--cold and --served are two benches", "run one, then the other")
+        if cold or served:
+            from cfcli.cli.cold import bench_cold, bench_served, check_cold, generate_options
 
-            check_cold(random_weights, not session.uses_random_weights, save_latents)
-            return bench_cold(generate_options(preset_name(preset, mode, steps), real, height, width, device, dtype,
-                                               compile, cuda_graphs, quantize, decoder, max_vram, low_vram, plain),
-                              repeat, json_out)
+            check_cold(random_weights, not session.uses_random_weights, save_latents, "--cold" if cold else "--served")
+            options = generate_options(preset_name(preset, mode, steps), real, height, width, device, dtype, compile,
+                                       cuda_graphs, quantize, decoder, max_vram, low_vram, plain)
+            return (bench_cold if cold else bench_served)(options, repeat, json_out)
         if not random_weights and session.uses_random_weights:
             console.print(f"[yellow]note:[/] {p.name} weights are not downloaded: using random weights of the same "
                           "size (same speed, meaningless pixels)")

@@ -1,4 +1,5 @@
-"""`cf bench --cold`: the options handed to each fresh `cf generate`, and the table of its phases."""
+"""`cf bench --cold` and `--served`: the options handed to each fresh `cf generate` (and `cf serve`), and the tables
+of what they took."""
 
 import json
 
@@ -25,13 +26,19 @@ def generate_options(preset: str, frames: int, height: int | None, width: int | 
     return out + (["--low-vram"] if low_vram else []) + (["--plain"] if plain else [])
 
 
-def check_cold(random_weights: bool, weights_cached: bool, save_latents) -> None:
-    """--cold runs `cf generate`, which needs the weights on disk and makes no bench latents."""
+def serve_options(generate: list[str]) -> list[str]:
+    """The `cf generate` options of `generate_options` that `cf serve` takes (all but --frames)."""
+    i = generate.index("--frames")
+    return generate[:i] + generate[i + 2:]
+
+
+def check_cold(random_weights: bool, weights_cached: bool, save_latents, flag: str = "--cold") -> None:
+    """--cold and --served run `cf generate`, which needs the weights on disk and makes no bench latents."""
     if random_weights or not weights_cached:
-        raise CfError("--cold runs cf generate, which needs the preset's weights on this machine",
+        raise CfError(f"{flag} runs cf generate, which needs the preset's weights on this machine",
                       "cf download the preset first, or give --preset a YAML file whose weights are local files")
     if save_latents is not None:
-        raise CfError("--save-latents does not apply to --cold", "leave it out, or run the warm bench")
+        raise CfError(f"--save-latents does not apply to {flag}", "leave it out, or run the warm bench")
 
 
 def bench_cold(options: list[str], repeat: int, json_out: bool) -> None:
@@ -85,3 +92,27 @@ def cell(row: dict, key: str) -> str:
 def rate(row: dict, model: str) -> str:
     mb_s = row.get("loads", {}).get(model, {}).get("mb_s")
     return f"{mb_s:.0f}" if mb_s is not None else "-"
+
+
+def bench_served(options: list[str], repeat: int, json_out: bool) -> None:
+    from cfcli.serve import bench
+
+    if is_tty() and not json_out:
+        with console.status("served runs") as spinner:
+            result = bench.run_served(options, serve_options(options), repeat,
+                                      lambda m: spinner.update(f"served runs: {m}"))
+    else:
+        result = bench.run_served(options, serve_options(options), repeat)
+    data = result.to_json()
+    if json_out:
+        typer.echo(json.dumps(data))
+        return
+    started = (f"a cf serve started for it ({data['server_start_s']:.1f}s to load and warm up)"
+               if data["server_start_s"] is not None else "the running cf serve")
+    console.print(f"[bold]cf bench --served[/] · {len(data['runs'])} fresh clients of [dim]cf generate "
+                  f"{' '.join(result.args)}[/] · {started}")
+    for r in data["runs"]:
+        first = f"{r['first_frame_s']:.2f}s" if r["first_frame_s"] is not None else "-"
+        gen = f"{r['generation_fps']:.1f}" if r["generation_fps"] else "-"
+        console.print(f"  run {r['run']}: wall {r['wall_s']:.2f}s · first frame {first} · generation {gen} fps · "
+                      f"{r['fps_seen']:.2f} frames/s seen")

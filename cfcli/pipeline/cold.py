@@ -1,9 +1,11 @@
-"""`cf bench --cold`: what a user feels, i.e. `cf generate` run as fresh processes, phase by phase.
+"""`cf bench --cold`: what a user feels, i.e. `cf generate` run as fresh processes, phase by phase (handing their
+jobs to a warm `cf serve` instead: `cfcli.serve.bench`).
 
 Each run is `python -m cfcli generate PROMPT ... --json --quiet` in a new process, its video in a temp folder that is
 removed afterwards. The compile caches (`TORCHINDUCTOR_CACHE_DIR`, `TRITON_CACHE_DIR`) point at a temp folder that is
 empty for the first run and shared by the later ones, so run 1 pays for kernel compilation as on a new machine and the
-rest find the kernels cached. The prompt embedding goes to the usual cache under `$CF_HOME`: run 1 encodes it unless
+rest find the kernels cached; so does the compiled code cfcli keeps (`CF_COMPILED_DIR`,
+`cfcli.pipeline.compile_cache`). The prompt embedding goes to the usual cache under `$CF_HOME`: run 1 encodes it unless
 an earlier command already did, later runs read it (each run says which). `CF_PROCESS_T0` hands the child its start
 time, so the interpreter's start-up is counted (`cfcli.pipeline.phases`).
 """
@@ -89,7 +91,7 @@ def run(options: Sequence[str], repeat: int, status: Callable[[str], None] = lam
     with tempfile.TemporaryDirectory(prefix="cf-cold-") as tmp:
         caches = Path(tmp) / "compile-caches"
         env = os.environ | {"TORCHINDUCTOR_CACHE_DIR": str(caches / "inductor"),
-                            "TRITON_CACHE_DIR": str(caches / "triton")}
+                            "TRITON_CACHE_DIR": str(caches / "triton"), "CF_COMPILED_DIR": str(caches / "compiled")}
         for i in range(repeat):
             status(f"fresh cf generate {i + 1} of {repeat}")
             args = generate_args(options, Path(tmp) / f"run-{i + 1}.mp4")
@@ -97,3 +99,4 @@ def run(options: Sequence[str], repeat: int, status: Callable[[str], None] = lam
             runs.append(ColdRun(i + 1, "empty" if i == 0 else "warm", wall, summary["frames"], summary["phases"]))
             (Path(tmp) / f"run-{i + 1}.mp4").unlink(missing_ok=True)
     return ColdResult(runs, generate_args(options, Path("<temp>/run.mp4")))
+

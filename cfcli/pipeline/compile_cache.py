@@ -18,6 +18,7 @@ damaged one is ignored and written over by the next save. Neither ever fails a r
 import hashlib
 import json
 import logging
+import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,9 +58,16 @@ def key(engine: "Engine") -> dict:
             "modules": sorted({type(m).__qualname__ for blk in blocks for m in blk.modules()})}
 
 
+def folder() -> Path:
+    """`$CF_COMPILED_DIR` (`cf bench --cold` points it at a temp folder: its first run compiles as on a new machine),
+    else `$CF_HOME/compiled`."""
+    given = os.environ.get("CF_COMPILED_DIR")
+    return Path(given) if given else cf_home() / FOLDER
+
+
 def path_for(key: dict) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    return cf_home() / FOLDER / f"{digest}.bin"
+    return folder() / f"{digest}.bin"
 
 
 def load(key: dict) -> Artefacts:
