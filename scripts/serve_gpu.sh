@@ -17,7 +17,8 @@ export CF_HOME=${CF_HOME:-$OUT/cf-home}
 mkdir -p "$OUT"
 WEIGHTS_ONLY=1 WEIGHTS=$WEIGHTS scripts/cold_gpu.sh "$MODE" || exit 1
 preset="$WEIGHTS/$MODE.yaml"
-for i in 1 2 3; do /usr/bin/time -f "%e" python3 -c "import torch" 2>>"$OUT/import-torch.txt"; done
+TIMEFORMAT=%R
+for i in 1 2 3; do { time python3 -c "import torch"; } 2>>"$OUT/import-torch.txt"; done
 run() {  # NAME ARGS...: one cf bench, its JSON kept
   local name=$1; shift
   python3 -m cfcli bench --preset "$preset" --frames "$FRAMES" --json "$@" >"$OUT/$MODE-$name.json" \
