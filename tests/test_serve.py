@@ -173,6 +173,25 @@ def test_ctrl_c_stops_the_served_job_and_keeps_a_playable_partial(client, tmp_pa
                   view) == 0
 
 
+def test_a_client_killed_outright_stops_its_job_and_the_partial_is_kept(client, tmp_path):
+    out = tmp_path / "orphan.mkv"
+    proc = subprocess.Popen([sys.executable, "-m", "cfcli", "generate", PROMPT, "--frames", "161", "--seed", "1",
+                             "--out", str(out), "--codec", "ffv1"], stderr=subprocess.PIPE, text=True,
+                            env=os.environ | {"CF_HOME": str(client.cf_home)})
+    for line in proc.stderr:  # the first progress line: frames are in the file
+        if line.startswith("generating"):
+            break
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 60
+    while not out.exists():  # the server stops the job at its next block and keeps what it wrote
+        assert time.monotonic() < deadline, client.log.read_text()[-2000:]
+        time.sleep(0.05)
+    frames = read_video(out).frames.shape[0]
+    assert 0 < frames < 161 and read_video(out).metadata["frames"] == frames
+    assert "cancelled by its client" in client.log.read_text()
+
+
 def test_two_clients_at_once_are_queued(client, tmp_path):
     from cfcli.jobs.generate import GenerateJob
 
