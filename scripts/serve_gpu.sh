@@ -19,6 +19,19 @@ WEIGHTS_ONLY=1 WEIGHTS=$WEIGHTS scripts/cold_gpu.sh "$MODE" || exit 1
 preset="$WEIGHTS/$MODE.yaml"
 TIMEFORMAT=%R
 for i in 1 2 3; do { time python3 -c "import torch"; } 2>>"$OUT/import-torch.txt"; done
+python3 - <<'PY' 2>&1 | tee "$OUT/imports.txt"  # what a fresh process pays beside `import torch` (configure's share)
+import time
+t = time.perf_counter()
+def lap(what):
+    global t
+    now = time.perf_counter(); print(f"  {what}: {now - t:.2f}s"); t = now
+import torch; lap("import torch")
+torch.cuda.init(); torch.zeros(1, device="cuda"); lap("CUDA context")
+import torch._dynamo; lap("import torch._dynamo")
+import torch._inductor.compile_fx; lap("import torch._inductor.compile_fx")
+import triton; lap("import triton")
+import cfcli.pipeline.engine, cfcli.pipeline.fast; lap("import cfcli's engine and fast path")
+PY
 run() {  # NAME ARGS...: one cf bench, its JSON kept
   local name=$1; shift
   python3 -m cfcli bench --preset "$preset" --frames "$FRAMES" --json "$@" >"$OUT/$MODE-$name.json" \
