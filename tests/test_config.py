@@ -153,3 +153,23 @@ def test_cf_live_records_under_the_configured_output_folder(cf, tmp_path, monkey
     assert seen["dir"] == tmp_path / "videos" / "live"
     assert cf("live", "--preset", FRAMEWISE, "--out-dir", tmp_path / "rec").exit_code == 0
     assert seen["dir"] == tmp_path / "rec"
+
+
+def test_a_job_reads_its_clients_settings_not_this_process(tmp_path, monkeypatch):
+    """`cf serve` runs a job with the client's settings: its CF_* variables and its config file."""
+    from cfcli.config import client_environment, environment, output_dir, read_config, setting
+
+    monkeypatch.setenv("CF_CODEC", "h265")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CF_OUTPUT_DIR", "clips")
+    theirs = tmp_path / "theirs.yaml"
+    theirs.write_text("crf: 30\n")
+    monkeypatch.setenv("CF_CONFIG", str(theirs))
+    sent = client_environment()
+    assert sent["CF_OUTPUT_DIR"] == str(tmp_path / "clips") and sent["CF_CODEC"] == "h265"
+    monkeypatch.delenv("CF_CODEC")
+    monkeypatch.delenv("CF_CONFIG")
+    with environment(sent):
+        assert setting("codec", read_config()) == "h265" and setting("crf", read_config()) == "30"
+        assert output_dir() == tmp_path / "clips"
+    assert setting("codec", read_config()) is None and setting("crf", read_config()) is None
