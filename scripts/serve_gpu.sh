@@ -5,7 +5,8 @@
 # --served` (a `cf serve` started and warmed, fresh `cf generate` clients), and the official loop's first clip in its
 # process. Ends with a table against the issue's targets. Run from the repository root, wheels installed.
 #
-#   scripts/serve_gpu.sh MODE        env: OUT (/tmp/serve-gpu), FRAMES (81), REPEAT (3), OFFICIAL=0 (skip it)
+#   scripts/serve_gpu.sh MODE        env: OUT (/tmp/serve-gpu), FRAMES (81), REPEAT (3), OFFICIAL=0 (skip the official
+#                                    loop), PROBES=0 (skip the import timings and the direct-capture comparison)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 MODE=${1:-framewise}
@@ -18,8 +19,8 @@ mkdir -p "$OUT"
 WEIGHTS_ONLY=1 WEIGHTS=$WEIGHTS scripts/cold_gpu.sh "$MODE" || exit 1
 preset="$WEIGHTS/$MODE.yaml"
 TIMEFORMAT=%R
-for i in 1 2 3; do { time python3 -c "import torch"; } 2>>"$OUT/import-torch.txt"; done
-python3 - <<'PY' 2>&1 | tee "$OUT/imports.txt"  # what a fresh process pays beside `import torch` (configure's share)
+[ "${PROBES:-1}" = 1 ] && for i in 1 2; do { time python3 -c "import torch"; } 2>>"$OUT/import-torch.txt"; done
+[ "${PROBES:-1}" = 1 ] && python3 - <<'PY' 2>&1 | tee "$OUT/imports.txt"  # what a fresh process pays beside `import torch` (configure's share)
 import time
 t = time.perf_counter()
 def lap(what):
@@ -43,13 +44,13 @@ run plain --cold --repeat 1 --no-compile --no-cuda-graphs
 run served --served --repeat "$REPEAT"
 # Graphs captured at a plan's first call (CF_GRAPHS_DIRECT=1) against the default, fresh processes on warm caches:
 # the same latents to the bit?
-for how in default direct; do
+[ "${PROBES:-1}" = 1 ] && for how in default direct; do
   CF_GRAPHS_DIRECT=$([ $how = direct ] && echo 1 || echo 0) python3 -m cfcli generate \
     "a red fox running through fresh snow in a pine forest at dawn, cinematic" --preset "$preset" --frames "$FRAMES" \
     --seed 0 --out "$OUT/$MODE-$how.mp4" --overwrite --save-latents "$OUT/$MODE-$how.st" --json --quiet \
     >"$OUT/$MODE-gen-$how.json" 2>"$OUT/$MODE-gen-$how.err" || { echo "$how generate failed"; tail -4 "$OUT/$MODE-gen-$how.err"; }
 done
-python3 - "$OUT" "$MODE" <<'PY'
+[ "${PROBES:-1}" = 1 ] && python3 - "$OUT" "$MODE" <<'PY'
 import json, sys
 from pathlib import Path
 
@@ -78,7 +79,7 @@ from pathlib import Path
 
 out, mode = Path(sys.argv[1]), sys.argv[2]
 read = lambda n: json.loads(p.read_text()) if (p := out / f"{mode}-{n}.json").is_file() and p.stat().st_size else None
-torch_s = statistics.median(float(x) for x in (out / "import-torch.txt").read_text().split())
+torch_s = statistics.median(float(x) for x in (out / "import-torch.txt").read_text().split())  # the first mode's
 warm, cold, plain, served, official = (read(n) for n in ("warm", "cold", "plain", "served", "official"))
 clip_s = warm["frames"] / warm["fps_end_to_end"] if warm else None
 print(f"{mode}: import torch {torch_s:.2f}s · warm cf bench {warm and warm['fps_end_to_end']:.1f} fps end to end, "
