@@ -24,6 +24,7 @@ import torch
 from cfcli import hub
 from cfcli.config import output_dir, read_config, setting
 from cfcli.errors import CfError
+from cfcli.pipeline import ahead as pipeline_ahead
 from cfcli.pipeline import containers
 from cfcli.pipeline.engine import Engine, EngineOptions
 from cfcli.pipeline.extend import ExtendRequest, plan_extend
@@ -325,6 +326,8 @@ class Session:
         from cfcli.pipeline.random_weights import decoder_model, random_engine
 
         random = self.uses_random_weights
+        # The compiler's imports overlap the load (`cfcli.pipeline.ahead`); configure needs them.
+        ahead = pipeline_ahead.start() if dev.type == "cuda" and self.options.compile else None
         if random:
             self.status(f"building {p.name} with random weights on {dev}")
             engine = random_engine(p, dev, dt)
@@ -333,6 +336,8 @@ class Session:
         decoder = decoder_model(self.options.decoder, random, dev) if random or self.stand_in else None
         self.engine_loads += 1
         with maybe_span(self.phases, "configure"):
+            if ahead is not None:
+                ahead.wait()
             return engine.configure(self.options, self.memory, decoder)
 
     # --- jobs ----------------------------------------------------------------------------------------------------

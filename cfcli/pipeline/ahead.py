@@ -1,0 +1,35 @@
+"""Imports made ahead, on a thread, while the weights load: the compiler's modules (`torch._dynamo`, Inductor, Triton)
+and the fast path's take seconds to import, and a fresh `cf generate` would otherwise pay them in `configure`, after
+the load. Reading and copying the weights mostly runs outside the GIL, so the two overlap.
+
+`start()` returns at once; `wait()` (before anything compiles) joins the thread. A failed import there is only
+forgotten: the same import on the main thread then raises it where it would have anyway.
+"""
+
+import importlib
+import threading
+
+# What `Engine.accelerate` imports on a GPU with compile on, slowest first.
+MODULES = ("torch._dynamo", "torch._inductor.compile_fx", "triton", "cfcli.pipeline.fast")
+
+
+class Ahead:
+    def __init__(self, modules: tuple[str, ...]):
+        self.modules = modules
+        self.thread = threading.Thread(target=self._run, name="cf-imports", daemon=True)
+
+    def _run(self) -> None:
+        for name in self.modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - see the module's docstring
+                pass
+
+    def wait(self) -> None:
+        self.thread.join()
+
+
+def start(modules: tuple[str, ...] = MODULES) -> Ahead:
+    ahead = Ahead(modules)
+    ahead.thread.start()
+    return ahead
