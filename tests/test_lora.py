@@ -419,18 +419,19 @@ def test_the_key_mapping_matches_diffusers_wan_lora_converters(tmp_path):
     """diffusers converts Wan/ComfyUI and musubi (kohya) LoRAs to its own names, with alpha folded into the factors;
     read back through cfcli's diffusers mapping, the deltas are those of the original files."""
     conv = pytest.importorskip("diffusers.loaders.lora_conversion_utils")  # the test extra installs it
-    f = factors(8, [f"blocks.{b}.{m}" for b in range(2) for m in BLOCK] + ["head.head", "time_projection.1"])
+    blocks = factors(8, [f"blocks.{b}.{m}" for b in range(2) for m in BLOCK])
+    # diffusers drops the alphas of the modules outside the blocks (and needs a block): no alphas here
+    top = factors(9, ["blocks.1.self_attn.k", *(m for m in TOP if m != "patch_embedding")])
     cfg = load_preset(TINY).configs.dit
-    cases = (("wan", conv._convert_non_diffusers_wan_lora_to_diffusers),
-             ("kohya", conv._convert_musubi_wan_lora_to_diffusers))
-    for layout, convert in cases:
-        if layout == "kohya":  # musubi files cover the blocks only
-            f = {k: v for k, v in f.items() if k.startswith("blocks.")}
-        original = write(tmp_path / f"{layout}.safetensors", f, layout)
+    cases = (("wan", blocks, ALPHA, conv._convert_non_diffusers_wan_lora_to_diffusers),
+             ("wan", top, None, conv._convert_non_diffusers_wan_lora_to_diffusers),
+             ("kohya", blocks, ALPHA, conv._convert_musubi_wan_lora_to_diffusers))
+    for i, (layout, f, alpha, convert) in enumerate(cases):
+        original = write(tmp_path / f"{i}.safetensors", f, layout, alpha)
         theirs = convert(load_file(str(original)))
         assert all(k.startswith("transformer.") and ".lora_" in k for k in theirs)
-        save_file(theirs, str(tmp_path / f"{layout}-diffusers.safetensors"))
-        ours, back = LoraFile(original, cfg), LoraFile(tmp_path / f"{layout}-diffusers.safetensors", cfg)
+        save_file(theirs, str(tmp_path / f"{i}-diffusers.safetensors"))
+        ours, back = LoraFile(original, cfg), LoraFile(tmp_path / f"{i}-diffusers.safetensors", cfg)
         assert back.grouped.layout == "diffusers" and set(back.changes) == set(ours.changes) == \
             {f"{name}.weight" for name in f}
         for name in ours.changes:

@@ -12,12 +12,11 @@ from pathlib import Path
 
 from cfcli import hub
 from cfcli.converted_check import file_sha256
-from cfcli.errors import CfError
 from cfcli.lora.files import LoraFile
 from cfcli.lora.merge import Adapters
-from cfcli.lora.spec import LoraSpec, hub_parts, is_hub, parse
+from cfcli.lora.spec import LoraSpec, is_hub, parse
 from cfcli.models.dit import DiTConfig
-from cfcli.presets import Preset, WeightRef
+from cfcli.presets import Preset
 
 
 @dataclass(frozen=True)
@@ -39,29 +38,13 @@ class Adapter:
             | ({"preset": True} if self.preset else {})
 
 
-def hub_ref(source: str) -> WeightRef:
-    repo, path = hub_parts(source)
-    return WeightRef(repo=repo, file=path)
-
-
 def local(spec: LoraSpec) -> LoraSpec:
     """A local file's spec with its path absolute (a Hub file as it is)."""
     return spec if is_hub(spec.source) else LoraSpec(str(Path(spec.source).expanduser().absolute()), spec.scale)
 
 
-def locate(spec: LoraSpec) -> Path:
-    """The local file of `spec`: the path, or the Hub file in the cache (never the network)."""
-    if not is_hub(spec.source):
-        return Path(spec.source)
-    path = hub.cached_path(hub_ref(spec.source))
-    if path is None:
-        raise CfError(f"LoRA {spec.source} is neither a file here nor a downloaded Hub file",
-                      f"check the path, or run `cf download --lora {spec.source}` first")
-    return path
-
-
 def find(spec: LoraSpec, cfg: DiTConfig, preset: bool = False) -> Adapter:
-    path = locate(spec)
+    path = hub.resolve_lora(spec)
     return Adapter(spec, path, LoraFile(path, cfg, label=spec.source), preset)
 
 
