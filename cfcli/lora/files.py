@@ -173,13 +173,13 @@ class LoraFile:
 
         if kind == "bias":
             return read("diff_b")
-        shape = self.shapes[param]
-        total = torch.zeros(shape, dtype=torch.float32, device=device)
-        if "down" in parts:
+        shape, delta = self.shapes[param], None
+        if "down" in parts:  # in place after the product: one weight-sized float32 tensor at a time
             down, up = read("down"), read("up")
             rank = down.shape[0]
-            scale = float(read("alpha").reshape(())) / rank if "alpha" in parts else 1.0
-            total += (up.reshape(shape[0], rank) @ down.reshape(rank, -1)).reshape(shape) * scale
+            delta = (up.reshape(shape[0], rank) @ down.reshape(rank, -1)).reshape(shape)
+            if "alpha" in parts:
+                delta.mul_(float(read("alpha").reshape(())) / rank)
         if "diff" in parts:
-            total += read("diff")
-        return total
+            delta = read("diff") if delta is None else delta.add_(read("diff"))
+        return delta

@@ -27,7 +27,7 @@ def merged(base: Tensor, name: str, adapters: Adapters) -> Tensor:
     total = base.detach().to(torch.float32, copy=True)
     for lora, scale in adapters:
         if name in lora.changes:
-            total += lora.delta(name, total.device) * scale
+            total.add_(lora.delta(name, total.device), alpha=scale)
     return total.to(base.dtype)
 
 

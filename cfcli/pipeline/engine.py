@@ -224,7 +224,8 @@ class Engine:
         """LoRAs merged (`keep_loaded`: see `merge`), decoder (`decoder_model`: TAEHV weights to use instead of the
         cached ones, see `use_decoder`), quantisation, the memory `plan`, then the fast path the plan allows (the
         order they must come in)."""
-        self.merge(options.loras, keep_loaded)
+        plain = options.quantize is None and (plan is None or (plan.weights == "model" and not plan.offload_blocks))
+        self.merge(options.loras, keep_loaded and plain)  # kept only where a swap in place can use them
         self.use_decoder(options.decoder, decoder_model).quantize(options.quantize)
         if plan is not None:
             self.apply(plan)
