@@ -25,7 +25,7 @@ from cfcli import converted_check, hub
 from cfcli.cli.common import ModeOpt, PresetOpt, QuietOpt, StepsOpt, console, friendly
 from cfcli.errors import CfError
 from cfcli.paths import cf_home, cf_home_variable, hf_cache_variable, usable_dir
-from cfcli.presets import Preset, load_preset, preset_name, shipped_presets
+from cfcli.presets import Preset, WeightRef, load_preset, preset_name, shipped_presets
 
 stdout = Console(highlight=False)
 
@@ -130,7 +130,7 @@ class Job:
         return [f for f in self.files.values() if not f.cached()]
 
 
-def lora_refs(presets: list[Preset], given: list[str]) -> list:
+def lora_refs(presets: list[Preset], given: list[str]) -> list[WeightRef]:
     """The Hub files of the presets' LoRAs and of `--lora` (a local file has nothing to fetch: said, and left out)."""
     from cfcli.lora.spec import parse
 
@@ -144,7 +144,8 @@ def lora_refs(presets: list[Preset], given: list[str]) -> list:
     return list(dict.fromkeys(ref for s in specs if (ref := hub.lora_ref(s)) is not None))
 
 
-def run_download(presets: list[Preset], *, dry_run: bool, recheck: bool, quiet: bool, loras: list = ()) -> None:
+def run_download(presets: list[Preset], *, dry_run: bool, recheck: bool, quiet: bool,
+                 loras: list[WeightRef] = ()) -> None:
     """Fetch, verify and convert what `presets` need, and the Hub `loras` (`WeightRef`s)."""
     from huggingface_hub import constants
 
@@ -246,7 +247,7 @@ def report_ready(p: Preset, quiet: bool) -> None:
         console.print(f"[bold green]ready:[/] {p.name}  [dim]{hub.human(status.size)} on disk · works offline[/]")
 
 
-def offline_check(presets: list[Preset], dry_run: bool, loras: list = ()) -> None:
+def offline_check(presets: list[Preset], dry_run: bool, loras: list[WeightRef] = ()) -> None:
     """HF_HUB_OFFLINE: nothing can be fetched, but what is here can be reported."""
     for ref in loras:
         if hub.cached_path(ref) is None:

@@ -100,12 +100,6 @@ def group(keys: list[str], params: "set[str] | dict") -> Grouped:
     return Grouped(layout, grouped, unknown)
 
 
-def block_of(name: str) -> int | None:
-    """The block index of an official name (`blocks.3.ffn.0` -> 3), else None."""
-    block = BLOCK.fullmatch(name)
-    return int(block[1]) if block else None
-
-
 def block_index(key: str, layout: str) -> int | None:
     """The block index a key names, in any layout, whether or not the model has that block (base-model checks)."""
     found = split(key)
