@@ -437,3 +437,15 @@ def test_the_key_mapping_matches_diffusers_wan_lora_converters(tmp_path):
             {f"{name}.weight" for name in f}
         for name in ours.changes:
             assert torch.allclose(back.delta(name), ours.delta(name), rtol=1e-5, atol=1e-7), name
+
+
+def test_an_extension_records_its_loras_and_its_remake_gives_them(cf, tmp_path):
+    lora = write(tmp_path / "l.safetensors", factors(1))
+    base = ["--preset", TINY, "--device", "cpu", "--dtype", "float32", "--codec", "ffv1", "--no-server", "-q"]
+    assert cf("generate", PROMPT, *base, "--frames", 5, "--seed", 1, "--out", tmp_path / "a.mkv").exit_code == 0
+    r = cf("extend", tmp_path / "a.mkv", *base, "--frames", 4, "--seed", 2, "--lora", f"{lora}:0.25",
+           "--out", tmp_path / "b.mkv")
+    assert r.exit_code == 0, r.output
+    facts = json.loads(cf("info", tmp_path / "b.mkv", "--json").stdout)
+    assert facts["metadata"]["loras"][0]["scale"] == 0.25
+    assert facts["command"].startswith("cf extend") and f"--lora {lora}:0.25" in facts["command"]
