@@ -11,6 +11,7 @@ import typing
 
 TRAIN_STEPS = 1000  # the flow schedule's table length (cfcli.pipeline.schedule.TRAIN_STEPS; that module pulls torch)
 WEIGHT_KEYS = ("repo", "file", "folder", "path", "revision")
+LORA_KEYS = ("repo", "file", "path", "scale")  # a `loras:` entry: {repo, file, scale} or {path, scale}
 ITEM_NAMES = {int: "positive whole numbers", float: "numbers", bool: "true/false values"}
 VAE_FAMILY_KEY = "family"  # `architecture.vae.family`: which VAE module and config class (cfcli.models.build)
 
@@ -114,6 +115,35 @@ def check_weight_entry(entry: object, where: str, problems: Problems) -> None:
         problems.append(f"{where} must be {shape}")
     elif isinstance(entry["repo"], str) and entry["repo"].count("/") != 1:
         problems.add(f"{where}.repo", "a Hub repo id like owner/name", entry["repo"])
+
+
+def check_loras(loras: object, problems: Problems) -> None:
+    """`loras:` (optional): LoRAs merged into the DiT, each a safetensors file on the Hub or a local path, with a
+    scale (default 1)."""
+    shape = "{repo, file, scale} or {path, scale}"
+    if loras is None:
+        return
+    if not isinstance(loras, list):
+        problems.add("loras", f"a list of {shape}", loras)
+        return
+    for i, entry in enumerate(loras):
+        where = f"loras[{i}]"
+        if not isinstance(entry, dict):
+            problems.add(where, shape, entry)
+            continue
+        unknown = sorted(str(k) for k in entry if k not in LORA_KEYS)
+        if unknown:
+            problems.append(f"{where}: unknown keys {', '.join(unknown)} (known: {', '.join(LORA_KEYS)})")
+        for key in ("repo", "file", "path"):
+            if key in entry and (not isinstance(entry[key], str) or not entry[key].strip()):
+                problems.add(f"{where}.{key}", "a non-empty string", entry[key])
+        if ("path" in entry) == ("repo" in entry or "file" in entry) or ("path" not in entry and not
+                                                                         {"repo", "file"} <= set(entry)):
+            problems.append(f"{where} must be {shape}")
+        elif isinstance(entry.get("repo"), str) and entry["repo"].count("/") != 1:
+            problems.add(f"{where}.repo", "a Hub repo id like owner/name", entry["repo"])
+        if "scale" in entry and not is_number(entry["scale"]):
+            problems.add(f"{where}.scale", "a number (e.g. 0.8)", entry["scale"])
 
 
 def check_architecture(arch: object, configs: dict[str, type], problems: Problems) -> None:

@@ -13,6 +13,7 @@ import yaml
 
 from cfcli.config import read_config, setting
 from cfcli.errors import CfError
+from cfcli.lora.spec import LoraSpec
 
 if TYPE_CHECKING:  # the models pull in torch: imported where used
     from cfcli.models.build import ModelConfigs
@@ -57,6 +58,7 @@ class Preset:
     architecture: dict = field(default_factory=dict)
     sampler: str = "causal"
     horizon_frames: int = 21  # latent frames the model was trained on; longer videos roll the KV cache
+    loras: tuple[LoraSpec, ...] = ()  # merged into the DiT: a Hub file `owner/repo/path` or an absolute path
     source: Path | None = None
 
     @property
@@ -122,7 +124,8 @@ def parse_preset(data: object, path: Path, *, models: bool = True) -> Preset:
         raise CfError(f"{where} is not a mapping of keys", "see presets/framewise.yaml for the format")
     known = {f.name for f in fields(Preset)} - {"source"}
     unknown = sorted(str(k) for k in data if k not in known)
-    required = sorted(k for k in known if k not in data and k not in {"architecture", "sampler", "horizon_frames"})
+    optional = {"architecture", "sampler", "horizon_frames", "loras"}
+    required = sorted(k for k in known if k not in data and k not in optional)
     if unknown or required:
         problems = ([f"unknown keys {unknown}"] if unknown else []) + ([f"missing keys {required}"] if required else [])
         raise CfError(f"{where}: {'; '.join(problems)}", "see presets/framewise.yaml for the format")
@@ -135,6 +138,7 @@ def parse_preset(data: object, path: Path, *, models: bool = True) -> Preset:
     if data["first_block_steps"] is not None:
         data["first_block_steps"] = tuple(data["first_block_steps"])
     data["architecture"] = {part: dict(values or {}) for part, values in (data.get("architecture") or {}).items()}
+    data["loras"] = tuple(_lora_spec(entry, path.parent) for entry in data.get("loras") or ())
     return Preset(**data, source=path)
 
 
@@ -160,6 +164,7 @@ def check_values(data: dict, configs: dict[str, type] | None) -> list[str]:
             multiple = size_multiple(arch)
     schema.check_size(data, multiple, problems)
     schema.check_weights(data["weights"], problems, WEIGHT_ROLES)
+    schema.check_loras(data.get("loras"), problems)
     return problems
 
 
@@ -196,6 +201,13 @@ def _weight_ref(entry: dict, base: Path) -> WeightRef:
         return WeightRef(path=(base / Path(entry["path"]).expanduser()).resolve())
     return WeightRef(repo=entry["repo"], file=entry.get("file"), folder=entry.get("folder"),
                      revision=entry.get("revision"))
+
+
+def _lora_spec(entry: dict, base: Path) -> LoraSpec:
+    """An entry `check_loras` accepted."""
+    source = f"{entry['repo']}/{entry['file']}" if "repo" in entry else \
+        str((base / Path(entry["path"]).expanduser()).resolve())
+    return LoraSpec(source, float(entry.get("scale", 1.0)))
 
 
 MODE_PRESETS = ("framewise", "chunkwise", "longvideo", "self-forcing")  # the shipped presets `--mode` picks

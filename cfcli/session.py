@@ -31,6 +31,7 @@ from cfcli.pipeline.extend import ExtendRequest, plan_extend
 from cfcli.pipeline.files import Summary, reserve_outputs
 from cfcli.pipeline.generate import GenerateRequest
 from cfcli.pipeline.limits import check_length, check_options
+from cfcli.pipeline.loras import adapters_for
 from cfcli.pipeline.memory import MemoryPlan, check_host_memory, plan_run, with_kept_text
 from cfcli.pipeline.outputs import slug
 from cfcli.pipeline.plan import VideoPlan, plan_video, with_noise_frames, with_resolution
@@ -125,18 +126,21 @@ class Session:
 
     `preset` (a name or a YAML file) or `mode`/`steps` pick the preset; `height`/`width` change its size; `compile`,
     `cuda_graphs`, `quantize`, `decoder`, `plain` are the speed flags (or give `speed`); `max_vram`/`low_vram` set the
-    memory budget; `random_weights`: random weights of the preset's size (True), the downloaded ones (False), or
-    random only when they are not downloaded (None); `keep_text`: umT5 stays loaded between jobs when the memory plan
-    has room for it beside the DiT (None, the default), always (True: `cf live`, on the CPU where the GPU has no room)
-    or never (False: a one-off run). `status` hears a line before each model loads; `phases` (a
+    memory budget; `lora`: LoRAs merged into the DiT after the preset's own (`loras:`), each `FILE[:SCALE]`, a
+    `(file, scale)` pair or a `cfcli.lora.spec.LoraSpec`, the file local or on the Hub (`owner/repo/path`,
+    downloaded by `cf download --lora`); `random_weights`: random weights of the preset's size (True), the downloaded
+    ones (False), or random only when they are not downloaded (None); `keep_text`: umT5 stays loaded between jobs
+    when the memory plan has room for it beside the DiT (None, the default), always (True: `cf live`, on the CPU where
+    the GPU has no room) or never (False: a one-off run). `status` hears a line before each model loads; `phases` (a
     `cfcli.pipeline.phases.Phases`) times the loads.
     """
 
     def __init__(self, preset: str | None = None, *, mode: str | None = None, steps: int | None = None,
                  device: str | None = None, dtype: str | None = None, height: int | None = None,
                  width: int | None = None, speed: SpeedFlags | None = None, max_vram: float | None = None,
-                 low_vram: bool = False, random_weights: bool | None = False, keep_text: bool | None = None,
-                 status: Callable[[str], None] = lambda line: None, phases=None, **flags):
+                 low_vram: bool = False, lora: Sequence = (), random_weights: bool | None = False,
+                 keep_text: bool | None = None, status: Callable[[str], None] = lambda line: None, phases=None,
+                 **flags):
         unknown = set(flags) - set(SpeedFlags.__dataclass_fields__)
         if unknown:
             raise TypeError(f"Session() got unexpected options: {', '.join(sorted(unknown))}")
@@ -145,7 +149,8 @@ class Session:
         self.device = pick_device(device)
         self.asked_device = device  # as given (None: picked), for notes
         self.dtype = pick_dtype(dtype, self.device)
-        self.options = self.speed.options()
+        self.loras = adapters_for(self.preset, lora)  # found and checked: a bad LoRA stops here
+        self.options = replace(self.speed.options(), loras=self.loras)
         self.options.check(self.device, need_weights=random_weights is False)
         if max_vram is not None and not (max_vram == max_vram and 0 < max_vram < float("inf")):
             raise CfError(f"--max-vram must be a positive number of GiB, got {max_vram}", "e.g. --max-vram 11")
@@ -158,6 +163,7 @@ class Session:
         self.keep_text = keep_text
         self.text_device: str | None = None  # where a kept umT5 must go ("cpu" / "cuda"), else the plan decides
         self.engine_loads = 0
+        self.swaps_loras = False  # `set_loras` was called: the engine keeps what it needs to swap them in place
         self._engine: Engine | None = None
         self._encoder: PromptEncoder | None = None
 
@@ -338,7 +344,22 @@ class Session:
         with maybe_span(self.phases, "configure"):
             if ahead is not None:
                 ahead.wait()
-            return engine.configure(self.options, self.memory, decoder)
+            return engine.configure(self.options, self.memory, decoder, keep_loaded=self.swaps_loras)
+
+    def set_loras(self, lora: Sequence) -> None:
+        """Merge `lora` (as `Session(lora=...)`; the preset's own stay) in place of the LoRAs now merged, for the next
+        job. Checked first (a bad file changes nothing). A loaded engine swaps them in place when its weights are
+        plain and it kept them as loaded (compiled code and CUDA graphs stay valid); otherwise it is loaded again, this
+        time keeping them, so the next swap is in place."""
+        loras = adapters_for(self.preset, lora)
+        self.options, self.loras, self.swaps_loras = replace(self.options, loras=loras), loras, True
+        engine = self._engine
+        if engine is not None and engine.can_remerge:
+            engine.remerge(loras)
+            return
+        if engine is not None:
+            self.status("LoRAs changed: loading the models again")
+            self.release()
 
     # --- jobs ----------------------------------------------------------------------------------------------------
 
@@ -432,10 +453,11 @@ def generate(prompt: str | None = None, *, preset: str | None = None, device: st
              frames: int | None = None, seed: int | None = None, out: Path | str | None = None,
              save_latents: Path | str | None = None, **options) -> Summary:
     """One clip in one call: a `Session` opened, `Session.generate` run and the session closed. `options` are the
-    session's (mode, steps, dtype, height, width, compile, cuda_graphs, quantize, decoder, plain, max_vram, low_vram)
+    session's (mode, steps, dtype, height, width, compile, cuda_graphs, quantize, decoder, plain, max_vram, low_vram,
+    lora)
     and the job's (seconds, fps, image, overwrite, codec, crf, prompt_at, prompt_schedule, on_progress)."""
-    session_keys = {"mode", "steps", "dtype", "height", "width", "speed", "max_vram", "low_vram", "random_weights",
-                    "keep_text", "status", *SpeedFlags.__dataclass_fields__}
+    session_keys = {"mode", "steps", "dtype", "height", "width", "speed", "max_vram", "low_vram", "lora",
+                    "random_weights", "keep_text", "status", *SpeedFlags.__dataclass_fields__}
     opened = {"keep_text": False} | {k: options.pop(k) for k in list(options) if k in session_keys}
     with Session(preset, device=device, **opened) as session:
         return session.generate(prompt, frames=frames, seed=seed, out=out, save_latents=save_latents, **options)

@@ -16,7 +16,8 @@ functions count too: a lazy import still ties the layers together.
             because they read the model configs or checkpoint layout: `presets.py` builds model configs,
             the `hub/` package resolves a preset's files, `convert.py` uses `models.checkpoint`,
             `taehv_weights.py` loads `models.taehv`, `manifest.py` and `converted_check.py` serve them.
-- models:   `cfcli/models/`, plain nn.Modules.
+- models:   `cfcli/models/`, plain nn.Modules; `cfcli/lora/`, LoRA files read, checked against the DiT's config and
+            merged into its weights (torch and safetensors only).
 - ops:      `cfcli/ops/`, kernels and functional pieces.
 - base:     modules that import nothing of cfcli above them, usable from any layer: `errors.py`, `paths.py`,
             `preset_schema.py`, `resume.py`, `config.py` and `version.py`.
@@ -51,6 +52,7 @@ UNITS = {
     "manifest": "store",
     "taehv_weights": "store",
     "models": "models",
+    "lora": "models",
     "ops": "ops",
     "errors": "base",
     "paths": "base",

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from cfcli.pipeline.video import read_video
@@ -234,6 +235,24 @@ def test_a_job_for_another_preset_switches_the_server_and_says_so(cf, client, tm
     r = served(cf, "--frames", 9, "--seed", 1, "--out", tmp_path / "f.mkv", "--codec", "ffv1")
     assert r.exit_code == 0 and "switches from tiny-chunkwise" in r.output  # no preset given: the server's own
     assert (read_video(tmp_path / "f.mkv").frames == read_video(tmp_path / "l.mkv").frames).all()
+
+
+def test_a_job_with_a_lora_switches_the_server_and_equals_the_local_one(cf, client, tmp_path, monkeypatch):
+    """`--lora` is a session option: the client sends the file's absolute path (the server runs in another folder), the
+    server switches to a session with it, and a job without it switches back."""
+    from test_lora import factors, write
+
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "style.safetensors", factors(1))
+    args = ["--lora", "style.safetensors:0.5", "--frames", 5, "--seed", 3, "--codec", "ffv1"]
+    ra = served(cf, *args, "--out", tmp_path / "a.mkv", "--save-latents", tmp_path / "a.st")
+    rb = local(cf, *args, "--out", tmp_path / "b.mkv", "--save-latents", tmp_path / "b.st")
+    assert ra.exit_code == 0 and rb.exit_code == 0, ra.output + rb.output
+    assert "cf serve switches from tiny-framewise" in ra.output and "LoRA style.safetensors:0.5" in ra.output
+    assert torch.equal(load_file(str(tmp_path / "a.st"))["latents"], load_file(str(tmp_path / "b.st"))["latents"])
+    rc = served(cf, "--frames", 5, "--seed", 3, "--codec", "ffv1", "--out", tmp_path / "c.mkv")
+    assert rc.exit_code == 0 and "switches from tiny-framewise" in rc.output and "LoRA" not in rc.output.split("to")[-1]
+    assert not torch.equal(read_video(tmp_path / "c.mkv").frames, read_video(tmp_path / "a.mkv").frames)
 
 
 def test_the_token_is_required(cf, client, tmp_path, monkeypatch):

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import typer
 
-from cfcli.cli.common import (CompileOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt, LowVramOpt, MaxVramOpt,
-                              ModeOpt, PlainOpt, PresetOpt, QuantizeOpt, StepsOpt, console, friendly, is_tty)
+from cfcli.cli.common import (CompileOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt, LoraOpt, LowVramOpt,
+                              MaxVramOpt, ModeOpt, PlainOpt, PresetOpt, QuantizeOpt, StepsOpt, console, friendly,
+                              is_tty)
 from cfcli.cli.progress import record_bench
 from cfcli.errors import CfError
 from cfcli.pipeline.limits import check_length, check_options
@@ -37,6 +38,7 @@ def register(app: typer.Typer) -> None:
         decoder: DecoderOpt = "wan",
         max_vram: MaxVramOpt = None,
         low_vram: LowVramOpt = False,
+        lora: LoraOpt = None,
         save_latents: Path = typer.Option(None, "--save-latents",
                                           help="Write the latents of one more DiT-only run (to compare plans)."),
         peak_tflops: float = typer.Option(None, "--peak-tflops",
@@ -73,7 +75,8 @@ def register(app: typer.Typer) -> None:
         # random_weights None: the cached weights when they are here, else random ones (TAEHV's too)
         session = Session(preset, mode=mode, steps=steps, device=device, dtype=dtype, height=height, width=width,
                           speed=SpeedFlags(compile, cuda_graphs, quantize, decoder, plain), max_vram=max_vram,
-                          low_vram=low_vram, keep_text=False, random_weights=True if random_weights else None)
+                          low_vram=low_vram, lora=lora, keep_text=False,
+                          random_weights=True if random_weights else None)
         p, dev = session.preset, session.device
         want = frames if frames is not None else p.frames
         check_length(want, "--frames", geometry=p.geometry)
@@ -87,7 +90,8 @@ def register(app: typer.Typer) -> None:
 
             check_cold(random_weights, not session.uses_random_weights, save_latents, "--cold" if cold else "--served")
             options = generate_options(preset_name(preset, mode, steps), real, height, width, device, dtype, compile,
-                                       cuda_graphs, quantize, decoder, max_vram, low_vram, plain)
+                                       cuda_graphs, quantize, decoder, max_vram, low_vram, plain,
+                                       [a.spec.arg for a in session.loras if not a.preset])
             return (bench_cold if cold else bench_served)(options, repeat, json_out)
         if not random_weights and session.uses_random_weights:
             console.print(f"[yellow]note:[/] {p.name} weights are not downloaded: using random weights of the same "

@@ -2,6 +2,7 @@
 of what they took."""
 
 import json
+from collections.abc import Sequence
 
 import typer
 
@@ -15,14 +16,17 @@ COLUMNS = (("start-up", "startup_s"), ("prepare", "prepare_s"), ("text", "text_s
 
 def generate_options(preset: str, frames: int, height: int | None, width: int | None, device: str | None,
                      dtype: str | None, compile: bool, graphs: bool, quantize: str | None, decoder: str,
-                     max_vram: float | None, low_vram: bool, plain: bool = False) -> list[str]:
-    """The bench's options as `cf generate` options (those left at their defaults are left out)."""
+                     max_vram: float | None, low_vram: bool, plain: bool = False,
+                     lora: Sequence[str] = ()) -> list[str]:
+    """The bench's options as `cf generate` options (those left at their defaults are left out; `lora`: `--lora`
+    values)."""
     pairs = [("--preset", preset), ("--frames", frames), ("--height", height), ("--width", width),
              ("--device", device), ("--dtype", dtype), ("--quantize", quantize), ("--decoder", decoder),
              ("--max-vram", max_vram)]
     out = [str(x) for name, value in pairs if value is not None for x in (name, value)]
     out += [] if compile else ["--no-compile"]
     out += [] if graphs else ["--no-cuda-graphs"]
+    out += [x for spec in lora for x in ("--lora", spec)]
     return out + (["--low-vram"] if low_vram else []) + (["--plain"] if plain else [])
 
 

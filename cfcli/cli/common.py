@@ -49,6 +49,11 @@ MaxVramOpt = Annotated[float | None, typer.Option("--max-vram", metavar="GIB",
                                                      "allocator); default: what is free.")]
 LowVramOpt = Annotated[bool, typer.Option("--low-vram", help="The smallest plan (8-bit DiT weights and KV cache): "
                                                              "8 GB cards; with --max-vram, fitted to it.")]
+LoraOpt = Annotated[list[str] | None, typer.Option("--lora", metavar="FILE[:SCALE]",
+                                                  help="Merge a LoRA into the DiT's weights (safetensors: a local "
+                                                       "file, or a Hub file owner/repo/path.safetensors after `cf "
+                                                       "download --lora`) at SCALE (default 1, negative allowed); "
+                                                       "repeatable, they stack. docs/lora.md.")]
 NoServerOpt = Annotated[bool, typer.Option("--no-server", envvar="CF_NO_SERVER", show_envvar=True,
                                             help="Run in this process even when a `cf serve` is running.")]
 DecoderOpt = Annotated[str, typer.Option("--decoder", metavar="wan|taehv",

@@ -25,7 +25,7 @@ from cfcli import converted_check, hub
 from cfcli.cli.common import ModeOpt, PresetOpt, QuietOpt, StepsOpt, console, friendly
 from cfcli.errors import CfError
 from cfcli.paths import cf_home, cf_home_variable, hf_cache_variable, usable_dir
-from cfcli.presets import Preset, load_preset, preset_name, shipped_presets
+from cfcli.presets import Preset, WeightRef, load_preset, preset_name, shipped_presets
 
 stdout = Console(highlight=False)
 
@@ -44,6 +44,9 @@ def register(app: typer.Typer) -> None:
         verify: bool = typer.Option(False, "--verify", help="Hash cached files again, even those checked before."),
         decoder: str = typer.Option(None, "--decoder", metavar="taehv",
                                     help="Also fetch the TAEHV tiny decoder (`--decoder taehv`; alone: only it)."),
+        lora: list[str] = typer.Option(None, "--lora", metavar="OWNER/REPO/FILE",
+                                       help="Also fetch a LoRA from the Hub (repeatable; alone: only them). A "
+                                            "preset's own LoRAs come with it."),
         quiet: QuietOpt = False,
     ) -> None:
         """Download the weights a preset needs (only those files), verified, then convert the generator once.
@@ -54,6 +57,7 @@ def register(app: typer.Typer) -> None:
           cf download
           cf download --mode chunkwise --dry-run
           cf download --all --decoder taehv
+          cf download --lora someone/wan-loras/ink.safetensors
         """
         if list_:
             show_models(as_json=False)
@@ -64,14 +68,15 @@ def register(app: typer.Typer) -> None:
                               "with every preset)")
             if not dry_run:
                 download_taehv(quiet, force=verify)
-            if not (all_ or preset or mode or steps):
+            if not (all_ or preset or mode or steps or lora):
                 return
         if all_ and (preset or mode or steps):
             raise CfError("--all cannot be combined with --preset/--mode/--steps", "use one or the other")
-        names = shipped_presets() if all_ else [preset_name(preset, mode, steps)]
+        alone = lora and not (all_ or preset or mode or steps or decoder)  # only the LoRAs
+        names = [] if alone else shipped_presets() if all_ else [preset_name(preset, mode, steps)]
         presets = [load_preset(n, models=False) for n in names]
         try:
-            run_download(presets, dry_run=dry_run, recheck=verify, quiet=quiet)
+            run_download(presets, dry_run=dry_run, recheck=verify, quiet=quiet, loras=lora_refs(presets, lora or ()))
         except KeyboardInterrupt:
             console.print("[yellow]stopped:[/] finished files and the partial download are kept; run the same "
                           "command to resume where it stopped")
@@ -96,9 +101,14 @@ class Job:
     converted: list[hub.Need] = field(default_factory=list)  # already converted: their `.pt` is not needed
 
     @classmethod
-    def of(cls, needs: list[hub.Need], recheck: bool = False) -> Job:
-        """`recheck` (`--verify`) hashes converted files too; one that fails is deleted and made again."""
+    def of(cls, needs: list[hub.Need], recheck: bool = False, loras: list[hub.HubFile] = ()) -> Job:
+        """`recheck` (`--verify`) hashes converted files too; one that fails is deleted and made again. `loras`: LoRA
+        files to fetch as well."""
         job, checked = cls(), {}
+        for f in loras:
+            key = (f.repo, f.commit, f.path)
+            job.files[key] = f
+            job.used_by.setdefault(key, set()).add("LoRA")
         for need in needs:
             if need.satisfied_by_conversion() and recheck:
                 ok = checked.setdefault(need.converted, converted_check.verify(need.converted))
@@ -120,11 +130,27 @@ class Job:
         return [f for f in self.files.values() if not f.cached()]
 
 
-def run_download(presets: list[Preset], *, dry_run: bool, recheck: bool, quiet: bool) -> None:
+def lora_refs(presets: list[Preset], given: list[str]) -> list[WeightRef]:
+    """The Hub files of the presets' LoRAs and of `--lora` (a local file has nothing to fetch: said, and left out)."""
+    from cfcli.lora.spec import parse
+
+    specs = [*(s for p in presets for s in p.loras), *(parse(text) for text in given)]
+    for spec in specs:
+        if hub.lora_ref(spec) is None:
+            if not Path(spec.source).is_file():
+                raise CfError(f"--lora {spec.source} is neither a file here nor a Hub file owner/repo/path",
+                              "give a Hub file like someone/wan-loras/style.safetensors")
+            console.print(f"[dim]{escape(spec.source)} is a local file: nothing to download[/]")
+    return list(dict.fromkeys(ref for s in specs if (ref := hub.lora_ref(s)) is not None))
+
+
+def run_download(presets: list[Preset], *, dry_run: bool, recheck: bool, quiet: bool,
+                 loras: list[WeightRef] = ()) -> None:
+    """Fetch, verify and convert what `presets` need, and the Hub `loras` (`WeightRef`s)."""
     from huggingface_hub import constants
 
     if constants.is_offline_mode():
-        offline_check(presets, dry_run)
+        offline_check(presets, dry_run, loras)
         return
     if dry_run:  # said before the network is touched: a dry run fetches nothing, but it does ask the Hub
         console.print("[dim]dry run: asking the Hub for the exact files and sizes (nothing is downloaded); without "
@@ -135,14 +161,14 @@ def run_download(presets: list[Preset], *, dry_run: bool, recheck: bool, quiet: 
         usable_dir(cf_home(), cf_home_variable())
     with console.status("asking the Hub which files are needed …") if _live(quiet) else nullcontext():
         try:
-            needs = hub.plan(presets)
+            needs, lora_files = hub.plan(presets), hub.plan_files(loras)
         except CfError as exc:
             if not (dry_run and unreachable(exc)):
                 raise
             console.print(f"[yellow]note:[/] {exc.message}; sizes below are from the manifest shipped with cfcli")
             show_manifest(presets)
             return
-    job = Job.of(needs, recheck=recheck)
+    job = Job.of(needs, recheck=recheck, loras=lora_files)
     if dry_run:
         show_plan(job)
         return
@@ -221,8 +247,14 @@ def report_ready(p: Preset, quiet: bool) -> None:
         console.print(f"[bold green]ready:[/] {p.name}  [dim]{hub.human(status.size)} on disk · works offline[/]")
 
 
-def offline_check(presets: list[Preset], dry_run: bool) -> None:
+def offline_check(presets: list[Preset], dry_run: bool, loras: list[WeightRef] = ()) -> None:
     """HF_HUB_OFFLINE: nothing can be fetched, but what is here can be reported."""
+    for ref in loras:
+        if hub.cached_path(ref) is None:
+            raise CfError(f"HF_HUB_OFFLINE is set and the LoRA {ref.label} is not downloaded",
+                          f"unset HF_HUB_OFFLINE and run `cf download --lora {ref.label}`")
+        console.print(f"[green]✓[/] LoRA {escape(ref.label)} cached; HF_HUB_OFFLINE is set, so it was not checked "
+                      "against the Hub")
     statuses = [hub.local_status(p) for p in presets]
     missing = [s for s in statuses if not s.ready]
     if dry_run:

@@ -7,7 +7,7 @@ import typer
 
 from cfcli.cli.checks import check_open, given
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, ExtendModeOpt, GraphsOpt,
-                              JsonOpt, LowVramOpt, MaxVramOpt, NoServerOpt, OverwriteOpt, PlainOpt, PresetOpt,
+                              JsonOpt, LoraOpt, LowVramOpt, MaxVramOpt, NoServerOpt, OverwriteOpt, PlainOpt, PresetOpt,
                               QuantizeOpt, QuietOpt, SeedOpt, StepsOpt, friendly)
 from cfcli.cli.files import open_file
 from cfcli.cli.jobs import given_engine, run_job
@@ -44,6 +44,7 @@ def register(app: typer.Typer) -> None:
         decoder: DecoderOpt = "wan",
         max_vram: MaxVramOpt = None,
         low_vram: LowVramOpt = False,
+        lora: LoraOpt = None,
         save_latents: Path = typer.Option(None, "--save-latents", help="Write context + new latents."),
         poster: bool = typer.Option(False, "--poster", help="Also write the first frame as <video>.jpg beside it."),
         open_: bool = typer.Option(False, "--open", help="Play the video when done."),

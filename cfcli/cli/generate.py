@@ -8,8 +8,8 @@ from typer.core import TyperCommand
 
 from cfcli.cli.checks import check_open, given
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt,
-                              LowVramOpt, MaxVramOpt, ModeOpt, NoServerOpt, OverwriteOpt, PlainOpt, PresetOpt,
-                              QuantizeOpt, QuietOpt, SeedOpt, StepsOpt, friendly)
+                              LoraOpt, LowVramOpt, MaxVramOpt, ModeOpt, NoServerOpt, OverwriteOpt, PlainOpt,
+                              PresetOpt, QuantizeOpt, QuietOpt, SeedOpt, StepsOpt, friendly)
 from cfcli.cli.files import open_file
 from cfcli.cli.jobs import given_engine, run_job
 
@@ -79,6 +79,7 @@ def register(app: typer.Typer) -> None:
         decoder: DecoderOpt = "wan",
         max_vram: MaxVramOpt = None,
         low_vram: LowVramOpt = False,
+        lora: LoraOpt = None,
         save_latents: Path = typer.Option(None, "--save-latents", help="Also write the latents (safetensors)."),
         noise_frames: int = typer.Option(None, "--noise-frames", metavar="N",
                                          help="Make the video as the first --frames of a run of N frames (its "
@@ -105,6 +106,7 @@ def register(app: typer.Typer) -> None:
           cf generate "waves at dusk" --image beach.jpg --codec h265 --poster
           cf generate "a fox" --seconds 20 --prompt-at 10s "the fox jumps in a river"
           cf generate "city at night" -o night.gif --frames 33
+          cf generate "a fox in ink" --lora ink-style.safetensors:0.8
         """
         from cfcli.jobs.generate import GenerateJob
 

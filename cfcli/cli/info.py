@@ -41,6 +41,14 @@ def _schedule(v) -> bool:
         and math.isfinite(e[0]) and e[0] >= 0 and _text(e[1]) for e in v)
 
 
+def _loras(v) -> bool:
+    """A list of the LoRAs merged: each {file, name, sha256, scale[, preset]} (`cfcli.pipeline.loras.Adapter.facts`)."""
+    return isinstance(v, list) and all(
+        isinstance(e, dict) and _text(e.get("file")) and _text(e.get("name")) and isinstance(e.get("sha256"), str)
+        and len(e["sha256"]) == 64 and isinstance(e.get("scale"), (int, float)) and not isinstance(e["scale"], bool)
+        and math.isfinite(e["scale"]) and isinstance(e.get("preset", False), bool) for e in v)
+
+
 # What cfcli writes under each key: a check and, for the message, what the value should be.
 TEXT, WHOLE, COUNT = (_text, "text"), (_whole, "a whole number ≥ 0"), (_count, "a whole number ≥ 1")
 FIELDS = {"prompt": TEXT, "seed": WHOLE, "preset": TEXT, "preset_file": TEXT, "mode": TEXT,
@@ -51,7 +59,8 @@ FIELDS = {"prompt": TEXT, "seed": WHOLE, "preset": TEXT, "preset_file": TEXT, "m
           "only_new": (lambda v: isinstance(v, bool), "true or false"), "source_seed": WHOLE,
           "motion_fps": (_number, "a positive number"), "live": (lambda v: isinstance(v, bool), "true or false"),
           "max_frames": COUNT, "noise_frames": COUNT, "planned_frames": COUNT, "cfcli": TEXT,
-          "prompt_schedule": (_schedule, "a list of [seconds, prompt] pairs")}
+          "prompt_schedule": (_schedule, "a list of [seconds, prompt] pairs"),
+          "loras": (_loras, "a list of {file, name, sha256, scale}")}
 
 # Metadata keys that map one to one onto a flag of `cf generate` / `cf extend`.
 FLAGS = (("seed", "--seed"), ("fps", "--fps"), ("height", "--height"), ("width", "--width"), ("codec", "--codec"),
@@ -176,6 +185,10 @@ def remake(meta: dict, malformed: dict[str, str]) -> tuple[list[str] | None, lis
         if good.get(key) is not None and not skipped(key, good):
             value = good[key]
             argv += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    argv, more = lora_args(argv, good.get("loras") or [])
+    notes += more
+    if "loras" in malformed:
+        notes.append("not exactly reproducible: loras is malformed, left out")
     if "fps" in good and not extend and float(good["fps"]) != int(good["fps"]):
         notes.append(f"not exactly reproducible: --fps takes whole numbers, the clip plays at {good['fps']:g}")
     gaps = [k for k in DECIDES if k not in good and not (extend and k in ("height", "width"))]
@@ -184,6 +197,21 @@ def remake(meta: dict, malformed: dict[str, str]) -> tuple[list[str] | None, lis
                      "today's defaults)")
     if "image" in good and not Path(good["image"]).is_absolute():
         notes.append(f"the start picture is recorded by name only ({good['image']}): run the command where it is")
+    return argv, notes
+
+
+def lora_args(argv: list[str], loras: list[dict]) -> tuple[list[str], list[str]]:
+    """`argv` with a `--lora FILE:SCALE` for each LoRA given on the command line (the preset's come with it), and a
+    note for each whose file is not where it was."""
+    from cfcli.lora.spec import LoraSpec, is_hub
+
+    notes = []
+    for lora in loras:
+        if lora.get("preset"):
+            continue
+        argv = argv + ["--lora", LoraSpec(lora["file"], float(lora["scale"])).arg]
+        if not is_hub(lora["file"]) and not Path(lora["file"]).is_file():
+            notes.append(f"not exactly reproducible: the LoRA {lora['file']} is gone (sha256 {lora['sha256']})")
     return argv, notes
 
 

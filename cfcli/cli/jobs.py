@@ -6,15 +6,20 @@ from cfcli.cli.view import ConsoleView
 
 # The options that pick and shape the session (`cfcli.session.Session`'s arguments); a job sends those the user gave.
 ENGINE = ("preset", "mode", "steps", "device", "dtype", "height", "width", "compile", "cuda_graphs", "quantize",
-          "plain", "decoder", "max_vram", "low_vram")
+          "plain", "decoder", "max_vram", "low_vram", "lora")
 
 
 def given_engine(ctx) -> dict:
     """The session options given on the command line, by a `CF_*` variable or the config file; the others are left to
-    the session (a `cf serve` then keeps its own)."""
+    the session (a `cf serve` then keeps its own). LoRA files are made absolute here: the job may run elsewhere."""
+    from cfcli.lora.spec import absolute
+
     params = ctx.params
-    return {k: params[k] for k in ENGINE if k in params and getattr(ctx.get_parameter_source(k), "name", "DEFAULT")
-            not in ("DEFAULT", None)}
+    given = {k: params[k] for k in ENGINE if k in params and getattr(ctx.get_parameter_source(k), "name", "DEFAULT")
+             not in ("DEFAULT", None)}
+    if given.get("lora"):
+        given["lora"] = [absolute(spec) for spec in given["lora"]]
+    return given
 
 
 def run_job(kind: str, job, quiet: bool, json_out: bool, no_server: bool) -> ConsoleView:

@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 
 from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, JsonOpt,
-                              LowVramOpt, MaxVramOpt, ModeOpt, PlainOpt, PresetOpt, QuantizeOpt, SeedOpt, StepsOpt,
-                              console, friendly)
+                              LoraOpt, LowVramOpt, MaxVramOpt, ModeOpt, PlainOpt, PresetOpt, QuantizeOpt, SeedOpt,
+                              StepsOpt, console, friendly)
 from cfcli.cli.live_options import check_live_options
 from cfcli.cli.progress import status_line
 
@@ -48,6 +48,7 @@ def register(app: typer.Typer) -> None:
         decoder: DecoderOpt = "wan",
         max_vram: MaxVramOpt = None,
         low_vram: LowVramOpt = False,
+        lora: LoraOpt = None,
         random_weights: bool = typer.Option(False, "--random-weights",
                                             help="Random weights of the preset's size (timing without downloads)."),
         measure_latency: int = typer.Option(None, "--measure-latency", metavar="N",
@@ -71,7 +72,7 @@ def register(app: typer.Typer) -> None:
 
         session = Session(preset, mode=mode, steps=steps, device=device, dtype=dtype,
                           speed=SpeedFlags(compile, cuda_graphs, quantize, decoder, plain), max_vram=max_vram,
-                          low_vram=low_vram, random_weights=random_weights, status=status_line(False))
+                          low_vram=low_vram, lora=lora, random_weights=random_weights, status=status_line(False))
         check_live_options(session.preset, seed, crf, codec, port, token, max_seconds, lead,
                            max_upload_mb, measure_latency)
         config = LiveConfig(out_dir or output_dir() / "live", codec, crf, lead, max_seconds)

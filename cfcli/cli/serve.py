@@ -9,8 +9,9 @@ from pathlib import Path
 
 import typer
 
-from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, LowVramOpt,
-                              MaxVramOpt, ModeOpt, PlainOpt, PresetOpt, QuantizeOpt, StepsOpt, console, friendly)
+from cfcli.cli.common import (CodecOpt, CompileOpt, CrfOpt, DecoderOpt, DeviceOpt, DtypeOpt, GraphsOpt, LoraOpt,
+                              LowVramOpt, MaxVramOpt, ModeOpt, PlainOpt, PresetOpt, QuantizeOpt, StepsOpt, console,
+                              friendly)
 from cfcli.cli.live_options import check_live_options
 from cfcli.cli.progress import status_line
 from cfcli.errors import CfError
@@ -50,6 +51,7 @@ def register(app: typer.Typer) -> None:
         decoder: DecoderOpt = "wan",
         max_vram: MaxVramOpt = None,
         low_vram: LowVramOpt = False,
+        lora: LoraOpt = None,
         random_weights: bool = typer.Option(False, "--random-weights",
                                             help="Random weights of the preset's size (timing without downloads)."),
     ) -> None:
@@ -75,7 +77,11 @@ def register(app: typer.Typer) -> None:
         defaults = {k: v for k, v in dict(preset=preset, mode=mode, steps=steps, height=height, width=width,
                                           device=device, dtype=dtype, compile=compile, cuda_graphs=cuda_graphs,
                                           quantize=quantize, plain=plain, decoder=decoder, max_vram=max_vram,
-                                          low_vram=low_vram).items() if v is not None}
+                                          low_vram=low_vram, lora=lora).items() if v is not None}
+        if lora:  # made absolute once: a job's session resolves them from the server's folder
+            from cfcli.lora.spec import absolute
+
+            defaults["lora"] = [absolute(spec) for spec in lora]
         resident = Resident(defaults, random_weights, max_seconds, text_device)
         session = resident.new_session({})  # every option checked before the port is taken or anything loads
         check_live_options(session.preset, None, crf, codec, port, token, max_seconds, lead, 64, None)

@@ -18,15 +18,17 @@ from cfcli.hub.cache import COMMIT, hub_cache, repo_dir, cached_path, disk_size
 from cfcli.hub.converted import (CONVERTIBLE, HEX_ETAG, needs_conversion, converted_dir, converted_name, blob_etag,
                                  record_conversion, converted_path)
 from cfcli.hub.local import resolve, resolve_all, LocalStatus, local_status
+from cfcli.hub.loras import lora_ref, resolve_lora
 from cfcli.hub.verify import HASH_CHUNK, content_hash, check_content, discard
 from cfcli.hub.network import network_errors
 from cfcli.hub.hubfile import HubFile
-from cfcli.hub.listing import Need, plan
+from cfcli.hub.listing import Need, plan, plan_files
 from cfcli.hub.download import RETRIES, Events, fetch
 from cfcli.hub.space import check_space, free_space
 
 __all__ = ["download_command", "download_hint", "human", "COMMIT", "hub_cache", "repo_dir", "cached_path", "disk_size",
            "CONVERTIBLE", "HEX_ETAG", "needs_conversion", "converted_dir", "converted_name", "blob_etag",
-           "record_conversion", "converted_path", "resolve", "resolve_all", "LocalStatus", "local_status", "HASH_CHUNK",
-           "content_hash", "check_content", "discard", "network_errors", "HubFile", "Need", "plan", "RETRIES",
+           "record_conversion", "converted_path", "resolve", "resolve_all", "LocalStatus", "local_status", "lora_ref",
+           "resolve_lora", "HASH_CHUNK",
+           "content_hash", "check_content", "discard", "network_errors", "HubFile", "Need", "plan", "plan_files", "RETRIES",
            "Events", "fetch", "check_space", "free_space"]

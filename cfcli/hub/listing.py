@@ -32,24 +32,37 @@ class Need:
         return self.converted is not None and is_whole(self.converted)
 
 
+Listings = dict[tuple[str, str | None], dict[str, HubFile]]  # (repo, revision) -> its files, asked once a run
+
+
 def plan(presets: Iterable[Preset]) -> list[Need]:
     """The Hub files each preset's weights name (exactly those), with sizes, hashes and the commit they resolve to."""
-    listings: dict[tuple[str, str | None], dict[str, HubFile]] = {}
+    listings: Listings = {}
     needs = []
     for preset in presets:
         for role in WEIGHT_ROLES:
             ref = preset.weights[role]
             if ref.path is not None:
                 continue
-            key = (ref.repo, ref.revision)
-            if key not in listings:
-                listings[key] = _with_retries(lambda: _listing(*key), what=f"list {ref.repo}")
-            files = _select(listings[key], ref)
+            files = _files(listings, ref)
             target = None
             if role == "generator" and needs_conversion(ref):
                 target = converted_dir() / converted_name(files[0].etag, preset.use_ema)
             needs.append(Need(preset, role, files, target))
     return needs
+
+
+def plan_files(refs: Iterable[WeightRef]) -> list[HubFile]:
+    """The Hub file each of `refs` names (each a `{repo, file}`: a LoRA), listed as a preset's weights are."""
+    listings: Listings = {}
+    return [f for ref in refs for f in _files(listings, ref)]
+
+
+def _files(listings: Listings, ref: WeightRef) -> list[HubFile]:
+    key = (ref.repo, ref.revision)
+    if key not in listings:
+        listings[key] = _with_retries(lambda: _listing(*key), what=f"list {ref.repo}")
+    return _select(listings[key], ref)
 
 
 def _listing(repo: str, revision: str | None) -> dict[str, HubFile]:
@@ -87,7 +100,7 @@ def _select(listing: dict[str, HubFile], ref: WeightRef) -> list[HubFile]:
     where = f"{ref.repo}" + (f" at {ref.revision}" if ref.revision else "")
     if ref.file is not None:
         if ref.file not in listing:
-            raise CfError(f"{ref.file} is not in {where}", "check the file name in the preset")
+            raise CfError(f"{ref.file} is not in {where}", "check the file name (in the preset, or the --lora given)")
         return [listing[ref.file]]
     prefix = ref.folder.strip("/") + "/"
     files = [f for path, f in sorted(listing.items()) if path.startswith(prefix)]

@@ -440,7 +440,8 @@ class LiveSession:
         decoder = "taehv" if "taehv" in e.levers() else "wan"
         quantize = "fp8" if "fp8" in e.levers() else None
         return {"live": True, "max_frames": start.max_frames} | run_facts(self.preset, e.device, e.dtype, c.codec,
-                                                                           c.crf, decoder, quantize, image)
+                                                                           c.crf, decoder, quantize, image,
+                                                                           loras=e.loras)
 
     @staticmethod
     def _keep_picture(req: StartRequest | None, recording: Recording) -> Path | None:

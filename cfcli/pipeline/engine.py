@@ -81,6 +81,7 @@ class EngineOptions:
     fused_gelu: bool = True  # each FFN's up-projection and GELU as one GEMM (`cfcli.ops.linear`)
     tuned_vae: bool = True  # the decoder's fast forms (`cfcli.models.vae_fast`): channels-last, sub-pixel, stacked taps
     fused_vae: bool = True  # with `tuned_vae`: its norm + SiLU and bias + residual as Triton kernels
+    loras: tuple = ()  # `cfcli.pipeline.loras.Adapter`s merged into the DiT's weights first (`Engine.merge`)
 
     @classmethod
     def plain(cls, **on) -> "EngineOptions":
@@ -137,6 +138,8 @@ class Engine:
         self.parked = None  # `cfcli.models.offload.Parked` text projections, set by a memory plan
         self.applied: set[str] = set()  # the levers `quantize` and `accelerate` turned on (`levers`)
         self.artefacts: "compile_cache.Artefacts | None" = None  # compiled code to keep after the first video
+        self.loras: tuple = ()  # the LoRAs merged into the DiT (`merge`)
+        self._loaded: dict[str, Tensor] | None = None  # weights a LoRA changed, as loaded (`merge(keep=True)`)
 
     def levers(self) -> list[str]:
         """The speed levers this engine runs with, in `LEVERS` order: what `cf bench` reports."""
@@ -177,10 +180,52 @@ class Engine:
             self.applied.add("fp8")
         return self
 
+    def merge(self, adapters: tuple, keep: bool = False) -> "Engine":
+        """Merge LoRAs (`cfcli.pipeline.loras.Adapter`s) into the DiT's weights: in float32, cast back, before the
+        weights are quantised, offloaded, compiled or captured, so they cost nothing per frame. `keep`: hold the
+        changed weights as loaded in host memory, so `remerge` can swap the LoRAs in place later."""
+        from cfcli.lora.merge import merge_
+        from cfcli.pipeline.loras import pairs
+
+        kept = merge_(self.dit, pairs(adapters), keep) if adapters else {}
+        self.loras, self._loaded = tuple(adapters), kept if keep else None
+        return self
+
+    def remerge(self, adapters: tuple) -> "Engine":
+        """Swap the merged LoRAs for `adapters` in place (compiled code and CUDA graphs stay valid): each changed
+        weight from its loaded value plus the new deltas (`can_remerge`; a CfError otherwise)."""
+        from cfcli.lora.merge import remerge_
+        from cfcli.pipeline.loras import pairs
+
+        if not self.can_remerge:
+            raise CfError("the LoRAs of this engine cannot be swapped in place",
+                          "load the models again with the new LoRAs")
+        self._loaded = {} if self._loaded is None else self._loaded  # none merged yet: the weights are as loaded
+        remerge_(self.dit, self._loaded, pairs(adapters))
+        self.loras = tuple(adapters)
+        return self
+
+    @property
+    def can_remerge(self) -> bool:
+        """Whether `remerge` can run: the weights plain, and those a LoRA changed kept as loaded (or none merged)."""
+        return self.plain_weights and (self._loaded is not None or not self.loras)
+
+    @property
+    def plain_weights(self) -> bool:
+        """Whether the DiT's weights are still the modules' own: no blocks offloaded, no Linear quantised."""
+        from cfcli.models.dit import BLOCK_LINEARS
+
+        if hasattr(self.dit.blocks, "distinct"):  # offloaded (`cfcli.models.offload`)
+            return False
+        return all(type(m) is nn.Linear for name, m in self.dit.named_modules() if BLOCK_LINEARS.fullmatch(name))
+
     def configure(self, options: EngineOptions, plan: "MemoryPlan | None" = None,
-                  decoder_model: nn.Module | None = None) -> "Engine":
-        """Decoder (`decoder_model`: TAEHV weights to use instead of the cached ones, see `use_decoder`),
-        quantisation, the memory `plan`, then the fast path the plan allows (the order they must come in)."""
+                  decoder_model: nn.Module | None = None, keep_loaded: bool = False) -> "Engine":
+        """LoRAs merged (`keep_loaded`: see `merge`), decoder (`decoder_model`: TAEHV weights to use instead of the
+        cached ones, see `use_decoder`), quantisation, the memory `plan`, then the fast path the plan allows (the
+        order they must come in)."""
+        plain = options.quantize is None and (plan is None or (plan.weights == "model" and not plan.offload_blocks))
+        self.merge(options.loras, keep_loaded and plain)  # kept only where a swap in place can use them
         self.use_decoder(options.decoder, decoder_model).quantize(options.quantize)
         if plan is not None:
             self.apply(plan)

@@ -82,12 +82,14 @@ def metadata(prompt: str, seed: int, p: Preset, frames: int, fps: float, schedul
 def made_with(req) -> dict:
     """Metadata beyond the prompt and preset: what else decides the pixels and the file (for `cf info`)."""
     return run_facts(req.preset, req.device, req.dtype, req.codec, req.crf, req.options.decoder, req.options.quantize,
-                     getattr(req, "image", None), getattr(req.plan, "noise_frames", None))
+                     getattr(req, "image", None), getattr(req.plan, "noise_frames", None), req.options.loras)
 
 
 def run_facts(preset: Preset, device: torch.device, dtype: torch.dtype, codec: str, crf: int, decoder: str,
-              quantize: str | None = None, image: Path | None = None, noise_frames: int | None = None) -> dict:
-    """What decides a clip's pixels and file beyond its prompt, seed and preset: what `cf info` remakes it from."""
+              quantize: str | None = None, image: Path | None = None, noise_frames: int | None = None,
+              loras: Sequence = ()) -> dict:
+    """What decides a clip's pixels and file beyond its prompt, seed and preset: what `cf info` remakes it from
+    (`loras`: the `cfcli.pipeline.loras.Adapter`s merged)."""
     facts = {"width": preset.width, "height": preset.height, "device": device.type,
              "dtype": str(dtype).removeprefix("torch."), "codec": codec, "decoder": decoder}
     if containers.get(codec).tagged_bt709:  # the codecs CRF applies to
@@ -100,6 +102,8 @@ def run_facts(preset: Preset, device: torch.device, dtype: torch.dtype, codec: s
         facts["image"] = str(Path(image).resolve())  # the remake names it from wherever it runs
     if noise_frames is not None:
         facts["noise_frames"] = noise_frames
+    if loras:
+        facts["loras"] = [a.facts() for a in loras]
     return facts
 
 

@@ -16,14 +16,15 @@ PICKS = ("preset", "mode", "steps")  # one of them given: the job picks the pres
 
 def same_engine(a, b) -> bool:
     """Whether two sessions would load and plan the same engine."""
-    return (a.preset, a.device, a.dtype, a.speed, a.max_vram, a.low_vram, a.random_weights) == \
-        (b.preset, b.device, b.dtype, b.speed, b.max_vram, b.low_vram, b.random_weights)
+    return (a.preset, a.device, a.dtype, a.speed, a.max_vram, a.low_vram, a.random_weights, a.loras) == \
+        (b.preset, b.device, b.dtype, b.speed, b.max_vram, b.low_vram, b.random_weights, b.loras)
 
 
 def describe(session) -> str:
     p = session.preset
     budget = f", --max-vram {session.max_vram:g}" if session.max_vram else ""
     budget += ", --low-vram" if session.low_vram else ""
+    budget += "".join(f", LoRA {a.path.name}:{a.spec.scale:g}" for a in session.loras)
     return f"{p.name} {p.width}×{p.height} on {session.device}, {str(session.dtype).removeprefix('torch.')}{budget}"
 
 
