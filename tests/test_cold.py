@@ -122,3 +122,33 @@ def test_served_bench_starts_a_server_times_fresh_clients_and_stops_it(cf, tmp_p
 def test_served_bench_refuses_with_cold(cf):
     r = cf("bench", "--served", "--cold", *TINY)
     assert r.exit_code == 1 and "two benches" in r.output
+
+
+NO_DYNAMO = """
+import os, sys
+class Watch:  # notes the first import of torch._dynamo (a fresh process's seconds)
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch._dynamo":
+            open(os.environ["MARK"], "w").close()
+        return None
+sys.meta_path.insert(0, Watch())
+sys.argv = ["cf", *sys.argv[1:]]
+from cfcli.cli import main
+main()
+"""
+
+
+def test_a_run_that_compiles_nothing_never_imports_the_compiler(tmp_path):
+    """Importing torch._dynamo costs seconds (4.3 s measured on a GPU machine); only a compiling engine pays it. The
+    first run on a machine traces the memory plan's decoder figures (which imports it), the next reads them."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CF_HOME": str(tmp_path / "home"), "MARK": str(tmp_path / "mark"), "CF_NO_SERVER": "1"}
+    args = ["generate", PROMPT, *map(str, TINY), "--frames", "9", "--seed", "1", "--out", str(tmp_path / "a.mp4"),
+            "--overwrite", "--quiet"]
+    for run in (1, 2):
+        (tmp_path / "mark").unlink(missing_ok=True)
+        subprocess.run([sys.executable, "-c", NO_DYNAMO, *args], env=env, check=True, timeout=120)
+        assert (tmp_path / "mark").exists() == (run == 1), run

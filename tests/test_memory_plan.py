@@ -41,6 +41,31 @@ def test_decoder_working_set_shrinks_with_each_plan():
     assert 0 < tiny == same < whole / 4  # TAEHV: no host-cache form, a fraction of the VAE's working set
 
 
+def test_decoder_peaks_are_traced_once_per_machine(monkeypatch, tmp_path):
+    """The next process reads them from $CF_HOME (tracing imports torch._dynamo: seconds); a damaged file is traced
+    again and written over."""
+    from cfcli.models.build import model_configs
+    from cfcli.pipeline import memory
+
+    monkeypatch.setenv("CF_HOME", str(tmp_path))
+    args = ("wan", model_configs({}), 6, 10, torch.bfloat16)
+    traced = []
+    real = memory._trace_decoder_peak
+    monkeypatch.setattr(memory, "_trace_decoder_peak", lambda *a: traced.append(a) or real(*a))
+    memory.decoder_peak.cache_clear()
+    first = decoder_peak(*args)
+    memory.decoder_peak.cache_clear()  # as a new process
+    assert decoder_peak(*args) == first and len(traced) == 1
+    (kept,) = (tmp_path / "compiled").glob("*.json")
+    kept.write_text("{not json")
+    memory.decoder_peak.cache_clear()
+    assert decoder_peak(*args) == first and len(traced) == 2
+    assert '"value"' in kept.read_text()
+    memory.decoder_peak.cache_clear()
+    assert decoder_peak(*args[:-1], torch.float32) != first and len(traced) == 3  # another dtype, another figure
+    memory.decoder_peak.cache_clear()
+
+
 @pytest.mark.parametrize("budget, name, text, graphs, offload", [
     (139, "exact", "resident", True, 0),  # an H200: today's path
     (11, "exact", "stream", False, 0),  # a 12 GB card (decoder caches in host memory)

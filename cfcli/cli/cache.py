@@ -26,7 +26,8 @@ from cfcli.paths import cf_home
 MADE = {"converted": re.compile(r"([0-9a-f]{40}|[0-9a-f]{64})-(ema|noema)\.safetensors"),
         "prompts": re.compile(r"[^.][^/]*\.safetensors|\..+\.\d+\.tmp"),
         "taehv": re.compile(r"taew2_1\.pth(\.part)?"),
-        "compiled": re.compile(r"[0-9a-f]{24}\.bin|\..+\.\d+\.tmp")}  # `cfcli.pipeline.compile_cache`
+        # `cfcli.pipeline.compile_cache`'s code, `cfcli.pipeline.traced`'s figures
+        "compiled": re.compile(r"[0-9a-f]{24}\.(bin|json)|\..+\.\d+\.tmp")}
 
 cache_app = typer.Typer(invoke_without_command=True)
 
@@ -71,8 +72,8 @@ def clear(old: bool = typer.Option(False, "--old", help="Converted checkpoints n
           converted: bool = typer.Option(False, "--converted", help="All converted checkpoints (remade by "
                                                                      "`cf download`)."),
           prompts: bool = typer.Option(False, "--prompts", help="Cached prompt embeddings (remade on use)."),
-          compiled: bool = typer.Option(False, "--compiled", help="Compiled code of the DiT blocks (remade by the "
-                                                                   "next GPU run)."),
+          compiled: bool = typer.Option(False, "--compiled", help="Compiled code of the DiT blocks and traced "
+                                                                   "memory figures (remade by the next run)."),
           all_: bool = typer.Option(False, "--all", help="Everything in $CF_HOME listed by `cf cache`."),
           dry_run: bool = typer.Option(False, "--dry-run", help="List what would be deleted, with sizes; delete "
                                                                 "nothing."),

@@ -84,12 +84,20 @@ class RMSNorm(nn.Module):
         return self.weight * y
 
 
+def embedding(num: int, dim: int) -> nn.Embedding:
+    """`nn.Embedding(num, dim)`; on the meta device (the memory planner's models, weights loaded by assignment) without
+    its random init, which there would import `torch._dynamo`: seconds of every fresh process."""
+    if torch.get_default_device().type == "meta":
+        return nn.Embedding(num, dim, _weight=torch.empty(num, dim))
+    return nn.Embedding(num, dim)
+
+
 class RelativePositionBias(nn.Module):
     """Learned per-head bias for each relative-position bucket (one per layer in umT5)."""
 
     def __init__(self, num_buckets: int, num_heads: int):
         super().__init__()
-        self.embedding = nn.Embedding(num_buckets, num_heads)
+        self.embedding = embedding(num_buckets, num_heads)
 
     def forward(self, buckets: Tensor) -> Tensor:
         return self.embedding(buckets).permute(2, 0, 1).unsqueeze(0)  # [1, H, Lq, Lk]
@@ -154,7 +162,7 @@ class UMT5Encoder(nn.Module):
     def __init__(self, cfg: T5Config = T5Config()):
         super().__init__()
         self.cfg = cfg
-        self.token_embedding = nn.Embedding(cfg.vocab, cfg.dim)
+        self.token_embedding = embedding(cfg.vocab, cfg.dim)
         self.blocks = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.dim)
 

@@ -12,13 +12,15 @@ Plans, largest first (`PLANS`; the first whose estimated peak fits the budget is
   (`cfcli.models.offload`), k the fewest that fit.
 
 Every size comes from the preset's model configs (modules built on the meta device) and the cache geometry; the
-decoder's working set is traced on the meta device (`traced_peak`), op by op, at the preset's resolution. The estimate
-counts tensors the allocator hands out, plus `HEADROOM` of the budget for fragmentation and kernel workspaces.
+decoder's working set is traced on the meta device (`decoder_peak`), op by op, at the preset's resolution, once per
+machine (`cfcli.pipeline.traced` keeps the figures). The estimate counts tensors the allocator hands out, plus
+`HEADROOM` of the budget for fragmentation and kernel workspaces.
 """
 
 import functools
 import math
 import os
+import sys
 import weakref
 from dataclasses import dataclass, replace
 
@@ -114,6 +116,15 @@ def decoder_peak(decoder: str, configs, h: int, w: int, dtype: torch.dtype, spli
     in host memory), traced on meta: the first latent frame, then a later one (4 output frames, the larger). With the
     caches away only the running layer's past (and its update) is on the device. `configs`: the preset's
     `cfcli.models.build.ModelConfigs`."""
+    from cfcli.models import taehv, vae
+    from cfcli.pipeline import traced
+
+    code = traced.code_digest(vae, taehv, sys.modules[__name__])
+    return traced.remember(("decoder_peak", decoder, configs, h, w, str(dtype), split), code,
+                           lambda: _trace_decoder_peak(decoder, configs, h, w, dtype, split))
+
+
+def _trace_decoder_peak(decoder: str, configs, h: int, w: int, dtype: torch.dtype, split: bool) -> tuple[int, int]:
     from cfcli.models.build import build_vae
     from cfcli.models.taehv import TAEHV, TAEHVConfig
 
