@@ -6,7 +6,8 @@
 # process. Ends with a table against the issue's targets. Run from the repository root, wheels installed.
 #
 #   scripts/serve_gpu.sh MODE        env: OUT (/tmp/serve-gpu), FRAMES (81), REPEAT (3), OFFICIAL=0 (skip the official
-#                                    loop), PROBES=0 (skip the import timings and the direct-capture comparison)
+#                                    loop), PROBES=0 (skip the import timings and the direct-capture comparison),
+#                                    SERVED=0 (skip cf bench --served), NOCOMPILE=1 (fresh runs with graphs, no compile)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 MODE=${1:-framewise}
@@ -19,7 +20,7 @@ mkdir -p "$OUT"
 WEIGHTS_ONLY=1 WEIGHTS=$WEIGHTS scripts/cold_gpu.sh "$MODE" || exit 1
 preset="$WEIGHTS/$MODE.yaml"
 TIMEFORMAT=%R
-[ "${PROBES:-1}" = 1 ] && for i in 1 2; do { time python3 -c "import torch"; } 2>>"$OUT/import-torch.txt"; done
+[ -s "$OUT/import-torch.txt" ] || for i in 1 2; do { time python3 -c "import torch"; } 2>>"$OUT/import-torch.txt"; done
 [ "${PROBES:-1}" = 1 ] && python3 - <<'PY' 2>&1 | tee "$OUT/imports.txt"  # what a fresh process pays beside `import torch` (configure's share)
 import time
 t = time.perf_counter()
@@ -38,10 +39,11 @@ run() {  # NAME ARGS...: one cf bench, its JSON kept
   python3 -m cfcli bench --preset "$preset" --frames "$FRAMES" --json "$@" >"$OUT/$MODE-$name.json" \
     2>"$OUT/$MODE-$name.err" || { echo "$MODE $name failed:"; tail -5 "$OUT/$MODE-$name.err"; }
 }
-run warm --repeat 3
+run warm --repeat "${WARM_REPEAT:-3}"
 run cold --cold --repeat "$REPEAT"
 run plain --cold --repeat 1 --no-compile --no-cuda-graphs
-run served --served --repeat "$REPEAT"
+[ "${NOCOMPILE:-0}" = 1 ] && run nocompile --cold --repeat "$REPEAT" --no-compile
+[ "${SERVED:-1}" = 1 ] && run served --served --repeat "$REPEAT"
 # Graphs captured at a plan's first call (CF_GRAPHS_DIRECT=1) against the default, fresh processes on warm caches:
 # the same latents to the bit?
 [ "${PROBES:-1}" = 1 ] && for how in default direct; do
@@ -80,14 +82,15 @@ from pathlib import Path
 out, mode = Path(sys.argv[1]), sys.argv[2]
 read = lambda n: json.loads(p.read_text()) if (p := out / f"{mode}-{n}.json").is_file() and p.stat().st_size else None
 torch_s = statistics.median(float(x) for x in (out / "import-torch.txt").read_text().split())  # the first mode's
-warm, cold, plain, served, official = (read(n) for n in ("warm", "cold", "plain", "served", "official"))
+warm, cold, plain, served, official, nocompile = (read(n) for n in ("warm", "cold", "plain", "served", "official",
+                                                                   "nocompile"))
 clip_s = warm["frames"] / warm["fps_end_to_end"] if warm else None
 print(f"{mode}: import torch {torch_s:.2f}s · warm cf bench {warm and warm['fps_end_to_end']:.1f} fps end to end, "
       f"clip {clip_s:.2f}s" if warm else f"{mode}: import torch {torch_s:.2f}s · warm bench missing")
 keys = ("startup_s", "prepare_s", "text_s", "load_s", "configure_s", "first_block_s", "generation_s", "tail_s",
         "first_frame_s", "total_s", "wall_s")
 print(f"  {'fresh process':<22}" + "".join(f"{k.removesuffix('_s')[:9]:>10}" for k in keys) + f"{'gen fps':>9}{'exit':>7}")
-for label, rep in (("fast", cold), ("plain", plain)):
+for label, rep in (("fast", cold), ("plain", plain), ("graphs", nocompile)):
     for r in (rep or {}).get("runs", []):
         gen = r["frames"] / r["generation_s"] if r.get("generation_s") else 0
         print(f"  {label} run {r['run']} ({r['compile_cache']:<5})    " + "".join(
