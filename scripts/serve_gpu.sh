@@ -6,7 +6,7 @@
 # process. Ends with a table against the issue's targets. Run from the repository root, wheels installed.
 #
 #   scripts/serve_gpu.sh MODE        env: OUT (/tmp/serve-gpu), FRAMES (81), REPEAT (3), OFFICIAL=0 (skip the official
-#                                    loop), PROBES=0 (skip the import timings and the direct-capture comparison),
+#                                    loop), PROBES=0 (skip the import timings),
 #                                    SERVED=0 (skip cf bench --served), NOCOMPILE=1 (fresh runs with graphs, no compile)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -44,33 +44,6 @@ run cold --cold --repeat "$REPEAT"
 run plain --cold --repeat 1 --no-compile --no-cuda-graphs
 [ "${NOCOMPILE:-0}" = 1 ] && run nocompile --cold --repeat "$REPEAT" --no-compile
 [ "${SERVED:-1}" = 1 ] && run served --served --repeat "$REPEAT"
-# Graphs captured at a plan's first call (CF_GRAPHS_DIRECT=1) against the default, fresh processes on warm caches:
-# the same latents to the bit?
-[ "${PROBES:-1}" = 1 ] && for how in default direct; do
-  CF_GRAPHS_DIRECT=$([ $how = direct ] && echo 1 || echo 0) python3 -m cfcli generate \
-    "a red fox running through fresh snow in a pine forest at dawn, cinematic" --preset "$preset" --frames "$FRAMES" \
-    --seed 0 --out "$OUT/$MODE-$how.mp4" --overwrite --save-latents "$OUT/$MODE-$how.st" --json --quiet \
-    >"$OUT/$MODE-gen-$how.json" 2>"$OUT/$MODE-gen-$how.err" || { echo "$how generate failed"; tail -4 "$OUT/$MODE-gen-$how.err"; }
-done
-[ "${PROBES:-1}" = 1 ] && python3 - "$OUT" "$MODE" <<'PY'
-import json, sys
-from pathlib import Path
-
-import torch
-from safetensors.torch import load_file
-
-out, mode = Path(sys.argv[1]), sys.argv[2]
-try:
-    a, b = (load_file(str(out / f"{mode}-{h}.st")) for h in ("default", "direct"))
-    same = all(torch.equal(a[k], b[k]) for k in a)
-    for h in ("default", "direct"):
-        ph = json.loads((out / f"{mode}-gen-{h}.json").read_text())["phases"]
-        print(f"  graphs {h}: first block {ph['first_block_s']:.2f}s · generation {ph['generation_s']:.2f}s · "
-              f"wall-to-summary {ph['total_s']:.2f}s")
-    print(f"  direct capture latents identical to the default: {same}")
-except Exception as exc:  # noqa: BLE001
-    print(f"  direct capture comparison failed: {exc}")
-PY
 if [ "${OFFICIAL:-1}" = 1 ] && [ -d .official ]; then
   python3 scripts/official_bench.py --mode "$MODE" --frames "$FRAMES" --repeat 1 >"$OUT/$MODE-official.json" \
     2>"$OUT/$MODE-official.err" || { echo "official $MODE failed:"; tail -5 "$OUT/$MODE-official.err"; }

@@ -155,13 +155,3 @@ def test_graphs_follow_a_prompt_switch_and_a_new_cache_layout(golden):
     assert torch.equal(run(30), eager_long) and runner.capturer.resets == 1  # new buffer: graphs dropped once
     assert runner.captures < 9 + 30  # once the window is full, every block has the same plan
 
-
-def test_direct_capture_skips_the_warm_up_of_plans_whose_shapes_ran(golden):
-    from cfcli.pipeline.fast import GraphedDiT
-
-    engine = fixture_engine("tiny-framewise.yaml")
-    eager = latents_of(engine, golden, "framewise_4step_t2v", 21)
-    engine.runner = runner = GraphedDiT(engine.dit, capturer=RerunOnReplay(), direct=True)
-    assert torch.equal(latents_of(engine, golden, "framewise_4step_t2v", 21), eager)
-    # block 1 warms up its plan eagerly; every later block's first call is captured: one eager call in all
-    assert runner.captures == 21 and runner.replays == 21 * 5 - 1 - 1

@@ -25,7 +25,6 @@ captures 21 graphs and every later one with the same cache replays them. Calls o
 long-video rolling cache, which re-ropes its anchor per call: `plan_key()` is None) run eagerly.
 """
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -148,18 +147,12 @@ class GraphedDiT:
     and replays the graphs (`CudaGraphs`; tests pass a CPU stand-in with the same contract).
     """
 
-    def __init__(self, dit: CausalWanDiT, max_graphs: int = 64, capturer: "CudaGraphs | None" = None,
-                 direct: bool | None = None):
+    def __init__(self, dit: CausalWanDiT, max_graphs: int = 64, capturer: "CudaGraphs | None" = None):
         self.dit = dit
         self.max_graphs = max_graphs
         self.capturer = capturer or CudaGraphs()
         self.graphs: dict[tuple, CapturedCall] = {}
         self.seen: set[tuple] = set()  # plans run once eagerly (the warm-up a capture needs)
-        # `direct`: a new plan whose inputs' shapes ran eagerly under another plan (what differs is the cache span
-        # attention reads) is captured at its first call, without an eager warm-up of its own; off while measured
-        # (CF_GRAPHS_DIRECT=1 turns it on).
-        self.direct = os.environ.get("CF_GRAPHS_DIRECT") == "1" if direct is None else direct
-        self.warmed: set[tuple] = set()  # input shapes that ran eagerly under some plan
         self.inputs: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}  # static x, t, rope by shape
         self.text: Tensor | None = None  # static text K/V
         self.text_src: Tensor | None = None  # the tensor last copied into it (held, so its identity stays valid)
@@ -182,11 +175,10 @@ class GraphedDiT:
         key = (tuple(x.shape), x.dtype, tuple(t.shape), tuple(text_kv.shape), plan)
         sx, st, srope = self._load(x, t, text_kv, rope)
         entry = self.graphs.get(key)
-        if entry is None and key not in self.seen and not (self.direct and key[:-1] in self.warmed):
+        if entry is None and key not in self.seen:
             # Warm-up, eagerly on the very buffers the capture will use: anything done once per input (kernel
             # choice, compilation, autotuning) happens here, as capturing must not synchronise.
             self.seen.add(key)
-            self.warmed.add(key[:-1])
             return self.dit.denoise(sx, st, self.text, srope, cache)
         if entry is None:
             entry = self._capture(key, sx, st, srope, cache)
