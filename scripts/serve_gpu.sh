@@ -6,7 +6,7 @@
 # process. Ends with a table against the issue's targets. Run from the repository root, wheels installed.
 #
 #   scripts/serve_gpu.sh MODE        env: OUT (/tmp/serve-gpu), FRAMES (81), REPEAT (3), OFFICIAL=0 (skip the official
-#                                    loop), PROBES=0 (skip the import timings),
+#                                    loop), PROBES=0 (skip the import timings), FLAGS (more options for every bench),
 #                                    SERVED=0 (skip cf bench --served), NOCOMPILE=1 (fresh runs with graphs, no compile)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -36,13 +36,14 @@ import cfcli.pipeline.engine, cfcli.pipeline.fast; lap("import cfcli's engine an
 PY
 run() {  # NAME ARGS...: one cf bench, its JSON kept
   local name=$1; shift
-  python3 -m cfcli bench --preset "$preset" --frames "$FRAMES" --json "$@" >"$OUT/$MODE-$name.json" \
+  python3 -m cfcli bench --preset "$preset" --frames "$FRAMES" --json ${FLAGS:-} "$@" >"$OUT/$MODE-$name.json" \
     2>"$OUT/$MODE-$name.err" || { echo "$MODE $name failed:"; tail -5 "$OUT/$MODE-$name.err"; }
 }
 run warm --repeat "${WARM_REPEAT:-3}"
 run cold --cold --repeat "$REPEAT"
 run plain --cold --repeat 1 --no-compile --no-cuda-graphs
 [ "${NOCOMPILE:-0}" = 1 ] && run nocompile --cold --repeat "$REPEAT" --no-compile
+[ "${NOCOMPILE:-0}" = 1 ] && run warmgraphs --repeat 1 --no-compile
 [ "${SERVED:-1}" = 1 ] && run served --served --repeat "$REPEAT"
 if [ "${OFFICIAL:-1}" = 1 ] && [ -d .official ]; then
   python3 scripts/official_bench.py --mode "$MODE" --frames "$FRAMES" --repeat 1 >"$OUT/$MODE-official.json" \
@@ -55,11 +56,14 @@ from pathlib import Path
 out, mode = Path(sys.argv[1]), sys.argv[2]
 read = lambda n: json.loads(p.read_text()) if (p := out / f"{mode}-{n}.json").is_file() and p.stat().st_size else None
 torch_s = statistics.median(float(x) for x in (out / "import-torch.txt").read_text().split())  # the first mode's
-warm, cold, plain, served, official, nocompile = (read(n) for n in ("warm", "cold", "plain", "served", "official",
-                                                                   "nocompile"))
+warm, cold, plain, served, official, nocompile, warmgraphs = (
+    read(n) for n in ("warm", "cold", "plain", "served", "official", "nocompile", "warmgraphs"))
 clip_s = warm["frames"] / warm["fps_end_to_end"] if warm else None
 print(f"{mode}: import torch {torch_s:.2f}s · warm cf bench {warm and warm['fps_end_to_end']:.1f} fps end to end, "
       f"clip {clip_s:.2f}s" if warm else f"{mode}: import torch {torch_s:.2f}s · warm bench missing")
+if warmgraphs:
+    print(f"  warm cf bench --no-compile (graphs): {warmgraphs['fps_end_to_end']:.1f} fps end to end, "
+          f"{warmgraphs['fps_generation']:.1f} generation, warm-up {warmgraphs['warmup_s']:.2f}s")
 keys = ("startup_s", "prepare_s", "text_s", "load_s", "configure_s", "first_block_s", "generation_s", "tail_s",
         "first_frame_s", "total_s", "wall_s")
 print(f"  {'fresh process':<22}" + "".join(f"{k.removesuffix('_s')[:9]:>10}" for k in keys) + f"{'gen fps':>9}{'exit':>7}")
