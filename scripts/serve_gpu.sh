@@ -41,7 +41,7 @@ run() {  # NAME ARGS...: one cf bench, its JSON kept
 }
 run warm --repeat "${WARM_REPEAT:-3}"
 run cold --cold --repeat "$REPEAT"
-run plain --cold --repeat 1 --no-compile --no-cuda-graphs
+[ "${PLAIN:-1}" = 1 ] && run plain --cold --repeat 1 --no-compile --no-cuda-graphs
 [ "${NOCOMPILE:-0}" = 1 ] && run nocompile --cold --repeat "$REPEAT" --no-compile
 [ "${NOCOMPILE:-0}" = 1 ] && run warmgraphs --repeat 1 --no-compile
 [ "${SERVED:-1}" = 1 ] && run served --served --repeat "$REPEAT"
