@@ -76,6 +76,8 @@ for label, rep in (("fast", cold), ("plain", plain), ("graphs", nocompile)):
 for r in (served or {}).get("runs", []):
     print(f"  served run {r['run']}: wall {r['wall_s']:.2f}s · first frame {r['first_frame_s']:.2f}s (client start "
           f"included) · generation {r['generation_fps']:.1f} fps · server {r['server_total_s']:.2f}s")
+    print("    server: " + " · ".join(f"{k.removesuffix('_s')} {v:.2f}s" for k, v in r.get("server_phases", {}).items()
+                                      if v is not None))
 if served:
     print(f"  served: cf serve started in {served['server_start_s']:.1f}s (load + warm-up)")
 if official:

@@ -114,6 +114,9 @@ def test_served_bench_starts_a_server_times_fresh_clients_and_stops_it(cf, tmp_p
     for run in report["runs"]:
         assert run["frames"] == 5 and 0 < run["first_frame_s"] < run["wall_s"]
         assert 0 < run["server_total_s"] < run["wall_s"] and run["generation_fps"] > 0
+        ph = run["server_phases"]
+        assert ph["total_s"] == run["server_total_s"] and 0 < ph["generation_s"] < ph["total_s"]
+        assert ph["tail_s"] >= 0 and ph["first_block_s"] <= ph["generation_s"]
     assert report["summary"]["wall_s"] == pytest.approx((report["runs"][0]["wall_s"] + report["runs"][1]["wall_s"]) / 2)
     assert "--frames" in report["command"] and registry.read() is None  # the server it started is gone
     assert [p.name for p in scratch.iterdir()] == []

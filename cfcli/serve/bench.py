@@ -16,6 +16,10 @@ from cfcli.pipeline.cold import generate_args, run_once
 from cfcli.serve import registry
 
 
+# Where a served job's time goes, from the job's start on the server (`cfcli.pipeline.phases`).
+SERVER_PHASES = ("prepare_s", "text_s", "first_block_s", "generation_s", "tail_s", "first_frame_s", "total_s")
+
+
 @dataclass
 class ServedRun:
     run: int
@@ -28,7 +32,8 @@ class ServedRun:
         gen = self.phases.get("generation_s")
         return {"run": self.run, "wall_s": self.wall_s, "frames": self.frames, "first_frame_s": self.first_frame_s,
                 "server_total_s": self.phases.get("total_s"), "generation_s": gen,
-                "generation_fps": self.frames / gen if gen else None, "fps_seen": self.frames / self.wall_s}
+                "generation_fps": self.frames / gen if gen else None, "fps_seen": self.frames / self.wall_s,
+                "server_phases": {k: self.phases.get(k) for k in SERVER_PHASES}}
 
 
 @dataclass
