@@ -50,18 +50,20 @@ class SpeedFlags:
     """The speed flags every model command takes (`--compile`, `--cuda-graphs`, `--quantize`, `--decoder`,
     `--plain`), as one value."""
 
-    compile: bool = True
+    compile: bool | None = None  # None: auto (`Session.one_shot`)
     cuda_graphs: bool = True
     quantize: str | None = None
     decoder: str = "wan"
     plain: bool = False
 
-    def options(self) -> EngineOptions:
-        """The engine options they ask for. The tuned VAE decoder rides on compile / graphs (its fused kernels on
-        compile); `plain` turns every lever off and refuses the ones asked for by name."""
+    def options(self, compile_auto: bool = True) -> EngineOptions:
+        """The engine options they ask for, `compile_auto` standing in for a `compile` left to auto. The tuned VAE
+        decoder rides on compile / graphs (its fused kernels on compile); `plain` turns every lever off and refuses
+        the ones asked for by name."""
+        compile = compile_auto if self.compile is None else self.compile
         if not self.plain:
-            return EngineOptions(self.compile, self.cuda_graphs, self.quantize, self.decoder,
-                                 tuned_vae=self.compile or self.cuda_graphs, fused_vae=self.compile)
+            return EngineOptions(compile, self.cuda_graphs, self.quantize, self.decoder,
+                                 tuned_vae=compile or self.cuda_graphs, fused_vae=compile)
         if self.quantize is not None or self.decoder != "wan":
             raise CfError("--plain runs the reference modules: no --quantize, no --decoder taehv",
                           "leave out --plain, or those options")
@@ -131,7 +133,9 @@ class Session:
     downloaded by `cf download --lora`); `random_weights`: random weights of the preset's size (True), the downloaded
     ones (False), or random only when they are not downloaded (None); `keep_text`: umT5 stays loaded between jobs
     when the memory plan has room for it beside the DiT (None, the default), always (True: `cf live`, on the CPU where
-    the GPU has no room) or never (False: a one-off run). `status` hears a line before each model loads; `phases` (a
+    the GPU has no room) or never (False: a one-off run). `one_shot`: the session makes one video and ends (`cf
+    generate`, `cf extend`, `cfcli.generate`): `compile` left to auto is then off for a video inside the KV-cache
+    horizon (`compiles`). `status` hears a line before each model loads; `phases` (a
     `cfcli.pipeline.phases.Phases`) times the loads.
     """
 
@@ -139,8 +143,8 @@ class Session:
                  device: str | None = None, dtype: str | None = None, height: int | None = None,
                  width: int | None = None, speed: SpeedFlags | None = None, max_vram: float | None = None,
                  low_vram: bool = False, lora: Sequence = (), random_weights: bool | None = False,
-                 keep_text: bool | None = None, status: Callable[[str], None] = lambda line: None, phases=None,
-                 **flags):
+                 keep_text: bool | None = None, one_shot: bool = False,
+                 status: Callable[[str], None] = lambda line: None, phases=None, **flags):
         unknown = set(flags) - set(SpeedFlags.__dataclass_fields__)
         if unknown:
             raise TypeError(f"Session() got unexpected options: {', '.join(sorted(unknown))}")
@@ -160,7 +164,7 @@ class Session:
         self.status, self.phases = status, phases
         self.memory: MemoryPlan | None = None  # the plan the engine runs (`plan_memory`)
         self.planned_for = 0  # latent frames the plan holds
-        self.keep_text = keep_text
+        self.keep_text, self.one_shot = keep_text, one_shot
         self.text_device: str | None = None  # where a kept umT5 must go ("cpu" / "cuda"), else the plan decides
         self.engine_loads = 0
         self.swaps_loras = False  # `set_loras` was called: the engine keeps what it needs to swap them in place
@@ -332,6 +336,8 @@ class Session:
         from cfcli.pipeline.random_weights import decoder_model, random_engine
 
         random = self.uses_random_weights
+        if self.speed.compile is None:
+            self.options = replace(self.speed.options(compile_auto=self.compiles()), loras=self.loras)
         # The compiler's imports overlap the load (`cfcli.pipeline.ahead`); configure needs them.
         ahead = pipeline_ahead.start() if dev.type == "cuda" and self.options.compile else None
         if random:
@@ -345,6 +351,13 @@ class Session:
             if ahead is not None:
                 ahead.wait()
             return engine.configure(self.options, self.memory, decoder, keep_loaded=self.swaps_loras)
+
+    def compiles(self) -> bool:
+        """Whether `compile` left to auto compiles: yes where the engine stays loaded, and for a video past the
+        KV-cache horizon (its blocks then run eagerly, where compiled code pays most); not for a one-shot video inside
+        it, whose blocks replay CUDA graphs: there a fresh process spends more on the compiler (imports, tracing)
+        than compiled blocks save (measured in docs/performance.md)."""
+        return not self.one_shot or self.planned_for > self.preset.geometry.max_latent_frames
 
     def set_loras(self, lora: Sequence) -> None:
         """Merge `lora` (as `Session(lora=...)`; the preset's own stay) in place of the LoRAs now merged, for the next
@@ -457,7 +470,7 @@ def generate(prompt: str | None = None, *, preset: str | None = None, device: st
     lora)
     and the job's (seconds, fps, image, overwrite, codec, crf, prompt_at, prompt_schedule, on_progress)."""
     session_keys = {"mode", "steps", "dtype", "height", "width", "speed", "max_vram", "low_vram", "lora",
-                    "random_weights", "keep_text", "status", *SpeedFlags.__dataclass_fields__}
-    opened = {"keep_text": False} | {k: options.pop(k) for k in list(options) if k in session_keys}
+                    "random_weights", "keep_text", "one_shot", "status", *SpeedFlags.__dataclass_fields__}
+    opened = {"keep_text": False, "one_shot": True} | {k: options.pop(k) for k in list(options) if k in session_keys}
     with Session(preset, device=device, **opened) as session:
         return session.generate(prompt, frames=frames, seed=seed, out=out, save_latents=save_latents, **options)

@@ -70,8 +70,10 @@ def test_generate_options_pass_the_bench_flags_on():
     opts = generate_options("tiny.yaml", 9, None, 80, "cpu", None, False, True, None, "wan", None, True)
     assert opts == ["--preset", "tiny.yaml", "--frames", "9", "--width", "80", "--device", "cpu",
                     "--decoder", "wan", "--no-compile", "--low-vram"]
-    assert generate_options("tiny.yaml", 9, None, None, None, None, True, True, None, "wan", None, False,
+    assert generate_options("tiny.yaml", 9, None, None, None, None, None, True, None, "wan", None, False,
                             plain=True) == ["--preset", "tiny.yaml", "--frames", "9", "--decoder", "wan", "--plain"]
+    # compile asked for by name passes on; left to auto, the fresh process decides as a user's would
+    assert "--compile" in generate_options("tiny.yaml", 9, None, None, None, None, True, True, None, "wan", None, False)
 
 
 def test_cold_bench_runs_fresh_processes(cf, tmp_path, monkeypatch):

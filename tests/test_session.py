@@ -120,6 +120,26 @@ def test_speed_flags_are_one_value():
         SpeedFlags(plain=True, quantize="fp8").options()
 
 
+def test_compile_left_to_auto_is_off_only_for_one_short_video():
+    """A fresh `cf generate` inside the cache horizon replays graphs uncompiled (compiling cost a fresh process more
+    than it saved, docs/performance.md); a resident session, a long video or an explicit --compile compiles."""
+    one = Session(str(FRAMEWISE), device="cpu", one_shot=True)
+    horizon = one.preset.geometry.max_latent_frames
+    one.plan_memory(horizon)
+    assert not one.compiles() and one.options.compile  # decided when the engine loads
+    assert one.engine is not None
+    assert one.options.compile is False and one.options.fused_vae is False and one.options.graphs
+    long = Session(str(FRAMEWISE), device="cpu", one_shot=True)
+    long.plan_memory(horizon + 1)
+    assert long.compiles()
+    resident = Session(str(FRAMEWISE), device="cpu")
+    resident.plan_memory(horizon)
+    assert resident.compiles()
+    asked = Session(str(FRAMEWISE), device="cpu", one_shot=True, compile=True)
+    asked.plan_memory(horizon)
+    assert asked.engine is not None and asked.options.compile is True
+
+
 def fake_gpu(monkeypatch, free_gib: float):
     monkeypatch.setattr(memory, "gpu_memory", lambda device: memory.GpuMemory(80 * memory.GIB,
                                                                              int(free_gib * memory.GIB)))

@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         repeat: int = typer.Option(3, "--repeat", help="Timed runs after the warm-up (medians are reported)."),
         device: DeviceOpt = None,
         dtype: DtypeOpt = None,
-        compile: CompileOpt = True,
+        compile: CompileOpt = None,
         cuda_graphs: GraphsOpt = True,
         quantize: QuantizeOpt = None,
         plain: PlainOpt = False,

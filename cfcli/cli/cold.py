@@ -15,7 +15,7 @@ COLUMNS = (("start-up", "startup_s"), ("prepare", "prepare_s"), ("text", "text_s
 
 
 def generate_options(preset: str, frames: int, height: int | None, width: int | None, device: str | None,
-                     dtype: str | None, compile: bool, graphs: bool, quantize: str | None, decoder: str,
+                     dtype: str | None, compile: bool | None, graphs: bool, quantize: str | None, decoder: str,
                      max_vram: float | None, low_vram: bool, plain: bool = False,
                      lora: Sequence[str] = ()) -> list[str]:
     """The bench's options as `cf generate` options (those left at their defaults are left out; `lora`: `--lora`
@@ -24,7 +24,7 @@ def generate_options(preset: str, frames: int, height: int | None, width: int | 
              ("--device", device), ("--dtype", dtype), ("--quantize", quantize), ("--decoder", decoder),
              ("--max-vram", max_vram)]
     out = [str(x) for name, value in pairs if value is not None for x in (name, value)]
-    out += [] if compile else ["--no-compile"]
+    out += {True: ["--compile"], False: ["--no-compile"], None: []}[compile]
     out += [] if graphs else ["--no-cuda-graphs"]
     out += [x for spec in lora for x in ("--lora", spec)]
     return out + (["--low-vram"] if low_vram else []) + (["--plain"] if plain else [])

@@ -32,9 +32,11 @@ DtypeOpt = Annotated[str | None, typer.Option("--dtype", envvar="CF_DTYPE", show
                                                    "float32 on CPU).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (for scripts).")]
-CompileOpt = Annotated[bool, typer.Option("--compile/--no-compile",
-                                          help="CUDA: compile the DiT's blocks (the first run spends ~15 s compiling; "
-                                               "PyTorch caches the result).")]
+CompileOpt = Annotated[bool | None, typer.Option(
+    "--compile/--no-compile", show_default=False,
+    help="CUDA: compile the DiT's blocks. Default: on where the engine stays loaded (cf serve, live, bench) and for "
+         "videos past the KV-cache horizon; off for one clip inside it, where compiling costs a fresh process more "
+         "than it saves.")]
 GraphsOpt = Annotated[bool, typer.Option("--cuda-graphs/--no-cuda-graphs",
                                          help="CUDA: replay each block's DiT calls as one CUDA graph.")]
 PlainOpt = Annotated[bool, typer.Option("--plain", help="Every speed lever off (compilation, CUDA graphs, split-KV "

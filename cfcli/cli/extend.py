@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
         crf: CrfOpt = 18,
         device: DeviceOpt = None,
         dtype: DtypeOpt = None,
-        compile: CompileOpt = True,
+        compile: CompileOpt = None,
         cuda_graphs: GraphsOpt = True,
         quantize: QuantizeOpt = None,
         plain: PlainOpt = False,

@@ -69,7 +69,7 @@ def run_here(kind: str, job, quiet: bool, json_out: bool) -> tuple[ConsoleView, 
     view = ConsoleView(quiet, json_out, stopped=stopped_by)
 
     def open_session(**engine):
-        return Session(**engine, keep_text=False, status=status(view), phases=phases)
+        return Session(**engine, keep_text=False, one_shot=True, status=status(view), phases=phases)
 
     with stop_on_signals():
         code = (generate if kind == "generate" else extend).run(job, view, open_session, phases)

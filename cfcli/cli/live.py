@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
         max_upload_mb: int = typer.Option(64, "--max-upload-mb", help="Largest picture or clip upload."),
         device: DeviceOpt = None,
         dtype: DtypeOpt = None,
-        compile: CompileOpt = True,
+        compile: CompileOpt = None,
         cuda_graphs: GraphsOpt = True,
         quantize: QuantizeOpt = None,
         plain: PlainOpt = False,

@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
                                         help="Where umT5 stays loaded (default: the GPU if it has room, else CPU)."),
         device: DeviceOpt = None,
         dtype: DtypeOpt = None,
-        compile: CompileOpt = True,
+        compile: CompileOpt = None,
         cuda_graphs: GraphsOpt = True,
         quantize: QuantizeOpt = None,
         plain: PlainOpt = False,

@@ -15,9 +15,9 @@ PICKS = ("preset", "mode", "steps")  # one of them given: the job picks the pres
 
 
 def same_engine(a, b) -> bool:
-    """Whether two sessions would load and plan the same engine."""
-    return (a.preset, a.device, a.dtype, a.speed, a.max_vram, a.low_vram, a.random_weights, a.loras) == \
-        (b.preset, b.device, b.dtype, b.speed, b.max_vram, b.low_vram, b.random_weights, b.loras)
+    """Whether two sessions would load and plan the same engine (a resident one: `compile` left to auto compiles)."""
+    return (a.preset, a.device, a.dtype, a.speed.options(), a.max_vram, a.low_vram, a.random_weights, a.loras) == \
+        (b.preset, b.device, b.dtype, b.speed.options(), b.max_vram, b.low_vram, b.random_weights, b.loras)
 
 
 def describe(session) -> str:
