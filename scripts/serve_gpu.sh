@@ -40,7 +40,7 @@ run() {  # NAME ARGS...: one cf bench, its JSON kept
     2>"$OUT/$MODE-$name.err" || { echo "$MODE $name failed:"; tail -5 "$OUT/$MODE-$name.err"; }
 }
 run warm --repeat "${WARM_REPEAT:-3}"
-run cold --cold --repeat "$REPEAT"
+run cold --cold --repeat "$REPEAT" --compile  # compiled blocks asked for: auto leaves them off here
 [ "${PLAIN:-1}" = 1 ] && run plain --cold --repeat 1 --no-compile --no-cuda-graphs
 [ "${NOCOMPILE:-0}" = 1 ] && run nocompile --cold --repeat "$REPEAT" --no-compile
 [ "${NOCOMPILE:-0}" = 1 ] && run warmgraphs --repeat 1 --no-compile
