@@ -88,7 +88,8 @@ def test_the_lora_panel_adds_rescales_and_removes_a_lora_while_playing(tmp_path)
         page.wait_for_function("window.cfLive.loras[0] && window.cfLive.loras[0].scale === -0.5", timeout=10_000)
         page.click("#loras button")
         page.wait_for_function(shown, arg=3, timeout=60_000)
+        page.wait_for_function("window.cfLive.loras.length === 0", timeout=10_000)
         changes, errors = page.evaluate("[Object.values(window.cfLive.loraChanges), window.cfLive.errors]")
         browser.close()
     scales = [[x["scale"] for x in c["loras"]] for c in changes if c["state"] == "shown"]
-    assert scales == [[0.8], [-0.5], []] and errors == []
+    assert scales == [[0.8], [-0.5], []] and errors == []  # one change per edit

@@ -171,19 +171,20 @@ def test_a_change_through_the_api_lands_is_recorded_and_a_bad_file_keeps_the_vid
         c.send(type="loras", loras=[{"file": str(tmp_path / "bad.ckpt")}])
         assert c.kind("loras")["state"] == "submitted"
         refused = c.kind("loras", state="refused")
+        frames_at_refusal = len(c.frames)
         c.send(type="loras", loras=[{"file": str(lora), "scale": SCALE}])
-        landed = c.kind("loras", state="landed")
-        frames_at_landing = len(c.frames)
-        status = c.kind("status")
-        shown = c.kind("loras", state="shown")
         assert c.kind("ended")["reason"] == "limit"
         rec = c.kind("recording")
+        status = c.kind("status", state="idle")
         r = httpx.get(srv.url + rec["url"], timeout=30)
         (tmp_path / "live.mkv").write_bytes(r.content)
+    states = {m["state"]: m for m in c.messages if m["type"] == "loras" and m["id"] != refused["id"]}
+    landed, shown = states["landed"], states["shown"]
+    assert list(states) == ["submitted", "queued", "landed", "shown"]
     assert "pickle" in refused["message"] and refused["hint"]
     assert 1 <= landed["latent"] <= 5 and landed["frame"] == 4 * landed["latent"] - 3 and landed["swap_s"] >= 0
     assert landed["loras"] == [{"file": str(lora), "scale": SCALE}] and shown["made_s"] > 0
-    assert frames_at_landing < 21 and [f["frame"] for f in c.frames] == list(range(21))  # it went on after both
+    assert frames_at_refusal < 21 and [f["frame"] for f in c.frames] == list(range(21))  # it went on after both
     assert status["loras"] == [{"file": str(lora), "name": "style.safetensors", "scale": SCALE, "preset": False}]
 
     clip = read_video(tmp_path / "live.mkv")

@@ -214,9 +214,9 @@ def remake(meta: dict, malformed: dict[str, str]) -> tuple[list[str] | None, lis
 
 
 def lora_changes(meta: dict) -> list[float]:
-    """The times a live recording's LoRAs changed within its frames (a change after its last frame never showed)."""
-    end = meta["frames"] / float(meta.get("fps") or 16) if "frames" in meta else math.inf
-    return [e["seconds"] for e in (meta.get("lora_schedule") or [])[1:] if e["seconds"] < end]
+    """The times a live recording's LoRAs changed. Even one landing after its last frame counts: with the rolling
+    sampler the blocks in flight, shown before it, finished under the new weights."""
+    return [e["seconds"] for e in (meta.get("lora_schedule") or [])[1:]]
 
 
 def lora_args(argv: list[str], loras: list[dict]) -> tuple[list[str], list[str]]:

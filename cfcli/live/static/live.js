@@ -150,7 +150,9 @@ function showLoras(merged) {
     const range = document.createElement("input"), number = document.createElement("input");
     range.type = "range"; range.min = -2; range.max = 2; range.step = 0.05; range.value = l.scale;
     number.type = "number"; number.step = 0.05; number.value = l.scale;
-    const set = (v) => { if (Number.isFinite(v)) { live.loraList[i].scale = v; sendLoras(); } };
+    const set = (v) => {  // on "change": once per edit, and not again for the value already asked for
+      if (Number.isFinite(v) && v !== live.loraList[i].scale) { live.loraList[i].scale = v; sendLoras(); }
+    };
     range.oninput = () => { number.value = range.value; };
     range.onchange = () => set(Number(range.value));
     number.onchange = () => set(Number(number.value));
