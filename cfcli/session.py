@@ -212,10 +212,13 @@ class Session:
         self.memory, self.planned_for = plan, max(latent_frames, self.planned_for)
         return plan
 
-    def open_live(self, max_seconds: float | None = None, text_device: str | None = None) -> tuple[Engine,
-                                                                                                 PromptEncoder]:
+    def open_live(self, max_seconds: float | None = None, text_device: str | None = None,
+                  swap_loras: bool = False) -> tuple[Engine, PromptEncoder]:
         """(engine, prompt encoder) for the live loop (`cfcli.live`): planned for a live video of up to
-        `max_seconds` (default: the model's position table) with umT5 kept loaded beside the DiT."""
+        `max_seconds` (default: the model's position table) with umT5 kept loaded beside the DiT. `swap_loras` (`cf
+        live`, whose page swaps LoRAs while playing): an engine loaded from here on keeps the weights its LoRAs change
+        as loaded, so the first swap is in place too (`Engine.remerge`)."""
+        self.swaps_loras = self.swaps_loras or swap_loras
         most = self.preset.geometry.max_latent_frames
         frames = most if max_seconds is None else min(most, self.video_plan("live", seconds=max_seconds).latent_frames)
         kept = self.keep_text is True and self._encoder is not None and self._encoder.keep

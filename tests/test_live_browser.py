@@ -59,3 +59,37 @@ def test_the_page_plays_switches_and_downloads_the_recording(tmp_path):
     assert path.suffix == ".mp4" and clip.frames.shape[0] == recording["frames"] == 33
     assert clip.metadata["seed"] == 7 and clip.metadata["prompt_schedule"][1][1] == "the fox jumps into the river"
     assert drawn >= 2 and errors == []
+
+
+def test_the_lora_panel_adds_rescales_and_removes_a_lora_while_playing(tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright)")
+    from test_lora import factors, write
+
+    lora = write(tmp_path / "style.safetensors", factors(1))
+    with live_server(FIXTURES / "tiny-framewise.yaml", tmp_path / "live", codec="ffv1", max_seconds=4.0,
+                     lead=0.25) as srv, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page()
+        page.goto(srv.url + "/")
+        page.wait_for_function("window.cfLive.role === 'controller'", timeout=30_000)
+        page.fill("#prompt", PROMPT)
+        page.press("#prompt", "Enter")
+        page.wait_for_function("window.cfLive.framesReceived >= 1", timeout=60_000)
+        page.fill("#lora-file", str(lora))
+        page.fill("#lora-scale", "0.8")
+        page.click("#lora-add")
+        shown = "n => Object.values(window.cfLive.loraChanges).filter(c => c.state === 'shown').length >= n"
+        page.wait_for_function(shown, arg=1, timeout=60_000)
+        page.wait_for_function("window.cfLive.loras.length === 1", timeout=10_000)
+        assert "style.safetensors" in page.inner_text("#loras")
+        page.fill("#loras input[type=number]", "-0.5")
+        page.dispatch_event("#loras input[type=number]", "change")
+        page.wait_for_function(shown, arg=2, timeout=60_000)
+        page.wait_for_function("window.cfLive.loras[0] && window.cfLive.loras[0].scale === -0.5", timeout=10_000)
+        page.click("#loras button")
+        page.wait_for_function(shown, arg=3, timeout=60_000)
+        page.wait_for_function("window.cfLive.loras.length === 0", timeout=10_000)
+        changes, errors = page.evaluate("[Object.values(window.cfLive.loraChanges), window.cfLive.errors]")
+        browser.close()
+    scales = [[x["scale"] for x in c["loras"]] for c in changes if c["state"] == "shown"]
+    assert scales == [[0.8], [-0.5], []] and errors == []  # one change per edit

@@ -49,6 +49,14 @@ def _loras(v) -> bool:
         and math.isfinite(e["scale"]) and isinstance(e.get("preset", False), bool) for e in v)
 
 
+def _lora_schedule(v) -> bool:
+    """A live recording's LoRA timeline: [{seconds, latent, loras}], the first entry what it opened with."""
+    return isinstance(v, list) and len(v) >= 1 and all(
+        isinstance(e, dict) and set(e) == {"seconds", "latent", "loras"} and isinstance(e["seconds"], (int, float))
+        and not isinstance(e["seconds"], bool) and math.isfinite(e["seconds"]) and e["seconds"] >= 0
+        and _whole(e["latent"]) and _loras(e["loras"]) for e in v)
+
+
 # What cfcli writes under each key: a check and, for the message, what the value should be.
 TEXT, WHOLE, COUNT = (_text, "text"), (_whole, "a whole number ≥ 0"), (_count, "a whole number ≥ 1")
 FIELDS = {"prompt": TEXT, "seed": WHOLE, "preset": TEXT, "preset_file": TEXT, "mode": TEXT,
@@ -60,7 +68,8 @@ FIELDS = {"prompt": TEXT, "seed": WHOLE, "preset": TEXT, "preset_file": TEXT, "m
           "motion_fps": (_number, "a positive number"), "live": (lambda v: isinstance(v, bool), "true or false"),
           "max_frames": COUNT, "noise_frames": COUNT, "planned_frames": COUNT, "cfcli": TEXT,
           "prompt_schedule": (_schedule, "a list of [seconds, prompt] pairs"),
-          "loras": (_loras, "a list of {file, name, sha256, scale}")}
+          "loras": (_loras, "a list of {file, name, sha256, scale}"),
+          "lora_schedule": (_lora_schedule, "a list of {seconds, latent, loras}")}
 
 # Metadata keys that map one to one onto a flag of `cf generate` / `cf extend`.
 FLAGS = (("seed", "--seed"), ("fps", "--fps"), ("height", "--height"), ("width", "--width"), ("codec", "--codec"),
@@ -153,6 +162,10 @@ def remake(meta: dict, malformed: dict[str, str]) -> tuple[list[str] | None, lis
     if missing:
         why = ", ".join(f"{k} is {'malformed' if k in meta else 'missing'}" for k in missing)
         return None, [f"no remake command: {why}"]
+    if changed := lora_changes(good):
+        return None, [f"no remake command: the LoRAs changed at {', '.join(f'{t:g}' for t in changed)} s while the "
+                      "video played, which cf generate cannot do (it merges its LoRAs for the whole video); "
+                      "lora_schedule says which were merged from when"]
     notes = [f"not exactly reproducible: {k} is malformed, left out" for k in malformed if k in dict(FLAGS)]
     if extend:
         if "planned_frames" in good:
@@ -198,6 +211,12 @@ def remake(meta: dict, malformed: dict[str, str]) -> tuple[list[str] | None, lis
     if "image" in good and not Path(good["image"]).is_absolute():
         notes.append(f"the start picture is recorded by name only ({good['image']}): run the command where it is")
     return argv, notes
+
+
+def lora_changes(meta: dict) -> list[float]:
+    """The times a live recording's LoRAs changed. Even one landing after its last frame counts: with the rolling
+    sampler the blocks in flight, shown before it, finished under the new weights."""
+    return [e["seconds"] for e in (meta.get("lora_schedule") or [])[1:]]
 
 
 def lora_args(argv: list[str], loras: list[dict]) -> tuple[list[str], list[str]]:

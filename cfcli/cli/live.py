@@ -99,7 +99,7 @@ def load(session, max_seconds: float | None, text_device: str | None):
     p, dev = session.preset, session.device
     random = " (random weights)" if session.random_weights else ""
     console.print(f"[bold]{p.name}[/] · loading the models on {dev}{random}")
-    engine, encoder = session.open_live(max_seconds, text_device)
+    engine, encoder = session.open_live(max_seconds, text_device, swap_loras=True)  # the page swaps LoRAs in place
     from cfcli.cli.view import ConsoleView
     from cfcli.jobs.notices import show_plan
 

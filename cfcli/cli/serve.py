@@ -85,7 +85,8 @@ def register(app: typer.Typer) -> None:
         resident = Resident(defaults, random_weights, max_seconds, text_device)
         session = resident.new_session({})  # every option checked before the port is taken or anything loads
         check_live_options(session.preset, None, crf, codec, port, token, max_seconds, lead, 64, None)
-        config = LiveConfig(out_dir or output_dir() / "live", codec, crf, lead, max_seconds)
+        # the live page shares the engine with the jobs, which must run on the server's own LoRAs
+        config = LiveConfig(out_dir or output_dir() / "live", codec, crf, lead, max_seconds, lora_swaps=False)
         sock = bind(host, port)
         try:
             load(resident, warm_up)

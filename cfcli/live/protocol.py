@@ -9,12 +9,15 @@ Server → client frames are binary WebSocket messages: a 16-byte little-endian 
 
 import io
 import json
+import math
 import struct
 
 from cfcli.pipeline.prompts import encodable
 
 MAX_PROMPT_CHARS = 2000
 MAX_MESSAGE_BYTES = 16 * 1024
+MAX_LORAS = 8  # LoRAs one `loras` message may set
+MAX_PATH_CHARS = 4096
 FRAME_HEADER = struct.Struct("<4sIIHH")
 FRAME_MAGIC = b"CFLV"
 
@@ -28,9 +31,10 @@ MESSAGES: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "restart": {"seed": ((int, type(None)), False), "new_seed": ((bool,), False), "prompt": ((str, type(None)), False)},
     "prompt": {"prompt": ((str,), True)},
     "record": {"on": ((bool,), True)},
+    "loras": {"loras": ((list,), True)},  # the whole list: [{"file": path or Hub file, "scale": number}, ...]
     "status": {},  # ask for a status message now
 }
-CONTROL = {"start", "stop", "restart", "prompt", "record"}  # messages only the controller may send
+CONTROL = {"start", "stop", "restart", "prompt", "record", "loras"}  # messages only the controller may send
 
 
 class BadMessage(ValueError):
@@ -76,6 +80,27 @@ def check_values(msg: dict) -> None:
     seed = msg.get("seed")
     if seed is not None and not 0 <= seed < 2**63:
         raise BadMessage(f"{msg['type']}: the seed must be in [0, 2^63)")
+    if msg["type"] == "loras":
+        msg["loras"] = [lora_entry(i, e) for i, e in enumerate(msg["loras"])]
+        if len(msg["loras"]) > MAX_LORAS:
+            raise BadMessage(f"loras: at most {MAX_LORAS} LoRAs")
+
+
+def lora_entry(i: int, entry) -> dict:
+    """One `{"file", "scale"}` of a `loras` message, its scale defaulting to 1."""
+    where = f"loras[{i}]"
+    if not isinstance(entry, dict) or set(entry) - {"file", "scale"} or "file" not in entry:
+        raise BadMessage(f'{where} must be {{"file": "...", "scale": number}}')
+    file, scale = entry["file"], entry.get("scale", 1.0)
+    if not isinstance(file, str) or not file.strip() or len(file) > MAX_PATH_CHARS or not encodable(file):
+        raise BadMessage(f"{where}.file must be a path or Hub file of 1-{MAX_PATH_CHARS} characters")
+    try:
+        finite = isinstance(scale, (int, float)) and not isinstance(scale, bool) and math.isfinite(float(scale))
+    except OverflowError:  # an int past float's range
+        finite = False
+    if not finite:
+        raise BadMessage(f"{where}.scale must be a finite number")
+    return {"file": file, "scale": float(scale)}
 
 
 def encode_frame(session: int, index: int, rgb, quality: int) -> bytes:

@@ -5,6 +5,9 @@ the block starts. A prompt submitted from the page waits here (encoded) until th
 started takes it, exactly as `cf generate --prompt-at` would have at that block's time. Two prompts submitted
 within one block: the later one wins, the earlier is marked `superseded`. Thread-safe: the server thread submits,
 the generation thread looks up.
+
+The same lookup is where other switches land (`Weights.land`: a LoRA swap, `cfcli.live.loras`), and since the K/V
+are made by the DiT's weights, a K/V made before the weights last changed is made again from the prompt's features.
 """
 
 import threading
@@ -12,6 +15,7 @@ import time
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from torch import Tensor
 
@@ -30,6 +34,8 @@ class LivePrompt:
     made_s: float | None = None  # submitted → first frame made under it
     encoded_s: float | None = None  # submitted → encoded and queued
     kv: Tensor | None = field(default=None, repr=False)
+    features: Tensor | None = field(default=None, repr=False)  # umT5's, what `kv` is made again from
+    kv_version: int = 0  # the `Weights.version` `kv` was made under (read before it was made)
 
     def as_message(self, fps: float) -> dict:
         seconds = None if self.frame is None else round(self.frame / fps, 4)
@@ -37,14 +43,31 @@ class LivePrompt:
                 "frame": self.frame, "seconds": seconds, "made_s": self.made_s}
 
 
+class Weights(Protocol):
+    """The DiT weights as the schedule sees them: changes that land at a block, and the K/V they make."""
+
+    version: int  # bumped by each change of the weights
+
+    def land(self, latent: int) -> None: ...  # the block starting at `latent` is next: apply a waiting change
+
+    def text_kv(self, features: Tensor) -> Tensor: ...
+
+    @property
+    def has_pending(self) -> bool: ...
+
+    @property
+    def awaiting_frames(self) -> bool: ...
+
+
 class LiveSchedule:
-    """Cross-attention K/V by latent frame, appended to as prompts land; `frame_of(latent)` maps to stream frames."""
+    """Cross-attention K/V by latent frame, appended to as prompts land; `frame_of(latent)` maps to stream frames.
+    `weights`: where weight changes land and fresh K/V come from (None: the weights never change)."""
 
     def __init__(self, opening: LivePrompt, first_latent: int, frame_of: Callable[[int], int],
-                 on_change: Callable[[LivePrompt], None] = lambda p: None):
+                 on_change: Callable[[LivePrompt], None] = lambda p: None, weights: Weights | None = None):
         opening.state, opening.latent, opening.frame = "landed", 0, 0
-        self.entries, self._starts, self._kvs = [opening], [0], [opening.kv]
-        self.first_latent, self.frame_of, self.on_change = first_latent, frame_of, on_change
+        self.entries, self._starts = [opening], [0]
+        self.first_latent, self.frame_of, self.on_change, self.weights = first_latent, frame_of, on_change, weights
         self._pending: LivePrompt | None = None
         self._seen = -1  # the latest latent frame looked up: blocks up to it have started
         self._lock = threading.Lock()
@@ -62,16 +85,26 @@ class LiveSchedule:
         landed = None
         with self._lock:
             fresh, self._seen = frame > self._seen, max(frame, self._seen)  # a block starting now, not a repeat
-            if self._pending is not None and fresh and frame >= max(self.first_latent, 1):
+            switch = fresh and frame >= max(self.first_latent, 1)
+        if switch and self.weights is not None:
+            self.weights.land(frame)  # outside the lock: a swap takes a while, and submits must not wait for it
+        with self._lock:
+            if self._pending is not None and switch:
                 landed, self._pending = self._pending, None
                 landed.state, landed.latent, landed.frame = "landed", frame, self.frame_of(frame)
                 self.entries.append(landed)
                 self._starts.append(frame)
-                self._kvs.append(landed.kv)
-            kv = self._kvs[bisect_right(self._starts, frame) - 1]
+            kv = self._current_kv(self.entries[bisect_right(self._starts, frame) - 1])
         if landed is not None:
             self.on_change(landed)
         return kv
+
+    def _current_kv(self, p: LivePrompt) -> Tensor:
+        """`p`'s K/V, made again from its features if the weights changed since it was made."""
+        if self.weights is not None and p.kv_version != self.weights.version:
+            p.kv_version = self.weights.version  # changes land on this thread: none comes during the call
+            p.kv = self.weights.text_kv(p.features)
+        return p.kv
 
     def frames_written(self, frames: int) -> list[LivePrompt]:
         """Mark the prompts whose first frame is among the first `frames` streamed frames as shown."""
@@ -98,10 +131,12 @@ class LiveSchedule:
 
     @property
     def awaiting_frames(self) -> bool:
-        """A prompt has landed and its first frame is not written yet."""
+        """A prompt (or weight change) has landed and its first frame is not written yet."""
         with self._lock:
-            return any(p.state == "landed" for p in self.entries[1:])
+            landed = any(p.state == "landed" for p in self.entries[1:])
+        return landed or (self.weights is not None and self.weights.awaiting_frames)
 
     @property
     def has_pending(self) -> bool:
-        return self._pending is not None
+        """A prompt or weight change waits for the next block."""
+        return self._pending is not None or (self.weights is not None and self.weights.has_pending)

@@ -42,6 +42,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from cfcli.errors import CfError
 from cfcli.live.protocol import CONTROL, MAX_MESSAGE_BYTES, BadMessage, parse
 from cfcli.live.session import LiveSession, StartRequest
+from cfcli.lora.spec import LoraSpec
 
 log = logging.getLogger("cfcli.live")
 STATIC = Path(__file__).parent / "static"
@@ -377,6 +378,8 @@ def control(state: Live, msg: dict) -> dict | None:
         session.record(msg["on"])
     elif kind == "prompt":
         return session.prompt(msg["prompt"])[1]
+    elif kind == "loras":
+        return session.set_loras([LoraSpec(e["file"], e["scale"]) for e in msg["loras"]])[1]
     return None
 
 
@@ -390,8 +393,10 @@ def create_app(session: LiveSession, broadcast: Broadcast, settings: ServerSetti
                info: dict | None = None, routes: list = (), lifespan=lifespan):
     """The ASGI app; `info` (preset, devices, limits) is served at /api/info. `routes` and `lifespan`: what a server
     that serves more than the live page (`cf serve`) adds, and its lifespan (which must run `live.lifespan`)."""
+    refusal = session.lora_refusal()
     info = dict(info or {}) | {"auth": settings.token is not None, "max_upload_bytes": settings.max_upload_bytes,
-                               "max_message_bytes": MAX_MESSAGE_BYTES}
+                               "max_message_bytes": MAX_MESSAGE_BYTES, "lora_swaps": refusal is None,
+                               "lora_note": None if refusal is None else f"{refusal.message} → {refusal.hint}"}
     app = Starlette(routes=[*routes, *ROUTES], lifespan=lifespan)
     app.state.live = Live(session, broadcast, settings, info)
     return Guard(app, settings.token, settings.local)

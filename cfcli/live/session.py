@@ -1,9 +1,10 @@
 """The live generation worker: one thread runs one video at a time through the shared loop, steered while it plays.
 
 States: `idle` → `loading` (prompt features, picture or clip context) → `running` → `stopping` → `idle`.
-Calls from the server (`start`, `stop`, `restart`, `prompt`, `record`) never block: they leave the next start in the
-worker's one slot (a restart replaces what is there, a stop empties it) or hand a prompt to the text thread, which
-encodes it and queues it on the run's `LiveSchedule`.
+Calls from the server (`start`, `stop`, `restart`, `prompt`, `record`, `set_loras`) never block: they leave the next
+start in the worker's one slot (a restart replaces what is there, a stop empties it), hand a prompt to the text
+thread, which encodes it and queues it on the run's `LiveSchedule`, or hand a LoRA change to the LoRA thread, which
+checks it and queues it on the `LoraControl` (it lands at a block, as a prompt does: `cfcli.live.loras`).
 
 A start is planned as `cf generate` and `cf extend` plan theirs: a `VideoPlan` (a prompt, or a picture, for
 `--max-seconds` or up to the position table) or an `ExtendPlan` (a clip: its context by `read_tail`, the recording
@@ -30,9 +31,11 @@ from typing import Protocol
 import torch
 
 from cfcli.errors import CfError
+from cfcli.live.loras import LoraChange, LoraControl
 from cfcli.live.protocol import encode_frame
 from cfcli.live.recording import Recording
 from cfcli.live.schedule import LivePrompt, LiveSchedule
+from cfcli.lora.spec import LoraSpec
 from cfcli.pipeline.clip_reader import ClipInfo
 from cfcli.pipeline.engine import Engine
 from cfcli.pipeline.extend import ExtendPlan
@@ -64,6 +67,7 @@ class LiveConfig:
     lead_s: float = 1.0  # video generated ahead of real-time playback before the worker waits
     max_seconds: float | None = None  # default: the model's position-table limit
     jpeg_quality: int = 85
+    lora_swaps: bool = True  # False where the engine is shared with other work (`cf serve`'s jobs): changes refused
 
 
 @dataclass
@@ -138,7 +142,7 @@ class LiveStream:
             for i, f in enumerate(frames):
                 self.session.jpeg_queue.put((s.session, s.frames + i, f))
         s.frames += frames.shape[0]
-        for p in self.schedule.frames_written(s.frames):
+        for p in [*self.schedule.frames_written(s.frames), *self.session.loras.frames_written(s.frames)]:
             self.session.events.message(p.as_message(self.session.fps))
         if time.perf_counter() - self._last_status > STATUS_EVERY_S:
             self._last_status = time.perf_counter()
@@ -169,6 +173,8 @@ class LiveSession:
         self._stop = threading.Event()
         self._ids, self._sessions = itertools.count(1), itertools.count(1)
         self._text = ThreadPoolExecutor(1, thread_name_prefix="cf-live-text")
+        self._lora_checks = ThreadPoolExecutor(1, thread_name_prefix="cf-live-lora")  # files read, not encoding
+        self.loras = LoraControl(lambda: self.engine, on_change=lambda c: self.events.message(c.as_message(self.fps)))
         self.jpeg_queue: queue.Queue = queue.Queue()
         self._threads = [threading.Thread(target=self._work, name="cf-live-generate", daemon=True),
                          threading.Thread(target=self._jpegs, name="cf-live-jpeg", daemon=True)]
@@ -240,6 +246,30 @@ class LiveSession:
         self._text.submit(self._encode_and_queue, p, schedule)
         return p, reply
 
+    def set_loras(self, asked: list[LoraSpec]) -> tuple[LoraChange, dict]:
+        """Queue a change of the LoRAs (the whole list; the preset's own stay): checked on the LoRA thread, it lands at
+        the next block to start, or when the next video starts if none plays. Refused at once where the weights
+        cannot be swapped in place. Returns the change and its `submitted` message."""
+        if (why := self.lora_refusal()) is not None:
+            raise why
+        change = LoraChange(next(self._ids), tuple(asked), time.perf_counter())
+        reply = change.as_message(self.fps)
+        self._lora_checks.submit(self._check_loras, change)
+        return change, reply
+
+    def lora_refusal(self) -> CfError | None:
+        """Why this live session cannot change LoRAs, or None: it never loads the models again mid-performance, so
+        the engine must swap them in place."""
+        if not self.config.lora_swaps:
+            return CfError("this live page cannot change LoRAs: its models are shared with cf serve's jobs",
+                           "run cf live to change LoRAs while playing, or start cf serve with --lora FILE:SCALE")
+        if (why := self.engine.remerge_refusal) is not None:
+            return CfError(f"the LoRAs cannot be swapped while playing: {why}; cf live does not load the models "
+                           "again mid-performance",
+                           "start cf live again with the LoRAs you want (--lora FILE:SCALE), without --quantize fp8 "
+                           "and with a memory plan that keeps the weights whole (no --low-vram, a larger --max-vram)")
+        return None
+
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop the run (its recording is closed and kept if it was on) and the threads."""
         with self._wake:
@@ -250,6 +280,7 @@ class LiveSession:
         self.jpeg_queue.put(None)
         self._threads[1].join(timeout)
         self._text.shutdown(wait=False, cancel_futures=True)
+        self._lora_checks.shutdown(wait=False, cancel_futures=True)
 
     # --- reporting -----------------------------------------------------------------------------------------------
 
@@ -264,7 +295,7 @@ class LiveSession:
                 "ahead_s": round(s.ahead_s(self.fps), 3) if s else 0.0, "underruns": s.underruns if s else 0,
                 "latency_s": self.latencies[-1] if self.latencies else None,
                 "block_s": round(sum(s.block_s[-8:]) / len(s.block_s[-8:]), 4) if s and s.block_s else None,
-                "recording": bool(s and s.record),
+                "recording": bool(s and s.record), "loras": self.loras.merged(),
                 "gpu_mem_gib": round(torch.cuda.memory_allocated(dev) / 2**30, 2) if dev.type == "cuda" else None}
 
     def publish_status(self) -> None:
@@ -316,10 +347,22 @@ class LiveSession:
                 continue
             self.events.frame(encode_frame(session, index, rgb, self.config.jpeg_quality))
 
+    def _encode(self, p: LivePrompt) -> None:
+        """`p`'s features and K/V, tagged with the weights' version read first (a swap meanwhile makes it stale)."""
+        p.features, p.kv_version = self.encoder.encode([p.prompt])[0], self.loras.version
+        p.kv = self.engine.text_kv(p.features)
+
+    def _check_loras(self, change: LoraChange) -> None:
+        try:
+            self.loras.check(change)
+        except Exception as exc:  # noqa: BLE001 - the thread must outlive a failed check
+            log.exception("LoRA check failed")
+            self.events.message({"type": "error", "message": f"could not check the LoRAs: {exc}".splitlines()[0]})
+
     def _encode_and_queue(self, p: LivePrompt, schedule: LiveSchedule) -> None:
         try:
             with self._on_device():
-                p.kv = self.engine.text_kv(self.encoder.encode([p.prompt])[0])
+                self._encode(p)
         except Exception as exc:  # noqa: BLE001
             log.exception("prompt encoding failed")
             self.events.message({"type": "error", "message": f"could not encode the prompt: {exc}"})
@@ -333,11 +376,12 @@ class LiveSession:
         session = next(self._sessions)
         opening = LivePrompt(next(self._ids), req.prompt.strip(), time.perf_counter())
         start = Start(self.plan(req))
-        opening.kv = self.engine.text_kv(self.encoder.encode([opening.prompt])[0])
+        self.loras.begin(start.frame_of)  # a LoRA change asked for while idle: from the first frame
+        self._encode(opening)
         start.latents = self._context_latents(req, start)
         stats = RunStats(session, req.seed, opening.prompt, start.max_frames, record=req.record)
         schedule = LiveSchedule(opening, start.plan.context, start.frame_of,
-                                on_change=lambda p: self.events.message(p.as_message(self.fps)))
+                                on_change=lambda p: self.events.message(p.as_message(self.fps)), weights=self.loras)
         recording = self._recording(req, session, start)
         self.stats, self.schedule = stats, schedule
         self._set_state("running")
@@ -421,7 +465,8 @@ class LiveSession:
 
         p, c, clip = self.preset, self.config, start.clip
         name = f"live-{slug(req.prompt, 40)}-{req.seed}-{session}"
-        opening = metadata(req.prompt.strip(), req.seed, p, 0, self._file_fps(start), **self._facts(start))
+        opening = metadata(req.prompt.strip(), req.seed, p, 0, self._file_fps(start),
+                           **self._facts(start, self.loras.opening))
         del opening["frames"]  # known at the end; a file cut short (SIGKILL) still says how it was made
         rec = Recording(c.out_dir, name, start.plan.fps, p.width, p.height, c.codec, c.crf, opening)
         if clip is not None:
@@ -433,15 +478,16 @@ class LiveSession:
                 raise
         return rec
 
-    def _facts(self, start: Start, image: Path | None = None) -> dict:
+    def _facts(self, start: Start, loras: tuple, image: Path | None = None) -> dict:
         """What decides the recording beyond prompt and seed (`cf info` remakes it from them): the run's length
-        (`max_frames`: its noise and cache were drawn for all of it), device, dtype, size, decoder, codec, picture."""
+        (`max_frames`: its noise and cache were drawn for all of it), device, dtype, size, decoder, codec, picture,
+        the LoRAs it opened with (changes while playing: `lora_schedule`)."""
         e, c = self.engine, self.config
         decoder = "taehv" if "taehv" in e.levers() else "wan"
         quantize = "fp8" if "fp8" in e.levers() else None
         return {"live": True, "max_frames": start.max_frames} | run_facts(self.preset, e.device, e.dtype, c.codec,
                                                                            c.crf, decoder, quantize, image,
-                                                                           loras=e.loras)
+                                                                           loras=loras)
 
     @staticmethod
     def _keep_picture(req: StartRequest | None, recording: Recording) -> Path | None:
@@ -477,9 +523,12 @@ class LiveSession:
             recording.abort()
             return
         fps, clip = self._file_fps(start), start.clip
-        extra = self._facts(start, self._keep_picture(self.last_request, recording))
+        extra = self._facts(start, self.loras.opening, self._keep_picture(self.last_request, recording))
+        offset = 0 if clip is None else clip.frames
         if len(schedule.entries) > 1:
-            extra["prompt_schedule"] = schedule.as_metadata(fps, 0 if clip is None else clip.frames)
+            extra["prompt_schedule"] = schedule.as_metadata(fps, offset)
+        if len(self.loras.timeline) > 1:
+            extra["lora_schedule"] = self.loras.as_metadata(fps, offset)
         if clip is not None:
             extra |= {"context_frames": start.plan.context_frames} | source_facts(clip, fps, self.preset)
         path, note = recording.save(metadata(stats.prompt, stats.seed, self.preset, recording.frames, fps, **extra))

@@ -197,8 +197,8 @@ class Engine:
         from cfcli.lora.merge import remerge_
         from cfcli.pipeline.loras import pairs
 
-        if not self.can_remerge:
-            raise CfError("the LoRAs of this engine cannot be swapped in place",
+        if (why := self.remerge_refusal) is not None:
+            raise CfError(f"the LoRAs of this engine cannot be swapped in place: {why}",
                           "load the models again with the new LoRAs")
         self._loaded = {} if self._loaded is None else self._loaded  # none merged yet: the weights are as loaded
         remerge_(self.dit, self._loaded, pairs(adapters))
@@ -208,16 +208,34 @@ class Engine:
     @property
     def can_remerge(self) -> bool:
         """Whether `remerge` can run: the weights plain, and those a LoRA changed kept as loaded (or none merged)."""
-        return self.plain_weights and (self._loaded is not None or not self.loras)
+        return self.remerge_refusal is None
+
+    @property
+    def remerge_refusal(self) -> str | None:
+        """Why `remerge` cannot swap the LoRAs in place (a phrase for messages), or None when it can."""
+        if (why := self.not_plain) is not None:
+            return why
+        if self._loaded is None and self.loras:
+            return "its LoRAs were merged without keeping the weights as loaded, which a swap starts from"
+        return None
 
     @property
     def plain_weights(self) -> bool:
         """Whether the DiT's weights are still the modules' own: no blocks offloaded, no Linear quantised."""
+        return self.not_plain is None
+
+    @property
+    def not_plain(self) -> str | None:
+        """What keeps the DiT's weights from being the modules' own (offloaded blocks, quantised Linears), or None."""
         from cfcli.models.dit import BLOCK_LINEARS
 
         if hasattr(self.dit.blocks, "distinct"):  # offloaded (`cfcli.models.offload`)
-            return False
-        return all(type(m) is nn.Linear for name, m in self.dit.named_modules() if BLOCK_LINEARS.fullmatch(name))
+            return "its blocks are offloaded to host memory (a memory plan)"
+        kinds = {type(m).__name__ for name, m in self.dit.named_modules() if BLOCK_LINEARS.fullmatch(name)}
+        if kinds - {"Linear"}:
+            return (f"its block weights are quantised ({', '.join(sorted(kinds - {'Linear'}))}: --quantize fp8 or "
+                    "an int8 memory plan), so the weights as loaded are gone")
+        return None
 
     def configure(self, options: EngineOptions, plan: "MemoryPlan | None" = None,
                   decoder_model: nn.Module | None = None, keep_loaded: bool = False) -> "Engine":

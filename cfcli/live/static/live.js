@@ -11,6 +11,7 @@ const withToken = (url) => token ? `${url}${url.includes("?") ? "&" : "?"}token=
 const live = window.cfLive = {   // state, also read by the browser test
   role: "viewer", state: "idle", fps: 16, session: 0, framesReceived: 0, framesDrawn: 0, framesSkipped: 0,
   lastFrame: -1, prompts: {}, recordings: [], errors: [], buffering: false,
+  loras: [], loraChanges: {}, loraSwaps: true,
 };
 const canvas = $("screen"), ctx = canvas.getContext("2d");
 let ws = null, queue = [], decoding = Promise.resolve(), clock = null, needBuffer = 0.25, submits = [];
@@ -58,6 +59,9 @@ const handlers = {
     $("model").textContent = `${m.preset} · ${m.width}×${m.height} @ ${m.fps} fps · ${m.device}, umT5 on ${m.text_device}`;
     if (m.seed !== null && m.seed !== undefined) $("seed").value = m.seed;
     $("record").checked = m.record !== false;
+    live.loraSwaps = m.lora_swaps !== false;
+    $("lora-form").querySelectorAll("input, button").forEach((el) => { el.disabled = !live.loraSwaps; });
+    if (!live.loraSwaps) $("lora-state").textContent = m.lora_note || "LoRAs cannot change here";
   },
   role(m) {
     live.role = m.role;
@@ -67,6 +71,18 @@ const handlers = {
     live.state = m.state;
     if (m.session && m.session > live.session) live.session = m.session;  // joined while it plays
     showStatus(m);
+    if (m.loras && !lorasInFlight()) showLoras(m.loras);
+  },
+  loras(m) {
+    live.loraChanges[m.id] = m;
+    const where = m.frame !== null ? ` at frame ${m.frame} (${m.seconds}s)` : "";
+    const swap = m.swap_s !== null ? `, swapped in ${m.swap_s.toFixed(2)}s` : "";
+    const made = m.made_s ? `, made ${m.made_s.toFixed(2)}s after asking` : "";
+    $("lora-state").textContent = `LoRA change ${m.id}: ${m.state}${where}${swap}${made}`;
+    if (m.state === "refused") {
+      log(`LoRAs refused: ${m.message}${m.hint ? " → " + m.hint : ""}`, "error");
+      live.loraList = null;  // show what is merged again at the next status
+    }
   },
   started(m) {
     live.session = m.session; live.lastFrame = -1; live.prompts = {};
@@ -109,6 +125,48 @@ function addPrompt(m) {
   const made = entry.made_s ? ` · made ${entry.made_s.toFixed(2)}s after submit` : "";
   const shown = entry.onScreen ? ` · on screen ${entry.onScreen.toFixed(2)}s` : "";
   li.textContent = `${where} · ${entry.state}${made}${shown}: ${entry.prompt}`;
+}
+
+// The LoRA panel: the LoRAs merged now (from `status`), each given one with a scale and a remove button; an edit
+// sends the whole list (`loras` message) and the panel keeps showing it until the change lands or is refused.
+function lorasInFlight() {
+  return Object.values(live.loraChanges).some((c) => c.state === "submitted" || c.state === "queued");
+}
+
+function showLoras(merged) {
+  if (JSON.stringify(merged) === JSON.stringify(live.loras) && live.loraList) return;
+  live.loras = merged;
+  live.loraList = merged.filter((l) => !l.preset).map((l) => ({ file: l.file, scale: l.scale }));
+  const ul = $("loras");
+  ul.innerHTML = "";
+  if (!merged.length) { ul.innerHTML = "<li class=\"small\">none merged</li>"; return; }
+  let given = 0;  // index in `loraList`: the given LoRAs, in order
+  merged.forEach((l) => {
+    const li = document.createElement("li"), name = document.createElement("span");
+    name.className = "name"; name.textContent = l.name; name.title = l.file;
+    li.append(name);
+    if (l.preset) { li.append(`${l.scale} (the preset's)`); ul.append(li); return; }
+    const i = given++;
+    const range = document.createElement("input"), number = document.createElement("input");
+    range.type = "range"; range.min = -2; range.max = 2; range.step = 0.05; range.value = l.scale;
+    number.type = "number"; number.step = 0.05; number.value = l.scale;
+    const set = (v) => {  // on "change": once per edit, and not again for the value already asked for
+      if (Number.isFinite(v) && v !== live.loraList[i].scale) { live.loraList[i].scale = v; sendLoras(); }
+    };
+    range.oninput = () => { number.value = range.value; };
+    range.onchange = () => set(Number(range.value));
+    number.onchange = () => set(Number(number.value));
+    const remove = document.createElement("button");
+    remove.type = "button"; remove.textContent = "Remove";
+    remove.onclick = () => { live.loraList.splice(i, 1); sendLoras(); };
+    [range, number, remove].forEach((el) => { el.disabled = !live.loraSwaps; });
+    li.append(range, number, remove);
+    ul.append(li);
+  });
+}
+
+function sendLoras() {
+  send({ type: "loras", loras: live.loraList });
 }
 
 function showStatus(m) {
@@ -222,6 +280,14 @@ $("clip").onchange = async (ev) => {
   context = { image: null, clip: await upload("clip", ev.target.files[0]) };
   $("context").textContent = context.clip ? `next start: continue clip ${context.clip}` : "";
 };
+$("lora-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const file = $("lora-file").value.trim(), scale = Number($("lora-scale").value || 1);
+  if (!file) return;
+  live.loraList = (live.loraList || []).concat([{ file, scale }]);
+  sendLoras();
+  $("lora-file").value = "";
+});
 $("clear-context").onclick = () => { context = { image: null, clip: null }; $("context").textContent = ""; };
 
 connect();
