@@ -18,8 +18,9 @@ def free_port() -> int:
 
 @contextmanager
 def live_server(preset, out_dir, codec="ffv1", max_seconds=1.0, token=None, host="127.0.0.1", lead=1.0,
-                max_upload_bytes=2**20):
-    """Yield (url, ws url, session) of a live server on the tiny `preset` (CPU, float32)."""
+                max_upload_bytes=2**20, osc=None):
+    """Yield (url, ws url, session) of a live server on the tiny `preset` (CPU, float32); `osc`: a bound OSC
+    socket it serves too."""
     import uvicorn
 
     from cfcli.cli.live import build_app, load
@@ -29,7 +30,7 @@ def live_server(preset, out_dir, codec="ffv1", max_seconds=1.0, token=None, host
 
     engine, encoder = load(Session(str(preset), device="cpu", dtype="float32"), max_seconds, None)
     config = LiveConfig(out_dir, codec, 18, lead, max_seconds)
-    app, session = build_app(engine, encoder, config, token, max_upload_bytes=max_upload_bytes, host=host)
+    app, session = build_app(engine, encoder, config, token, max_upload_bytes=max_upload_bytes, host=host, osc=osc)
     port = free_port()
     server = uvicorn.Server(uvicorn_config(app, host, port))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -55,6 +55,10 @@ def register(app: typer.Typer) -> None:
                                             help="No server: make N prompt switches at random moments and report "
                                                  "submitted → first frame latency."),
         json_out: JsonOpt = False,
+        osc: int = typer.Option(None, "--osc", metavar="PORT",
+                                help="Also take control messages over OSC (UDP) on this port (docs/live.md, OSC)."),
+        osc_host: str = typer.Option("127.0.0.1", "--osc-host", help="Address OSC listens on; any but localhost "
+                                                                     "needs --token."),
     ) -> None:
         """Serve a page that plays the video as it is generated; type to change where it goes.
 
@@ -63,6 +67,7 @@ def register(app: typer.Typer) -> None:
           cf live --mode framewise --open
           cf live --mode chunkwise --seed 7 --port 8000
           cf live --host 0.0.0.0 --token secret      # other machines may connect, with the token
+          cf live --osc 9000                         # and steer it over OSC: /cf/claim, /cf/prompt "..."
         """
         from cfcli.config import output_dir
         from cfcli.live.recording import recover_partials
@@ -77,7 +82,15 @@ def register(app: typer.Typer) -> None:
                            max_upload_mb, measure_latency)
         config = LiveConfig(out_dir or output_dir() / "live", codec, crf, lead, max_seconds)
         sock = bind(host, port) if measure_latency is None else None  # a busy port is refused before anything loads
+        osc_sock = None
         try:
+            if osc is not None:
+                from cfcli.errors import CfError
+                from cfcli.live.osc import bind_osc
+
+                if measure_latency is not None:
+                    raise CfError("--osc needs the server; --measure-latency runs none", "leave out one of them")
+                osc_sock = bind_osc(osc_host, osc, token)
             for path in recover_partials(config.out_dir):
                 console.print(f"[yellow]kept[/] the recording of a server that was killed: {path}")
             engine, encoder = load(session, max_seconds, text_device)
@@ -87,10 +100,13 @@ def register(app: typer.Typer) -> None:
                 result = measure(engine, encoder, config, measure_latency, seed or 0)
                 typer.echo(json.dumps(result)) if json_out else console.print_json(data=result)
                 return
-            run_server(engine, encoder, config, host, sock, token, record, seed, open_browser, max_upload_mb)
+            run_server(engine, encoder, config, host, sock, token, record, seed, open_browser, max_upload_mb,
+                       osc_sock)
         finally:
             if sock is not None:
                 sock.close()
+            if osc_sock is not None:
+                osc_sock.close()
 
 
 def load(session, max_seconds: float | None, text_device: str | None):
@@ -110,16 +126,20 @@ def load(session, max_seconds: float | None, text_device: str | None):
 
 
 def run_server(engine, encoder, config, host: str, sock, token: str | None, record: bool, seed: int | None,
-               open_browser: bool, max_upload_mb: int) -> None:
+               open_browser: bool, max_upload_mb: int, osc_sock=None) -> None:
     """Serve on the bound `sock` until a stop signal (SIGINT, SIGTERM, SIGHUP: the recording is saved each time)."""
     from cfcli.live.server import is_local, quoted, serve
 
     if token is None and not is_local(host):
         token = secrets.token_urlsafe(24)
-    app, _ = build_app(engine, encoder, config, token, record, seed, max_upload_mb * 2**20, host=host)
+    app, _ = build_app(engine, encoder, config, token, record, seed, max_upload_mb * 2**20, host=host, osc=osc_sock)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{sock.getsockname()[1]}/"
     url += f"?token={quoted(token)}" if token else ""
     console.print(f"[green]live:[/] {url}   (Ctrl-C to quit; recordings go to {config.out_dir})")
+    if osc_sock is not None:
+        osc_host, osc_port = osc_sock.getsockname()[:2]
+        console.print(f"[green]osc:[/] udp {osc_host}:{osc_port}   (/cf/claim, then /cf/prompt, /cf/start …"
+                      + ("; end each message with the token" if token else "") + ")")
     if open_browser:
         import webbrowser
 
@@ -132,9 +152,10 @@ def run_server(engine, encoder, config, host: str, sock, token: str | None, reco
 
 
 def build_app(engine, encoder, config, token: str | None, record: bool = True, seed: int | None = None,
-              max_upload_bytes: int = 64 * 2**20, host: str = "127.0.0.1"):
+              max_upload_bytes: int = 64 * 2**20, host: str = "127.0.0.1", osc=None):
     """(the ASGI app, its running `LiveSession`): what `cf live` serves, and what the tests serve. `host` is the
-    address bound: on a local one only a local Host is answered, token or not."""
+    address bound: on a local one only a local Host is answered, token or not. `osc`: the bound OSC socket
+    (`cf live --osc`), served on the app's loop."""
     from cfcli.live.server import Broadcast, ServerSettings, create_app, is_local, page_info
     from cfcli.live.session import LiveSession
 
@@ -144,4 +165,9 @@ def build_app(engine, encoder, config, token: str | None, record: bool = True, s
     session.warm_up()
     session.begin()
     info = page_info(engine, encoder, record, seed, config.max_seconds)
-    return create_app(session, broadcast, settings, info), session
+    control = None
+    if osc is not None:
+        from cfcli.live.osc import OscControl
+
+        control = OscControl(osc, token)
+    return create_app(session, broadcast, settings, info, osc=control), session

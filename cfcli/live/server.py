@@ -246,6 +246,7 @@ class Live:
     broadcast: Broadcast
     settings: ServerSettings
     info: dict
+    osc: object = None  # an `osc.OscControl` with `cf live --osc`, opened and closed by the lifespan
     uploads: Uploads = field(init=False)
 
     def __post_init__(self):
@@ -260,9 +261,13 @@ def live(conn) -> Live:
 async def lifespan(app):
     state: Live = app.state.live
     state.broadcast.loop = asyncio.get_running_loop()
+    if state.osc is not None:
+        await state.osc.open(state)
     try:
         yield
     finally:
+        if state.osc is not None:
+            state.osc.close()
         await asyncio.to_thread(state.session.shutdown)
         state.uploads.remove()
 
@@ -390,15 +395,16 @@ ROUTES = [Route("/", index), Route("/api/info", api_info), Route("/api/status", 
 
 
 def create_app(session: LiveSession, broadcast: Broadcast, settings: ServerSettings = ServerSettings(),
-               info: dict | None = None, routes: list = (), lifespan=lifespan):
+               info: dict | None = None, routes: list = (), lifespan=lifespan, osc=None):
     """The ASGI app; `info` (preset, devices, limits) is served at /api/info. `routes` and `lifespan`: what a server
-    that serves more than the live page (`cf serve`) adds, and its lifespan (which must run `live.lifespan`)."""
+    that serves more than the live page (`cf serve`) adds, and its lifespan (which must run `live.lifespan`). `osc`:
+    the `osc.OscControl` that `cf live --osc` serves beside the page."""
     refusal = session.lora_refusal()
     info = dict(info or {}) | {"auth": settings.token is not None, "max_upload_bytes": settings.max_upload_bytes,
                                "max_message_bytes": MAX_MESSAGE_BYTES, "lora_swaps": refusal is None,
                                "lora_note": None if refusal is None else f"{refusal.message} → {refusal.hint}"}
     app = Starlette(routes=[*routes, *ROUTES], lifespan=lifespan)
-    app.state.live = Live(session, broadcast, settings, info)
+    app.state.live = Live(session, broadcast, settings, info, osc)
     return Guard(app, settings.token, settings.local)
 
 
