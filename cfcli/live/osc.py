@@ -162,10 +162,6 @@ class OscControl:
             self.transport.close()
         self.sock.close()
 
-    @property
-    def port(self) -> int:
-        return self.sock.getsockname()[1]
-
 
 def where(addr) -> str:
     return f"{addr[0]}:{addr[1]}" if addr else "?"
