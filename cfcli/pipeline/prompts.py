@@ -162,7 +162,8 @@ def read_schedule_file(path: Path) -> list[Switch]:
         time, sep, prompt = line.partition("\t")
         if not sep:  # a time never holds spaces, so the first run of spaces separates as well as a tab
             time, _, prompt = line.partition(" ")
-        switches.append(Switch(*parse_switch_time(time, source), prompt=prompt.strip(), source=source))
+        seconds, transition = parse_switch_time(time, source)
+        switches.append(Switch(seconds, prompt.strip(), source, transition))
     if not switches:
         raise CfError(f"{path} holds no prompt switches", "write one SECONDS<TAB>PROMPT line per switch")
     return switches
