@@ -148,7 +148,7 @@ def test_live_transitions_equal_prompt_at(engine):
     assert [p.latent for p in live.entries] == [0, 2, 4]
 
     schedule = PromptSchedule.build(None, parse_prompt_at(
-        [(f"{s}~{Transition(**t[0]).arg}" if t else str(s), p) for s, p, *t in meta]))
+        [(f"{s}~{t[0]['blocks']}:{t[0]['kind']}" if t else str(s), p) for s, p, *t in meta]))
     plan = plan_video(engine.preset, frames, fps, schedule=schedule).with_features(feats)
     assert plan.starts == (0, 2, 4)
     want = [c.latents for c in engine.generate(plan.text(engine.text_kv), 11, seed=7, decode=False)]
@@ -224,3 +224,31 @@ def test_a_bad_transition_is_refused_before_anything_loads(cf, tmp_path):
     assert r.exit_code == 1 and "is not a transition" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "x.mkv").exists()
     assert parse_time("1s") == 1
+
+
+def test_a_live_transition_is_recorded_and_remade_exactly(cf, tmp_path):
+    """Through the real server: a `prompt` message with a transition lands, its receipts say so, the recording keeps
+    it, and `cf info`'s command makes the recording's frames again, bit for bit."""
+    from live_server import Client, live_server
+
+    with live_server(FRAMEWISE, tmp_path / "live", codec="ffv1", max_seconds=1.25) as srv, Client(srv.ws) as c:
+        c.send(type="claim")
+        c.send(type="start", prompt=PROMPT, seed=5, record=True)
+        c.until(frames=1)
+        c.send(type="prompt", prompt=JUMP, transition={"blocks": 2, "kind": "spherical"})
+        landed = c.kind("prompt", state="landed")
+        assert c.kind("ended")["reason"] == "limit"
+        rec = c.kind("recording")
+    assert landed["transition"] == {"blocks": 2, "kind": "spherical"}
+    path = tmp_path / "live" / rec["name"]
+    clip = read_video(path)
+    assert clip.metadata["prompt_schedule"] == [[0.0, PROMPT],
+                                                [landed["seconds"], JUMP, {"blocks": 2, "kind": "spherical"}]]
+    r = cf("info", path, "--json")
+    assert r.exit_code == 0, r.output
+    command = json.loads(r.stdout)["command"]
+    assert "~2:slerp" in command
+    again = tmp_path / "again.mkv"
+    r = cf(*shlex.split(command)[1:], "--out", again, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert torch.equal(read_video(again).frames, clip.frames)

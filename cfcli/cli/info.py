@@ -42,11 +42,10 @@ def _schedule(v) -> bool:
 
 
 def _transition(v) -> bool:
-    """A switch's `{"blocks", "kind"}` (`cfcli.pipeline.prompts.Transition`)."""
-    from cfcli.pipeline.prompts import MAX_TRANSITION_BLOCKS
-
-    return isinstance(v, dict) and set(v) == {"blocks", "kind"} and _whole(v["blocks"]) \
-        and v["blocks"] <= MAX_TRANSITION_BLOCKS and v["kind"] in ("linear", "spherical")
+    """A switch's `{"blocks", "kind"}` (`cfcli.pipeline.prompts.Transition`; written out here: `cf info` loads no
+    torch)."""
+    return isinstance(v, dict) and set(v) == {"blocks", "kind"} and _whole(v["blocks"]) and v["blocks"] <= 64 \
+        and v["kind"] in ("linear", "spherical")
 
 
 def _loras(v) -> bool:
@@ -250,8 +249,6 @@ def generate_argv(meta: dict, frames: int, until: float | None = None,
     dash = prompt.startswith("-")  # would be taken for an option: given after `--`, at the end
     argv, notes = ["cf", "generate", *([] if dash else [prompt]), "--frames", str(frames)], []
     argv += ["--noise-frames", str(noise_frames)] if noise_frames is not None else []
-    from cfcli.pipeline.prompts import Transition
-
     for seconds, text, *transition in (meta.get("prompt_schedule") or [])[1:]:
         if until is not None and seconds >= until:
             continue
@@ -259,8 +256,9 @@ def generate_argv(meta: dict, frames: int, until: float | None = None,
             notes.append(f"not exactly reproducible: the switch prompt {text[:30]!r} starts with '-', which "
                          "--prompt-at cannot take (use a --prompt-schedule file)")
             continue
-        blend = Transition(**transition[0]) if transition else None
-        argv += ["--prompt-at", seconds_arg(seconds) + (f"~{blend.arg}" if blend and blend.blocks else ""), text]
+        blend = transition[0] if transition and transition[0]["blocks"] else None  # `--prompt-at TIME~N[:slerp]`
+        tail = "" if blend is None else f"~{blend['blocks']}" + (":slerp" if blend["kind"] == "spherical" else "")
+        argv += ["--prompt-at", seconds_arg(seconds) + tail, text]
     return argv + (["--", prompt] if dash else []), notes
 
 

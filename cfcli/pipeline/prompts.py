@@ -45,11 +45,6 @@ class Transition:
         """The new prompt's share in the k-th block from the switch (k < blocks)."""
         return (k + 1) / (self.blocks + 1)
 
-    @property
-    def arg(self) -> str:
-        """As `--prompt-at` writes it after the time's `~`."""
-        return str(self.blocks) + (":slerp" if self.kind == "spherical" else "")
-
     def as_metadata(self) -> dict:
         return {"blocks": self.blocks, "kind": self.kind}
 
