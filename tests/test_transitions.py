@@ -21,7 +21,8 @@ from cfcli.live.schedule import LivePrompt, LiveSchedule
 from cfcli.pipeline.engine import Engine
 from cfcli.pipeline.plan import plan_video
 from cfcli.pipeline.prompts import (CUT, PromptSchedule, Switch, Transition, blend, blended_blocks,
-                                    parse_prompt_at, parse_switch_time, parse_time)
+                                    parse_prompt_at, parse_switch_time, parse_time,
+                                    read_schedule_file)
 from cfcli.pipeline.video import read_video
 from cfcli.presets import load_preset
 
@@ -45,6 +46,13 @@ def test_switch_times_with_transitions(text, seconds, transition):
 def test_bad_transitions(text):
     with pytest.raises(CfError, match="not a transition"):
         parse_switch_time(text)
+
+
+def test_schedule_file_times_take_transitions(tmp_path):
+    f = tmp_path / "story.tsv"
+    f.write_text("0\ta fox\n1~2:slerp\tthe fox jumps\n2 a river\n")
+    assert [(s.seconds, s.prompt, s.transition) for s in read_schedule_file(f)] == [
+        (0, "a fox", CUT), (1, "the fox jumps", Transition(2, "spherical")), (2, "a river", CUT)]
 
 
 def test_the_opening_prompt_has_no_transition():
