@@ -33,6 +33,8 @@ def test_the_page_plays_switches_and_downloads_the_recording(tmp_path):
         page.fill("#prompt", PROMPT)
         page.press("#prompt", "Enter")
         page.wait_for_function("window.cfLive.framesReceived >= 1", timeout=60_000)
+        page.fill("#blend-blocks", "2")
+        page.select_option("#blend-kind", "spherical")
         page.fill("#prompt", "the fox jumps into the river")  # early, so that it lands before the last block
         page.press("#prompt", "Enter")
         page.wait_for_function("window.cfLive.framesDrawn >= 2", timeout=60_000)
@@ -57,7 +59,8 @@ def test_the_page_plays_switches_and_downloads_the_recording(tmp_path):
         browser.close()
     clip = read_video(path)
     assert path.suffix == ".mp4" and clip.frames.shape[0] == recording["frames"] == 33
-    assert clip.metadata["seed"] == 7 and clip.metadata["prompt_schedule"][1][1] == "the fox jumps into the river"
+    assert clip.metadata["seed"] == 7 and clip.metadata["prompt_schedule"][1][1:] == [
+        "the fox jumps into the river", {"blocks": 2, "kind": "spherical"}]  # the page's blend control
     assert drawn >= 2 and errors == []
 
 

@@ -12,7 +12,7 @@ import json
 import math
 import struct
 
-from cfcli.pipeline.prompts import encodable
+from cfcli.pipeline.prompts import CUT, MAX_TRANSITION_BLOCKS, Transition, encodable
 
 MAX_PROMPT_CHARS = 2000
 MAX_MESSAGE_BYTES = 16 * 1024
@@ -29,7 +29,7 @@ MESSAGES: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
               "clip": ((str, type(None)), False), "record": ((bool,), False)},
     "stop": {},
     "restart": {"seed": ((int, type(None)), False), "new_seed": ((bool,), False), "prompt": ((str, type(None)), False)},
-    "prompt": {"prompt": ((str,), True)},
+    "prompt": {"prompt": ((str,), True), "transition": ((dict, type(None)), False)},  # {"blocks": N, "kind": ...}
     "record": {"on": ((bool,), True)},
     "loras": {"loras": ((list,), True)},  # the whole list: [{"file": path or Hub file, "scale": number}, ...]
     "status": {},  # ask for a status message now
@@ -80,10 +80,26 @@ def check_values(msg: dict) -> None:
     seed = msg.get("seed")
     if seed is not None and not 0 <= seed < 2**63:
         raise BadMessage(f"{msg['type']}: the seed must be in [0, 2^63)")
+    if msg["type"] == "prompt":
+        msg["transition"] = transition_entry(msg["transition"])
     if msg["type"] == "loras":
         msg["loras"] = [lora_entry(i, e) for i, e in enumerate(msg["loras"])]
         if len(msg["loras"]) > MAX_LORAS:
             raise BadMessage(f"loras: at most {MAX_LORAS} LoRAs")
+
+
+def transition_entry(entry: dict | None) -> Transition:
+    """A `prompt` message's `{"blocks": N, "kind": "linear" | "spherical"}` (kind defaults to linear; none: a cut)."""
+    if entry is None:
+        return CUT
+    blocks, kind = entry.get("blocks"), entry.get("kind", "linear")
+    if set(entry) - {"blocks", "kind"} or not isinstance(blocks, int) or isinstance(blocks, bool) \
+            or not 0 <= blocks <= MAX_TRANSITION_BLOCKS:
+        raise BadMessage(f'prompt: transition must be {{"blocks": 0-{MAX_TRANSITION_BLOCKS}, '
+                         '"kind": "linear" or "spherical"}')
+    if kind not in ("linear", "spherical"):
+        raise BadMessage('prompt: transition kind must be "linear" or "spherical"')
+    return Transition(blocks, kind)
 
 
 def lora_entry(i: int, entry) -> dict:

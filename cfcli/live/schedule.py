@@ -8,6 +8,10 @@ the generation thread looks up.
 
 The same lookup is where other switches land (`Weights.land`: a LoRA swap, `cfcli.live.loras`), and since the K/V
 are made by the DiT's weights, a K/V made before the weights last changed is made again from the prompt's features.
+
+A prompt with a transition lands as today, then blends in over its blocks (`cfcli.pipeline.prompts`: block k of N gets
+(k+1)/(N+1) of it, from the features the block before it used); each later block the sampler starts takes the next
+step, so the blocks and their features are the ones `cf generate --prompt-at TIME~N` makes.
 """
 
 import threading
@@ -18,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from torch import Tensor
+
+from cfcli.pipeline.prompts import CUT, Transition, blend
 
 
 @dataclass
@@ -36,11 +42,22 @@ class LivePrompt:
     kv: Tensor | None = field(default=None, repr=False)
     features: Tensor | None = field(default=None, repr=False)  # umT5's, what `kv` is made again from
     kv_version: int = 0  # the `Weights.version` `kv` was made under (read before it was made)
+    transition: Transition = CUT  # how it blends in from the prompt showing when it lands
 
     def as_message(self, fps: float) -> dict:
         seconds = None if self.frame is None else round(self.frame / fps, 4)
+        extra = {"transition": self.transition.as_metadata()} if self.transition.blocks else {}
         return {"type": "prompt", "id": self.id, "prompt": self.prompt, "state": self.state, "latent": self.latent,
-                "frame": self.frame, "seconds": seconds, "made_s": self.made_s}
+                "frame": self.frame, "seconds": seconds, "made_s": self.made_s} | extra
+
+
+@dataclass
+class Blend:
+    """One transition block's blended features and the K/V made from them (`kv_version` as `LivePrompt`'s)."""
+
+    features: Tensor = field(repr=False)
+    kv: Tensor | None = field(default=None, repr=False)
+    kv_version: int = -1
 
 
 class Weights(Protocol):
@@ -67,6 +84,8 @@ class LiveSchedule:
                  on_change: Callable[[LivePrompt], None] = lambda p: None, weights: Weights | None = None):
         opening.state, opening.latent, opening.frame = "landed", 0, 0
         self.entries, self._starts = [opening], [0]
+        self._blocks: list[LivePrompt | Blend] = [opening]  # what each of `_starts` serves
+        self._blending: tuple[Tensor, LivePrompt, int] | None = None  # (from features, to prompt, next block)
         self.first_latent, self.frame_of, self.on_change, self.weights = first_latent, frame_of, on_change, weights
         self._pending: LivePrompt | None = None
         self._seen = -1  # the latest latent frame looked up: blocks up to it have started
@@ -93,15 +112,29 @@ class LiveSchedule:
                 landed, self._pending = self._pending, None
                 landed.state, landed.latent, landed.frame = "landed", frame, self.frame_of(frame)
                 self.entries.append(landed)
-                self._starts.append(frame)
-            kv = self._current_kv(self.entries[bisect_right(self._starts, frame) - 1])
+                self._blending = (self._blocks[-1].features, landed, 0)  # from what the last block showed
+            if self._blending is not None and switch:
+                self._step(frame)
+            kv = self._current_kv(self._blocks[bisect_right(self._starts, frame) - 1])
         if landed is not None:
             self.on_change(landed)
         return kv
 
-    def _current_kv(self, p: LivePrompt) -> Tensor:
-        """`p`'s K/V, made again from its features if the weights changed since it was made."""
-        if self.weights is not None and p.kv_version != self.weights.version:
+    def _step(self, frame: int) -> None:
+        """The block starting at `frame` takes the next step of the transition under way (its end: the prompt)."""
+        src, p, k = self._blending
+        if k < p.transition.blocks:
+            self._blocks.append(Blend(blend(src, p.features, p.transition.weight(k), p.transition.kind)))
+            self._blending = (src, p, k + 1)
+        else:
+            self._blocks.append(p)
+            self._blending = None
+        self._starts.append(frame)
+
+    def _current_kv(self, p: LivePrompt | Blend) -> Tensor:
+        """`p`'s K/V, made again from its features if the weights changed since it was made (a blend's, when first
+        used)."""
+        if p.kv is None or (self.weights is not None and p.kv_version != self.weights.version):
             p.kv_version = self.weights.version  # changes land on this thread: none comes during the call
             p.kv = self.weights.text_kv(p.features)
         return p.kv
@@ -117,9 +150,11 @@ class LiveSchedule:
         return shown
 
     def as_metadata(self, fps: float, frame_offset: int = 0) -> list[list]:
-        """`[[seconds, prompt], ...]` as `cf generate` stores its schedule (`frame_offset`: frames before the stream)."""
+        """`[[seconds, prompt(, transition)], ...]` as `cf generate` stores its schedule (`frame_offset`: frames before
+        the stream)."""
         with self._lock:
-            return [[round((p.frame + frame_offset) / fps, 4), p.prompt] for p in self.entries]
+            return [[round((p.frame + frame_offset) / fps, 4), p.prompt]
+                    + ([p.transition.as_metadata()] if p.transition.blocks else []) for p in self.entries]
 
     def drop_pending(self) -> LivePrompt | None:
         """The video ended with a prompt still waiting: it never lands (`dropped`)."""

@@ -382,7 +382,7 @@ def control(state: Live, msg: dict) -> dict | None:
     elif kind == "record":
         session.record(msg["on"])
     elif kind == "prompt":
-        return session.prompt(msg["prompt"])[1]
+        return session.prompt(msg["prompt"], msg["transition"])[1]
     elif kind == "loras":
         return session.set_loras([LoraSpec(e["file"], e["scale"]) for e in msg["loras"]])[1]
     return None

@@ -42,6 +42,7 @@ from cfcli.pipeline.extend import ExtendPlan
 from cfcli.pipeline.files import metadata, run_facts
 from cfcli.pipeline.outputs import free_name, slug
 from cfcli.pipeline.plan import VideoPlan
+from cfcli.pipeline.prompts import CUT, Transition
 from cfcli.pipeline.samplers import sampler_kind
 from cfcli.pipeline.sinks import Background, stream
 
@@ -235,13 +236,14 @@ class LiveSession:
         self.stats.record = on
         self.publish_status()
 
-    def prompt(self, text: str) -> tuple[LivePrompt, dict]:
-        """Queue a prompt switch: it is encoded on the text thread and lands at the next block to start.
-        Returns the prompt and its `submitted` message (taken before the text thread can move it on)."""
+    def prompt(self, text: str, transition: Transition = CUT) -> tuple[LivePrompt, dict]:
+        """Queue a prompt switch: it is encoded on the text thread and lands at the next block to start (then blends
+        in over `transition.blocks` blocks). Returns the prompt and its `submitted` message (taken before the text
+        thread can move it on)."""
         schedule = self.schedule
         if self.state != "running" or schedule is None:
             raise CfError("nothing is running", "start a video first; its opening prompt is the start message's")
-        p = LivePrompt(next(self._ids), text.strip(), time.perf_counter())
+        p = LivePrompt(next(self._ids), text.strip(), time.perf_counter(), transition=transition)
         reply = p.as_message(self.fps)
         self._text.submit(self._encode_and_queue, p, schedule)
         return p, reply

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from cfcli.errors import CfError
 from cfcli.pipeline.media import check_image_input
-from cfcli.pipeline.prompts import PromptSchedule, TextSchedule
+from cfcli.pipeline.prompts import PromptSchedule, TextSchedule, blended_blocks
 from cfcli.presets import Preset
 
 
@@ -75,12 +75,16 @@ class VideoPlan:
         return replace(self, features={p: features[p] for p in self.prompts()})
 
     def text(self, text_kv) -> "Tensor | TextSchedule":
-        """The sampler's text: one prompt's cross-attention K/V, or by block for a schedule. `text_kv` maps features
-        to K/V (`Engine.text_kv`)."""
+        """The sampler's text: one prompt's cross-attention K/V, or by block for a schedule (a transition's blocks each
+        with the K/V of their blended features). `text_kv` maps features to K/V (`Engine.text_kv`)."""
         kv = {p: text_kv(self.features[p]) for p in self.prompts()}
         if not self.schedule.has_switches:
             return kv[self.prompt]
-        return TextSchedule(self.starts, tuple(kv[e.prompt] for e in self.schedule.entries))
+        entries = self.schedule.entries
+        blocks = blended_blocks(self.starts, [self.features[e.prompt] for e in entries], self.schedule.transitions,
+                                self.preset.block_frames)
+        return TextSchedule(tuple(s for s, _, _ in blocks),
+                            tuple(text_kv(f) if i is None else kv[entries[i].prompt] for _, f, i in blocks))
 
 
 def frame_counts(preset: Preset, video_frames: int, image: bool) -> tuple[int, int]:

@@ -7,6 +7,12 @@ time stride s, latent 0 makes frame 0 and latent k ≥ 1 frames s(k−1)+1…sk)
 first block whose first latent frame is at or after that latent frame (blocks are 1 or 3 latent frames).
 `TextSchedule` then hands each block the cross-attention K/V of its prompt; the visual KV cache is never touched by a
 switch.
+
+A switch may be a transition (`TIME~N`, `TIME~N:slerp`): over N blocks the features (umT5's outputs, before the DiT's
+text projection) blend from what the block before the switch used to the new prompt's. Block k = 0…N−1 from the switch
+gets weight (k+1)/(N+1) of the new prompt, block N the new prompt itself; N = 0 is the instant cut. A switch arriving
+mid-transition blends from the last block's (blended) features. Blends are made in float32 on the CPU, so the live page
+and `cf generate` make the same bits; each blended block's K/V then comes from `Engine.text_kv`.
 """
 
 import math
@@ -15,12 +21,35 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from cfcli.errors import CfError
 from cfcli.models.geometry import Geometry
 
 _NUMBER = re.compile(r"\d+(\.\d*)?|\.\d+")
+
+
+MAX_TRANSITION_BLOCKS = 64
+KINDS = {"linear": "linear", "lerp": "linear", "spherical": "spherical", "slerp": "spherical"}  # name → kind
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A switch's blend: over `blocks` blocks, `kind` "linear" (lerp) or "spherical" (slerp, per token)."""
+
+    blocks: int = 0
+    kind: str = "linear"
+
+    def weight(self, k: int) -> float:
+        """The new prompt's share in the k-th block from the switch (k < blocks)."""
+        return (k + 1) / (self.blocks + 1)
+
+    def as_metadata(self) -> dict:
+        return {"blocks": self.blocks, "kind": self.kind}
+
+
+CUT = Transition()
 
 
 @dataclass(frozen=True)
@@ -30,6 +59,58 @@ class Switch:
     seconds: float
     prompt: str
     source: str = ""
+    transition: Transition = CUT
+
+
+def parse_transition(text: str, source: str = "") -> Transition:
+    """`N`, `N:lerp` or `N:slerp` (also `linear`, `spherical`): the blend after a switch time's `~`."""
+    where = f" ({source})" if source else ""
+    blocks, _, kind = text.strip().partition(":")
+    if not blocks.isdigit() or int(blocks) > MAX_TRANSITION_BLOCKS or (kind or "linear") not in KINDS:
+        raise CfError(f"{text!r}{where} is not a transition",
+                      f"write TIME~N or TIME~N:slerp, N blocks from 0 to {MAX_TRANSITION_BLOCKS} (2.5~3, 2.5~3:slerp)")
+    return Transition(int(blocks), KINDS[kind or "linear"])
+
+
+def parse_switch_time(text: str, source: str = "") -> tuple[float, Transition]:
+    """A switch's `TIME` or `TIME~TRANSITION`."""
+    time, tilde, transition = text.partition("~")
+    return parse_time(time, source), parse_transition(transition, source) if tilde else CUT
+
+
+def blend(a: Tensor, b: Tensor, weight: float, kind: str) -> Tensor:
+    """Features `weight` of the way from `a` to `b` ([1, L, D]), float32 on the CPU whatever the inputs' device.
+
+    Spherical: per token (row), along the great circle between the rows' directions, the norms following;
+    rows at a zero vector (umT5's padding) or nearly parallel fall back to linear."""
+    a, b = a.detach().float().cpu(), b.detach().float().cpu()
+    line = torch.lerp(a, b, weight)
+    if kind == "linear":
+        return line
+    na, nb = a.norm(dim=-1, keepdim=True), b.norm(dim=-1, keepdim=True)
+    cos = ((a * b).sum(-1, keepdim=True) / (na * nb).clamp_min(1e-30)).clamp(-1.0, 1.0)
+    omega = torch.acos(cos)
+    sin = torch.sin(omega)
+    arc = (torch.sin((1 - weight) * omega) * a + torch.sin(weight * omega) * b) / sin.clamp_min(1e-30)
+    return torch.where((na > 0) & (nb > 0) & (sin > 1e-4), arc, line)
+
+
+def blended_blocks(starts: "tuple[int, ...] | list[int]", features: list, transitions: list[Transition],
+                   block_frames: int) -> list[tuple[int, Tensor, int | None]]:
+    """(first latent frame, features, the entry whose own features they are or None for a blend) per change of
+    features: each entry's transition blocks, then the entry, cut where the next entry starts."""
+    out: list[tuple[int, Tensor, int | None]] = []
+    for i, (start, f, t) in enumerate(zip(starts, features, transitions, strict=True)):
+        end = starts[i + 1] if i + 1 < len(starts) else math.inf
+        steps = t.blocks if out else 0  # the opening prompt has nothing to blend from
+        src = out[-1][1] if out else None
+        for k in range(steps):
+            if start + k * block_frames >= end:
+                break
+            out.append((start + k * block_frames, blend(src, f, t.weight(k), t.kind), None))
+        if start + steps * block_frames < end:
+            out.append((start + steps * block_frames, f, i))
+    return out
 
 
 def parse_time(text: str, source: str = "") -> float:
@@ -76,16 +157,20 @@ def read_schedule_file(path: Path) -> list[Switch]:
         time, sep, prompt = line.partition("\t")
         if not sep:  # a time never holds spaces, so the first run of spaces separates as well as a tab
             time, _, prompt = line.partition(" ")
-        switches.append(Switch(parse_time(time, source), prompt.strip(), source))
+        seconds, transition = parse_switch_time(time, source)
+        switches.append(Switch(seconds, prompt.strip(), source, transition))
     if not switches:
         raise CfError(f"{path} holds no prompt switches", "write one SECONDS<TAB>PROMPT line per switch")
     return switches
 
 
 def parse_prompt_at(pairs: list[tuple[str, str]]) -> list[Switch]:
-    """`--prompt-at TIME PROMPT` pairs, in the order given."""
-    return [Switch(parse_time(time, f"--prompt-at {time}"), prompt.strip(), f"--prompt-at {time}")
-            for time, prompt in pairs]
+    """`--prompt-at TIME PROMPT` pairs (TIME may carry a `~N[:slerp]` transition), in the order given."""
+    out = []
+    for time, prompt in pairs:
+        seconds, transition = parse_switch_time(time, f"--prompt-at {time}")
+        out.append(Switch(seconds, prompt.strip(), f"--prompt-at {time}", transition))
+    return out
 
 
 def _fmt(seconds: float) -> str:
@@ -126,6 +211,9 @@ class PromptSchedule:
         if opening is not None:
             check_encodable(opening)
         entries = sorted(switches, key=lambda s: s.seconds)
+        if entries and entries[0].seconds == 0 and entries[0].transition.blocks:
+            raise CfError(f"the prompt at 0s ({entries[0].source}) has a transition, but nothing comes before it",
+                          "give transitions to later switches only")
         for a, b in zip(entries, entries[1:]):
             if a.seconds == b.seconds:
                 raise CfError(f"two prompts start at {_fmt(a.seconds)} ({a.source}; {b.source})",
@@ -154,8 +242,14 @@ class PromptSchedule:
         """The distinct prompts, in order of first use (each is encoded once)."""
         return list(dict.fromkeys(e.prompt for e in self.entries))
 
+    @property
+    def transitions(self) -> list[Transition]:
+        return [e.transition for e in self.entries]
+
     def as_metadata(self) -> list[list]:
-        return [[e.seconds, e.prompt] for e in self.entries]
+        """`[seconds, prompt]` per entry, `[seconds, prompt, {"blocks", "kind"}]` for a transition."""
+        return [[e.seconds, e.prompt] + ([e.transition.as_metadata()] if e.transition.blocks else [])
+                for e in self.entries]
 
     def block_starts(self, fps: float, video_frames: int, block_frames: int, geometry: Geometry) -> tuple[int, ...]:
         """First latent frame of the block where each prompt takes effect; raises CfError for a switch that never shows.

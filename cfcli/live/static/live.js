@@ -243,6 +243,11 @@ function seedValue() {
   return v === "" ? null : Number(v);
 }
 
+function transitionValue() {  // 0 blocks: the instant cut
+  const blocks = Math.max(0, Math.min(64, Math.floor(Number($("blend-blocks").value) || 0)));
+  return { blocks, kind: $("blend-kind").value };
+}
+
 function start() {
   const prompt = $("prompt").value.trim();
   if (!prompt) { log("type a prompt first", "error"); return; }
@@ -256,7 +261,7 @@ $("prompt-form").addEventListener("submit", (ev) => {
   if (!prompt) return;
   if (live.state === "running") {
     submits.push(performance.now());
-    send({ type: "prompt", prompt });
+    send({ type: "prompt", prompt, transition: transitionValue() });
   } else {
     start();
   }
