@@ -39,20 +39,14 @@ ARG_TYPES = (str, int, float, bool, type(None))  # OSC s/i/f/d/h/T/F/N; blobs, M
 def bind_osc(host: str, port: int, token: str | None) -> socket.socket:
     """The OSC UDP socket, bound before anything loads: a bad port, a busy one, or a host off this machine with no
     `--token` is refused now."""
-    from cfcli.live.server import is_local
+    from cfcli.live.server import is_local, unbound_socket
 
     if not 0 <= port <= 65535:
         raise CfError(f"--osc {port} is out of range", "use 1024 to 65535, e.g. --osc 9000 (0: any free port)")
     if not is_local(host) and token is None:
         raise CfError(f"--osc-host {host} is not local, and OSC would take commands from anyone who can reach it",
                       "add --token T (every OSC message then ends with T), or leave out --osc-host (127.0.0.1)")
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM,
-                                                             flags=socket.AI_PASSIVE)[0]
-    except (socket.gaierror, UnicodeError) as exc:
-        raise CfError(f"--osc-host {host} cannot be resolved: {getattr(exc, 'strerror', None) or exc}",
-                      "use an address such as 127.0.0.1 (this machine) or 0.0.0.0 (every interface)") from None
-    sock = socket.socket(family, kind, proto)
+    sock, address = unbound_socket(host, port, socket.SOCK_DGRAM, "--osc-host")
     try:
         sock.bind(address)  # no SO_REUSEADDR: on UDP it would let two programs share the port
     except OSError as exc:

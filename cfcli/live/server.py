@@ -424,15 +424,20 @@ def is_local(host: str) -> bool:
     return host in LOCAL_HOSTS
 
 
+def unbound_socket(host: str, port: int, kind: int, option: str) -> tuple[socket.socket, tuple]:
+    """A socket of `kind` for `host` (given as `option`) and the address to bind it to; an unresolvable host is
+    refused."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=kind, flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise CfError(f"{option} {host} cannot be resolved: {getattr(exc, 'strerror', None) or exc}",
+                      "use an address such as 127.0.0.1 (this machine) or 0.0.0.0 (every interface)") from None
+    return socket.socket(family, kind, proto), address
+
+
 def bind(host: str, port: int) -> socket.socket:
     """The listening socket, made before anything loads: an unresolvable host or a busy port is refused now."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
-    except (socket.gaierror, UnicodeError) as exc:
-        raise CfError(f"--host {host} cannot be resolved: {getattr(exc, 'strerror', None) or exc}",
-                      "use an address such as 127.0.0.1 (this machine) or 0.0.0.0 (every interface)") from None
-    sock = socket.socket(family, kind, proto)
+    sock, address = unbound_socket(host, port, socket.SOCK_STREAM, "--host")
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: restarts reuse the port
         sock.bind(address)
