@@ -1,6 +1,8 @@
 """Imports made ahead, on a thread, while the weights load: the compiler's modules (`torch._dynamo`, Inductor, Triton)
 and the fast path's take seconds to import, and a fresh `cf generate` would otherwise pay them in `configure`, after
-the load. Reading and copying the weights mostly runs outside the GIL, so the two overlap.
+the load. Only the load's reads and copies outside the GIL overlap them: importing holds the GIL, so on an H100
+machine the load took 5.0 s beside the imports against 0.45 s alone (docs/performance.md, #23) — what is won is that
+much of the load, not the imports.
 
 `start()` returns at once; `wait()` (before anything compiles) joins the thread. A failed import there is only
 forgotten: the same import on the main thread then raises it where it would have anyway.
