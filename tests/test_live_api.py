@@ -203,6 +203,7 @@ def test_latency_measurement_runs_on_cpu(tmp_path):
     out = measure(engine, encoder, LiveConfig(tmp_path), switches=1, seed=1, blocks=2)
     assert out["switches"] == 1 and out["latency_s"]["p50"] == out["latency_s"]["max"] > 0
     assert out["block_s"] > 0 and out["decode_s"] > 0 and out["frames_per_s"] > 0 and out["text_device"] == "cpu"
+    assert "lora_swaps" not in out  # no --lora given
 
 
 def test_start_from_a_picture_or_a_clip_equals_generate_and_extend(cf, tmp_path):

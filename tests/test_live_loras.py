@@ -5,6 +5,7 @@ gives back the loaded weights bit for bit; the recording's timeline, and `cf inf
 fixture models, CPU, float32."""
 
 import json
+import math
 
 import httpx
 import pytest
@@ -19,7 +20,7 @@ from cfcli.pipeline.video import read_video
 from cfcli.session import Session
 from conftest import FIXTURES, PROMPT
 from live_server import Client, live_server
-from test_lora import base_weights, factors, write
+from test_lora import base_weights, factors, shapes, write
 
 FRAMEWISE = FIXTURES / "tiny-framewise.yaml"
 CHUNKWISE = FIXTURES / "tiny-chunkwise.yaml"
@@ -106,6 +107,30 @@ def test_unloading_gives_back_the_loaded_weights_bit_for_bit(tmp_path):
     params = dict(eng.dit.named_parameters())
     assert all(torch.equal(params[k], v) for k, v in base_weights().items())
     assert eng.dit.blocks[0].ffn[0].weight is weight and s.engine_loads == 1 and control.version == 2
+
+
+def test_the_check_keeps_the_loaded_weights_so_the_swap_copies_none(tmp_path, monkeypatch):
+    """A LoRA new to the engine: the weights it changes are copied to the host as loaded when it is checked (the check
+    thread), not when it lands (the generation thread); the swap then starts from those copies."""
+    from cfcli.lora import merge
+
+    a = write(tmp_path / "a.safetensors", factors(1))
+    s = Session(str(FRAMEWISE), device="cpu", dtype="float32")
+    eng, _ = s.open_live(1.0, swap_loras=True)
+    loaded = {k: v.clone() for k, v in eng.dit.named_parameters()}
+    control = LoraControl(lambda: eng)
+    control.check(LoraChange(1, (LoraSpec(str(a), SCALE),), 0.0))
+    kept = dict(eng._loaded)
+    assert set(kept) == {f"{name}.weight" for name in factors(1)}
+    assert all(torch.equal(v, loaded[k]) for k, v in kept.items())
+    copies = []
+    monkeypatch.setattr(merge, "host_copy", lambda t: copies.append(t) or t.clone())
+    control.land(2)
+    assert copies == [] and control.timeline[-1].latent == 2 and eng._loaded.keys() == kept.keys()
+    assert not torch.equal(eng.dit.blocks[0].ffn[0].weight, loaded["blocks.0.ffn.0.weight"])
+    control.check(LoraChange(2, (), 0.0))
+    control.land(3)
+    assert copies == [] and all(torch.equal(p, loaded[k]) for k, p in eng.dit.named_parameters())
 
 
 def test_a_bad_file_is_refused_before_anything_changes(tmp_path):
@@ -198,3 +223,19 @@ def test_a_change_through_the_api_lands_is_recorded_and_a_bad_file_keeps_the_vid
     facts = json.loads(cf("info", tmp_path / "live.mkv", "--json").stdout)
     assert facts["command"] is None and not facts["malformed"]
     assert any("LoRAs changed at" in n and "cf generate cannot" in n for n in facts["notes"])
+
+
+def test_the_latency_measurement_times_lora_swaps(tmp_path):
+    """`cf live --measure-latency N --lora FILE`: N changes alternating between none and the given LoRA, each timed."""
+    from cfcli.cli.live import load
+    from cfcli.live.measure import measure
+    from cfcli.live.session import LiveConfig
+
+    a = write(tmp_path / "a.safetensors", factors(1))
+    engine, encoder = load(Session(str(FRAMEWISE), device="cpu", dtype="float32", lora=[f"{a}:{SCALE}"]), None, None)
+    swaps = measure(engine, encoder, LiveConfig(tmp_path), switches=2, seed=1, blocks=2)["lora_swaps"]
+    assert swaps["swaps"] == 2 and swaps["refused"] == [] and len(swaps["swap_s"]["all"]) == 2
+    assert 0 < swaps["swap_s"]["p50"] <= swaps["swap_s"]["max"] and swaps["made_s"]["p50"] > swaps["swap_s"]["p50"]
+    changed = sum(math.prod(shapes()[f"{name}.weight"]) for name in factors(1))
+    assert swaps["rewritten_bytes"] == changed * 4 > 0
+    assert [x.spec.scale for x in engine.loras] == [SCALE]  # the last change gave the LoRA back

@@ -4,7 +4,8 @@ A `loras` message sets the whole list (the preset's own LoRAs stay, as with `Ses
 own thread — each file found on this machine and read against the DiT (`cfcli.pipeline.loras.adapters_for`), its
 sha256 taken for the recording — and a bad one is refused with the reason before anything changes. A checked change
 waits here; the generation thread takes it when the next block starts (`LiveSchedule.at` calls `land`), never
-mid-block, and swaps the DiT's weights in place (`Engine.remerge`), so compiled code and CUDA graphs stay valid.
+mid-block, and swaps the DiT's weights in place (`Engine.remerge`), so compiled code and CUDA graphs stay valid; the
+weights as loaded that the swap starts from are copied to the host on the check thread (`Engine.keep_for`).
 
 The prompts' cross-attention K/V are made by the DiT's own weights (its text embedding and each block's
 `cross_attn.k` / `.v`, which a LoRA may change), so each swap bumps `version`: the schedule makes again, from the
@@ -93,6 +94,7 @@ class LoraControl:
         except CfError as exc:
             self._refuse(change, exc.message, exc.hint)
             return
+        engine.keep_for(change.adapters)  # the weights the swap starts from, copied here rather than when it lands
         with self._lock:
             old, self._pending = self._pending, change
             change.state = "queued"

@@ -2,7 +2,9 @@
 
 A live session plays at real time (as the page would) while N prompt switches are submitted at random moments; for
 each, the time from submission to the first frame made under it. Beside it, with the device synchronised: one
-block's DiT time, one block's decode time, and unpaced generation speed (frames/s with decoding).
+block's DiT time, one block's decode time, and unpaced generation speed (frames/s with decoding). With `--lora`, then
+N LoRA changes at random moments, alternating between none of the given LoRAs and all of them: for each, the swap
+(the time it holds up a block) and submission to the first frame made under it.
 """
 
 import itertools
@@ -56,6 +58,7 @@ def measure(engine: Engine, encoder, config: LiveConfig, switches: int, seed: in
         session.begin()
         try:
             latencies, encoded = switch_latencies(session, events, switches, seed, timings["block_s"])
+            swaps = lora_swaps(session, events, switches, seed, timings["block_s"]) if given(engine) else None
         finally:
             session.stop()
             session.shutdown()
@@ -65,7 +68,7 @@ def measure(engine: Engine, encoder, config: LiveConfig, switches: int, seed: in
             "latency_s": {"p50": percentile50(latencies), "max": max(latencies, default=None),
                           "all": latencies},
             "encode_s": percentile50(encoded), **timings,
-            "realtime": round(timings["frames_per_s"] / p.fps, 3)}
+            "realtime": round(timings["frames_per_s"] / p.fps, 3)} | ({"lora_swaps": swaps} if swaps else {})
 
 
 def percentile50(values: list[float]) -> float | None:
@@ -86,6 +89,31 @@ def switch_latencies(session: LiveSession, events: Collect, n: int, seed: int, b
         events.wait(lambda: prompts[-1].state in ("shown", "superseded") or session.state != "running")
     shown = [p for p in prompts if p.made_s is not None]
     return [p.made_s for p in shown], [p.encoded_s for p in shown]
+
+
+def given(engine: Engine) -> tuple:
+    """The LoRAs given on the command line (the preset's own are not swapped)."""
+    return tuple(a.spec for a in engine.loras if not a.preset)
+
+
+def lora_swaps(session: LiveSession, events: Collect, n: int, seed: int, block_s: float) -> dict:
+    """Change the LoRAs `n` times at random moments of the running video: none of the given ones, then all, and so
+    on. Each change's swap time and submission → first frame latency, and what a swap rewrites."""
+    rng, asked, changes = random.Random(seed + 1), given(session.engine), []
+    for i in range(n):
+        time.sleep(rng.uniform(0, 2 * block_s))
+        if session.state != "running":
+            break
+        changes.append(session.set_loras([] if i % 2 == 0 else list(asked))[0])
+        events.wait(lambda: changes[-1].state in ("shown", "superseded", "refused") or session.state != "running")
+    shown = [c for c in changes if c.made_s is not None]
+    swap, made = [c.swap_s for c in shown], [c.made_s for c in shown]
+    params = dict(session.engine.dit.named_parameters())
+    rewritten = sum(params[k].numel() * params[k].element_size() for k in session.engine.swap_weights())
+    return {"swaps": len(shown), "refused": [c.message for c in changes if c.state == "refused"],
+            "swap_s": {"p50": percentile50(swap), "max": max(swap, default=None), "all": swap},
+            "made_s": {"p50": percentile50(made), "max": max(made, default=None), "all": made},
+            "rewritten_bytes": rewritten}
 
 
 def synced(engine: Engine, fn) -> float:

@@ -356,7 +356,8 @@ class LiveSession:
 
     def _check_loras(self, change: LoraChange) -> None:
         try:
-            self.loras.check(change)
+            with self._on_device():
+                self.loras.check(change)
         except Exception as exc:  # noqa: BLE001 - the thread must outlive a failed check
             log.exception("LoRA check failed")
             self.events.message({"type": "error", "message": f"could not check the LoRAs: {exc}".splitlines()[0]})

@@ -4,8 +4,12 @@ back to the parameter's dtype, once, after loading and before quantisation, offl
 
 A merge writes new tensors; it never writes into the loaded ones, which may be memory-mapped from the cached
 checkpoint. A re-merge (`remerge_`, another set of LoRAs on a loaded DiT) starts again from the weights as loaded,
-kept on the host by the first merge with `keep=True`, and writes in place, so captured CUDA graphs stay valid.
+kept on the host by the first merge with `keep=True` (or ahead of a swap by `keep_`, off the thread that generates),
+and writes in place, so captured CUDA graphs stay valid.
 """
+
+import contextlib
+import threading
 
 from collections.abc import Sequence
 
@@ -31,6 +35,14 @@ def merged(base: Tensor, name: str, adapters: Adapters) -> Tensor:
     return total.to(base.dtype)
 
 
+def host_copy(t: Tensor) -> Tensor:
+    """`t` copied to host memory; page-locked where it comes from a GPU, so that a swap copies it back at full speed
+    and without waiting for the copy on the host."""
+    if t.device.type != "cuda":
+        return t.detach().to("cpu", copy=True)
+    return torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t.detach())
+
+
 @torch.no_grad()
 def merge_(module: nn.Module, adapters: Adapters, keep: bool = False) -> dict[str, Tensor]:
     """Merge `adapters` into `module`'s parameters (new tensors, the old left untouched). With `keep`, the weights as
@@ -40,9 +52,28 @@ def merge_(module: nn.Module, adapters: Adapters, keep: bool = False) -> dict[st
     for name in changed(adapters):
         p = params[name]
         if keep:
-            base[name] = p.detach().to("cpu", copy=True)
+            base[name] = host_copy(p)
         p.data = merged(p, name, adapters)
     return base
+
+
+@torch.no_grad()
+def keep_(module: nn.Module, base: dict[str, Tensor], adapters: Adapters, lock: threading.Lock) -> None:
+    """Add to `base` the weights as loaded that a swap to `adapters` will start from, while the module runs: a
+    parameter missing from `base` has no LoRA merged, so its value now is its value as loaded. `lock` (held by
+    `remerge_`'s caller) keeps a swap from writing a parameter while it is copied. The copies run on a stream of their
+    own, beside the work on the module."""
+    params = dict(module.named_parameters())
+    missing = [name for name in changed(adapters) if name not in base]
+    cuda = any(params[name].is_cuda for name in missing)
+    side = torch.cuda.Stream(params[missing[0]].device) if cuda else None
+    with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+        for name in missing:
+            with lock:
+                if name not in base:
+                    base[name] = host_copy(params[name])
+    if side is not None:
+        side.synchronize()
 
 
 @torch.no_grad()
@@ -51,7 +82,8 @@ def remerge_(module: nn.Module, base: dict[str, Tensor], adapters: Adapters) -> 
     extended here) plus the new deltas. Parameters no LoRA changes any more go back to their loaded values."""
     params = dict(module.named_parameters())
     for name in changed(adapters):
-        base.setdefault(name, params[name].detach().to("cpu", copy=True))
+        if name not in base:
+            base[name] = host_copy(params[name])
     for name, loaded in base.items():
         p = params[name]
-        p.copy_(merged(loaded.to(p.device), name, adapters))
+        p.copy_(merged(loaded.to(p.device, non_blocking=True), name, adapters))

@@ -6,6 +6,7 @@ device); the text encoder is loaded only when a prompt needs encoding and is dro
 while the next block is generated.
 """
 
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -140,6 +141,7 @@ class Engine:
         self.artefacts: "compile_cache.Artefacts | None" = None  # compiled code to keep after the first video
         self.loras: tuple = ()  # the LoRAs merged into the DiT (`merge`)
         self._loaded: dict[str, Tensor] | None = None  # weights a LoRA changed, as loaded (`merge(keep=True)`)
+        self._swapping = threading.Lock()  # `keep_for` copies a weight while no `remerge` writes it
 
     def levers(self) -> list[str]:
         """The speed levers this engine runs with, in `LEVERS` order: what `cf bench` reports."""
@@ -200,10 +202,28 @@ class Engine:
         if (why := self.remerge_refusal) is not None:
             raise CfError(f"the LoRAs of this engine cannot be swapped in place: {why}",
                           "load the models again with the new LoRAs")
-        self._loaded = {} if self._loaded is None else self._loaded  # none merged yet: the weights are as loaded
-        remerge_(self.dit, self._loaded, pairs(adapters))
-        self.loras = tuple(adapters)
+        with self._swapping:
+            self._loaded = {} if self._loaded is None else self._loaded  # none merged yet: the weights are as loaded
+            remerge_(self.dit, self._loaded, pairs(adapters))
+            self.loras = tuple(adapters)
         return self
+
+    def keep_for(self, adapters: tuple) -> None:
+        """Copy to the host, ahead of `remerge(adapters)` and on the caller's thread, the weights as loaded that the
+        swap starts from and that are not kept yet, so the swap itself (which holds up a block) only computes and
+        writes. Does nothing where `remerge` would refuse."""
+        from cfcli.lora.merge import keep_
+        from cfcli.pipeline.loras import pairs
+
+        with self._swapping:
+            if self.remerge_refusal is not None:
+                return
+            self._loaded = {} if self._loaded is None else self._loaded
+        keep_(self.dit, self._loaded, pairs(adapters), self._swapping)
+
+    def swap_weights(self) -> list[str]:
+        """The DiT parameters a swap rewrites: those some LoRA merged since loading changed."""
+        return list(self._loaded or ())
 
     @property
     def can_remerge(self) -> bool:
