@@ -227,6 +227,38 @@ def test_a_block_starting_while_the_first_blend_is_made_makes_it_again(engine):
     assert [b.kv is None for b in live._blocks if isinstance(b, Blend)] == [True] * 4 + [False]
 
 
+class Swapping:
+    """Weights swapped as block `swap_at` starts; K/V that say which version made them."""
+
+    has_pending, awaiting_frames = False, False
+
+    def __init__(self, swap_at):
+        self.version, self.swap_at, self.made = 0, swap_at, 0
+
+    def land(self, latent):
+        self.version += latent == self.swap_at
+
+    def text_kv(self, features):
+        self.made += 1
+        return torch.tensor([float(self.version)])
+
+
+def test_blends_made_ahead_of_a_lora_swap_are_made_again():
+    """A blend's K/V made ahead (version 0) is stale once a swap lands at its block: that block makes it again; the
+    one made ahead after the swap is used as it is."""
+    f = torch.zeros(1, 2, 4)
+    weights, jobs = Swapping(swap_at=2), []
+    live = LiveSchedule(LivePrompt(0, "a", 0.0, kv=weights.text_kv(f), features=f), 0, lambda x: x, weights=weights,
+                        ahead=jobs.append)
+    live.submit(LivePrompt(1, "b", 0.0, kv=weights.text_kv(f), features=f + 1, transition=Transition(3)))
+    assert weights.made == 3  # the first blend's, with the prompt
+    assert live.at(1).item() == 0 and len(jobs) == 1
+    jobs.pop()()  # blend 1, before the swap
+    assert live.at(2).item() == 1 and weights.made == 5  # made again at the block start: the weights changed
+    jobs.pop()()  # blend 2, after it
+    assert live.at(3).item() == 1 and weights.made == 6 and not jobs
+
+
 def test_a_live_cut_is_unchanged(engine):
     fa, fb = features(engine, 0), features(engine, 1)
     live = LiveSchedule(LivePrompt(0, "a", 0.0, kv=engine.text_kv(fa), features=fa), 0, lambda f: f,
