@@ -4,7 +4,8 @@ States: `idle` → `loading` (prompt features, picture or clip context) → `run
 Calls from the server (`start`, `stop`, `restart`, `prompt`, `record`, `set_loras`) never block: they leave the next
 start in the worker's one slot (a restart replaces what is there, a stop empties it), hand a prompt to the text
 thread, which encodes it and queues it on the run's `LiveSchedule`, or hand a LoRA change to the LoRA thread, which
-checks it and queues it on the `LoraControl` (it lands at a block, as a prompt does: `cfcli.live.loras`).
+checks it and queues it on the `LoraControl` (it lands at a block, as a prompt does: `cfcli.live.loras`). A
+transition's next blend and its K/V are made on the blend thread while a block is made (`LiveSchedule.ahead`).
 
 A start is planned as `cf generate` and `cf extend` plan theirs: a `VideoPlan` (a prompt, or a picture, for
 `--max-seconds` or up to the position table) or an `ExtendPlan` (a clip: its context by `read_tail`, the recording
