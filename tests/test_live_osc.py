@@ -11,6 +11,7 @@ from pythonosc.udp_client import SimpleUDPClient
 
 from cfcli.errors import CfError
 from cfcli.live.osc import bind_osc, to_message
+from cfcli.pipeline.video import read_video
 
 from conftest import FIXTURES, PROMPT
 from live_server import Client, live_server
@@ -58,6 +59,9 @@ def test_osc_steers_a_live_video_and_refusals_leave_it_running(tmp_path, caplog)
 
 @pytest.mark.parametrize("address, args, token, expected", [
     ("/cf/prompt", ["a fox"], None, {"type": "prompt", "prompt": "a fox"}),
+    ("/cf/prompt", ["a fox", 3], None, {"type": "prompt", "prompt": "a fox", "transition": {"blocks": 3}}),
+    ("/cf/prompt", ["a fox", 2, "spherical"], None, {"type": "prompt", "prompt": "a fox",
+                                                      "transition": {"blocks": 2, "kind": "spherical"}}),
     ("/cf/start", ["a fox"], None, {"type": "start", "prompt": "a fox"}),
     ("/cf/seed", [7], None, {"type": "restart", "seed": 7}),
     ("/cf/record", [0.0], None, {"type": "record", "on": False}),
@@ -73,12 +77,37 @@ def test_osc_addresses_map_onto_socket_messages(address, args, token, expected):
 
 @pytest.mark.parametrize("address, args, token, phrase", [
     ("/cf/stop", [], "s3cret", "token is required"), ("/cf/stop", ["wrong"], "s3cret", "token is required"),
-    ("/cf/prompt", ["a", "b"], None, "at most 1 argument"), ("/cf/prompt", [b"\x00"], None, "blobs"),
+    ("/cf/prompt", ["a", 2, "linear", "b"], None, "at most 3 argument\\(s\\): prompt blocks kind"),
+    ("/cf/prompt", [b"\x00"], None, "blobs"),
     ("/cf/loras", ["/l/ink.safetensors"], None, "pairs"), ("/cf/record", [], None, "give 1"),
 ])
 def test_osc_messages_that_mean_nothing_are_refused(address, args, token, phrase):
     with pytest.raises(CfError, match=phrase):
         to_message(address, args, token)
+
+
+def test_an_osc_prompt_blends_in_and_bad_transitions_get_the_apis_refusal(tmp_path, caplog):
+    """`/cf/prompt <text> <blocks> <kind>` lands as the socket's `transition` does: the receipts and the recording
+    keep it; bad blocks or kinds are refused with `protocol.parse`'s words and the video goes on."""
+    caplog.set_level(logging.WARNING, logger="cfcli.live.osc")
+    osc = bind_osc("127.0.0.1", 0, None)
+    client = SimpleUDPClient("127.0.0.1", osc.getsockname()[1])
+    with live_server(FRAMEWISE, tmp_path / "live", max_seconds=1.25, osc=osc) as srv, Client(srv.ws) as c:
+        client.send_message("/cf/claim", [])
+        client.send_message("/cf/start", [PROMPT, 5])
+        c.until(frames=1)
+        for bad in ([JUMP, 65], [JUMP, 2.0], [JUMP, 2, "cubic"], [JUMP, 2, "slerp"], [JUMP, None, "spherical"]):
+            client.send_message("/cf/prompt", bad)
+        client.send_message("/cf/prompt", [JUMP, 2, "spherical"])
+        landed = c.kind("prompt", state="landed")
+        assert c.kind("ended")["reason"] == "limit"
+        rec = c.kind("recording")
+    assert landed["prompt"] == JUMP and landed["transition"] == {"blocks": 2, "kind": "spherical"}
+    assert read_video(tmp_path / "live" / rec["name"]).metadata["prompt_schedule"] == [
+        [0.0, PROMPT], [landed["seconds"], JUMP, {"blocks": 2, "kind": "spherical"}]]
+    refusals = [r.getMessage() for r in caplog.records]
+    assert sum('prompt: transition must be {"blocks": 0-64' in r for r in refusals) == 3, refusals
+    assert sum('prompt: transition kind must be "linear" or "spherical"' in r for r in refusals) == 2, refusals
 
 
 def test_osc_port_and_host_are_checked_before_loading(cf, monkeypatch):

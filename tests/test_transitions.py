@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 
 from cfcli.errors import CfError
 from cfcli.live.protocol import BadMessage, parse
-from cfcli.live.schedule import LivePrompt, LiveSchedule
+from cfcli.live import schedule as schedule_module
+from cfcli.live.schedule import Blend, LivePrompt, LiveSchedule
 from cfcli.pipeline.engine import Engine
 from cfcli.pipeline.plan import plan_video
 from cfcli.pipeline.prompts import (CUT, PromptSchedule, Switch, Transition, blend, blended_blocks,
@@ -134,22 +135,55 @@ class Weights:
         pass
 
 
-def test_live_transitions_equal_prompt_at(engine):
+def count_block_start_work(live, monkeypatch) -> list[str]:
+    """What `live.at` (a block start) makes itself: blends and K/V, by name."""
+    made, starting = [], [False]
+    real_blend, real_kv, real_at = schedule_module.blend, live.weights.text_kv, live.at
+
+    def at(frame):
+        starting[0] = True
+        try:
+            return real_at(frame)
+        finally:
+            starting[0] = False
+
+    def counted(name, fn):
+        def call(*args):
+            if starting[0]:
+                made.append(name)
+            return fn(*args)
+        return call
+
+    monkeypatch.setattr(schedule_module, "blend", counted("blend", real_blend))
+    monkeypatch.setattr(live.weights, "text_kv", counted("text_kv", real_kv))
+    monkeypatch.setattr(live, "at", at)
+    return made
+
+
+def test_live_transitions_equal_prompt_at(engine, monkeypatch):
     """B with a 3-block linear transition after block 2; C with a 2-block slerp one block after B lands
-    (mid-transition); the recording's schedule, as `cf generate` reads it, makes the same latents."""
+    (mid-transition); the recording's schedule, as `cf generate` reads it, makes the same latents. Every blend and its
+    K/V was made before its block started (by `submit`, or by the jobs handed to `ahead`, run while a block is made):
+    a block start makes none."""
     feats = {"a": features(engine, 0), "b": features(engine, 1), "c": features(engine, 2)}
 
     def prompt(i, name, transition=CUT):
         return LivePrompt(i, name, 0.0, kv=engine.text_kv(feats[name]), features=feats[name], transition=transition)
 
     fps, frames = 16, 41  # 11 latent frames, one per block
-    live = LiveSchedule(prompt(0, "a"), 0, engine.preset.geometry.first_frame_of, weights=Weights(engine))
+    jobs = []
+    live = LiveSchedule(prompt(0, "a"), 0, engine.preset.geometry.first_frame_of, weights=Weights(engine),
+                        ahead=jobs.append)
+    made_at_block_starts = count_block_start_work(live, monkeypatch)
     later = {2: prompt(1, "b", Transition(3)), 4: prompt(2, "c", Transition(2, "spherical"))}
     got = []
     for chunk in engine.generate(live, 11, seed=7, decode=False):
         got.append(chunk.latents)
+        while jobs:  # the blend thread, while the next block waits
+            jobs.pop(0)()
         if len(got) in later:
             live.submit(later[len(got)])
+    assert made_at_block_starts == []
     meta = live.as_metadata(fps)
     assert [e[2] if len(e) == 3 else None for e in meta] == [
         None, {"blocks": 3, "kind": "linear"}, {"blocks": 2, "kind": "spherical"}]
@@ -167,6 +201,62 @@ def test_live_transitions_equal_prompt_at(engine):
         decode=False)]
     assert all(torch.equal(a, b) for a, b in zip(got[:2], cut[:2]))
     assert all(not torch.equal(a, b) for a, b in zip(got[2:], cut[2:]))  # blocks 2… differ from the cuts
+
+
+def test_a_block_starting_while_the_first_blend_is_made_makes_it_again(engine):
+    """`submit` makes the first blend from what the last block showed; a block starting meanwhile (here: B's last
+    blend) shows something else, so the block C lands at blends from that, made there. Passed blends keep no K/V."""
+    fa, fb, fc = features(engine, 0), features(engine, 1), features(engine, 2)
+    weights = Weights(engine)
+    live = LiveSchedule(LivePrompt(0, "a", 0.0, kv=engine.text_kv(fa), features=fa), 0, lambda f: f, weights=weights)
+    live.submit(LivePrompt(1, "b", 0.0, kv=engine.text_kv(fb), features=fb, transition=Transition(3)))
+    live.at(1), live.at(2)
+
+    def start_a_block(features):
+        weights.text_kv = engine.text_kv
+        live.at(3)  # B's last blend: 3/4 of the way
+        return engine.text_kv(features)
+
+    weights.text_kv = start_a_block
+    live.submit(LivePrompt(2, "c", 0.0, kv=engine.text_kv(fc), features=fc, transition=Transition(2)))
+    kv = live.at(4)
+    assert [p.latent for p in live.entries] == [0, 1, 4]
+    shown = torch.lerp(fa, fb, 3 / 4)
+    assert torch.equal(kv, engine.text_kv(torch.lerp(shown, fc, 1 / 3)))
+    assert torch.equal(live.at(5), engine.text_kv(torch.lerp(shown, fc, 2 / 3)))
+    assert [b.kv is None for b in live._blocks if isinstance(b, Blend)] == [True] * 4 + [False]
+
+
+class Swapping:
+    """Weights swapped as block `swap_at` starts; K/V that say which version made them."""
+
+    has_pending, awaiting_frames = False, False
+
+    def __init__(self, swap_at):
+        self.version, self.swap_at, self.made = 0, swap_at, 0
+
+    def land(self, latent):
+        self.version += latent == self.swap_at
+
+    def text_kv(self, features):
+        self.made += 1
+        return torch.tensor([float(self.version)])
+
+
+def test_blends_made_ahead_of_a_lora_swap_are_made_again():
+    """A blend's K/V made ahead (version 0) is stale once a swap lands at its block: that block makes it again; the
+    one made ahead after the swap is used as it is."""
+    f = torch.zeros(1, 2, 4)
+    weights, jobs = Swapping(swap_at=2), []
+    live = LiveSchedule(LivePrompt(0, "a", 0.0, kv=weights.text_kv(f), features=f), 0, lambda x: x, weights=weights,
+                        ahead=jobs.append)
+    live.submit(LivePrompt(1, "b", 0.0, kv=weights.text_kv(f), features=f + 1, transition=Transition(3)))
+    assert weights.made == 3  # the first blend's, with the prompt
+    assert live.at(1).item() == 0 and len(jobs) == 1
+    jobs.pop()()  # blend 1, before the swap
+    assert live.at(2).item() == 1 and weights.made == 5  # made again at the block start: the weights changed
+    jobs.pop()()  # blend 2, after it
+    assert live.at(3).item() == 1 and weights.made == 6 and not jobs
 
 
 def test_a_live_cut_is_unchanged(engine):

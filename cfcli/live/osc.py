@@ -21,12 +21,13 @@ from cfcli.errors import CfError
 
 log = logging.getLogger("cfcli.live.osc")
 
-# address → (the JSON message type, its fields in argument order); see docs/live.md "OSC"
+# address → (the JSON message type, its fields in argument order; "a.b": field b of the object a); see docs/live.md
+# "OSC"
 ADDRESSES: dict[str, tuple[str, tuple[str, ...]]] = {
     "/cf/claim": ("claim", ()),
     "/cf/release": ("release", ()),
     "/cf/start": ("start", ("prompt", "seed")),
-    "/cf/prompt": ("prompt", ("prompt",)),
+    "/cf/prompt": ("prompt", ("prompt", "transition.blocks", "transition.kind")),
     "/cf/seed": ("restart", ("seed",)),  # start again with this seed
     "/cf/restart": ("restart", ()),
     "/cf/stop": ("stop", ()),
@@ -81,9 +82,15 @@ def to_message(address: str, args: list, token: str | None) -> dict:
             raise CfError(f"{address}: give <file> <scale> pairs", f"e.g. {address} /loras/ink.safetensors 0.8")
         return {"type": kind, "loras": [{"file": f, "scale": s} for f, s in zip(args[::2], args[1::2])]}
     if len(args) > len(names):
-        raise CfError(f"{address} takes at most {len(names)} argument(s): {' '.join(names) or 'none'}",
-                      "see docs/live.md, OSC")
-    msg = {"type": kind} | dict(zip(names, args))
+        shown = " ".join(n.rpartition(".")[2] for n in names) or "none"
+        raise CfError(f"{address} takes at most {len(names)} argument(s): {shown}", "see docs/live.md, OSC")
+    msg = {"type": kind}
+    for name, arg in zip(names, args):
+        outer, _, inner = name.partition(".")
+        if inner:  # checked by `protocol.parse` as the socket's object is
+            msg.setdefault(outer, {})[inner] = arg
+        else:
+            msg[name] = arg
     if kind == "record":  # a toggle sends 0/1 (int or float) or T/F
         on = msg.get("on")
         if not isinstance(on, bool) and on not in (0, 1):

@@ -11,7 +11,11 @@ are made by the DiT's weights, a K/V made before the weights last changed is mad
 
 A prompt with a transition lands as today, then blends in over its blocks (`cfcli.pipeline.prompts`: block k of N gets
 (k+1)/(N+1) of it, from the features the block before it used); each later block the sampler starts takes the next
-step, so the blocks and their features are the ones `cf generate --prompt-at TIME~N` makes.
+step, so the blocks and their features are the ones `cf generate --prompt-at TIME~N` makes. The blends and their K/V
+are made ahead, off the generation thread, so a block start only picks its blend up: the first by `submit` (on the
+thread that encoded the prompt, from what the last block showed), each next one by `ahead` while the block before it
+is made. A blend not ready in time (a block started while the first was being made, or the job ran late) is made at
+its block start, as before: the same bits either way.
 """
 
 import threading
@@ -60,6 +64,17 @@ class Blend:
     kv_version: int = -1
 
 
+@dataclass
+class Fade:
+    """A transition under way: to `prompt`, from `source` (the features of the block before it landed); `blends[k]`
+    is block k's, None until made; `next`: the step the next block takes (`len(blends)`: the prompt itself)."""
+
+    source: Tensor = field(repr=False)
+    prompt: LivePrompt
+    blends: list[Blend | None]
+    next: int = 0
+
+
 class Weights(Protocol):
     """The DiT weights as the schedule sees them: changes that land at a block, and the K/V they make."""
 
@@ -78,23 +93,33 @@ class Weights(Protocol):
 
 class LiveSchedule:
     """Cross-attention K/V by latent frame, appended to as prompts land; `frame_of(latent)` maps to stream frames.
-    `weights`: where weight changes land and fresh K/V come from (None: the weights never change)."""
+    `weights`: where weight changes land and fresh K/V come from (None: the weights never change). `ahead(job)`: runs
+    a job off the generation thread (default: at once, on the caller's)."""
 
     def __init__(self, opening: LivePrompt, first_latent: int, frame_of: Callable[[int], int],
-                 on_change: Callable[[LivePrompt], None] = lambda p: None, weights: Weights | None = None):
+                 on_change: Callable[[LivePrompt], None] = lambda p: None, weights: Weights | None = None,
+                 ahead: Callable[[Callable[[], None]], None] = lambda job: job()):
         opening.state, opening.latent, opening.frame = "landed", 0, 0
         self.entries, self._starts = [opening], [0]
         self._blocks: list[LivePrompt | Blend] = [opening]  # what each of `_starts` serves
-        self._blending: tuple[Tensor, LivePrompt, int] | None = None  # (from features, to prompt, next block)
+        self._fade: Fade | None = None
         self.first_latent, self.frame_of, self.on_change, self.weights = first_latent, frame_of, on_change, weights
+        self.ahead = ahead
         self._pending: LivePrompt | None = None
+        self._first: tuple[int, Blend] | None = None  # the pending prompt's first blend, made after that many blocks
         self._seen = -1  # the latest latent frame looked up: blocks up to it have started
         self._lock = threading.Lock()
 
     def submit(self, prompt: LivePrompt) -> None:
-        """Queue an encoded prompt for the next block to start."""
+        """Queue an encoded prompt for the next block to start; a transition's first blend is made now, on the calling
+        thread, from what the last block started showed (what the block it lands at blends from)."""
+        first = None
+        if prompt.transition.blocks:
+            with self._lock:
+                started, source = len(self._blocks), self._blocks[-1].features
+            first = (started, self._blend(source, prompt, 0))  # outside the lock: block starts must not wait for it
         with self._lock:
-            old, self._pending = self._pending, prompt
+            old, self._pending, self._first = self._pending, prompt, first
             prompt.state, prompt.encoded_s = "queued", round(time.perf_counter() - prompt.submitted, 4)
         if old is not None:
             old.state = "superseded"
@@ -112,8 +137,12 @@ class LiveSchedule:
                 landed, self._pending = self._pending, None
                 landed.state, landed.latent, landed.frame = "landed", frame, self.frame_of(frame)
                 self.entries.append(landed)
-                self._blending = (self._blocks[-1].features, landed, 0)  # from what the last block showed
-            if self._blending is not None and switch:
+                # from what the last block showed; `submit` made the first blend from it unless a block started since
+                self._fade = Fade(self._blocks[-1].features, landed, [None] * landed.transition.blocks)
+                if self._first is not None and self._first[0] == len(self._blocks):
+                    self._fade.blends[0] = self._first[1]
+                self._first = None
+            if self._fade is not None and switch:
                 self._step(frame)
             kv = self._current_kv(self._blocks[bisect_right(self._starts, frame) - 1])
         if landed is not None:
@@ -121,21 +150,37 @@ class LiveSchedule:
         return kv
 
     def _step(self, frame: int) -> None:
-        """The block starting at `frame` takes the next step of the transition under way (its end: the prompt)."""
-        src, p, k = self._blending
-        if k < p.transition.blocks:
-            self._blocks.append(Blend(blend(src, p.features, p.transition.weight(k), p.transition.kind)))
-            self._blending = (src, p, k + 1)
+        """The block starting at `frame` takes the next step of the transition under way (its end: the prompt), and
+        the step after it is made ahead, while this block is."""
+        f, k = self._fade, self._fade.next
+        if k < len(f.blends):
+            block = f.blends[k] or self._blend(f.source, f.prompt, k)  # not ready: made now, as it would have been
+            f.next = k + 1
+            if k + 1 < len(f.blends):
+                self.ahead(lambda: self._make_ahead(f, k + 1))
         else:
-            self._blocks.append(p)
-            self._blending = None
+            block, self._fade = f.prompt, None
+        if isinstance(self._blocks[-1], Blend):  # it served its one block: its K/V's device memory goes
+            self._blocks[-1].kv = None
+        self._blocks.append(block)
         self._starts.append(frame)
 
+    def _make_ahead(self, f: Fade, k: int) -> None:
+        if self._fade is f:  # not replaced by a later prompt meanwhile
+            f.blends[k] = self._blend(f.source, f.prompt, k)  # handed over whole: a block start sees it made, or None
+
+    def _blend(self, source: Tensor, p: LivePrompt, k: int) -> Blend:
+        """Block k's blend of the transition to `p`, its K/V made too; touches no shared state, so any thread may make
+        it (what it returns is only read once handed over)."""
+        b = Blend(blend(source, p.features, p.transition.weight(k), p.transition.kind))
+        if self.weights is not None:
+            self._current_kv(b)
+        return b
+
     def _current_kv(self, p: LivePrompt | Blend) -> Tensor:
-        """`p`'s K/V, made again from its features if the weights changed since it was made (a blend's, when first
-        used)."""
+        """`p`'s K/V, made again from its features if the weights changed since it was made."""
         if p.kv is None or (self.weights is not None and p.kv_version != self.weights.version):
-            p.kv_version = self.weights.version  # changes land on this thread: none comes during the call
+            p.kv_version = self.weights.version  # read first: a change landing meanwhile leaves these K/V stale
             p.kv = self.weights.text_kv(p.features)
         return p.kv
 
@@ -159,7 +204,7 @@ class LiveSchedule:
     def drop_pending(self) -> LivePrompt | None:
         """The video ended with a prompt still waiting: it never lands (`dropped`)."""
         with self._lock:
-            p, self._pending = self._pending, None
+            p, self._pending, self._first = self._pending, None, None
         if p is not None:
             p.state = "dropped"
         return p

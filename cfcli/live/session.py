@@ -4,7 +4,8 @@ States: `idle` → `loading` (prompt features, picture or clip context) → `run
 Calls from the server (`start`, `stop`, `restart`, `prompt`, `record`, `set_loras`) never block: they leave the next
 start in the worker's one slot (a restart replaces what is there, a stop empties it), hand a prompt to the text
 thread, which encodes it and queues it on the run's `LiveSchedule`, or hand a LoRA change to the LoRA thread, which
-checks it and queues it on the `LoraControl` (it lands at a block, as a prompt does: `cfcli.live.loras`).
+checks it and queues it on the `LoraControl` (it lands at a block, as a prompt does: `cfcli.live.loras`). A
+transition's next blend and its K/V are made on the blend thread while a block is made (`LiveSchedule.ahead`).
 
 A start is planned as `cf generate` and `cf extend` plan theirs: a `VideoPlan` (a prompt, or a picture, for
 `--max-seconds` or up to the position table) or an `ExtendPlan` (a clip: its context by `read_tail`, the recording
@@ -175,6 +176,7 @@ class LiveSession:
         self._ids, self._sessions = itertools.count(1), itertools.count(1)
         self._text = ThreadPoolExecutor(1, thread_name_prefix="cf-live-text")
         self._lora_checks = ThreadPoolExecutor(1, thread_name_prefix="cf-live-lora")  # files read, not encoding
+        self._blends = ThreadPoolExecutor(1, thread_name_prefix="cf-live-blend")  # not behind a prompt's encoding
         self.loras = LoraControl(lambda: self.engine, on_change=lambda c: self.events.message(c.as_message(self.fps)))
         self.jpeg_queue: queue.Queue = queue.Queue()
         self._threads = [threading.Thread(target=self._work, name="cf-live-generate", daemon=True),
@@ -283,6 +285,7 @@ class LiveSession:
         self._threads[1].join(timeout)
         self._text.shutdown(wait=False, cancel_futures=True)
         self._lora_checks.shutdown(wait=False, cancel_futures=True)
+        self._blends.shutdown(wait=False, cancel_futures=True)
 
     # --- reporting -----------------------------------------------------------------------------------------------
 
@@ -362,15 +365,26 @@ class LiveSession:
             log.exception("LoRA check failed")
             self.events.message({"type": "error", "message": f"could not check the LoRAs: {exc}".splitlines()[0]})
 
+    def _ahead(self, job) -> None:
+        """Run a schedule's job (a transition's next blend and its K/V) on the blend thread, while a block is made."""
+        self._blends.submit(self._blend_job, job)
+
+    def _blend_job(self, job) -> None:
+        try:
+            with self._on_device():
+                job()
+        except Exception:  # noqa: BLE001 - the block then makes its blend itself
+            log.exception("making a blend ahead failed")
+
     def _encode_and_queue(self, p: LivePrompt, schedule: LiveSchedule) -> None:
         try:
             with self._on_device():
                 self._encode(p)
+                schedule.submit(p)  # which makes a transition's first blend and its K/V: on the device too
         except Exception as exc:  # noqa: BLE001
             log.exception("prompt encoding failed")
             self.events.message({"type": "error", "message": f"could not encode the prompt: {exc}"})
             return
-        schedule.submit(p)
         self.events.message(p.as_message(self.fps))
 
     def _run(self, req: StartRequest) -> None:
@@ -384,7 +398,8 @@ class LiveSession:
         start.latents = self._context_latents(req, start)
         stats = RunStats(session, req.seed, opening.prompt, start.max_frames, record=req.record)
         schedule = LiveSchedule(opening, start.plan.context, start.frame_of,
-                                on_change=lambda p: self.events.message(p.as_message(self.fps)), weights=self.loras)
+                                on_change=lambda p: self.events.message(p.as_message(self.fps)), weights=self.loras,
+                                ahead=self._ahead)
         recording = self._recording(req, session, start)
         self.stats, self.schedule = stats, schedule
         self._set_state("running")
