@@ -36,6 +36,7 @@ class LivePrompt:
     state: str = "submitted"  # submitted → queued (encoded) → landed → shown (first frame made); or superseded,
     # dropped (the video ended first)
     latent: int | None = None  # first latent frame generated under it
+    block: int | None = None  # the block it landed at: latent // block frames, context blocks included
     frame: int | None = None
     made_s: float | None = None  # submitted → first frame made under it
     encoded_s: float | None = None  # submitted → encoded and queued
@@ -48,7 +49,7 @@ class LivePrompt:
         seconds = None if self.frame is None else round(self.frame / fps, 4)
         extra = {"transition": self.transition.as_metadata()} if self.transition.blocks else {}
         return {"type": "prompt", "id": self.id, "prompt": self.prompt, "state": self.state, "latent": self.latent,
-                "frame": self.frame, "seconds": seconds, "made_s": self.made_s} | extra
+                "block": self.block, "frame": self.frame, "seconds": seconds, "made_s": self.made_s} | extra
 
 
 @dataclass
@@ -78,15 +79,18 @@ class Weights(Protocol):
 
 class LiveSchedule:
     """Cross-attention K/V by latent frame, appended to as prompts land; `frame_of(latent)` maps to stream frames.
-    `weights`: where weight changes land and fresh K/V come from (None: the weights never change)."""
+    `weights`: where weight changes land and fresh K/V come from (None: the weights never change); `block_frames`:
+    latent frames per block, which numbers the block a prompt lands at."""
 
     def __init__(self, opening: LivePrompt, first_latent: int, frame_of: Callable[[int], int],
-                 on_change: Callable[[LivePrompt], None] = lambda p: None, weights: Weights | None = None):
-        opening.state, opening.latent, opening.frame = "landed", 0, 0
+                 on_change: Callable[[LivePrompt], None] = lambda p: None, weights: Weights | None = None,
+                 block_frames: int = 1):
+        opening.state, opening.latent, opening.block, opening.frame = "landed", 0, 0, 0
         self.entries, self._starts = [opening], [0]
         self._blocks: list[LivePrompt | Blend] = [opening]  # what each of `_starts` serves
         self._blending: tuple[Tensor, LivePrompt, int] | None = None  # (from features, to prompt, next block)
         self.first_latent, self.frame_of, self.on_change, self.weights = first_latent, frame_of, on_change, weights
+        self.block_frames = block_frames
         self._pending: LivePrompt | None = None
         self._seen = -1  # the latest latent frame looked up: blocks up to it have started
         self._lock = threading.Lock()
@@ -111,6 +115,7 @@ class LiveSchedule:
             if self._pending is not None and switch:
                 landed, self._pending = self._pending, None
                 landed.state, landed.latent, landed.frame = "landed", frame, self.frame_of(frame)
+                landed.block = frame // self.block_frames
                 self.entries.append(landed)
                 self._blending = (self._blocks[-1].features, landed, 0)  # from what the last block showed
             if self._blending is not None and switch:
