@@ -212,7 +212,7 @@ function addPrompt(m) {
 function receipt(p) {
   const landed = `block ${p.block} / frame ${p.frame} (${p.seconds}s)`;
   if (p.state === "opening") return ` opening prompt · ${landed}`;
-  const blend = p.transition ? ` · blend ${p.transition.blocks} blocks ${p.transition.kind}` : "";
+  const t = p.transition, blend = t ? ` · blends over ${t.blocks} block${t.blocks > 1 ? "s" : ""} (${t.kind})` : "";
   const steps = {
     submitted: "waiting for the text encoder",
     queued: "encoded, waits for the next block",
@@ -222,7 +222,7 @@ function receipt(p) {
     dropped: "dropped: the video ended before it landed",
   };
   const shown = p.onScreen ? ` · on screen ${p.onScreen.toFixed(2)}s after sending` : "";
-  return ` received ✓ · ${steps[p.state] || p.state}${blend}${shown}`;
+  return ` received ✓${blend} · ${steps[p.state] || p.state}${shown}`;
 }
 
 // --- the queue of prepared prompts ------------------------------------------------------------------------------
