@@ -161,7 +161,8 @@ def terminal_log():
     from rich.logging import RichHandler
 
     log = logging.getLogger("cfcli.live")
-    handler, level = RichHandler(console=console, show_path=False, show_level=False, markup=False), log.level
+    handler = RichHandler(console=console, show_path=False, show_level=False, markup=False, log_time_format="[%X]")
+    level = log.level
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     try:
