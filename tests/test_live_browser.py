@@ -119,6 +119,12 @@ def test_the_page_for_a_performer_follows_the_state_queues_prompts_and_shows_rec
         assert page.inner_text("#status").startswith("Stopped")
         assert page.is_disabled("#stop") and page.is_disabled("#restart") and page.is_enabled("#start")
         assert page.is_disabled("#fire")  # nothing queued yet
+        other = browser.new_page(viewport=VIEWPORT)  # a second page watches while this one controls
+        other.goto(srv.url + "/")
+        other.wait_for_function("window.cfLive.connection === 'open' && window.cfLive.controlled", timeout=30_000)
+        assert other.inner_text("#status").startswith("Watching (another page is in control) — Stopped")
+        assert other.is_visible("#claim") and other.is_disabled("#start") and other.is_disabled("#prompt")
+        other.close()
         for text in (JUMP, "a prompt to take out again", FREEZE):
             page.fill("#queue-input", text)
             page.press("#queue-input", "Enter")
