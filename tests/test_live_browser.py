@@ -117,7 +117,8 @@ def test_the_page_for_a_performer_follows_the_state_queues_prompts_and_shows_rec
         page.wait_for_function("window.cfLive.role === 'controller'", timeout=30_000)
         assert page.is_hidden("#claim")  # no "take control" while this page controls
         assert page.inner_text("#status").startswith("Stopped")
-        assert page.is_disabled("#stop") and page.is_disabled("#restart") and page.is_enabled("#start")
+        assert page.is_disabled("#stop") and page.is_disabled("#restart")
+        assert page.is_disabled("#start")  # no prompt typed yet
         assert page.is_disabled("#fire")  # nothing queued yet
         other = browser.new_page(viewport=VIEWPORT)  # a second page watches while this one controls
         other.goto(srv.url + "/")
@@ -135,6 +136,7 @@ def test_the_page_for_a_performer_follows_the_state_queues_prompts_and_shows_rec
         page.fill("#seed", "7")
         page.type("#prompt", PROMPT)  # real key presses of n, r and s: no shortcut fires while typing
         assert page.evaluate("window.cfLive.queue.length") == 2 and page.is_checked("#record")
+        assert page.is_enabled("#start")
         page.press("#prompt", "Enter")
         page.wait_for_function("window.cfLive.state === 'running' && window.cfLive.framesDrawn >= 1",
                                timeout=60_000)

@@ -169,7 +169,7 @@ function renderControls() {
   const playing = state === "running" || state === "loading";
   $("claim").hidden = control || live.connection !== "open";
   $("prompt").disabled = !control;
-  $("start").disabled = !control || state !== "idle";
+  $("start").disabled = !control || state !== "idle" || !$("prompt").value.trim();
   $("stop").disabled = !control || !playing;
   $("restart").disabled = !control || !live.session || state === "stopping";
   $("record").disabled = !control || state === "loading" || state === "stopping";
@@ -475,6 +475,7 @@ $("queue-form").addEventListener("submit", (ev) => {
   $("queue-input").value = "";
   queueChanged();
 });
+$("prompt").addEventListener("input", renderControls);  // Start needs a prompt
 $("start").onclick = () => start($("prompt").value.trim());
 $("stop").onclick = () => send({ type: "stop" });
 $("restart").onclick = restart;
