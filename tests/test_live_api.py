@@ -1,6 +1,7 @@
 """`cf live`: the live schedule, the documented API against the real server (uvicorn on 127.0.0.1, tiny presets on
 CPU), the token, refused messages and uploads, and the latency measurement."""
 
+import logging
 import threading
 
 import httpx
@@ -33,10 +34,19 @@ def test_a_prompt_lands_at_the_first_block_not_yet_started():
     assert s.at(2).item() == 2 and s.at(3).item() == 2
     assert [(p.id, p.state) for p in changes] == [(1, "superseded"), (2, "landed")]
     assert (changes[1].latent, changes[1].frame) == (2, 5)  # latent 2 makes frames 5…8
+    assert changes[1].block == 2 and changes[1].as_message(16)["block"] == 2  # frame-wise: a block per latent frame
     assert s.frames_written(5) == [] and [p.id for p in s.frames_written(6)] == [2]
     assert s.as_metadata(16) == [[0.0, "a"], [0.3125, "c"]]
     s.submit(LivePrompt(3, "d", 0.0, kv=torch.ones(1)))
     assert s.drop_pending().state == "dropped" and s.at(4).item() == 2 and s.drop_pending() is None
+
+
+def test_the_block_a_prompt_lands_at_counts_blocks_of_latent_frames():
+    s = LiveSchedule(LivePrompt(0, "a", 0.0, kv=torch.zeros(1)), 0, WAN.first_frame_of, block_frames=3)
+    s.at(0)
+    s.submit(LivePrompt(1, "b", 0.0, kv=torch.ones(1)))
+    s.at(3)
+    assert [(p.latent, p.block, p.frame) for p in s.entries] == [(0, 0, 0), (3, 1, 9)]  # chunk-wise: 3 per block
 
 
 @pytest.mark.parametrize("raw, message", [
@@ -86,6 +96,7 @@ def test_a_switch_lands_on_the_stated_block_and_equals_prompt_at(cf, tmp_path):
     assert [f["frame"] for f in viewer.frames] == list(range(21))
     assert any(m["type"] == "prompt" and m["state"] == "landed" for m in viewer.messages)
     assert 1 <= landed["latent"] <= 5 and landed["frame"] == WAN.first_frame_of(landed["latent"])
+    assert landed["block"] == landed["latent"]  # frame-wise: one latent frame per block
     assert shown["made_s"] > 0
     assert [f["frame"] for f in c.frames] == list(range(21)) == list(range(rec["frames"]))
     ref = tmp_path / "ref.mkv"
@@ -97,7 +108,8 @@ def test_a_switch_lands_on_the_stated_block_and_equals_prompt_at(cf, tmp_path):
     assert clip.metadata["seed"] == 5 and clip.metadata["frames"] == 21
 
 
-def test_stop_keeps_a_playable_mp4_of_every_streamed_frame(tmp_path):
+def test_stop_keeps_a_playable_mp4_of_every_streamed_frame(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="cfcli.live")
     with live_server(FRAMEWISE, tmp_path / "live", codec="h264", max_seconds=4.0) as srv, Client(srv.ws) as c:
         c.send(type="claim")
         c.send(type="start", prompt=PROMPT, seed=3, record=True)
@@ -115,6 +127,11 @@ def test_stop_keeps_a_playable_mp4_of_every_streamed_frame(tmp_path):
     assert ended["reason"] == "stopped" and 2 <= ended["frames"] < 65
     assert rec["name"].endswith(".mp4") and clip.frames.shape[0] == rec["frames"] == ended["frames"] == streamed
     assert clip.metadata["prompt"] == PROMPT and clip.metadata["live"] is True
+    lines = [r.getMessage() for r in caplog.records if r.name == "cfcli.live"]
+    path = tmp_path / "live" / rec["name"]
+    assert lines[:3] == [f"live: started {PROMPT!r} seed 3", f"live: stopped after {ended['frames'] / 16:.1f} s",
+                         f"live: saved recording {path} ({rec['frames'] / 16:.1f} s)"]  # what the terminal shows
+    assert lines[3] == f"live: started {PROMPT!r} seed 9"
     saved = sorted(p.name for p in (tmp_path / "live").iterdir())
     assert len(saved) == 2 and rec["name"] in saved and not any(".partial" in n for n in saved)
     # the server shut down mid-video (as on Ctrl-C): that recording was closed and kept, and it plays
@@ -174,10 +191,13 @@ def test_the_token_is_required_off_localhost(tmp_path):
 
 
 def test_cf_live_makes_a_token_for_a_public_host(cf, monkeypatch):
-    served, port = {}, free_port()
-    monkeypatch.setattr("cfcli.live.server.serve", lambda app, sock: served.update(address=sock.getsockname()) or 0)
+    served, port, live_log = {}, free_port(), logging.getLogger("cfcli.live")
+    monkeypatch.setattr("cfcli.live.server.serve", lambda app, sock: served.update(
+        address=sock.getsockname(), log=list(live_log.handlers), level=live_log.level) or 0)
     r = cf("live", "--preset", FRAMEWISE, "--device", "cpu", "--host", "0.0.0.0", "--port", port)
     assert r.exit_code == 0, r.output
+    assert len(served["log"]) == 1 and served["level"] == logging.INFO  # the live log on the terminal while serving
+    assert live_log.handlers == []  # and taken off after
     assert "?token=" in r.output and "umT5 stays loaded on cpu" in r.output
     assert served["address"] == ("0.0.0.0", port)
 

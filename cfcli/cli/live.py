@@ -144,11 +144,32 @@ def run_server(engine, encoder, config, host: str, sock, token: str | None, reco
         import webbrowser
 
         webbrowser.open(url)
-    signum = serve(app, sock)
+    with terminal_log():
+        signum = serve(app, sock)
     with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
         console.print("stopped")
     if signum:
         raise typer.Exit(128 + signum)
+
+
+@contextlib.contextmanager
+def terminal_log():
+    """The live log on this terminal while the server runs: videos started and stopped, recordings saved, OSC
+    refusals; taken off again after, so nothing outlives the server."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    log = logging.getLogger("cfcli.live")
+    handler = RichHandler(console=console, show_path=False, show_level=False, markup=False, log_time_format="[%X]")
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
 
 
 def build_app(engine, encoder, config, token: str | None, record: bool = True, seed: int | None = None,

@@ -40,6 +40,7 @@ class LivePrompt:
     state: str = "submitted"  # submitted → queued (encoded) → landed → shown (first frame made); or superseded,
     # dropped (the video ended first)
     latent: int | None = None  # first latent frame generated under it
+    block: int | None = None  # the block it landed at: latent // block frames, context blocks included
     frame: int | None = None
     made_s: float | None = None  # submitted → first frame made under it
     encoded_s: float | None = None  # submitted → encoded and queued
@@ -52,7 +53,7 @@ class LivePrompt:
         seconds = None if self.frame is None else round(self.frame / fps, 4)
         extra = {"transition": self.transition.as_metadata()} if self.transition.blocks else {}
         return {"type": "prompt", "id": self.id, "prompt": self.prompt, "state": self.state, "latent": self.latent,
-                "frame": self.frame, "seconds": seconds, "made_s": self.made_s} | extra
+                "block": self.block, "frame": self.frame, "seconds": seconds, "made_s": self.made_s} | extra
 
 
 @dataclass
@@ -93,18 +94,19 @@ class Weights(Protocol):
 
 class LiveSchedule:
     """Cross-attention K/V by latent frame, appended to as prompts land; `frame_of(latent)` maps to stream frames.
-    `weights`: where weight changes land and fresh K/V come from (None: the weights never change). `ahead(job)`: runs
-    a job off the generation thread (default: at once, on the caller's)."""
+    `weights`: where weight changes land and fresh K/V come from (None: the weights never change); `block_frames`:
+    latent frames per block, which numbers the block a prompt lands at. `ahead(job)`: runs a job off the generation
+    thread (default: at once, on the caller's)."""
 
     def __init__(self, opening: LivePrompt, first_latent: int, frame_of: Callable[[int], int],
                  on_change: Callable[[LivePrompt], None] = lambda p: None, weights: Weights | None = None,
-                 ahead: Callable[[Callable[[], None]], None] = lambda job: job()):
-        opening.state, opening.latent, opening.frame = "landed", 0, 0
+                 block_frames: int = 1, ahead: Callable[[Callable[[], None]], None] = lambda job: job()):
+        opening.state, opening.latent, opening.block, opening.frame = "landed", 0, 0, 0
         self.entries, self._starts = [opening], [0]
         self._blocks: list[LivePrompt | Blend] = [opening]  # what each of `_starts` serves
         self._fade: Fade | None = None
         self.first_latent, self.frame_of, self.on_change, self.weights = first_latent, frame_of, on_change, weights
-        self.ahead = ahead
+        self.block_frames, self.ahead = block_frames, ahead
         self._pending: LivePrompt | None = None
         self._first: tuple[int, Blend] | None = None  # the pending prompt's first blend, made after that many blocks
         self._seen = -1  # the latest latent frame looked up: blocks up to it have started
@@ -136,6 +138,7 @@ class LiveSchedule:
             if self._pending is not None and switch:
                 landed, self._pending = self._pending, None
                 landed.state, landed.latent, landed.frame = "landed", frame, self.frame_of(frame)
+                landed.block = frame // self.block_frames
                 self.entries.append(landed)
                 # from what the last block showed; `submit` made the first blend from it unless a block started since
                 self._fade = Fade(self._blocks[-1].features, landed, [None] * landed.transition.blocks)

@@ -399,12 +399,13 @@ class LiveSession:
         stats = RunStats(session, req.seed, opening.prompt, start.max_frames, record=req.record)
         schedule = LiveSchedule(opening, start.plan.context, start.frame_of,
                                 on_change=lambda p: self.events.message(p.as_message(self.fps)), weights=self.loras,
-                                ahead=self._ahead)
+                                block_frames=self.preset.block_frames, ahead=self._ahead)
         recording = self._recording(req, session, start)
         self.stats, self.schedule = stats, schedule
         self._set_state("running")
         self.events.message({"type": "started", "session": session, "seed": req.seed, "prompt": opening.prompt,
                              "max_frames": stats.max_frames, "fps": self.fps})
+        log.info("live: started %r seed %d", opening.prompt, req.seed)
         chunks = self.engine.generate(schedule, start.plan.generated, req.seed, start.latents)
         # Viewers first; the recording encodes on its own thread, so neither holds up the next block.
         stream(self._paced(chunks, stats, schedule), [LiveStream(self, stats, schedule), Background(recording)],
@@ -537,8 +538,12 @@ class LiveSession:
         if (dropped := schedule.drop_pending()) is not None:
             self.jpeg_queue.put(dropped.as_message(self.fps))
         self.jpeg_queue.put({"type": "ended", "session": stats.session, "reason": reason, "frames": stats.frames})
+        ended = "stopped after" if reason == "stopped" else "reached the length limit at"
+        log.info("live: %s %.1f s", ended, stats.frames / self.fps)
         if not stats.record or stats.frames == 0:
             recording.abort()
+            if stats.frames:
+                log.info("live: recording off: not kept")
             return
         fps, clip = self._file_fps(start), start.clip
         extra = self._facts(start, self.loras.opening, self._keep_picture(self.last_request, recording))
@@ -553,6 +558,7 @@ class LiveSession:
         if note:
             self.jpeg_queue.put({"type": "error", "message": note})
         self.recordings[path.name] = path
+        log.info("live: saved recording %s (%.1f s)", path, recording.frames / fps)
         self.jpeg_queue.put({"type": "recording", "session": stats.session, "name": path.name,
                              "url": f"/recordings/{path.name}", "frames": recording.frames,
                              "seconds": round(recording.frames / fps, 3)})
