@@ -4,7 +4,8 @@
 # nothing per frame); `cf live --measure-latency N --lora` (prompt switches, then N LoRA swaps: their cost); the LoRA
 # applied unmerged against merged (scripts/lora_gpu.py unmerged). Run from the repository root, wheels installed.
 #
-#   scripts/lora_gpu.sh MODE      env: OUT (/tmp/lora-gpu), SWAPS (8), UNMERGED=0 (skip the unmerged comparison)
+#   scripts/lora_gpu.sh MODE      env: OUT (/tmp/lora-gpu), SWAPS (8), UNMERGED=0 (skip the unmerged comparison),
+#                                 BENCH=0 (skip the two cf bench runs)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 MODE=${1:-framewise}
@@ -22,8 +23,10 @@ step() {  # NAME SECONDS COMMAND...: its last stdout line kept as NAME.json
 }
 case $MODE in *.yaml) pick=(--preset "$MODE") ;; *) pick=(--mode "$MODE") ;; esac  # a tiny preset: a CPU check
 bench=(python3 -m cfcli bench "${pick[@]}" --random-weights --frames 81 --repeat 2 --json)
-step bench-plain 240 "${bench[@]}"
-step bench-lora 240 "${bench[@]}" --lora "$LORA"
+if [ "${BENCH:-1}" = 1 ]; then
+  step bench-plain 240 "${bench[@]}"
+  step bench-lora 240 "${bench[@]}" --lora "$LORA"
+fi
 step live 300 python3 -m cfcli live "${pick[@]}" --random-weights --lora "$LORA" --measure-latency "$SWAPS" --json
 [ "${UNMERGED:-1}" = 1 ] && step unmerged 300 python3 scripts/lora_gpu.py unmerged "$MODE" "$LORA"
 python3 - "$OUT" "$TAG" <<'PY'
