@@ -165,7 +165,7 @@ class Session:
         self.memory: MemoryPlan | None = None  # the plan the engine runs (`plan_memory`)
         self.planned_for = 0  # latent frames the plan holds
         self.keep_text, self.one_shot = keep_text, one_shot
-        self.text_device: str | None = None  # where a kept umT5 must go ("cpu" / "cuda"), else the plan decides
+        self.text_device: str | None = None  # where a kept umT5 must go ("cuda" / "stream" / "cpu"), else the plan
         self.engine_loads = 0
         self.swaps_loras = False  # `set_loras` was called: the engine keeps what it needs to swap them in place
         self._engine: Engine | None = None
@@ -227,12 +227,12 @@ class Session:
         return self.engine, self.encoder.load()
 
     def keep_text_loaded(self, latent_frames: int, text_device: str | None = None) -> PromptEncoder:
-        """Plan for a run that keeps umT5 loaded beside the DiT (`cf live`), `text_device` ("cpu" / "cuda") or
+        """Plan for a run that keeps umT5 loaded beside the DiT (`cf live`), `text_device` ("cuda" / "stream" / "cpu") or
         placed by the plan; returns the encoder, loaded."""
-        if text_device not in (None, "cpu", "cuda"):
-            raise CfError(f"unknown --text-device {text_device!r}", "use cpu or cuda")
-        if text_device == "cuda" and self.device.type != "cuda":
-            raise CfError("--text-device cuda needs the run on a GPU", "use --text-device cpu")
+        if text_device not in (None, "cpu", "cuda", "stream"):
+            raise CfError(f"unknown --text-device {text_device!r}", "use cuda, stream or cpu")
+        if text_device in ("cuda", "stream") and self.device.type != "cuda":
+            raise CfError(f"--text-device {text_device} needs the run on a GPU", "use --text-device cpu")
         self.keep_text, self.text_device = True, text_device
         self.memory, self._encoder = None, None  # planned again, umT5 kept
         self.plan_memory(latent_frames)

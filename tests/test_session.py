@@ -160,12 +160,21 @@ def test_live_gets_the_plan_generate_gets_under_the_same_budget(monkeypatch):
     huge = Session(str(FRAMEWISE), device="cpu", dtype="float32", max_vram=50)
     huge.keep_text_loaded(21)
     assert huge.memory.text == "resident"  # room for umT5 beside the DiT: it stays on the GPU
-    tight = Session(str(FRAMEWISE), device="cpu", dtype="float32",
-                    max_vram=fp.generation(memory.candidates(fp, False)[0]) / memory.GIB * 1.05)
+    generation = fp.generation(memory.candidates(fp, False)[0])
+    between = (generation + (fp.text_stream + fp.text_resident) / 2) / (1 - memory.HEADROOM) / memory.GIB
+    tight = Session(str(FRAMEWISE), device="cpu", dtype="float32", max_vram=between)
     tight.keep_text_loaded(21)
-    assert tight.memory.text == "cpu"  # no room beside the DiT: umT5 stays loaded on the CPU
-    with pytest.raises(CfError, match="use --text-device cpu"):
+    assert tight.memory.text == "stream"  # no room for it whole beside the DiT: kept in host memory, streamed
+    assert "umT5 kept in host memory, streamed layer by layer" in tight.memory.describe()
+    assert tight.encoder.placement == "stream" and tight.encoder.keep and tight.encoder._kept is not None
+    assert tight.encoder.where == "in host memory, streamed to cpu"
+    with pytest.raises(CfError, match="use --text-device stream"):
         memory.with_kept_text(tight.memory, tight.preset, 21, torch.float32, "wan", "cuda")
+    tighter = Session(str(FRAMEWISE), device="cpu", dtype="float32", max_vram=generation / memory.GIB * 1.05)
+    tighter.keep_text_loaded(21)
+    assert tighter.memory.text == "cpu"  # not even two blocks beside the DiT: umT5 stays loaded on the CPU
+    with pytest.raises(CfError, match="use --text-device cpu"):
+        memory.with_kept_text(tighter.memory, tighter.preset, 21, torch.float32, "wan", "stream")
 
 
 def test_a_session_keeps_umt5_loaded_where_the_plan_has_room(monkeypatch, tmp_path):

@@ -36,8 +36,9 @@ def register(app: typer.Typer) -> None:
         max_seconds: float = typer.Option(None, "--max-seconds", help="Stop each video after this long (default: "
                                                                       "the model's position-table limit)."),
         lead: float = typer.Option(1.0, "--lead", help="Seconds of video generated ahead of playback."),
-        text_device: str = typer.Option(None, "--text-device", metavar="cpu|cuda",
-                                        help="Where umT5 stays loaded (default: the GPU if it has room, else CPU)."),
+        text_device: str = typer.Option(None, "--text-device", metavar="cuda|stream|cpu",
+                                        help="Where umT5 stays loaded (default: the GPU if it has room, else host "
+                                             "memory, streamed to the GPU per prompt; cpu is very slow)."),
         max_upload_mb: int = typer.Option(64, "--max-upload-mb", help="Largest picture or clip upload."),
         device: DeviceOpt = None,
         dtype: DtypeOpt = None,
@@ -120,7 +121,7 @@ def load(session, max_seconds: float | None, text_device: str | None):
     from cfcli.jobs.notices import show_plan
 
     show_plan(ConsoleView(), session.memory)
-    console.print(f"umT5 stays loaded on [cyan]{encoder.text_device}[/]" +
+    console.print(f"umT5 stays loaded [cyan]{encoder.where}[/]" +
                   ("" if text_device else " (automatic; --text-device)"))
     return engine, encoder
 

@@ -40,8 +40,9 @@ def register(app: typer.Typer) -> None:
         crf: CrfOpt = 18,
         max_seconds: float = typer.Option(None, "--max-seconds", help="Stop each live video after this long."),
         lead: float = typer.Option(1.0, "--lead", help="Seconds of live video generated ahead of playback."),
-        text_device: str = typer.Option(None, "--text-device", metavar="cpu|cuda",
-                                        help="Where umT5 stays loaded (default: the GPU if it has room, else CPU)."),
+        text_device: str = typer.Option(None, "--text-device", metavar="cuda|stream|cpu",
+                                        help="Where umT5 stays loaded (default: the GPU if it has room, else host "
+                                             "memory, streamed to the GPU per prompt; cpu is very slow)."),
         device: DeviceOpt = None,
         dtype: DtypeOpt = None,
         compile: CompileOpt = None,
@@ -105,8 +106,8 @@ def load(resident, warm_up: bool) -> None:
     resident.start(status)
     session = resident.session
     random = " (random weights)" if session.random_weights else ""
-    console.print(f"[bold]{session.preset.name}[/] · loaded on {session.device}{random}; umT5 stays on "
-                  f"[cyan]{session.encoder.text_device}[/]")
+    console.print(f"[bold]{session.preset.name}[/] · loaded on {session.device}{random}; umT5 stays "
+                  f"[cyan]{session.encoder.where}[/]")
     show_plan(ConsoleView(), session.memory)
     if warm_up and session.device.type == "cuda":
         with console.status(f"warming up: one {session.preset.frames}-frame video (compilation, CUDA graphs)"):

@@ -37,6 +37,8 @@ HEADROOM = 0.03  # of the budget: allocator fragmentation, cuBLAS/cuDNN workspac
 LOW_VRAM_GIB = 7.0  # what `--low-vram` plans for without `--max-vram` (an 8 GB card less the desktop's share)
 KV_FORMAT = "int8"  # the low plans' KV cache (`cfcli.models.kv_quant.FORMATS`)
 TEXT_PLACES = {"resident": "on the GPU", "stream": "streamed layer by layer", "cpu": "on the CPU"}
+KEPT_PLACES = {"resident": "kept loaded on the GPU", "stream": "kept in host memory, streamed layer by layer",
+               "cpu": "kept loaded on the CPU"}
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class MemoryPlan:
     def describe(self) -> str:
         parts = [f"DiT {'int8 weights' if self.weights == 'int8' else 'full precision'}",
                  f"KV cache {self.kv if self.kv != 'model' else 'full precision'}",
-                 f"umT5 {'kept loaded ' if self.text_kept else ''}{TEXT_PLACES[self.text]}"]
+                 f"umT5 {KEPT_PLACES[self.text] if self.text_kept else TEXT_PLACES[self.text]}"]
         if self.offload_blocks:
             parts.append(f"{self.offload_blocks} DiT blocks streamed from host memory")
         if self.lean:
@@ -379,17 +381,22 @@ def plan_run(preset: Preset, latent_frames: int, device: torch.device, dtype: to
 
 def with_kept_text(plan: MemoryPlan | None, preset: Preset, latent_frames: int, dtype: torch.dtype, decoder: str,
                    choice: str | None = None) -> MemoryPlan | None:
-    """`plan` for a run that keeps umT5 loaded beside the DiT (`cf live`): umT5 on the GPU ("resident") when it fits
-    the budget with the generation's peak, else on the CPU ("cpu"); `choice` ("cuda" / "cpu") decides instead, and a
-    GPU placement that cannot fit is refused. Off the GPU (no plan) umT5 runs where the run does."""
+    """`plan` for a run that keeps umT5 loaded beside the DiT (`cf live`): whole on the GPU ("resident") when it fits
+    the budget with the generation's peak; else in host memory, streamed to the GPU block by block for each new
+    prompt ("stream": two blocks and the activations on the GPU); else on the CPU ("cpu", which answers a
+    full-size prompt in minutes, not seconds: docs/live.md). `choice` ("cuda" / "stream" / "cpu") decides instead,
+    and a GPU placement that cannot fit is refused. Off the GPU (no plan) umT5 runs where the run does."""
     if plan is None:
         return None
     fp = footprint(preset, latent_frames, dtype, decoder)
-    fits = fp.generation(plan) + fp.text_resident <= (plan.budget or 0) * (1 - HEADROOM)
-    if choice == "cuda" and not fits:
-        need = math.ceil((fp.generation(plan) + fp.text_resident) / (1 - HEADROOM) / GIB * 10) / 10
-        raise CfError(f"umT5 beside the DiT needs about {need:.1f} GiB of GPU memory; "
-                      f"{(plan.budget or 0) / GIB:.1f} GiB is planned for", "use --text-device cpu")
-    text = "cpu" if choice == "cpu" or not fits else "resident"
-    need = fp.generation(plan) + (fp.text_resident if text == "resident" else 0)
-    return replace(plan, text=text, text_kept=True, need=max(need, fp.load(plan)))
+    beside = {"resident": fp.text_resident, "stream": fp.text_stream, "cpu": 0}
+    order = {None: ("resident", "stream", "cpu"), "cuda": ("resident",), "stream": ("stream",), "cpu": ("cpu",)}
+    usable = (plan.budget or 0) * (1 - HEADROOM)
+    text = next((t for t in order[choice] if fp.generation(plan) + beside[t] <= usable), None)
+    if text is None:
+        need = math.ceil((fp.generation(plan) + beside[order[choice][0]]) / (1 - HEADROOM) / GIB * 10) / 10
+        where = "beside the DiT" if choice == "cuda" else "streamed beside the DiT"
+        raise CfError(f"umT5 {where} needs about {need:.1f} GiB of GPU memory; "
+                      f"{(plan.budget or 0) / GIB:.1f} GiB is planned for",
+                      "use --text-device stream" if choice == "cuda" else "use --text-device cpu")
+    return replace(plan, text=text, text_kept=True, need=max(fp.generation(plan) + beside[text], fp.load(plan)))

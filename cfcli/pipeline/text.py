@@ -58,6 +58,11 @@ class PromptEncoder:
                            str(self.dtype)])
         return hashlib.sha256(ident.encode()).hexdigest()
 
+    @property
+    def where(self) -> str:
+        """Where umT5 stays, in words: `on cuda`, `on cpu`, or `in host memory, streamed to cuda`."""
+        return f"in host memory, streamed to {self.device}" if self.placement == "stream" else f"on {self.text_device}"
+
     def encode(self, prompts: list[str]) -> list[Tensor]:
         """umT5 features [1, text_len, dim] (padding rows zero) for each prompt, on the run's device."""
         with self._lock:
