@@ -219,7 +219,8 @@ def prompt_at_pairs(prompt_at: list | None, schedule_file: Path | None,
 
 
 def show_switches(view: View, video, preset) -> None:
-    """Where each switch lands: at a block start; with the rolling sampler the blocks in its window change too."""
+    """Where each switch lands: at a block start (or a later step of it, `@K`); with the rolling sampler the blocks in
+    its window change too."""
     from cfcli.pipeline.samplers import sampler_kind
 
     first_frame_of = preset.geometry.first_frame_of
@@ -228,8 +229,10 @@ def show_switches(view: View, video, preset) -> None:
     for entry, start in zip(video.schedule.entries[1:], video.starts[1:]):
         frame, touched = first_frame_of(start), first_frame_of(max(0, start - in_flight))
         rolling = f", blocks in flight from frame {touched} finish under it" if touched != frame else ""
-        view.line(f"[dim]prompt switch at {entry.seconds:g}s → from frame {frame} ({frame / fps:.2f}s)"
-                  f"{rolling}{switch_rounding(entry.seconds, fps, frame, preset)}:[/] {escape(entry.prompt)}")
+        step = f", from denoising step {entry.step} of its block" if entry.step else ""
+        view.line(f"[dim]prompt switch at {entry.seconds:g}s{f'@{entry.step}' if entry.step else ''} → from frame "
+                  f"{frame} ({frame / fps:.2f}s){step}{rolling}{switch_rounding(entry.seconds, fps, frame, preset)}:[/] "
+                  f"{escape(entry.prompt)}")
 
 
 def switch_rounding(seconds: float, fps: float, frame: int, preset) -> str:
