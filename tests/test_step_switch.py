@@ -349,3 +349,31 @@ def test_a_bad_step_is_refused_before_anything_loads(cf, tmp_path):
            JUMP, "--out", tmp_path / "x.mkv")
     assert r.exit_code == 1 and "1 to 3" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "x.mkv").exists()
+
+
+def test_a_live_cut_is_recorded_with_its_step_and_remade_exactly(cf, tmp_path):
+    """Through the real server: a cut's receipts carry `step` (wherever it landed: between steps or at a block start),
+    the recording keeps it, and `cf info`'s command makes the recording's frames again, bit for bit."""
+    from live_server import Client, live_server
+
+    with live_server(FRAMEWISE, tmp_path / "live", codec="ffv1", max_seconds=1.25) as srv, Client(srv.ws) as c:
+        c.send(type="claim")
+        c.send(type="start", prompt=PROMPT, seed=5, record=True)
+        c.until(frames=1)
+        c.send(type="prompt", prompt=JUMP)
+        landed = c.kind("prompt", state="landed")
+        assert c.kind("ended")["reason"] == "limit"
+        rec = c.kind("recording")
+    assert landed["step"] in range(4) and landed["block"] == landed["latent"]
+    path = tmp_path / "live" / rec["name"]
+    clip = read_video(path)
+    assert clip.metadata["prompt_schedule"] == [[0.0, PROMPT], [landed["seconds"], JUMP]
+                                                + ([{"step": landed["step"]}] if landed["step"] else [])]
+    r = cf("info", path, "--json")
+    assert r.exit_code == 0, r.output
+    command = json.loads(r.stdout)["command"]
+    assert ("@" in command) == bool(landed["step"])
+    again = tmp_path / "again.mkv"
+    r = cf(*shlex.split(command)[1:], "--out", again, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert torch.equal(read_video(again).frames, clip.frames)
