@@ -229,10 +229,9 @@ def show_switches(view: View, video, preset) -> None:
     for entry, start in zip(video.schedule.entries[1:], video.starts[1:]):
         frame, touched = first_frame_of(start), first_frame_of(max(0, start - in_flight))
         rolling = f", blocks in flight from frame {touched} finish under it" if touched != frame else ""
-        step = f", from denoising step {entry.step} of its block" if entry.step else ""
-        view.line(f"[dim]prompt switch at {entry.seconds:g}s{f'@{entry.step}' if entry.step else ''} → from frame "
-                  f"{frame} ({frame / fps:.2f}s){step}{rolling}{switch_rounding(entry.seconds, fps, frame, preset)}:[/] "
-                  f"{escape(entry.prompt)}")
+        at, step = (f"@{entry.step}", f", from denoising step {entry.step} of its block") if entry.step else ("", "")
+        view.line(f"[dim]prompt switch at {entry.seconds:g}s{at} → from frame {frame} ({frame / fps:.2f}s){step}"
+                  f"{rolling}{switch_rounding(entry.seconds, fps, frame, preset)}:[/] {escape(entry.prompt)}")
 
 
 def switch_rounding(seconds: float, fps: float, frame: int, preset) -> str:

@@ -13,13 +13,14 @@ A block start is also where other switches land (`Weights.land`: a LoRA swap, `c
 steps), and since the K/V are made by the DiT's weights, a K/V made before the weights last changed is made again from
 the prompt's features.
 
-A prompt with a transition lands at the next block start (never between steps), then blends in over its blocks (`cfcli.pipeline.prompts`: block k of N gets
-(k+1)/(N+1) of it, from the features the block before it used); each later block the sampler starts takes the next
-step, so the blocks and their features are the ones `cf generate --prompt-at TIME~N` makes. The blends and their K/V
-are made ahead, off the generation thread, so a block start only picks its blend up: the first by `submit` (on the
-thread that encoded the prompt, from what the last block showed), each next one by `ahead` while the block before it
-is made. A blend not ready in time (a block started while the first was being made, or the job ran late) is made at
-its block start, as before: the same bits either way.
+A prompt with a transition lands at the next block start (never between steps), then blends in over its blocks
+(`cfcli.pipeline.prompts`: block k of N gets (k+1)/(N+1) of it, from the features the block before it used); each
+later block the sampler starts takes the next step, so the blocks and their features are the ones `cf generate
+--prompt-at TIME~N` makes. The blends and their K/V are made ahead, off the generation thread, so a block start only
+picks its blend up: the first by `submit` (on the thread that encoded the prompt, from what the last block showed),
+each next one by `ahead` while the block before it is made. A blend not ready in time (a block started while the first
+was being made, or the job ran late) is made at its block start, as before: the same bits either way. A cut landing
+between steps ends a transition under way: the block's earlier steps keep their blend.
 """
 
 import threading
@@ -122,8 +123,8 @@ class LiveSchedule:
     by_step = True  # a prompt may land between steps: the samplers look the text up before each one
 
     def submit(self, prompt: LivePrompt) -> None:
-        """Queue an encoded prompt for the next step or block to start; a transition's first blend is made now, on the calling
-        thread, from what the last block started showed (what the block it lands at blends from)."""
+        """Queue an encoded prompt for the next step or block to start; a transition's first blend is made now, on the
+        calling thread, from what the last block started showed (what the block it lands at blends from)."""
         first = None
         if prompt.transition.blocks:
             with self._lock:

@@ -369,8 +369,11 @@ def text_at(text: "Tensor | TextSchedule | None", frame: int, step: int = 0) -> 
     """Cross-attention K/V for denoising step `step` (0: the block's start) of the block starting at latent `frame`;
     a plain tensor (one prompt) serves every block.
 
-    Any object with an `at(frame, step)` method is a schedule (`cf live` steers with one that grows while it plays)."""
-    return text.at(frame, step) if hasattr(text, "at") else text
+    Any object with an `at(frame)` method is a schedule (`cf live` steers with one that grows while it plays); one
+    that is `by_step` takes `at(frame, step)` too."""
+    if not hasattr(text, "at"):
+        return text
+    return text.at(frame, step) if step else text.at(frame)
 
 
 def by_step(text) -> bool:
