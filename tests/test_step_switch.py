@@ -377,3 +377,18 @@ def test_a_live_cut_is_recorded_with_its_step_and_remade_exactly(cf, tmp_path):
     r = cf(*shlex.split(command)[1:], "--out", again, "--quiet")
     assert r.exit_code == 0, r.output
     assert torch.equal(read_video(again).frames, clip.frames)
+
+
+def test_step_sync_changes_no_latent_of_the_rolling_sampler(monkeypatch):
+    from cfcli.pipeline.rolling import RollingSampler
+
+    engine = Engine.load(load_preset(FIXTURES / "tiny-longvideo.yaml"), "cpu", torch.float32)
+    kv = engine.text_kv(features(engine, 0))
+    want = latents(engine.generate(kv, 15, seed=2, decode=False))
+    CountingEvent.log = []
+    real = RollingSampler.__init__
+    monkeypatch.setattr(RollingSampler, "__init__", lambda self, *a: real(self, *a[:5], StepSync(CountingEvent)))
+    assert torch.equal(latents(engine.generate(kv, 15, seed=2, decode=False)), want)
+    records = [n for kind, n in CountingEvent.log if kind == "record"]
+    assert len(records) == (5 + 4 - 1) + 4  # a DiT call per window, and a clean pass per block but the last
+    assert [n for kind, n in CountingEvent.log if kind == "wait"] == list(range(len(records) - 2))
