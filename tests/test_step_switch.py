@@ -238,23 +238,23 @@ class TypedMidBlock:
 
 @pytest.mark.parametrize("call", [0, 2])
 def test_a_live_prompt_lands_between_steps_as_prompt_at(engine, call):
-    """Queued during step `call` of the third block, the prompt lands before step `call` + 1 of that block; the
-    recorded schedule, as `cf generate --prompt-at T@K` reads it, makes the same latents."""
+    """Queued during step `call` of the second block, the prompt lands before step `call` + 1 of that block; the
+    recorded schedule, as `cf generate --prompt-at T@K` reads it, makes the same latents (the later blocks too)."""
     fa, fb = features(engine, 0), features(engine, 1)
     g, bf, fps = engine.geometry, engine.preset.block_frames, engine.preset.fps
     changes = []
     live = LiveSchedule(LivePrompt(0, "a", 0.0, kv=engine.text_kv(fa), features=fa), 0, g.first_frame_of,
                         on_change=changes.append, weights=Weights(engine), block_frames=bf)
     b = LivePrompt(1, "b", 0.0, kv=engine.text_kv(fb), features=fb)
-    at, n = 2 * bf, 9
+    at, n = bf, 9
     engine.runner = TypedMidBlock(engine.dit, live, b, at, call)
     try:
         got = latents(engine.generate(live, n, seed=7, decode=False, step_sync=True))
     finally:
         engine.runner = engine.dit
-    assert (b.state, b.latent, b.block, b.step, b.frame) == ("landed", at, 2, call + 1, g.first_frame_of(at))
+    assert (b.state, b.latent, b.block, b.step, b.frame) == ("landed", at, 1, call + 1, g.first_frame_of(at))
     message = changes[-1].as_message(fps)
-    assert (message["state"], message["step"], message["block"], message["latent"]) == ("landed", call + 1, 2, at)
+    assert (message["state"], message["step"], message["block"], message["latent"]) == ("landed", call + 1, 1, at)
     meta = live.as_metadata(fps)
     assert meta == [[0.0, "a"], [round(g.first_frame_of(at) / fps, 4), "b", {"step": call + 1}]]
     argv, _ = generate_argv({"prompt": "a", "prompt_schedule": meta}, 33)
@@ -263,6 +263,8 @@ def test_a_live_prompt_lands_between_steps_as_prompt_at(engine, call):
     want = latents(engine.generate(p.with_features({"a": fa, "b": fb}).text(engine.text_kv), n, seed=7,
                                    decode=False))
     assert torch.equal(got, want)
+    at_start = latents(engine.generate(TextSchedule((0, at), (live.entries[0].kv, b.kv)), n, seed=7, decode=False))
+    assert torch.equal(got[:at], at_start[:at]) and not torch.equal(got[at:at + bf], at_start[at:at + bf])
     frames = g.first_frame_of(at)
     assert live.frames_written(frames) == [] and live.frames_written(frames + 1) == [b]  # the block's first frame
 
