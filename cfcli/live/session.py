@@ -240,9 +240,9 @@ class LiveSession:
         self.publish_status()
 
     def prompt(self, text: str, transition: Transition = CUT) -> tuple[LivePrompt, dict]:
-        """Queue a prompt switch: it is encoded on the text thread and lands at the next block to start (then blends
-        in over `transition.blocks` blocks). Returns the prompt and its `submitted` message (taken before the text
-        thread can move it on)."""
+        """Queue a prompt switch: it is encoded on the text thread and lands at the next denoising step of the block
+        in flight, or with a transition at the next block to start (then blends in over `transition.blocks` blocks).
+        Returns the prompt and its `submitted` message (taken before the text thread can move it on)."""
         schedule = self.schedule
         if self.state != "running" or schedule is None:
             raise CfError("nothing is running", "start a video first; its opening prompt is the start message's")
