@@ -100,11 +100,14 @@ def test_a_switch_lands_on_the_stated_block_and_equals_prompt_at(cf, tmp_path):
     assert shown["made_s"] > 0
     assert [f["frame"] for f in c.frames] == list(range(21)) == list(range(rec["frames"]))
     ref = tmp_path / "ref.mkv"
+    # it lands between the denoising steps of the block in flight (step ≥ 1) or, if none is, at the next block start
+    at = f"{landed['seconds']}@{landed['step']}" if landed["step"] else str(landed["seconds"])
     r = cf("generate", PROMPT, "--preset", FRAMEWISE, "--seed", 5, "--frames", 21, "--device", "cpu", "--dtype",
-           "float32", "--codec", "ffv1", "--out", ref, "--prompt-at", str(landed["seconds"]), JUMP)
+           "float32", "--codec", "ffv1", "--out", ref, "--prompt-at", at, JUMP)
     assert r.exit_code == 0, r.output
     assert torch.equal(clip.frames, read_video(ref).frames)  # bit for bit, the switch included
-    assert clip.metadata["prompt_schedule"] == [[0.0, PROMPT], [landed["seconds"], JUMP]]
+    assert clip.metadata["prompt_schedule"] == [[0.0, PROMPT], [landed["seconds"], JUMP]
+                                                + ([{"step": landed["step"]}] if landed["step"] else [])]
     assert clip.metadata["seed"] == 5 and clip.metadata["frames"] == 21
 
 

@@ -87,7 +87,8 @@ def register(app: typer.Typer) -> None:
         prompt_file: Path = typer.Option(None, "--prompt-file", help="One prompt per line; models load once."),
         prompt_at: list[str] = typer.Option(None, "--prompt-at", metavar="TIME PROMPT",
                                             help="Switch to PROMPT at TIME (12s, 12.5, 1:05); TIME~N[:slerp] "
-                                                 "blends into it over N blocks; repeatable."),
+                                                 "blends into it over N blocks; TIME@K switches before denoising "
+                                                 "step K of the block at TIME; repeatable."),
         prompt_schedule: Path = typer.Option(None, "--prompt-schedule",
                                              help="Prompt switches: lines SECONDS<TAB>PROMPT (a line at 0 may "
                                                   "replace PROMPT)."),

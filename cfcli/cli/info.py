@@ -38,7 +38,8 @@ def _number(v) -> bool:
 def _schedule(v) -> bool:
     return isinstance(v, list) and len(v) >= 1 and all(
         isinstance(e, list) and len(e) in (2, 3) and isinstance(e[0], (int, float)) and not isinstance(e[0], bool)
-        and math.isfinite(e[0]) and e[0] >= 0 and _text(e[1]) and (len(e) == 2 or _transition(e[2])) for e in v)
+        and math.isfinite(e[0]) and e[0] >= 0 and _text(e[1]) and (len(e) == 2 or _transition(e[2]) or _step(e[2]))
+        for e in v)
 
 
 def _transition(v) -> bool:
@@ -46,6 +47,11 @@ def _transition(v) -> bool:
     torch)."""
     return isinstance(v, dict) and set(v) == {"blocks", "kind"} and _whole(v["blocks"]) and v["blocks"] <= 64 \
         and v["kind"] in ("linear", "spherical")
+
+
+def _step(v) -> bool:
+    """A switch's `{"step": K}`: it landed before denoising step K ≥ 1 of its block (`--prompt-at TIME@K`)."""
+    return isinstance(v, dict) and set(v) == {"step"} and _count(v["step"])
 
 
 def _loras(v) -> bool:
@@ -74,7 +80,7 @@ FIELDS = {"prompt": TEXT, "seed": WHOLE, "preset": TEXT, "preset_file": TEXT, "m
           "only_new": (lambda v: isinstance(v, bool), "true or false"), "source_seed": WHOLE,
           "motion_fps": (_number, "a positive number"), "live": (lambda v: isinstance(v, bool), "true or false"),
           "max_frames": COUNT, "noise_frames": COUNT, "planned_frames": COUNT, "cfcli": TEXT,
-          "prompt_schedule": (_schedule, "a list of [seconds, prompt] pairs (a third item: the transition)"),
+          "prompt_schedule": (_schedule, "a list of [seconds, prompt] pairs (a third item: the transition or step)"),
           "loras": (_loras, "a list of {file, name, sha256, scale}"),
           "lora_schedule": (_lora_schedule, "a list of {seconds, latent, loras}")}
 
@@ -249,17 +255,24 @@ def generate_argv(meta: dict, frames: int, until: float | None = None,
     dash = prompt.startswith("-")  # would be taken for an option: given after `--`, at the end
     argv, notes = ["cf", "generate", *([] if dash else [prompt]), "--frames", str(frames)], []
     argv += ["--noise-frames", str(noise_frames)] if noise_frames is not None else []
-    for seconds, text, *transition in (meta.get("prompt_schedule") or [])[1:]:
+    for seconds, text, *landing in (meta.get("prompt_schedule") or [])[1:]:
         if until is not None and seconds >= until:
             continue
         if text.startswith("-"):
             notes.append(f"not exactly reproducible: the switch prompt {text[:30]!r} starts with '-', which "
                          "--prompt-at cannot take (use a --prompt-schedule file)")
             continue
-        blend = transition[0] if transition and transition[0]["blocks"] else None  # `--prompt-at TIME~N[:slerp]`
-        tail = "" if blend is None else f"~{blend['blocks']}" + (":slerp" if blend["kind"] == "spherical" else "")
-        argv += ["--prompt-at", seconds_arg(seconds) + tail, text]
+        argv += ["--prompt-at", seconds_arg(seconds) + landing_arg(landing[0] if landing else {}), text]
     return argv + (["--", prompt] if dash else []), notes
+
+
+def landing_arg(landing: dict) -> str:
+    """How a switch lands, as `--prompt-at`'s TIME ends: `~N[:slerp]` for a transition, `@K` before step K."""
+    if landing.get("step"):
+        return f"@{landing['step']}"
+    if landing.get("blocks"):
+        return f"~{landing['blocks']}" + (":slerp" if landing["kind"] == "spherical" else "")
+    return ""
 
 
 def stopped_run(meta: dict) -> int | None:

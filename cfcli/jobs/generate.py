@@ -219,7 +219,8 @@ def prompt_at_pairs(prompt_at: list | None, schedule_file: Path | None,
 
 
 def show_switches(view: View, video, preset) -> None:
-    """Where each switch lands: at a block start; with the rolling sampler the blocks in its window change too."""
+    """Where each switch lands: at a block start (or a later step of it, `@K`); with the rolling sampler the blocks in
+    its window change too."""
     from cfcli.pipeline.samplers import sampler_kind
 
     first_frame_of = preset.geometry.first_frame_of
@@ -228,7 +229,8 @@ def show_switches(view: View, video, preset) -> None:
     for entry, start in zip(video.schedule.entries[1:], video.starts[1:]):
         frame, touched = first_frame_of(start), first_frame_of(max(0, start - in_flight))
         rolling = f", blocks in flight from frame {touched} finish under it" if touched != frame else ""
-        view.line(f"[dim]prompt switch at {entry.seconds:g}s → from frame {frame} ({frame / fps:.2f}s)"
+        at, step = (f"@{entry.step}", f", from denoising step {entry.step} of its block") if entry.step else ("", "")
+        view.line(f"[dim]prompt switch at {entry.seconds:g}s{at} → from frame {frame} ({frame / fps:.2f}s){step}"
                   f"{rolling}{switch_rounding(entry.seconds, fps, frame, preset)}:[/] {escape(entry.prompt)}")
 
 

@@ -1,21 +1,26 @@
 """The live prompt schedule: a `TextSchedule` that grows while the video plays.
 
-The sampler looks up each block's prompt by its first latent frame (`text_at` → `at(frame)`), once, right before
-the block starts. A prompt submitted from the page waits here (encoded) until that lookup: the first block not yet
-started takes it, exactly as `cf generate --prompt-at` would have at that block's time. Two prompts submitted
-within one block: the later one wins, the earlier is marked `superseded`. Thread-safe: the server thread submits,
-the generation thread looks up.
+The sampler looks up each block's prompt by its first latent frame (`text_at` → `at(frame)`) right before the block
+starts, and again before each later denoising step (`at(frame, step)`: this schedule has step positions, `by_step`).
+A prompt submitted from the page waits here (encoded) until the next lookup: a cut lands at the next step of the block
+in flight (its remaining steps and its clean pass run under it), exactly as `cf generate --prompt-at T@K` would have
+at that block's time and step; a prompt that arrives after a block's last step, or during a pause between blocks,
+lands at the next block's start (step 0), as `--prompt-at T` would. Two prompts submitted within one step: the later
+one wins, the earlier is marked `superseded`. Thread-safe: the server thread submits, the generation thread looks up.
+The generation thread runs with `StepSync` on the GPU, so a lookup comes about when the GPU reaches that step.
 
-The same lookup is where other switches land (`Weights.land`: a LoRA swap, `cfcli.live.loras`), and since the K/V
-are made by the DiT's weights, a K/V made before the weights last changed is made again from the prompt's features.
+A block start is also where other switches land (`Weights.land`: a LoRA swap, `cfcli.live.loras`; never between
+steps), and since the K/V are made by the DiT's weights, a K/V made before the weights last changed is made again from
+the prompt's features.
 
-A prompt with a transition lands as today, then blends in over its blocks (`cfcli.pipeline.prompts`: block k of N gets
-(k+1)/(N+1) of it, from the features the block before it used); each later block the sampler starts takes the next
-step, so the blocks and their features are the ones `cf generate --prompt-at TIME~N` makes. The blends and their K/V
-are made ahead, off the generation thread, so a block start only picks its blend up: the first by `submit` (on the
-thread that encoded the prompt, from what the last block showed), each next one by `ahead` while the block before it
-is made. A blend not ready in time (a block started while the first was being made, or the job ran late) is made at
-its block start, as before: the same bits either way.
+A prompt with a transition lands at the next block start (never between steps), then blends in over its blocks
+(`cfcli.pipeline.prompts`: block k of N gets (k+1)/(N+1) of it, from the features the block before it used); each
+later block the sampler starts takes the next step, so the blocks and their features are the ones `cf generate
+--prompt-at TIME~N` makes. The blends and their K/V are made ahead, off the generation thread, so a block start only
+picks its blend up: the first by `submit` (on the thread that encoded the prompt, from what the last block showed),
+each next one by `ahead` while the block before it is made. A blend not ready in time (a block started while the first
+was being made, or the job ran late) is made at its block start, as before: the same bits either way. A cut landing
+between steps ends a transition under way: the block's earlier steps keep their blend.
 """
 
 import threading
@@ -27,7 +32,7 @@ from typing import Protocol
 
 from torch import Tensor
 
-from cfcli.pipeline.prompts import CUT, Transition, blend
+from cfcli.pipeline.prompts import CUT, Transition, blend, landing_metadata
 
 
 @dataclass
@@ -41,6 +46,7 @@ class LivePrompt:
     # dropped (the video ended first)
     latent: int | None = None  # first latent frame generated under it
     block: int | None = None  # the block it landed at: latent // block frames, context blocks included
+    step: int | None = None  # the denoising step of that block it landed before (0: the block's start)
     frame: int | None = None
     made_s: float | None = None  # submitted → first frame made under it
     encoded_s: float | None = None  # submitted → encoded and queued
@@ -53,7 +59,8 @@ class LivePrompt:
         seconds = None if self.frame is None else round(self.frame / fps, 4)
         extra = {"transition": self.transition.as_metadata()} if self.transition.blocks else {}
         return {"type": "prompt", "id": self.id, "prompt": self.prompt, "state": self.state, "latent": self.latent,
-                "block": self.block, "frame": self.frame, "seconds": seconds, "made_s": self.made_s} | extra
+                "block": self.block, "step": self.step, "frame": self.frame, "seconds": seconds,
+                "made_s": self.made_s} | extra
 
 
 @dataclass
@@ -93,7 +100,8 @@ class Weights(Protocol):
 
 
 class LiveSchedule:
-    """Cross-attention K/V by latent frame, appended to as prompts land; `frame_of(latent)` maps to stream frames.
+    """Cross-attention K/V by latent frame and step, appended to as prompts land; `frame_of(latent)` maps to stream
+    frames.
     `weights`: where weight changes land and fresh K/V come from (None: the weights never change); `block_frames`:
     latent frames per block, which numbers the block a prompt lands at. `ahead(job)`: runs a job off the generation
     thread (default: at once, on the caller's)."""
@@ -101,8 +109,8 @@ class LiveSchedule:
     def __init__(self, opening: LivePrompt, first_latent: int, frame_of: Callable[[int], int],
                  on_change: Callable[[LivePrompt], None] = lambda p: None, weights: Weights | None = None,
                  block_frames: int = 1, ahead: Callable[[Callable[[], None]], None] = lambda job: job()):
-        opening.state, opening.latent, opening.block, opening.frame = "landed", 0, 0, 0
-        self.entries, self._starts = [opening], [0]
+        opening.state, opening.latent, opening.block, opening.step, opening.frame = "landed", 0, 0, 0, 0
+        self.entries, self._starts = [opening], [(0, 0)]  # (latent frame, step) positions
         self._blocks: list[LivePrompt | Blend] = [opening]  # what each of `_starts` serves
         self._fade: Fade | None = None
         self.first_latent, self.frame_of, self.on_change, self.weights = first_latent, frame_of, on_change, weights
@@ -112,9 +120,11 @@ class LiveSchedule:
         self._seen = -1  # the latest latent frame looked up: blocks up to it have started
         self._lock = threading.Lock()
 
+    by_step = True  # a prompt may land between steps: the samplers look the text up before each one
+
     def submit(self, prompt: LivePrompt) -> None:
-        """Queue an encoded prompt for the next block to start; a transition's first blend is made now, on the calling
-        thread, from what the last block started showed (what the block it lands at blends from)."""
+        """Queue an encoded prompt for the next step or block to start; a transition's first blend is made now, on the
+        calling thread, from what the last block started showed (what the block it lands at blends from)."""
         first = None
         if prompt.transition.blocks:
             with self._lock:
@@ -127,7 +137,9 @@ class LiveSchedule:
             old.state = "superseded"
             self.on_change(old)
 
-    def at(self, frame: int) -> Tensor:
+    def at(self, frame: int, step: int = 0) -> Tensor:
+        if step:
+            return self._at_step(frame, step)
         landed = None
         with self._lock:
             fresh, self._seen = frame > self._seen, max(frame, self._seen)  # a block starting now, not a repeat
@@ -137,9 +149,7 @@ class LiveSchedule:
         with self._lock:
             if self._pending is not None and switch:
                 landed, self._pending = self._pending, None
-                landed.state, landed.latent, landed.frame = "landed", frame, self.frame_of(frame)
-                landed.block = frame // self.block_frames
-                self.entries.append(landed)
+                self._land(landed, frame, 0)
                 # from what the last block showed; `submit` made the first blend from it unless a block started since
                 self._fade = Fade(self._blocks[-1].features, landed, [None] * landed.transition.blocks)
                 if self._first is not None and self._first[0] == len(self._blocks):
@@ -147,10 +157,38 @@ class LiveSchedule:
                 self._first = None
             if self._fade is not None and switch:
                 self._step(frame)
-            kv = self._current_kv(self._blocks[bisect_right(self._starts, frame) - 1])
+            kv = self._current_kv(self._blocks[bisect_right(self._starts, (frame, 0)) - 1])
         if landed is not None:
             self.on_change(landed)
         return kv
+
+    def _at_step(self, frame: int, step: int) -> Tensor:
+        """Before denoising step `step` of the block at `frame` (started already): a waiting cut lands here and ends a
+        transition under way; a prompt with a transition waits for the next block start."""
+        landed = None
+        with self._lock:
+            p = self._pending
+            if p is not None and not p.transition.blocks and frame >= max(self.first_latent, 1):
+                landed, self._pending, self._first, self._fade = p, None, None, None
+                self._land(landed, frame, step)
+                self._append(landed, (frame, step))
+            kv = self._current_kv(self._blocks[bisect_right(self._starts, (frame, step)) - 1])
+        if landed is not None:
+            self.on_change(landed)
+        return kv
+
+    def _land(self, p: LivePrompt, frame: int, step: int) -> None:
+        p.state, p.latent, p.step, p.frame = "landed", frame, step, self.frame_of(frame)
+        p.block = frame // self.block_frames
+        self.entries.append(p)
+
+    def _append(self, served: "LivePrompt | Blend", position: tuple[int, int]) -> None:
+        """`served` serves from `position` on; the blend before it has served its part, so its K/V's device memory
+        goes."""
+        if isinstance(self._blocks[-1], Blend):
+            self._blocks[-1].kv = None
+        self._blocks.append(served)
+        self._starts.append(position)
 
     def _step(self, frame: int) -> None:
         """The block starting at `frame` takes the next step of the transition under way (its end: the prompt), and
@@ -163,10 +201,7 @@ class LiveSchedule:
                 self.ahead(lambda: self._make_ahead(f, k + 1))
         else:
             block, self._fade = f.prompt, None
-        if isinstance(self._blocks[-1], Blend):  # it served its one block: its K/V's device memory goes
-            self._blocks[-1].kv = None
-        self._blocks.append(block)
-        self._starts.append(frame)
+        self._append(block, (frame, 0))
 
     def _make_ahead(self, f: Fade, k: int) -> None:
         if self._fade is f:  # not replaced by a later prompt meanwhile
@@ -198,11 +233,11 @@ class LiveSchedule:
         return shown
 
     def as_metadata(self, fps: float, frame_offset: int = 0) -> list[list]:
-        """`[[seconds, prompt(, transition)], ...]` as `cf generate` stores its schedule (`frame_offset`: frames before
-        the stream)."""
+        """`[[seconds, prompt(, transition or step)], ...]` as `cf generate` stores its schedule (`frame_offset`:
+        frames before the stream)."""
         with self._lock:
-            return [[round((p.frame + frame_offset) / fps, 4), p.prompt]
-                    + ([p.transition.as_metadata()] if p.transition.blocks else []) for p in self.entries]
+            return [[round((p.frame + frame_offset) / fps, 4), p.prompt] + landing_metadata(p.transition, p.step)
+                    for p in self.entries]
 
     def drop_pending(self) -> LivePrompt | None:
         """The video ended with a prompt still waiting: it never lands (`dropped`)."""
@@ -221,5 +256,5 @@ class LiveSchedule:
 
     @property
     def has_pending(self) -> bool:
-        """A prompt or weight change waits for the next block."""
+        """A prompt or weight change waits for the next step or block."""
         return self._pending is not None or (self.weights is not None and self.weights.has_pending)

@@ -3,7 +3,8 @@
 States: `idle` → `loading` (prompt features, picture or clip context) → `running` → `stopping` → `idle`.
 Calls from the server (`start`, `stop`, `restart`, `prompt`, `record`, `set_loras`) never block: they leave the next
 start in the worker's one slot (a restart replaces what is there, a stop empties it), hand a prompt to the text
-thread, which encodes it and queues it on the run's `LiveSchedule`, or hand a LoRA change to the LoRA thread, which
+thread, which encodes it and queues it on the run's `LiveSchedule` (it lands at the next denoising step of the block
+in flight, or at the next block for a transition), or hand a LoRA change to the LoRA thread, which
 checks it and queues it on the `LoraControl` (it lands at a block, as a prompt does: `cfcli.live.loras`). A
 transition's next blend and its K/V are made on the blend thread while a block is made (`LiveSchedule.ahead`).
 
@@ -239,9 +240,9 @@ class LiveSession:
         self.publish_status()
 
     def prompt(self, text: str, transition: Transition = CUT) -> tuple[LivePrompt, dict]:
-        """Queue a prompt switch: it is encoded on the text thread and lands at the next block to start (then blends
-        in over `transition.blocks` blocks). Returns the prompt and its `submitted` message (taken before the text
-        thread can move it on)."""
+        """Queue a prompt switch: it is encoded on the text thread and lands at the next denoising step of the block
+        in flight, or with a transition at the next block to start (then blends in over `transition.blocks` blocks).
+        Returns the prompt and its `submitted` message (taken before the text thread can move it on)."""
         schedule = self.schedule
         if self.state != "running" or schedule is None:
             raise CfError("nothing is running", "start a video first; its opening prompt is the start message's")
@@ -406,7 +407,8 @@ class LiveSession:
         self.events.message({"type": "started", "session": session, "seed": req.seed, "prompt": opening.prompt,
                              "max_frames": stats.max_frames, "fps": self.fps})
         log.info("live: started %r seed %d", opening.prompt, req.seed)
-        chunks = self.engine.generate(schedule, start.plan.generated, req.seed, start.latents)
+        # step_sync: the loop stays near the GPU, so a prompt queued mid-block lands at that block's next step
+        chunks = self.engine.generate(schedule, start.plan.generated, req.seed, start.latents, step_sync=True)
         # Viewers first; the recording encodes on its own thread, so neither holds up the next block.
         stream(self._paced(chunks, stats, schedule), [LiveStream(self, stats, schedule), Background(recording)],
                stats.max_frames, write_context=start.clip is None, frames_before=recording.frames)

@@ -24,7 +24,7 @@ from cfcli.models.vae import WanVAE
 from cfcli.pipeline import compile_cache
 from cfcli.pipeline.phases import loading
 from cfcli.pipeline.prompts import TextSchedule
-from cfcli.pipeline.sampler import StepPlan
+from cfcli.pipeline.sampler import StepPlan, StepSync
 from cfcli.pipeline.samplers import sampler_kind
 from cfcli.pipeline.schedule import FlowSchedule
 from cfcli.pipeline.video import to_uint8
@@ -374,10 +374,14 @@ class Engine:
         return self.vae.encode(video.to(self.device, self.dtype)[None])
 
     def generate(self, text_kv: Tensor | TextSchedule, latent_frames: int, seed: int, context: Tensor | None = None,
-                 decode: bool = True, run_frames: int | None = None) -> Iterator[Chunk]:
+                 decode: bool = True, run_frames: int | None = None, step_sync: bool = False) -> Iterator[Chunk]:
         """Generate `latent_frames` new latent frames after the given `context` latents [1, F_in, C, h, w].
 
-        `text_kv` is one prompt's cross-attention K/V or, for prompt switching, a `TextSchedule` by latent frame.
+        `text_kv` is one prompt's cross-attention K/V or, for prompt switching, a `TextSchedule` by latent frame (and
+        denoising step).
+
+        `step_sync` (`cf live`): hold the loop at most two DiT calls ahead of the GPU (`StepSync`), so a prompt queued
+        while a block is made lands at that block's next step; the latents are the same. Nothing to do off the GPU.
 
         The seed is applied right before the noise is drawn (after any context was encoded by the caller), on a
         generator of the run's device: the same seed gives the official noise stream.
@@ -398,7 +402,8 @@ class Engine:
         if context is not None and not kind.starts_from_frames:
             raise CfError(f"the {kind.label} sampler cannot start from given frames",
                           "generate from text only, or start from a picture or clip with a framewise/chunkwise preset")
-        sampler = kind.sampler(self.runner, self.schedule, self.plan, bf, self.new_cache(n_ctx + total))
+        sync = StepSync() if step_sync and self.device.type == "cuda" else None
+        sampler = kind.sampler(self.runner, self.schedule, self.plan, bf, self.new_cache(n_ctx + total), sync)
         decoder = self.decoder.stream_decoder() if decode else None
         side = torch.cuda.Stream(self.device) if decode and self.device.type == "cuda" else None
 

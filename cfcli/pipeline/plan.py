@@ -13,6 +13,7 @@ from torch import Tensor
 from cfcli.errors import CfError
 from cfcli.pipeline.media import check_image_input
 from cfcli.pipeline.prompts import PromptSchedule, TextSchedule, blended_blocks
+from cfcli.pipeline.samplers import sampler_kind
 from cfcli.presets import Preset
 
 
@@ -80,11 +81,13 @@ class VideoPlan:
         kv = {p: text_kv(self.features[p]) for p in self.prompts()}
         if not self.schedule.has_switches:
             return kv[self.prompt]
-        entries = self.schedule.entries
+        entries, steps = self.schedule.entries, self.schedule.steps
         blocks = blended_blocks(self.starts, [self.features[e.prompt] for e in entries], self.schedule.transitions,
-                                self.preset.block_frames)
+                                self.preset.block_frames, steps)
+        # without a step position the schedule is looked up once per block, as before step positions existed
+        by_step = tuple(0 if i is None else steps[i] for _, _, i in blocks) if any(steps) else None
         return TextSchedule(tuple(s for s, _, _ in blocks),
-                            tuple(text_kv(f) if i is None else kv[entries[i].prompt] for _, f, i in blocks))
+                            tuple(text_kv(f) if i is None else kv[entries[i].prompt] for _, f, i in blocks), by_step)
 
 
 def frame_counts(preset: Preset, video_frames: int, image: bool) -> tuple[int, int]:
@@ -111,6 +114,8 @@ def plan_video(preset: Preset, video_frames: int, fps: float | None = None, imag
         schedule = PromptSchedule.build(prompt, [])
     fps = fps or preset.fps
     frames, generated = frame_counts(preset, video_frames, image is not None)
+    kind = sampler_kind(preset)
+    schedule.check_steps(len(preset.steps), kind.label, kind.steps_between)
     starts = schedule.block_starts(fps, frames, preset.block_frames, preset.geometry)
     return VideoPlan(preset, video_frames, frames, 0 if image is None else 1, generated, fps, schedule, starts, image)
 

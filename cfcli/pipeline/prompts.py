@@ -8,6 +8,11 @@ first block whose first latent frame is at or after that latent frame (blocks ar
 `TextSchedule` then hands each block the cross-attention K/V of its prompt; the visual KV cache is never touched by a
 switch.
 
+A switch may land between the denoising steps of its block (`TIME@K`, 1 ≤ K < the preset's steps): the block's steps
+0…K−1 run under the prompt before it, its steps K… and its clean pass under the new one (`cf live` lands a prompt so,
+in the block in flight). `TextSchedule` then holds step positions, looked up before each step; without any, one lookup
+per block as before. A step is never combined with a transition, which starts at a block start.
+
 A switch may be a transition (`TIME~N`, `TIME~N:slerp`): over N blocks the features (umT5's outputs, before the DiT's
 text projection) blend from what the block before the switch used to the new prompt's. Block k = 0…N−1 from the switch
 gets weight (k+1)/(N+1) of the new prompt, block N the new prompt itself; N = 0 is the instant cut. A switch arriving
@@ -54,12 +59,18 @@ CUT = Transition()
 
 @dataclass(frozen=True)
 class Switch:
-    """`prompt` from `seconds` on; `source` says where it was given, for error messages."""
+    """`prompt` from `seconds` on (from denoising step `step` of that block); `source` says where it was given, for
+    error messages."""
 
     seconds: float
     prompt: str
     source: str = ""
     transition: Transition = CUT
+    step: int = 0
+
+    @property
+    def position(self) -> tuple[float, int]:
+        return self.seconds, self.step
 
 
 def parse_transition(text: str, source: str = "") -> Transition:
@@ -76,6 +87,22 @@ def parse_switch_time(text: str, source: str = "") -> tuple[float, Transition]:
     """A switch's `TIME` or `TIME~TRANSITION`."""
     time, tilde, transition = text.partition("~")
     return parse_time(time, source), parse_transition(transition, source) if tilde else CUT
+
+
+def parse_switch(text: str, prompt: str, source: str) -> Switch:
+    """A switch from its time column (`TIME`, `TIME~N[:slerp]` or `TIME@K`) and its prompt."""
+    time, at, step = text.partition("@")
+    if not at:
+        seconds, transition = parse_switch_time(time, source)
+        return Switch(seconds, prompt.strip(), source, transition)
+    where = f" ({source})" if source else ""
+    if "~" in time or "~" in step:
+        raise CfError(f"{text!r}{where} has both a transition and a step",
+                      "a transition starts at a block start: write TIME~N, or TIME@K for a cut before step K")
+    if not (step.isascii() and step.isdigit()) or int(step) < 1:
+        raise CfError(f"{text!r}{where} is not a step position",
+                      "write TIME@K: before denoising step K (from 1) of the block at TIME, e.g. 2.5@2")
+    return Switch(parse_time(time, source), prompt.strip(), source, CUT, int(step))
 
 
 def blend(a: Tensor, b: Tensor, weight: float, kind: str) -> Tensor:
@@ -96,20 +123,23 @@ def blend(a: Tensor, b: Tensor, weight: float, kind: str) -> Tensor:
 
 
 def blended_blocks(starts: "tuple[int, ...] | list[int]", features: list, transitions: list[Transition],
-                   block_frames: int) -> list[tuple[int, Tensor, int | None]]:
+                   block_frames: int, steps: "tuple[int, ...] | None" = None) -> list[tuple[int, Tensor, int | None]]:
     """(first latent frame, features, the entry whose own features they are or None for a blend) per change of
-    features: each entry's transition blocks, then the entry, cut where the next entry starts."""
+    features: each entry's transition blocks, then the entry, cut where the next entry starts. With `steps` (each
+    entry's step position, 0 at a block start) an entry lands before its step of its block, and a blend, at a block
+    start, serves the steps of its block before the next entry's."""
+    steps = steps or (0,) * len(starts)
     out: list[tuple[int, Tensor, int | None]] = []
     for i, (start, f, t) in enumerate(zip(starts, features, transitions, strict=True)):
-        end = starts[i + 1] if i + 1 < len(starts) else math.inf
-        steps = t.blocks if out else 0  # the opening prompt has nothing to blend from
+        end = (starts[i + 1], steps[i + 1]) if i + 1 < len(starts) else (math.inf, 0)
+        blocks = t.blocks if out else 0  # the opening prompt has nothing to blend from
         src = out[-1][1] if out else None
-        for k in range(steps):
-            if start + k * block_frames >= end:
+        for k in range(blocks):
+            if (start + k * block_frames, 0) >= end:
                 break
             out.append((start + k * block_frames, blend(src, f, t.weight(k), t.kind), None))
-        if start + steps * block_frames < end:
-            out.append((start + steps * block_frames, f, i))
+        if (start + blocks * block_frames, steps[i]) < end:
+            out.append((start + blocks * block_frames, f, i))
     return out
 
 
@@ -146,7 +176,8 @@ def read_text_file(path: Path, option: str, what: str) -> str:
 
 
 def read_schedule_file(path: Path) -> list[Switch]:
-    """`SECONDS<TAB>PROMPT` lines (spaces work as the separator too); blank lines and `#` comments are skipped."""
+    """`SECONDS<TAB>PROMPT` lines (spaces work as the separator too; SECONDS as `--prompt-at`'s TIME, `~N` or `@K`
+    included); blank lines and `#` comments are skipped."""
     text = read_text_file(path, "--prompt-schedule", "SECONDS<TAB>PROMPT lines")
     switches = []
     for n, line in enumerate(text.splitlines(), 1):
@@ -157,24 +188,20 @@ def read_schedule_file(path: Path) -> list[Switch]:
         time, sep, prompt = line.partition("\t")
         if not sep:  # a time never holds spaces, so the first run of spaces separates as well as a tab
             time, _, prompt = line.partition(" ")
-        seconds, transition = parse_switch_time(time, source)
-        switches.append(Switch(seconds, prompt.strip(), source, transition))
+        switches.append(parse_switch(time, prompt, source))
     if not switches:
         raise CfError(f"{path} holds no prompt switches", "write one SECONDS<TAB>PROMPT line per switch")
     return switches
 
 
 def parse_prompt_at(pairs: list[tuple[str, str]]) -> list[Switch]:
-    """`--prompt-at TIME PROMPT` pairs (TIME may carry a `~N[:slerp]` transition), in the order given."""
-    out = []
-    for time, prompt in pairs:
-        seconds, transition = parse_switch_time(time, f"--prompt-at {time}")
-        out.append(Switch(seconds, prompt.strip(), f"--prompt-at {time}", transition))
-    return out
+    """`--prompt-at TIME PROMPT` pairs (TIME may carry a `~N[:slerp]` transition or an `@K` step), in the order
+    given."""
+    return [parse_switch(time, prompt, f"--prompt-at {time}") for time, prompt in pairs]
 
 
-def _fmt(seconds: float) -> str:
-    return f"{seconds:g}s"
+def _fmt(seconds: float, step: int = 0) -> str:
+    return f"{seconds:g}s" + (f"@{step}" if step else "")
 
 
 def encodable(text: str) -> bool:
@@ -210,14 +237,17 @@ class PromptSchedule:
             check_encodable(s.prompt, f"the prompt switch at {_fmt(s.seconds)} ({s.source})")
         if opening is not None:
             check_encodable(opening)
-        entries = sorted(switches, key=lambda s: s.seconds)
+        entries = sorted(switches, key=lambda s: s.position)
         if entries and entries[0].seconds == 0 and entries[0].transition.blocks:
             raise CfError(f"the prompt at 0s ({entries[0].source}) has a transition, but nothing comes before it",
                           "give transitions to later switches only")
         for a, b in zip(entries, entries[1:]):
-            if a.seconds == b.seconds:
-                raise CfError(f"two prompts start at {_fmt(a.seconds)} ({a.source}; {b.source})",
+            if a.position == b.position:
+                raise CfError(f"two prompts start at {_fmt(*a.position)} ({a.source}; {b.source})",
                               "give each time one prompt")
+        if entries and entries[0].seconds == 0 and entries[0].step:
+            raise CfError(f"the prompt at {_fmt(0, entries[0].step)} ({entries[0].source}) has a step, but no prompt "
+                          "comes before it", "give the opening prompt at 0, and steps to later switches only")
         if opening is not None and opening.strip():
             if entries and entries[0].seconds == 0 and entries[0].prompt != opening.strip():
                 raise CfError(f"two opening prompts: PROMPT and the one at 0s ({entries[0].source})",
@@ -246,16 +276,34 @@ class PromptSchedule:
     def transitions(self) -> list[Transition]:
         return [e.transition for e in self.entries]
 
+    @property
+    def steps(self) -> tuple[int, ...]:
+        """The denoising step each entry lands before (0: its block's start)."""
+        return tuple(e.step for e in self.entries)
+
     def as_metadata(self) -> list[list]:
-        """`[seconds, prompt]` per entry, `[seconds, prompt, {"blocks", "kind"}]` for a transition."""
-        return [[e.seconds, e.prompt] + ([e.transition.as_metadata()] if e.transition.blocks else [])
-                for e in self.entries]
+        """`[seconds, prompt]` per entry, `[seconds, prompt, {"blocks", "kind"}]` for a transition,
+        `[seconds, prompt, {"step": K}]` for a switch before step K of its block."""
+        return [[e.seconds, e.prompt] + landing_metadata(e.transition, e.step) for e in self.entries]
+
+    def check_steps(self, steps: int, label: str, between: bool) -> None:
+        """Refuse a step position the video's sampler cannot land at: K outside 1…`steps`−1, or any K where
+        `between` is False (a sampler that switches prompts at block starts only; `label` names it)."""
+        for e in self.entries:
+            if e.step and not between:
+                raise CfError(f"the {label} sampler switches prompts at block starts only ({e.source})",
+                              f"leave out @{e.step}")
+            if e.step >= steps:
+                valid = f"1 to {steps - 1}" if steps > 1 else "none: the preset takes one step per block"
+                raise CfError(f"step {e.step} ({e.source}) is not between two of the preset's {steps} denoising "
+                              f"steps", f"give @K with K from {valid}")
 
     def block_starts(self, fps: float, video_frames: int, block_frames: int, geometry: Geometry) -> tuple[int, ...]:
         """First latent frame of the block where each prompt takes effect; raises CfError for a switch that never shows.
 
         A switch past the last frame, in the last block (no later block to switch at), or on the same block as the
-        previous prompt is refused rather than silently dropped.
+        previous prompt is refused rather than silently dropped (a later step of that block, `@K`, is fine), and so is
+        a step in the first block (no prompt before it to switch from).
         """
         g = geometry
         latents = (video_frames - 1) // g.time_stride + 1
@@ -273,39 +321,73 @@ class PromptSchedule:
                 raise CfError(f"the prompt switch at {_fmt(s.seconds)} ({s.source}) falls in the video's last block",
                               f"a switch takes effect at the next block start, and the last block starts at frame "
                               f"{last} ({last / fps:.2f}s); {length}")
-            if start == starts[-1]:
-                raise CfError(f"the prompts at {_fmt(prev.seconds)} and {_fmt(s.seconds)} start at the same block "
-                              f"(frame {g.first_frame_of(start)})",
+            if s.step and start == 0:
+                raise CfError(f"the prompt switch at {_fmt(s.seconds, s.step)} ({s.source}) falls in the first block, "
+                              "which no earlier prompt starts", "give @K to switches after the first block only")
+            if (start, s.step) <= (starts[-1], prev.step):
+                raise CfError(f"the prompts at {_fmt(prev.seconds, prev.step)} and {_fmt(s.seconds, s.step)} start "
+                              f"at the same block (frame {g.first_frame_of(start)})",
                               f"space switches at least one block ({g.continuation_frames(block_frames)} frames) "
-                              "apart")
+                              "apart, or land the later one at a later step of the block (TIME@K)")
             starts.append(start)
         return tuple(starts)
 
 
 @dataclass(frozen=True)
 class TextSchedule:
-    """Cross-attention K/V by latent frame: `kvs[i]` serves blocks starting at or after `starts[i]` (starts[0] = 0).
+    """Cross-attention K/V by latent frame: `kvs[i]` serves blocks starting at or after `starts[i]` (starts[0] = 0);
+    with `steps`, from denoising step `steps[i]` of the block at `starts[i]` on (0: the block's start).
 
     Host integers only, so a lookup in the sampler loop never waits for the device.
     """
 
     starts: tuple[int, ...]
     kvs: tuple[Tensor, ...]
+    steps: tuple[int, ...] | None = None
 
     def __post_init__(self):
-        if not self.starts or self.starts[0] != 0 or len(self.starts) != len(self.kvs) \
-                or any(a >= b for a, b in zip(self.starts, self.starts[1:])):
-            raise ValueError(f"bad text schedule starts {self.starts}")
+        keys = self._keys()
+        if not self.starts or keys[0] != (0, 0) or len(self.starts) != len(self.kvs) \
+                or any(a >= b for a, b in zip(keys, keys[1:])) or min(k for _, k in keys) < 0:
+            raise ValueError(f"bad text schedule starts {self.starts} (steps {self.steps})")
 
-    def at(self, frame: int) -> Tensor:
-        return self.kvs[bisect_right(self.starts, frame) - 1]
+    def _keys(self) -> list[tuple[int, int]]:
+        return list(zip(self.starts, self.steps or [0] * len(self.starts), strict=True))
+
+    @property
+    def by_step(self) -> bool:
+        """Whether the text may change between a block's denoising steps (the samplers then look it up per step)."""
+        return self.steps is not None
+
+    def at(self, frame: int, step: int = 0) -> Tensor:
+        if self.steps is None:
+            return self.kvs[bisect_right(self.starts, frame) - 1]
+        return self.kvs[bisect_right(self._keys(), (frame, step)) - 1]
 
 
-def text_at(text: "Tensor | TextSchedule | None", frame: int) -> Tensor:
-    """Cross-attention K/V for a block starting at latent `frame`; a plain tensor (one prompt) serves every block.
+def text_at(text: "Tensor | TextSchedule | None", frame: int, step: int = 0) -> Tensor:
+    """Cross-attention K/V for denoising step `step` (0: the block's start) of the block starting at latent `frame`;
+    a plain tensor (one prompt) serves every block.
 
-    Any object with an `at(frame)` method is a schedule (`cf live` steers with one that grows while it plays)."""
-    return text.at(frame) if hasattr(text, "at") else text
+    Any object with an `at(frame)` method is a schedule (`cf live` steers with one that grows while it plays); one
+    that is `by_step` takes `at(frame, step)` too."""
+    if not hasattr(text, "at"):
+        return text
+    return text.at(frame, step) if step else text.at(frame)
+
+
+def by_step(text) -> bool:
+    """Whether `text` is a schedule that may change between a block's steps (`by_step`): only then do the samplers
+    look it up before each step rather than once per block."""
+    return getattr(text, "by_step", False)
+
+
+def landing_metadata(transition: Transition, step: int) -> list[dict]:
+    """A schedule entry's third item, how it lands: `[{"blocks", "kind"}]` for a transition, `[{"step": K}]` before
+    step K, `[]` for a cut at its block's start."""
+    if transition.blocks:
+        return [transition.as_metadata()]
+    return [{"step": step}] if step else []
 
 
 def build_schedule(prompt: str | None, prompt_at: list[tuple[str, str]], schedule_file: Path | None = None):

@@ -27,7 +27,10 @@ Prompt switching (`TextSchedule`): a window is one DiT call with one text K/V, t
 window's *newest* block's first latent frame. So a switch starts with the window its first block enters; the older
 blocks still in flight there take their remaining steps under the new prompt, and a finishing block's clean pass uses
 its own (last) window's prompt. Blocks finalised before that window are exactly those of a run without the switch
-(same seed: the random stream does not depend on the text).
+(same seed: the random stream does not depend on the text). A window is one step of every block in it, so a switch
+never lands between steps here: a schedule's step positions are not looked up (`cf generate` refuses `TIME@K` for
+this sampler, and `cf live` lands its prompts at the next block to enter). A `StepSync` holds the loop near the GPU
+before each window's lookup.
 """
 
 from collections.abc import Iterator
@@ -40,7 +43,7 @@ from cfcli.errors import CfError
 from cfcli.models.dit import CausalWanDiT
 from cfcli.models.rolling_cache import RollingKVCache
 from cfcli.pipeline.prompts import TextSchedule, text_at
-from cfcli.pipeline.sampler import DiTCall, StepPlan
+from cfcli.pipeline.sampler import DiTCall, StepPlan, StepSync
 from cfcli.pipeline.schedule import FlowSchedule, add_noise, flow_to_x0
 
 
@@ -101,11 +104,11 @@ class RollingSampler:
     """Streams one video through the rolling window; same `stream` interface as `CausalSampler`."""
 
     def __init__(self, dit: CausalWanDiT, schedule: FlowSchedule, plan: StepPlan, block_frames: int,
-                 cache: RollingKVCache):
+                 cache: RollingKVCache, sync: StepSync | None = None):
         if plan.first_block_steps:
             raise CfError("the rolling sampler has no separate first-block schedule",
                           "set first_block_steps: null in the preset")
-        self.dit, self.cache, self.block_frames = dit, cache, block_frames
+        self.dit, self.cache, self.block_frames, self.sync = dit, cache, block_frames, sync
         self.steps = plan.steps
         self.depth = len(plan.steps)
         dev = cache.kv.device
@@ -169,6 +172,7 @@ class RollingSampler:
         x = self._x[:, :win.blocks * bf]
         t = self._t_row[row].expand(x.shape[0], -1)
         flow = self.dit(x, t, text_kv, self.cache, win.first * bf)
+        self._called()
         sigma = self._sigma_row[row].view(1, -1, 1, 1, 1)
         return flow_to_x0(x, flow, sigma)  # per-frame σ
 
@@ -197,6 +201,11 @@ class RollingSampler:
         bf = self.block_frames
         t = self._t_clean.expand(x0.shape[0], -1)
         self.dit(x0[:, :bf], t, text_kv, self.cache, win.first * bf, refresh=True)
+        self._called()
+
+    def _called(self) -> None:
+        if self.sync is not None:
+            self.sync.done()
 
     def stream(self, noise: Tensor, text: Tensor | TextSchedule, generator: torch.Generator) -> Iterator[Tensor]:
         """Yield each block's final x0 [B, block, C, h, w] of `noise` [B, F, C, h, w] as it leaves the window.
@@ -210,6 +219,8 @@ class RollingSampler:
         plan = windows(n // self.block_frames, self.depth)
         self._enter(noise, 0, 1)
         for k, win in enumerate(plan):
+            if self.sync is not None:
+                self.sync.wait()
             text_kv = text_at(text, win.last * self.block_frames)  # newest block's prompt (module docstring)
             x0 = self._denoise(win, text_kv)
             if win.finishes:

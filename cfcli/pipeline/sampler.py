@@ -7,11 +7,16 @@ t = 0 first. The random stream is the official one: the initial noise of all gen
 one `randn` of the block's shape per re-noising, in order, from the same generator.
 
 Prompt switching: the text may be a `TextSchedule`; each block (its denoising steps and its clean-context pass) uses
-the cross-attention K/V of the prompt in effect at the block's first latent frame. Only the text K/V changes at a
-switch: the visual KV cache carries on, and the random stream is the same as without the switch.
+the cross-attention K/V of the prompt in effect at the block's first latent frame. A schedule with step positions
+(`by_step`) is looked up again before each later step, and the clean pass uses the last step's K/V. Only the text K/V
+changes at a switch: the visual KV cache carries on, and the random stream is the same as without the switch.
+
+`StepSync` (`cf live` only) keeps the loop at most two DiT calls ahead of the GPU, so that a lookup between steps
+happens about when the GPU gets there.
 """
 
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -19,7 +24,7 @@ from torch import Tensor
 
 from cfcli.models.cache import DiTCache
 from cfcli.models.dit import CausalWanDiT
-from cfcli.pipeline.prompts import TextSchedule, text_at
+from cfcli.pipeline.prompts import TextSchedule, by_step, text_at
 from cfcli.pipeline.schedule import FlowSchedule, add_noise, flow_to_x0
 
 
@@ -48,14 +53,41 @@ class DiTCall:
     refresh: bool = field(default=False, compare=False)  # a clean pass at t = 0 (`DiTCache.begin`)
 
 
+class StepSync:
+    """Holds the sampler loop back until the GPU has finished the DiT call before the previous one.
+
+    With CUDA graphs the loop enqueues a whole block in about a millisecond, so a text lookup "between steps" would
+    happen long before the GPU reaches that step, and a live prompt queued meanwhile would wait for the next block.
+    Waiting here, before each lookup, leaves one or two calls queued: the GPU keeps busy and a lookup is at most a
+    step early. This is the one host wait in the loop, and only `cf live` asks for it (`Engine.generate(step_sync=)`;
+    on CUDA only: off the GPU every call has finished when it returns).
+    """
+
+    def __init__(self, event: Callable[[], "torch.cuda.Event"] = torch.cuda.Event):
+        self._event, self._queued = event, deque()
+
+    def done(self) -> None:
+        """A DiT call was just enqueued."""
+        e = self._event()
+        e.record()
+        self._queued.append(e)
+
+    def wait(self) -> None:
+        """Before a lookup: every call but the last one enqueued has finished on the GPU."""
+        while len(self._queued) > 1:
+            self._queued.popleft().synchronize()
+
+
 class CausalSampler:
-    """Owns the running position of one video: frames primed or generated so far live in `cache`."""
+    """Owns the running position of one video: frames primed or generated so far live in `cache`. `sync`: a
+    `StepSync` to hold the loop near the GPU (`cf live`)."""
 
     def __init__(self, dit: CausalWanDiT, schedule: FlowSchedule, plan: StepPlan, block_frames: int,
-                 cache: DiTCache | None):
+                 cache: DiTCache | None, sync: StepSync | None = None):
         self.dit, self.schedule, self.plan = dit, schedule, plan
         self.block_frames = block_frames
         self.cache = cache
+        self.sync = sync
         self.frame = 0  # absolute index of the next latent frame
         self.blocks_done = 0  # generated blocks (the first-block schedule applies to the first one)
 
@@ -88,7 +120,16 @@ class CausalSampler:
 
     def _call(self, x: Tensor, t: float, text_kv: Tensor, refresh: bool = False) -> Tensor:
         ts = torch.full(x.shape[:2], t, dtype=torch.float32, device=x.device)
-        return self.dit(x, ts, text_kv, self.cache, self.frame, refresh=refresh)
+        out = self.dit(x, ts, text_kv, self.cache, self.frame, refresh=refresh)
+        if self.sync is not None:
+            self.sync.done()
+        return out
+
+    def _text(self, text: Tensor | TextSchedule, step: int) -> Tensor:
+        """The K/V for denoising step `step` of the block at `self.frame`, looked up once the GPU is near it."""
+        if self.sync is not None:
+            self.sync.wait()
+        return text_at(text, self.frame, step)
 
     def prime(self, latents: Tensor, text: Tensor | TextSchedule) -> None:
         """Push given clean latents [B, F, C, h, w] into the cache at t = 0, block by block."""
@@ -103,15 +144,21 @@ class CausalSampler:
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
         return add_noise(x0, eps, torch.tensor(sigma, dtype=torch.float32))  # a CPU σ: no copy to the device
 
-    def denoise_block(self, noise: Tensor, text_kv: Tensor, generator: torch.Generator) -> Tensor:
-        """Run one block's step list from `noise` [B, block_frames, C, h, w]; returns its x0 (cache not committed)."""
+    def denoise_block(self, noise: Tensor, text: Tensor | TextSchedule,
+                      generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Run one block's step list from `noise` [B, block_frames, C, h, w] under `text` (looked up at the block's
+        start, and before each later step where it has step positions); returns its x0 (cache not committed) and the
+        K/V of its last step, which its clean pass uses."""
         steps = self.plan.for_block(self.blocks_done)
+        stepped = by_step(text)
         x = noise
         for i, t in enumerate(steps):
+            if i == 0 or stepped:
+                text_kv = self._text(text, i)
             x0 = flow_to_x0(x, self._call(x, t, text_kv), self.schedule.sigma(t))
             if i + 1 < len(steps):
                 x = self._renoise(x0, self.schedule.sigma(steps[i + 1]), generator)
-        return x0
+        return x0, text_kv
 
     def commit(self, x0: Tensor, text_kv: Tensor) -> None:
         """Clean-context pass: overwrite the block's KV slots with keys/values of its x0 at t = 0, then advance."""
@@ -122,15 +169,15 @@ class CausalSampler:
     def stream(self, noise: Tensor, text: Tensor | TextSchedule, generator: torch.Generator) -> Iterator[Tensor]:
         """Yield the x0 of each block of `noise` [B, F, C, h, w] as soon as it exists.
 
-        `text` is one prompt's cross-attention K/V, or a `TextSchedule` looked up at each block's first latent frame.
-        The clean-context pass after the last block is skipped: nothing reads it.
+        `text` is one prompt's cross-attention K/V, or a `TextSchedule` looked up at each block's first latent frame
+        (and before each step, where it has step positions). The clean-context pass after the last block is skipped:
+        nothing reads it.
         """
         n = noise.shape[1]
         if n % self.block_frames:
             raise ValueError(f"{n} latent frames is not a whole number of {self.block_frames}-frame blocks")
         for i in range(0, n, self.block_frames):
-            text_kv = text_at(text, self.frame)  # the block's own prompt, for its steps and its clean pass
-            x0 = self.denoise_block(noise[:, i:i + self.block_frames], text_kv, generator)
+            x0, text_kv = self.denoise_block(noise[:, i:i + self.block_frames], text, generator)
             yield x0
             if i + self.block_frames < n:
                 self.commit(x0, text_kv)

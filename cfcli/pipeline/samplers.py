@@ -3,7 +3,8 @@ what it allows.
 
 Whatever depends on the sampler asks this table instead of comparing names: the engine (sampler and cache), the FLOP
 model and `cf bench` (the sampler's own call plan), the memory planner (cache size, whether it can be stored in 8
-bits), the CLI (whether a run may start from given frames, which blocks a prompt switch reaches).
+bits), the CLI (whether a run may start from given frames, which blocks a prompt switch reaches, whether it may land
+between denoising steps).
 """
 
 from collections.abc import Callable
@@ -75,6 +76,7 @@ class SamplerKind:
     window: Callable[[Preset, int], int]  # latent frames a call attends to at most (the plan's `window`)
     starts_from_frames: bool  # can be primed with given latents (I2V, extending a clip)
     quantizable_cache: bool  # the cache can be stored in 8 bits (`cfcli.models.kv_quant`)
+    steps_between: bool  # a prompt switch may land between a block's denoising steps (`TIME@K`)
     scratch_layers: int = 0  # extra layers' worth of keys/values the cache assembles per call
 
     def in_flight_frames(self, preset: Preset) -> int:
@@ -95,11 +97,11 @@ SAMPLERS: dict[str, SamplerKind] = {
     "causal": SamplerKind(
         "causal", "block-causal", CausalSampler, layout=causal_layout, make_cache=causal_cache,
         cache_frames=lambda p, n: cache_window(p, n)[0], window=lambda p, n: cache_window(p, n)[0],
-        starts_from_frames=True, quantizable_cache=True),
+        starts_from_frames=True, quantizable_cache=True, steps_between=True),
     "rolling": SamplerKind(
         "rolling", "long-video (rolling)", RollingSampler, layout=long_video_layout, make_cache=long_video_cache,
         cache_frames=lambda p, n: p.block_frames + attention_window(p), window=lambda p, n: attention_window(p),
-        starts_from_frames=False, quantizable_cache=False, scratch_layers=1),
+        starts_from_frames=False, quantizable_cache=False, steps_between=False, scratch_layers=1),
 }
 
 

@@ -210,12 +210,12 @@ function addPrompt(m) {
 }
 
 function receipt(p) {
-  const landed = `block ${p.block} / frame ${p.frame} (${p.seconds}s)`;
+  const landed = `block ${p.block} / frame ${p.frame} (${p.seconds}s)${p.step ? `, from step ${p.step}` : ""}`;
   if (p.state === "opening") return ` opening prompt · ${landed}`;
   const t = p.transition, blend = t ? ` · blends over ${t.blocks} block${t.blocks > 1 ? "s" : ""} (${t.kind})` : "";
   const steps = {
     submitted: "waiting for the text encoder",
-    queued: "encoded, waits for the next block",
+    queued: "encoded, waits for the next step or block",
     landed: `landed at ${landed}`,
     shown: `landed at ${landed} · made ${p.made_s ? p.made_s.toFixed(2) : "?"}s after sending`,
     superseded: "replaced by a later prompt before it landed",
