@@ -45,7 +45,7 @@ def where(mode: str) -> dict:
 
 def sync() -> None:
     if torch.cuda.is_available():
-        sync()
+        torch.cuda.synchronize()
 
 
 def timed(session) -> dict:

@@ -94,6 +94,9 @@ class LoraControl:
         except CfError as exc:
             self._refuse(change, exc.message, exc.hint)
             return
+        if engine.device.type == "cuda":  # the files' tensors, ready for copies that do not wait on the host
+            for a in change.adapters:
+                a.lora.pin()
         engine.keep_for(change.adapters)  # the weights the swap starts from, copied here rather than when it lands
         with self._lock:
             old, self._pending = self._pending, change

@@ -54,6 +54,7 @@ class LoraFile:
         if not keys:
             raise CfError(f"LoRA {self.label} holds no tensors", f"expected {LAYOUTS}")
         self.shapes = parameter_shapes(cfg)
+        self._pinned: dict[str, Tensor] = {}  # `pin`
         self.grouped: Grouped = group(keys, self.shapes)
         self._check_base(keys)
         self._check_keys(keys)
@@ -82,7 +83,13 @@ class LoraFile:
         return tuple(self._file.get_slice(key).get_shape())
 
     def tensor(self, key: str) -> Tensor:
-        return self._file.get_tensor(key)
+        return self._pinned[key] if key in self._pinned else self._file.get_tensor(key)
+
+    def pin(self) -> None:
+        """Read the tensors now into page-locked host memory, so that deltas computed on a GPU later (a live swap,
+        on the thread that generates) neither read the file nor wait for their copies on the host."""
+        keys = [key for parts in self.grouped.targets.values() for key in parts.values()]
+        self._pinned = {key: self._file.get_tensor(key).pin_memory() for key in keys}
 
     # --- checks (before any weights load) ------------------------------------------------------------------------
 
@@ -168,8 +175,8 @@ class LoraFile:
         target, kind = self.changes[param]
         parts = self.grouped.targets[target]
 
-        def read(part: str) -> Tensor:
-            return self.tensor(parts[part]).to(device, torch.float32)
+        def read(part: str) -> Tensor:  # copied, then widened, on `device`
+            return self.tensor(parts[part]).to(device, non_blocking=True).to(torch.float32)
 
         if kind == "bias":
             return read("diff_b")
@@ -179,7 +186,7 @@ class LoraFile:
             rank = down.shape[0]
             delta = (up.reshape(shape[0], rank) @ down.reshape(rank, -1)).reshape(shape)
             if "alpha" in parts:
-                delta.mul_(float(read("alpha").reshape(())) / rank)
+                delta.mul_(float(self.tensor(parts["alpha"]).reshape(())) / rank)  # read on the host: no sync
         if "diff" in parts:
             delta = read("diff") if delta is None else delta.add_(read("diff"))
         return delta

@@ -392,7 +392,7 @@ def with_kept_text(plan: MemoryPlan | None, preset: Preset, latent_frames: int, 
     beside = {"resident": fp.text_resident, "stream": fp.text_stream, "cpu": 0}
     order = {None: ("resident", "stream", "cpu"), "cuda": ("resident",), "stream": ("stream",), "cpu": ("cpu",)}
     usable = (plan.budget or 0) * (1 - HEADROOM)
-    text = next((t for t in order[choice] if fp.generation(plan) + beside[t] <= usable), None)
+    text = next((t for t in order[choice] if t == "cpu" or fp.generation(plan) + beside[t] <= usable), None)
     if text is None:
         need = math.ceil((fp.generation(plan) + beside[order[choice][0]]) / (1 - HEADROOM) / GIB * 10) / 10
         where = "beside the DiT" if choice == "cuda" else "streamed beside the DiT"
