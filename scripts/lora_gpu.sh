@@ -52,6 +52,9 @@ if live and "lora_swaps" in live:
           f"max {s['made_s']['max']} s; refused {s['refused']}")
     print(f"  prompt switches p50 {live['latency_s']['p50']} s; block {live['block_s']} s; {live['realtime']}× real time")
     print(f"  swap_s all {s['swap_s']['all']}; made_s all {s['made_s']['all']}")
+    row = lambda d: "/".join(f"{d[k]}" for k in d)
+    print("  swaps queued/landed/swap/made: " + "  ".join(row(d) for d in s.get("detail", [])))
+    print("  switches encoded/landed/step/made: " + "  ".join(row(d) for d in live.get("switch_detail", [])))
 if unmerged:
     print(f"{mode} graphs, no compile: " + " · ".join(f"{k} {unmerged[k]['fps']} fps (load {unmerged[k]['load_s']} s)"
                                                      for k in ("no_lora", "merged", "unmerged"))

@@ -227,6 +227,8 @@ def test_latency_measurement_runs_on_cpu(tmp_path):
     assert out["switches"] == 1 and out["latency_s"]["p50"] == out["latency_s"]["max"] > 0
     assert out["block_s"] > 0 and out["decode_s"] > 0 and out["frames_per_s"] > 0 and out["text_device"] == "cpu"
     assert "lora_swaps" not in out  # no --lora given
+    (d,) = out["switch_detail"]  # where the time went: encoded, landed (at a block or a step), first frame made
+    assert 0 < d["encoded_s"] <= d["landed_s"] <= d["made_s"] == out["latency_s"]["p50"] and d["step"] >= 0
 
 
 def test_start_from_a_picture_or_a_clip_equals_generate_and_extend(cf, tmp_path):

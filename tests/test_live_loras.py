@@ -239,6 +239,8 @@ def test_the_latency_measurement_times_lora_swaps(tmp_path):
     swaps = measure(engine, encoder, LiveConfig(tmp_path), switches=2, seed=1, blocks=2)["lora_swaps"]
     assert swaps["swaps"] == 2 and swaps["refused"] == [] and len(swaps["swap_s"]["all"]) == 2
     assert 0 < swaps["swap_s"]["p50"] <= swaps["swap_s"]["max"] and swaps["made_s"]["p50"] > swaps["swap_s"]["p50"]
+    assert all(0 < d["queued_s"] <= d["landed_s"] <= d["made_s"] and d["swap_s"] < d["landed_s"]
+               for d in swaps["detail"])
     changed = sum(math.prod(shapes()[f"{name}.weight"]) for name in factors(1))
     assert swaps["rewritten_bytes"] == changed * 4 > 0
     assert [x.spec.scale for x in engine.loras] == [SCALE]  # the last change gave the LoRA back

@@ -45,6 +45,8 @@ class LoraChange:
     frame: int | None = None
     made_s: float | None = None  # submitted → first frame made with it
     swap_s: float | None = None  # the weights' swap, on the generation thread (it holds up that block)
+    queued_s: float | None = None  # submitted → checked and queued
+    landed_s: float | None = None  # submitted → swapped in
     message: str | None = None  # why it was refused
     hint: str | None = None
 
@@ -102,7 +104,7 @@ class LoraControl:
         engine.keep_for(change.adapters)  # the weights the swap starts from, copied here rather than when it lands
         with self._lock:
             old, self._pending = self._pending, change
-            change.state = "queued"
+            change.state, change.queued_s = "queued", round(time.perf_counter() - change.submitted, 4)
         if old is not None:
             old.state = "superseded"
             old.unstage()
@@ -143,7 +145,8 @@ class LoraControl:
             return
         self.version += 1  # after the swap: K/V made while it ran are stale too
         change.unstage()
-        change.state, change.swap_s = "landed", round(time.perf_counter() - t, 4)
+        now = time.perf_counter()
+        change.state, change.swap_s, change.landed_s = "landed", round(now - t, 4), round(now - change.submitted, 4)
         change.latent, change.frame = latent, frame
         self.timeline.append(Landing(latent, change.frame, change.adapters))
         self.changes.append(change)

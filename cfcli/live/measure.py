@@ -57,7 +57,7 @@ def measure(engine: Engine, encoder, config: LiveConfig, switches: int, seed: in
         timings = component_timings(engine, session, seed, blocks)  # the warm-up too
         session.begin()
         try:
-            latencies, encoded = switch_latencies(session, events, switches, seed, timings["block_s"])
+            latencies, encoded, detail = switch_latencies(session, events, switches, seed, timings["block_s"])
             swaps = lora_swaps(session, events, switches, seed, timings["block_s"]) if given(engine) else None
         finally:
             session.stop()
@@ -66,7 +66,7 @@ def measure(engine: Engine, encoder, config: LiveConfig, switches: int, seed: in
     return {"preset": p.name, "mode": p.mode, "device": str(engine.device),
             "text_device": str(encoder.text_device), "switches": len(latencies),
             "latency_s": {"p50": percentile50(latencies), "max": max(latencies, default=None),
-                          "all": latencies},
+                          "all": latencies}, "switch_detail": detail,
             "encode_s": percentile50(encoded), **timings,
             "realtime": round(timings["frames_per_s"] / p.fps, 3)} | ({"lora_swaps": swaps} if swaps else {})
 
@@ -88,7 +88,8 @@ def switch_latencies(session: LiveSession, events: Collect, n: int, seed: int, b
         prompts.append(session.prompt(PROMPTS[(i + 1) % len(PROMPTS)])[0])
         events.wait(lambda: prompts[-1].state in ("shown", "superseded") or session.state != "running")
     shown = [p for p in prompts if p.made_s is not None]
-    return [p.made_s for p in shown], [p.encoded_s for p in shown]
+    return [p.made_s for p in shown], [p.encoded_s for p in shown], [
+        {"encoded_s": p.encoded_s, "landed_s": p.landed_s, "step": p.step, "made_s": p.made_s} for p in shown]
 
 
 def given(engine: Engine) -> tuple:
@@ -113,6 +114,8 @@ def lora_swaps(session: LiveSession, events: Collect, n: int, seed: int, block_s
     return {"swaps": len(shown), "refused": [c.message for c in changes if c.state == "refused"],
             "swap_s": {"p50": percentile50(swap), "max": max(swap, default=None), "all": swap},
             "made_s": {"p50": percentile50(made), "max": max(made, default=None), "all": made},
+            "detail": [{"queued_s": c.queued_s, "landed_s": c.landed_s, "swap_s": c.swap_s, "made_s": c.made_s}
+                       for c in shown],
             "rewritten_bytes": rewritten}
 
 

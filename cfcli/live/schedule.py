@@ -50,6 +50,7 @@ class LivePrompt:
     frame: int | None = None
     made_s: float | None = None  # submitted → first frame made under it
     encoded_s: float | None = None  # submitted → encoded and queued
+    landed_s: float | None = None  # submitted → landed (its block or step about to run)
     kv: Tensor | None = field(default=None, repr=False)
     features: Tensor | None = field(default=None, repr=False)  # umT5's, what `kv` is made again from
     kv_version: int = 0  # the `Weights.version` `kv` was made under (read before it was made)
@@ -179,6 +180,7 @@ class LiveSchedule:
 
     def _land(self, p: LivePrompt, frame: int, step: int) -> None:
         p.state, p.latent, p.step, p.frame = "landed", frame, step, self.frame_of(frame)
+        p.landed_s = round(time.perf_counter() - p.submitted, 4)
         p.block = frame // self.block_frames
         self.entries.append(p)
 
