@@ -50,11 +50,6 @@ class LoraChange:
     message: str | None = None  # why it was refused
     hint: str | None = None
 
-    def unstage(self) -> None:
-        """Free the device copies of the files' tensors (`LoraFile.stage`): after the swap, or when superseded."""
-        for a in self.adapters:
-            a.lora.unstage()
-
     def as_message(self, fps: float) -> dict:
         seconds = None if self.frame is None else round(self.frame / fps, 4)
         msg = {"type": "loras", "id": self.id, "loras": [{"file": s.source, "scale": s.scale} for s in self.asked],
@@ -96,22 +91,22 @@ class LoraControl:
         engine = self.engine()
         try:
             change.adapters = adapters_for(engine.preset, change.asked)
+            for a in change.adapters:
+                a.sha256  # noqa: B018 - hashed here, not on the generation thread when the recording is saved
         except CfError as exc:
             self._refuse(change, exc.message, exc.hint)
             return
-        for a in change.adapters:  # on the device before the swap: it then waits for no copy and reads no file
-            a.lora.stage(engine.device)
+        if engine.device.type == "cuda":  # the files' tensors, ready for copies that do not wait on the host
+            for a in change.adapters:
+                a.lora.pin()
         engine.keep_for(change.adapters)  # the weights the swap starts from, copied here rather than when it lands
         with self._lock:
             old, self._pending = self._pending, change
             change.state, change.queued_s = "queued", round(time.perf_counter() - change.submitted, 4)
         if old is not None:
             old.state = "superseded"
-            old.unstage()
             self.on_change(old)
         self.on_change(change)
-        for a in change.adapters:
-            a.sha256  # noqa: B018 - hashed here while the swap lands, not on the generation thread when it is saved
 
     # --- the generation thread ------------------------------------------------------------------------------------
 
@@ -144,7 +139,6 @@ class LoraControl:
                          "the video goes on with the LoRAs it had")
             return
         self.version += 1  # after the swap: K/V made while it ran are stale too
-        change.unstage()
         now = time.perf_counter()
         change.state, change.swap_s, change.landed_s = "landed", round(now - t, 4), round(now - change.submitted, 4)
         change.latent, change.frame = latent, frame
@@ -192,6 +186,5 @@ class LoraControl:
                 for a in self.engine().loras]
 
     def _refuse(self, change: LoraChange, message: str, hint: str | None) -> None:
-        change.unstage()
         change.state, change.message, change.hint = "refused", message, hint
         self.on_change(change)

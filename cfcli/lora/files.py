@@ -5,7 +5,6 @@ deltas computed in float32.
 Precision: a low-rank delta is `up @ down` in float32, times `alpha / rank` when the file gives an alpha (else 1).
 """
 
-import contextlib
 import functools
 import math
 import re
@@ -55,7 +54,7 @@ class LoraFile:
         if not keys:
             raise CfError(f"LoRA {self.label} holds no tensors", f"expected {LAYOUTS}")
         self.shapes = parameter_shapes(cfg)
-        self._staged: dict[str, Tensor] = {}  # `stage`
+        self._pinned: dict[str, Tensor] = {}  # `pin`
         self.grouped: Grouped = group(keys, self.shapes)
         self._check_base(keys)
         self._check_keys(keys)
@@ -84,27 +83,13 @@ class LoraFile:
         return tuple(self._file.get_slice(key).get_shape())
 
     def tensor(self, key: str) -> Tensor:
-        return self._staged[key] if key in self._staged else self._file.get_tensor(key)
+        return self._pinned[key] if key in self._pinned else self._file.get_tensor(key)
 
-    def stage(self, device: torch.device) -> None:
-        """Copy the tensors to `device` now (on a stream of their own), so that deltas computed there later (a live
-        swap, on the thread that generates) neither read the file nor wait for copies; `unstage` frees them. The
-        alphas stay on the host, where their values are read."""
-        side = torch.cuda.Stream(device) if device.type == "cuda" else None
-        with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
-            self._staged = {key: self._file.get_tensor(key).to(device) if part != "alpha" else
-                            self._file.get_tensor(key)
-                            for parts in self.grouped.targets.values() for part, key in parts.items()}
-        if side is not None:
-            side.synchronize()
-
-    def unstage(self) -> None:
-        """Free the staged tensors; their memory is not reused before the work the caller's stream has queued on it
-        (the swap's) is done."""
-        for t in self._staged.values():
-            if t.is_cuda:
-                t.record_stream(torch.cuda.current_stream(t.device))
-        self._staged = {}
+    def pin(self) -> None:
+        """Read the tensors now into page-locked host memory, so that deltas computed on a GPU later (a live swap,
+        on the thread that generates) neither read the file nor wait for their copies on the host."""
+        keys = [key for parts in self.grouped.targets.values() for key in parts.values()]
+        self._pinned = {key: self._file.get_tensor(key).pin_memory() for key in keys}
 
     # --- checks (before any weights load) ------------------------------------------------------------------------
 
