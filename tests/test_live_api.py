@@ -250,3 +250,29 @@ def test_start_from_a_picture_or_a_clip_equals_generate_and_extend(cf, tmp_path)
     assert torch.equal(got["image"].frames, read_video(tmp_path / "g.mkv").frames)  # 9 frames, the picture first
     assert torch.equal(got["clip"].frames, read_video(tmp_path / "e.mkv").frames)  # the clip's 81, then 8 new
     assert got["clip"].metadata["context_frames"] == 17
+
+
+def test_warm_up_runs_the_prompt_threads_first_cuda_work(tmp_path, monkeypatch):
+    """The first switch must not pay for the text and blend threads' first calls: the warm-up runs umT5 (past the
+    prompt cache) on the text thread and makes a K/V on each."""
+    import threading
+
+    from cfcli.cli.live import load
+    from cfcli.live.measure import Collect
+    from cfcli.live.session import LiveConfig, LiveSession
+    from cfcli.session import Session
+
+    engine, encoder = load(Session(str(FRAMEWISE), device="cpu", dtype="float32"), None, None)
+    features = encoder.encode([PROMPT])[0]
+    ran, made = [], []
+    real_run, real_kv = encoder._run_encoder, engine.text_kv
+    monkeypatch.setattr(encoder, "_run_encoder", lambda p: ran.append(threading.current_thread().name) or real_run(p))
+    monkeypatch.setattr(engine, "text_kv", lambda f: made.append(threading.current_thread().name) or real_kv(f))
+    session = LiveSession(engine, encoder, LiveConfig(tmp_path), Collect())
+    session.begin()
+    try:
+        session.warm_threads(features)
+    finally:
+        session.shutdown()
+    assert [n.split("_")[0] for n in ran] == ["cf-live-text"]  # the prompt cache did not answer for it
+    assert sorted(n.split("_")[0] for n in made) == ["cf-live-blend", "cf-live-text"]

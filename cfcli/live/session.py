@@ -202,7 +202,9 @@ class LiveSession:
 
         total = self.plan(StartRequest("warm-up", 0)).generated
         n = latent_frames or attention_window(self.preset) + 2 * self.preset.block_frames
-        kv = self.engine.text_kv(self.encoder.encode(["warm-up"])[0])
+        features = self.encoder.encode(["warm-up"])[0]
+        self.warm_threads(features)
+        kv = self.engine.text_kv(features)
         chunks = self.engine.generate(kv, total, 0)
         try:
             for chunk in chunks:
@@ -212,6 +214,18 @@ class LiveSession:
                     break
         finally:
             chunks.close()
+
+    def warm_threads(self, features) -> None:
+        """The first CUDA work of the threads that encode prompts and make blends, done now rather than under the
+        first switch: umT5 run once past the prompt cache on the text thread, a K/V made on each."""
+        def warm(encode: bool) -> None:
+            with self._on_device():
+                if encode:
+                    self.encoder.warm()
+                self.engine.text_kv(features)
+
+        self._text.submit(warm, True).result()
+        self._blends.submit(warm, False).result()
 
     def start(self, req: StartRequest) -> None:
         with self._wake:

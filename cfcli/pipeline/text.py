@@ -75,6 +75,13 @@ class PromptEncoder:
                 self._kept = self._load()
         return self
 
+    def warm(self) -> None:
+        """Run a kept umT5 once on a throwaway prompt, past the disk cache, on the calling thread: the first new
+        prompt then does not pay for first-call set-up there (kernel choices, the thread's cuBLAS handle)."""
+        with self._lock:
+            if self.keep:
+                self._run_encoder(["warm-up"])
+
     def release(self) -> None:
         """Drop a kept umT5 (and give its GPU memory back)."""
         with self._lock:
