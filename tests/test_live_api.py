@@ -116,8 +116,13 @@ def test_stop_keeps_a_playable_mp4_of_every_streamed_frame(tmp_path, caplog):
     with live_server(FRAMEWISE, tmp_path / "live", codec="h264", max_seconds=4.0) as srv, Client(srv.ws) as c:
         c.send(type="claim")
         c.send(type="start", prompt=PROMPT, seed=3, record=True)
+        assert c.kind("ack", **{"for": "start"})["state"] == "received"
+        started = c.kind("started")
         c.until(frames=2)
+        c.send(type="record", on=True)
+        applied = c.kind("ack", **{"for": "record", "state": "applied"})
         c.send(type="stop")
+        assert c.kind("ack", **{"for": "stop"})["state"] == "received"
         ended = c.kind("ended")
         rec = c.kind("recording")
         streamed = len(c.frames)
@@ -128,6 +133,8 @@ def test_stop_keeps_a_playable_mp4_of_every_streamed_frame(tmp_path, caplog):
         assert c.kind("started")["seed"] == 9
         c.until(frames=len(c.frames) + 1)
     assert ended["reason"] == "stopped" and 2 <= ended["frames"] < 65
+    assert started["block"] == 0 and applied["on"] is True and 2 <= applied["frame"] <= ended["frames"]
+    assert ended["frames"] == 1 + 4 * ended["block"]  # frame-wise: the last block made is the last one streamed
     assert rec["name"].endswith(".mp4") and clip.frames.shape[0] == rec["frames"] == ended["frames"] == streamed
     assert clip.metadata["prompt"] == PROMPT and clip.metadata["live"] is True
     lines = [r.getMessage() for r in caplog.records if r.name == "cfcli.live"]

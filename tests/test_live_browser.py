@@ -177,7 +177,10 @@ def test_the_page_for_a_performer_follows_the_state_queues_prompts_and_shows_rec
                                                       duration: v.duration, hidden: v.hidden};
         }""", timeout=30_000).json_value()
         recording, errors = page.evaluate("[window.cfLive.recordings[0], window.cfLive.errors]")
+        acks = page.evaluate("window.cfLive.acks.map(a => `${a.for} ${a.state}`)")
         browser.close()
+    # every control message acknowledged: received at once, and the record toggle when applied
+    assert {"start received", "stop received", "record received", "record applied"} <= set(acks)
 
     for t in (JUMP, FREEZE):
         p = prompts[t]

@@ -257,6 +257,11 @@ class LiveSchedule:
         return landed or (self.weights is not None and self.weights.awaiting_frames)
 
     @property
+    def last_block(self) -> int | None:
+        """The last block started (context blocks counted, as `LivePrompt.block`), or None before the first."""
+        return None if self._seen < 0 else self._seen // self.block_frames
+
+    @property
     def has_pending(self) -> bool:
         """A prompt or weight change waits for the next step or block."""
         return self._pending is not None or (self.weights is not None and self.weights.has_pending)

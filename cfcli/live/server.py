@@ -385,7 +385,7 @@ def control(state: Live, msg: dict) -> dict | None:
         return session.prompt(msg["prompt"], msg["transition"])[1]
     elif kind == "loras":
         return session.set_loras([LoraSpec(e["file"], e["scale"]) for e in msg["loras"]])[1]
-    return None
+    return {"type": "ack", "for": kind, "state": "received"}  # applied: `started`, `ended`, the record ack
 
 
 ROUTES = [Route("/", index), Route("/api/info", api_info), Route("/api/status", api_status),

@@ -251,6 +251,8 @@ class LiveSession:
         if self.stats is None:
             raise CfError("nothing is running", "start a video; its recording covers it from the start")
         self.stats.record = on
+        self.events.message({"type": "ack", "for": "record", "state": "applied", "on": on,
+                             "session": self.stats.session, "frame": self.stats.frames})
         self.publish_status()
 
     def prompt(self, text: str, transition: Transition = CUT) -> tuple[LivePrompt, dict]:
@@ -419,7 +421,8 @@ class LiveSession:
         self.stats, self.schedule = stats, schedule
         self._set_state("running")
         self.events.message({"type": "started", "session": session, "seed": req.seed, "prompt": opening.prompt,
-                             "max_frames": stats.max_frames, "fps": self.fps})
+                             "max_frames": stats.max_frames, "fps": self.fps,
+                             "block": start.plan.context // self.preset.block_frames})
         log.info("live: started %r seed %d", opening.prompt, req.seed)
         # step_sync: the loop stays near the GPU, so a prompt queued mid-block lands at that block's next step
         chunks = self.engine.generate(schedule, start.plan.generated, req.seed, start.latents, step_sync=True)
@@ -553,7 +556,8 @@ class LiveSession:
 
         if (dropped := schedule.drop_pending()) is not None:
             self.jpeg_queue.put(dropped.as_message(self.fps))
-        self.jpeg_queue.put({"type": "ended", "session": stats.session, "reason": reason, "frames": stats.frames})
+        self.jpeg_queue.put({"type": "ended", "session": stats.session, "reason": reason, "frames": stats.frames,
+                             "block": schedule.last_block})
         ended = "stopped after" if reason == "stopped" else "reached the length limit at"
         log.info("live: %s %.1f s", ended, stats.frames / self.fps)
         if not stats.record or stats.frames == 0:

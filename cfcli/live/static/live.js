@@ -13,7 +13,7 @@ const ERROR_SHOWN_MS = 8000;
 
 const live = window.cfLive = {   // state, also read by the browser tests
   role: "viewer", state: "idle", fps: 16, session: 0, framesReceived: 0, framesDrawn: 0, framesSkipped: 0,
-  lastFrame: -1, prompts: {}, recordings: [], errors: [], buffering: false,
+  lastFrame: -1, prompts: {}, recordings: [], errors: [], acks: [], buffering: false,
   loras: [], loraChanges: {}, loraSwaps: true,
   connection: "connecting", controlled: false, recording: false, lastStatus: null, queue: loadQueue(),
 };
@@ -104,13 +104,18 @@ const handlers = {
     queue.forEach((f) => f.bitmap.close()); queue = []; clock = null; needBuffer = 0.25;
     $("timeline").innerHTML = "";
     log(`started session ${m.session}, seed ${m.seed}`);
-    addPrompt({ id: `open-${m.session}`, prompt: m.prompt, block: 0, frame: 0, seconds: 0, state: "opening" });
+    addPrompt({ id: `open-${m.session}`, prompt: m.prompt, block: m.block, frame: 0, seconds: 0, state: "opening" });
+  },
+  ack(m) {  // start / restart / stop / record: received at once; applied as `started`, `ended` or a record ack
+    live.acks.push(m);
+    if (m.state === "applied") log(`recording ${m.on ? "kept" : "dropped"} (at frame ${m.frame})`);
+    else log(`${m.for} received`);
   },
   prompt(m) {
     if (m.state === "submitted" && submits.length) live.prompts[m.id] = { submittedAt: submits.shift() };
     addPrompt(m);
   },
-  ended(m) { log(`session ${m.session} ended (${m.reason}) after ${m.frames} frames`); },
+  ended(m) { log(`session ${m.session} ended (${m.reason}) after ${m.frames} frames, block ${m.block}`); },
   recording(m) {
     live.recordings.push(m);
     showRecording(m);
