@@ -283,3 +283,19 @@ def test_warm_up_runs_the_prompt_threads_first_cuda_work(tmp_path, monkeypatch):
         session.shutdown()
     assert [n.split("_")[0] for n in ran] == ["cf-live-text"]  # the prompt cache did not answer for it
     assert sorted(n.split("_")[0] for n in made) == ["cf-live-blend", "cf-live-text"]
+
+
+def test_switches_land_at_block_starts_when_asked(tmp_path):
+    """`cf live --switch-at blocks`: every cut lands at a block's start, and the loop is not held near the GPU."""
+    from cfcli.cli.live import load
+    from cfcli.live.measure import measure
+    from cfcli.live.session import LiveConfig
+    from cfcli.session import Session
+
+    engine, encoder = load(Session(str(FRAMEWISE), device="cpu", dtype="float32"), None, None)
+    calls = []
+    generate = engine.generate
+    engine.generate = lambda *a, **k: calls.append(k.get("step_sync")) or generate(*a, **k)
+    out = measure(engine, encoder, LiveConfig(tmp_path, switch_at="blocks"), switches=3, seed=2, blocks=2)
+    assert [d["step"] for d in out["switch_detail"]] == [0, 0, 0] and out["switches"] == 3
+    assert False in calls and True not in calls  # the live run's generate: no step sync

@@ -166,7 +166,7 @@ def test_restarts_replace_each_other_and_stop_still_stops(tmp_path):
     (["--lead", "inf"], "--lead must be"), (["--max-upload-mb", "0"], "--max-upload-mb must be at least 1"),
     (["--max-upload-mb", "-5"], "--max-upload-mb must be at least 1"),
     (["--measure-latency", "-3"], "--measure-latency must be at least 1"), (["--token", ""], "--token is empty"),
-    (["--host", "no-such-host.invalid"], "cannot be resolved"),
+    (["--host", "no-such-host.invalid"], "cannot be resolved"), (["--switch-at", "frames"], "--switch-at 'frames'"),
 ])
 def test_cf_live_refuses_values_before_loading(cf, monkeypatch, args, phrase):
     monkeypatch.setattr("cfcli.cli.live.load", lambda *a, **k: pytest.fail("models loaded for a bad value"))

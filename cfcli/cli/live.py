@@ -52,6 +52,9 @@ def register(app: typer.Typer) -> None:
         lora: LoraOpt = None,
         random_weights: bool = typer.Option(False, "--random-weights",
                                             help="Random weights of the preset's size (timing without downloads)."),
+        switch_at: str = typer.Option("steps", "--switch-at", metavar="steps|blocks",
+                                      help="Where a typed prompt lands: the next denoising step of the block being "
+                                           "made (sooner), or the next block (each block under one prompt)."),
         measure_latency: int = typer.Option(None, "--measure-latency", metavar="N",
                                             help="No server: make N prompt switches at random moments and report "
                                                  "submitted → first frame latency."),
@@ -80,8 +83,8 @@ def register(app: typer.Typer) -> None:
                           speed=SpeedFlags(compile, cuda_graphs, quantize, decoder, plain), max_vram=max_vram,
                           low_vram=low_vram, lora=lora, random_weights=random_weights, status=status_line(False))
         check_live_options(session.preset, seed, crf, codec, port, token, max_seconds, lead,
-                           max_upload_mb, measure_latency)
-        config = LiveConfig(out_dir or output_dir() / "live", codec, crf, lead, max_seconds)
+                           max_upload_mb, measure_latency, switch_at)
+        config = LiveConfig(out_dir or output_dir() / "live", codec, crf, lead, max_seconds, switch_at=switch_at)
         sock = bind(host, port) if measure_latency is None else None  # a busy port is refused before anything loads
         osc_sock = None
         try:

@@ -7,7 +7,8 @@ from cfcli.pipeline.limits import check_options
 
 
 def check_live_options(p, seed, crf, codec, port: int, token: str | None, max_seconds: float | None,
-                       lead: float, max_upload_mb: int, measure_latency: int | None) -> None:
+                       lead: float, max_upload_mb: int, measure_latency: int | None,
+                       switch_at: str = "steps") -> None:
     """Every value `cf live` takes, refused before anything binds or loads (`p`: the session's preset)."""
     from cfcli.pipeline.limits import check_length
     from cfcli.pipeline import containers
@@ -27,6 +28,8 @@ def check_live_options(p, seed, crf, codec, port: int, token: str | None, max_se
         raise CfError(f"--lead must be a number of seconds from 0 up, got {lead}", "e.g. --lead 1.0")
     if max_upload_mb < 1:
         raise CfError(f"--max-upload-mb must be at least 1, got {max_upload_mb}", "e.g. --max-upload-mb 64")
+    if switch_at not in ("steps", "blocks"):
+        raise CfError(f"--switch-at {switch_at!r} is not a choice", "use steps (the default) or blocks")
     if measure_latency is not None and measure_latency < 1:
         raise CfError(f"--measure-latency must be at least 1 switch, got {measure_latency}",
                       "e.g. --measure-latency 20")

@@ -102,26 +102,26 @@ class Weights(Protocol):
 
 class LiveSchedule:
     """Cross-attention K/V by latent frame and step, appended to as prompts land; `frame_of(latent)` maps to stream
-    frames.
-    `weights`: where weight changes land and fresh K/V come from (None: the weights never change); `block_frames`:
-    latent frames per block, which numbers the block a prompt lands at. `ahead(job)`: runs a job off the generation
-    thread (default: at once, on the caller's)."""
+    frames. `weights`: where weight changes land and fresh K/V come from (None: the weights never change);
+    `block_frames`: latent frames per block, which numbers the block a prompt lands at; `by_step`: a cut may land
+    between the steps of the block in flight (else at the next block: `cf live --switch-at blocks`); `ahead(job)`:
+    runs a job off the generation thread (default: at once, on the caller's)."""
 
     def __init__(self, opening: LivePrompt, first_latent: int, frame_of: Callable[[int], int],
                  on_change: Callable[[LivePrompt], None] = lambda p: None, weights: Weights | None = None,
-                 block_frames: int = 1, ahead: Callable[[Callable[[], None]], None] = lambda job: job()):
+                 block_frames: int = 1, ahead: Callable[[Callable[[], None]], None] = lambda job: job(),
+                 by_step: bool = True):
         opening.state, opening.latent, opening.block, opening.step, opening.frame = "landed", 0, 0, 0, 0
         self.entries, self._starts = [opening], [(0, 0)]  # (latent frame, step) positions
         self._blocks: list[LivePrompt | Blend] = [opening]  # what each of `_starts` serves
         self._fade: Fade | None = None
         self.first_latent, self.frame_of, self.on_change, self.weights = first_latent, frame_of, on_change, weights
         self.block_frames, self.ahead = block_frames, ahead
+        self.by_step = by_step  # a cut may land between steps: the samplers then look the text up before each one
         self._pending: LivePrompt | None = None
         self._first: tuple[int, Blend] | None = None  # the pending prompt's first blend, made after that many blocks
         self._seen = -1  # the latest latent frame looked up: blocks up to it have started
         self._lock = threading.Lock()
-
-    by_step = True  # a prompt may land between steps: the samplers look the text up before each one
 
     def submit(self, prompt: LivePrompt) -> None:
         """Queue an encoded prompt for the next step or block to start; a transition's first blend is made now, on the

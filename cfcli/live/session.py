@@ -71,6 +71,7 @@ class LiveConfig:
     max_seconds: float | None = None  # default: the model's position-table limit
     jpeg_quality: int = 85
     lora_swaps: bool = True  # False where the engine is shared with other work (`cf serve`'s jobs): changes refused
+    switch_at: str = "steps"  # where a cut lands: the next denoising step of the block in flight, or the next block
 
 
 @dataclass
@@ -416,7 +417,8 @@ class LiveSession:
         stats = RunStats(session, req.seed, opening.prompt, start.max_frames, record=req.record)
         schedule = LiveSchedule(opening, start.plan.context, start.frame_of,
                                 on_change=lambda p: self.events.message(p.as_message(self.fps)), weights=self.loras,
-                                block_frames=self.preset.block_frames, ahead=self._ahead)
+                                block_frames=self.preset.block_frames, ahead=self._ahead,
+                                by_step=self.config.switch_at == "steps")
         recording = self._recording(req, session, start)
         self.stats, self.schedule = stats, schedule
         self._set_state("running")
@@ -425,7 +427,8 @@ class LiveSession:
                              "block": start.plan.context // self.preset.block_frames})
         log.info("live: started %r seed %d", opening.prompt, req.seed)
         # step_sync: the loop stays near the GPU, so a prompt queued mid-block lands at that block's next step
-        chunks = self.engine.generate(schedule, start.plan.generated, req.seed, start.latents, step_sync=True)
+        chunks = self.engine.generate(schedule, start.plan.generated, req.seed, start.latents,
+                                      step_sync=schedule.by_step)
         # Viewers first; the recording encodes on its own thread, so neither holds up the next block.
         stream(self._paced(chunks, stats, schedule), [LiveStream(self, stats, schedule), Background(recording)],
                stats.max_frames, write_context=start.clip is None, frames_before=recording.frames)
