@@ -16,6 +16,7 @@ from cfcli.live.loras import LoraChange, LoraControl
 from cfcli.live.protocol import BadMessage, parse
 from cfcli.live.schedule import LivePrompt, LiveSchedule
 from cfcli.lora.spec import LoraSpec
+from cfcli.pipeline.loras import adapters_for
 from cfcli.pipeline.video import read_video
 from cfcli.session import Session
 from conftest import FIXTURES, PROMPT
@@ -149,6 +150,28 @@ def test_a_bad_file_is_refused_before_anything_changes(tmp_path):
     control.land(1)
     assert not control.has_pending and control.version == 0
     assert all(torch.equal(p, before[k]) for k, p in eng.dit.named_parameters())
+
+
+def test_int8_weights_swap_in_place_as_loading_with_the_lora_would_quantise_them(tmp_path):
+    """An int8 memory plan (`--low-vram`) opened for live keeps each block linear's weight as loaded before quantising
+    it: a swap requantises the merged weight in place, the same bits as an engine loaded with the LoRA under the same
+    plan; unloading gives the plan's own int8 weights back."""
+    from cfcli.ops.weight_quant import Int8Linear
+
+    lora = write(tmp_path / "a.safetensors", factors(1))
+    s = Session(str(FRAMEWISE), device="cpu", dtype="float32", low_vram=True)
+    eng, _ = s.open_live(1.0, swap_loras=True)
+    ffn = eng.dit.blocks[0].ffn[0]
+    assert isinstance(ffn, Int8Linear) and eng.can_remerge
+    plain = {k: v.clone() for k, v in eng.dit.state_dict().items()}
+    weight = ffn.weight
+    eng.remerge(adapters_for(s.preset, [f"{lora}:{SCALE}"]))
+    with Session(str(FRAMEWISE), device="cpu", dtype="float32", low_vram=True, lora=[f"{lora}:{SCALE}"]) as ref:
+        want = ref.engine.dit.state_dict()
+        assert all(torch.equal(v, want[k]) for k, v in eng.dit.state_dict().items())  # int8 weights and scales too
+    assert ffn.weight is weight and set(eng.rewritten) == {f"{n}.weight" for n in factors(1)}
+    eng.remerge(())
+    assert all(torch.equal(v, plain[k]) for k, v in eng.dit.state_dict().items())
 
 
 def test_weights_that_cannot_swap_in_place_are_refused_with_the_reason(tmp_path):

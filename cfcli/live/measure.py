@@ -109,8 +109,8 @@ def lora_swaps(session: LiveSession, events: Collect, n: int, seed: int, block_s
         events.wait(lambda: changes[-1].state in ("shown", "superseded", "refused") or session.state != "running")
     shown = [c for c in changes if c.made_s is not None]
     swap, made = [c.swap_s for c in shown], [c.made_s for c in shown]
-    params = dict(session.engine.dit.named_parameters())
-    rewritten = sum(params[k].numel() * params[k].element_size() for k in session.engine.swap_weights())
+    params = dict(session.engine.dit.named_parameters()) | dict(session.engine.dit.named_buffers())
+    rewritten = sum(params[k].numel() * params[k].element_size() for k in session.engine.rewritten)
     return {"swaps": len(shown), "refused": [c.message for c in changes if c.state == "refused"],
             "swap_s": {"p50": percentile50(swap), "max": max(swap, default=None), "all": swap},
             "made_s": {"p50": percentile50(made), "max": max(made, default=None), "all": made},

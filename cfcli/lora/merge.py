@@ -77,13 +77,23 @@ def keep_(module: nn.Module, base: dict[str, Tensor], adapters: Adapters, lock: 
 
 
 @torch.no_grad()
-def remerge_(module: nn.Module, base: dict[str, Tensor], adapters: Adapters) -> None:
-    """Replace the merged LoRAs with `adapters`, in place: each parameter from its weights as loaded (`base`, kept and
-    extended here) plus the new deltas. Parameters no LoRA changes any more go back to their loaded values."""
+def remerge_(module: nn.Module, base: dict[str, Tensor], adapters: Adapters, previous: Adapters = ()) -> list[str]:
+    """Replace the merged LoRAs (`previous`) with `adapters`, in place: each parameter either changes, from its weights
+    as loaded (`base`, kept and extended here) plus the new deltas; one no LoRA changes any more goes back to its
+    loaded value. A quantised layer (`Int8Linear`) takes its merged weight through `assign_`, quantised as at load;
+    its weight as loaded must be in `base` already (kept before it was quantised). Returns the names rewritten."""
     params = dict(module.named_parameters())
-    for name in changed(adapters):
+    names = list(dict.fromkeys([*changed(previous), *changed(adapters)]))
+    for name in names:
         if name not in base:
             base[name] = host_copy(params[name])
-    for name, loaded in base.items():
+    for name in names:
+        loaded = base[name]
+        owner, _, attr = name.rpartition(".")
+        layer = module.get_submodule(owner)
+        if name not in params and attr == "weight" and hasattr(layer, "assign_"):  # a quantised layer's weight
+            layer.assign_(merged(loaded.to(layer.weight.device, non_blocking=True), name, adapters))
+            continue
         p = params[name]
         p.copy_(merged(loaded.to(p.device, non_blocking=True), name, adapters))
+    return names

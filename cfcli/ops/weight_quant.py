@@ -39,6 +39,14 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_scale", scale)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
 
+    @torch.no_grad()
+    def assign_(self, weight: Tensor) -> None:
+        """Take `weight` [out, in] (a float weight, e.g. a LoRA merged into it) as construction would, in place: the
+        buffers keep their storage, so captured CUDA graphs stay valid."""
+        q, scale = quantize_rows(weight)
+        self.weight.copy_(q)
+        self.weight_scale.copy_(scale)
+
     def _apply(self, fn, recurse=True):
         return super()._apply(keeping_dtype(fn, self.weight, self.weight_scale), recurse)  # int8 / float32 kept
 

@@ -142,6 +142,8 @@ class Engine:
         self.loras: tuple = ()  # the LoRAs merged into the DiT (`merge`)
         self._loaded: dict[str, Tensor] | None = None  # weights a LoRA changed, as loaded (`merge(keep=True)`)
         self._swapping = threading.Lock()  # `keep_for` copies a weight while no `remerge` writes it
+        self.int8_kept = False  # every block linear's weight kept as loaded before an int8 plan (`keep_block_linears`)
+        self.rewritten: list[str] = []  # the parameters the last `remerge` rewrote
 
     def levers(self) -> list[str]:
         """The speed levers this engine runs with, in `LEVERS` order: what `cf bench` reports."""
@@ -204,7 +206,7 @@ class Engine:
                           "load the models again with the new LoRAs")
         with self._swapping:
             self._loaded = {} if self._loaded is None else self._loaded  # none merged yet: the weights are as loaded
-            remerge_(self.dit, self._loaded, pairs(adapters))
+            self.rewritten = remerge_(self.dit, self._loaded, pairs(adapters), pairs(self.loras))
             self.loras = tuple(adapters)
         return self
 
@@ -221,9 +223,17 @@ class Engine:
             self._loaded = {} if self._loaded is None else self._loaded
         keep_(self.dit, self._loaded, pairs(adapters), self._swapping)
 
-    def swap_weights(self) -> list[str]:
-        """The DiT parameters a swap rewrites: those some LoRA merged since loading changed."""
-        return list(self._loaded or ())
+    def keep_block_linears(self) -> None:
+        """Keep every block linear's weight as loaded in host memory (those a LoRA changed are kept already), before
+        the int8 plan quantises them: what a later swap starts from."""
+        from cfcli.lora.merge import host_copy
+        from cfcli.models.dit import BLOCK_LINEARS
+
+        self._loaded = {} if self._loaded is None else self._loaded
+        for name, p in self.dit.named_parameters():
+            if name.endswith(".weight") and BLOCK_LINEARS.fullmatch(name.removesuffix(".weight")):
+                self._loaded.setdefault(name, host_copy(p))
+        self.int8_kept = True
 
     @property
     def can_remerge(self) -> bool:
@@ -232,9 +242,10 @@ class Engine:
 
     @property
     def remerge_refusal(self) -> str | None:
-        """Why `remerge` cannot swap the LoRAs in place (a phrase for messages), or None when it can."""
-        if (why := self.not_plain) is not None:
-            return why
+        """Why `remerge` cannot swap the LoRAs in place (a phrase for messages), or None when it can: int8 block
+        weights can, when their weights as loaded were kept before quantising (`configure(keep_loaded=True)`)."""
+        if hasattr(self.dit.blocks, "distinct") or self._quantised() - ({"Int8Linear"} if self.int8_kept else set()):
+            return self.not_plain
         if self._loaded is None and self.loras:
             return "its LoRAs were merged without keeping the weights as loaded, which a swap starts from"
         return None
@@ -247,23 +258,28 @@ class Engine:
     @property
     def not_plain(self) -> str | None:
         """What keeps the DiT's weights from being the modules' own (offloaded blocks, quantised Linears), or None."""
-        from cfcli.models.dit import BLOCK_LINEARS
-
         if hasattr(self.dit.blocks, "distinct"):  # offloaded (`cfcli.models.offload`)
             return "its blocks are offloaded to host memory (a memory plan)"
-        kinds = {type(m).__name__ for name, m in self.dit.named_modules() if BLOCK_LINEARS.fullmatch(name)}
-        if kinds - {"Linear"}:
-            return (f"its block weights are quantised ({', '.join(sorted(kinds - {'Linear'}))}: --quantize fp8 or "
-                    "an int8 memory plan), so the weights as loaded are gone")
+        if kinds := self._quantised():
+            return (f"its block weights are quantised ({', '.join(sorted(kinds))}: --quantize fp8 or an int8 memory "
+                    "plan), so the weights as loaded are gone")
         return None
+
+    def _quantised(self) -> set[str]:
+        """The kinds of quantised layer among the DiT's block linears (`Int8Linear`, FP8's)."""
+        from cfcli.models.dit import BLOCK_LINEARS
+
+        return {type(m).__name__ for name, m in self.dit.named_modules() if BLOCK_LINEARS.fullmatch(name)} - {"Linear"}
 
     def configure(self, options: EngineOptions, plan: "MemoryPlan | None" = None,
                   decoder_model: nn.Module | None = None, keep_loaded: bool = False) -> "Engine":
         """LoRAs merged (`keep_loaded`: see `merge`), decoder (`decoder_model`: TAEHV weights to use instead of the
         cached ones, see `use_decoder`), quantisation, the memory `plan`, then the fast path the plan allows (the
         order they must come in)."""
-        plain = options.quantize is None and (plan is None or (plan.weights == "model" and not plan.offload_blocks))
-        self.merge(options.loras, keep_loaded and plain)  # kept only where a swap in place can use them
+        swappable = keep_loaded and options.quantize is None and (plan is None or not plan.offload_blocks)
+        self.merge(options.loras, swappable)  # kept only where a swap in place can use them
+        if swappable and plan is not None and plan.weights == "int8":
+            self.keep_block_linears()  # a swap requantises from the weights as loaded: none is left after `apply`
         self.use_decoder(options.decoder, decoder_model).quantize(options.quantize)
         if plan is not None:
             self.apply(plan)
