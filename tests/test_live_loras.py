@@ -21,7 +21,7 @@ from cfcli.pipeline.video import read_video
 from cfcli.session import Session
 from conftest import FIXTURES, PROMPT
 from live_server import Client, live_server
-from test_lora import base_weights, factors, shapes, write
+from test_lora import base_weights, factors, shapes, targets, write
 
 FRAMEWISE = FIXTURES / "tiny-framewise.yaml"
 CHUNKWISE = FIXTURES / "tiny-chunkwise.yaml"
@@ -132,6 +132,34 @@ def test_the_check_keeps_the_loaded_weights_so_the_swap_copies_none(tmp_path, mo
     control.check(LoraChange(2, (), 0.0))
     control.land(3)
     assert copies == [] and all(torch.equal(p, loaded[k]) for k, p in eng.dit.named_parameters())
+
+
+def test_a_swap_that_fails_halfway_puts_the_previous_loras_back(tmp_path, monkeypatch):
+    """A swap that breaks after rewriting some weights is refused, and every weight it touched goes back to the
+    previous LoRAs' value: the video goes on as it was."""
+    from cfcli.lora import merge
+
+    names = targets()
+    a = write(tmp_path / "a.safetensors", factors(1, names[:2]))
+    b = write(tmp_path / "b.safetensors", factors(2, names[2:]))  # weights `a` does not change: none kept yet
+    s = Session(str(FRAMEWISE), device="cpu", dtype="float32", lora=[f"{a}:0.5"])
+    eng, _ = s.open_live(1.0, swap_loras=True)
+    before = {k: v.clone() for k, v in eng.dit.named_parameters()}
+    control = LoraControl(lambda: eng)
+    control.check(change := LoraChange(1, (LoraSpec(str(b), 2.0),), 0.0))
+    real, calls = merge.merged, []
+
+    def breaks(base, name, adapters):
+        calls.append(name)
+        if len(calls) == 5 and any(lora.path.name == "b.safetensors" for lora, _ in adapters):  # 2 of b's written
+            raise RuntimeError("out of memory")
+        return real(base, name, adapters)
+
+    monkeypatch.setattr(merge, "merged", breaks)
+    control.land(2)
+    assert change.state == "refused" and "out of memory" in change.message and len(calls) > 5
+    assert all(torch.equal(p, before[k]) for k, p in eng.dit.named_parameters())
+    assert [x.spec.scale for x in eng.loras] == [0.5]
 
 
 def test_a_bad_file_is_refused_before_anything_changes(tmp_path):

@@ -206,7 +206,11 @@ class Engine:
                           "load the models again with the new LoRAs")
         with self._swapping:
             self._loaded = {} if self._loaded is None else self._loaded  # none merged yet: the weights are as loaded
-            self.rewritten = remerge_(self.dit, self._loaded, pairs(adapters), pairs(self.loras))
+            try:
+                self.rewritten = remerge_(self.dit, self._loaded, pairs(adapters), pairs(self.loras))
+            except BaseException:
+                self.loras = (*self.loras, *adapters)  # partly written: the next swap rewrites what either set changes
+                raise
             self.loras = tuple(adapters)
         return self
 
