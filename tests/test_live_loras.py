@@ -259,6 +259,7 @@ def test_a_change_through_the_api_lands_is_recorded_and_a_bad_file_keeps_the_vid
     assert list(states) == ["submitted", "queued", "landed", "shown"]
     assert "pickle" in refused["message"] and refused["hint"]
     assert 1 <= landed["latent"] <= 5 and landed["frame"] == 4 * landed["latent"] - 3 and landed["swap_s"] >= 0
+    assert landed["block"] == landed["latent"]  # frame-wise: a block per latent frame
     assert landed["loras"] == [{"file": str(lora), "scale": SCALE}] and shown["made_s"] > 0
     assert frames_at_refusal < 21 and [f["frame"] for f in c.frames] == list(range(21))  # it went on after both
     assert status["loras"] == [{"file": str(lora), "name": "style.safetensors", "scale": SCALE, "preset": False}]

@@ -42,6 +42,7 @@ class LoraChange:
     state: str = "submitted"
     adapters: tuple = field(default=(), repr=False)  # checked: the preset's LoRAs, then those asked
     latent: int | None = None  # first latent frame generated with it
+    block: int | None = None  # the block it landed at (latent // block frames, as a prompt's)
     frame: int | None = None
     made_s: float | None = None  # submitted → first frame made with it
     swap_s: float | None = None  # the weights' swap, on the generation thread (it holds up that block)
@@ -53,7 +54,8 @@ class LoraChange:
     def as_message(self, fps: float) -> dict:
         seconds = None if self.frame is None else round(self.frame / fps, 4)
         msg = {"type": "loras", "id": self.id, "loras": [{"file": s.source, "scale": s.scale} for s in self.asked],
-               "state": self.state, "latent": self.latent, "frame": self.frame, "seconds": seconds,
+               "state": self.state, "latent": self.latent, "block": self.block, "frame": self.frame,
+               "seconds": seconds,
                "made_s": self.made_s, "swap_s": self.swap_s}
         return msg | ({"message": self.message, "hint": self.hint} if self.state == "refused" else {})
 
@@ -80,6 +82,7 @@ class LoraControl:
         self.changes: list[LoraChange] = []  # those landed in the run in progress (`frames_written`)
         self._pending: LoraChange | None = None
         self._frame_of: Callable[[int], int] = lambda latent: latent
+        self._block_frames = 1
         self._lock = threading.Lock()
 
     # --- the check thread ----------------------------------------------------------------------------------------
@@ -110,10 +113,11 @@ class LoraControl:
 
     # --- the generation thread ------------------------------------------------------------------------------------
 
-    def begin(self, frame_of: Callable[[int], int]) -> None:
+    def begin(self, frame_of: Callable[[int], int], block_frames: int = 1) -> None:
         """A video starts: a change that waited while none played lands now, at its first frame; the timeline opens
-        with the LoRAs merged."""
+        with the LoRAs merged. `block_frames` numbers the blocks changes land at."""
         self._frame_of, self.changes, self.timeline = frame_of, [], []
+        self._block_frames = block_frames
         self._land(0, 0)
         if not self.timeline:
             self.timeline.append(Landing(0, 0, self.engine().loras))
@@ -141,7 +145,7 @@ class LoraControl:
         self.version += 1  # after the swap: K/V made while it ran are stale too
         now = time.perf_counter()
         change.state, change.swap_s, change.landed_s = "landed", round(now - t, 4), round(now - change.submitted, 4)
-        change.latent, change.frame = latent, frame
+        change.latent, change.block, change.frame = latent, latent // self._block_frames, frame
         self.timeline.append(Landing(latent, change.frame, change.adapters))
         self.changes.append(change)
         self.on_change(change)

@@ -411,7 +411,7 @@ class LiveSession:
         session = next(self._sessions)
         opening = LivePrompt(next(self._ids), req.prompt.strip(), time.perf_counter())
         start = Start(self.plan(req))
-        self.loras.begin(start.frame_of)  # a LoRA change asked for while idle: from the first frame
+        self.loras.begin(start.frame_of, self.preset.block_frames)  # a change asked for while idle: from frame 0
         self._encode(opening)
         start.latents = self._context_latents(req, start)
         stats = RunStats(session, req.seed, opening.prompt, start.max_frames, record=req.record)
