@@ -1,7 +1,8 @@
 """Live latency, measured in-process (no server, no browser): `cf live --measure-latency N [--json]`.
 
-A live session plays at real time (as the page would) while N prompt switches are submitted at random moments; for
-each, the time from submission to the first frame made under it. Beside it, with the device synchronised: one
+A live session plays at real time (as the page would) while N prompt switches are submitted at random moments (each
+at a uniformly random phase of the block cycle, `cycle_s`); for each, the time from submission to the first frame made
+under it. Beside it, with the device synchronised: one
 block's DiT time, one block's decode time, and unpaced generation speed (frames/s with decoding). With `--lora`, then
 N LoRA changes at random moments, alternating between none of the given LoRAs and all of them: for each, the swap
 (the time it holds up a block) and submission to the first frame made under it.
@@ -80,9 +81,9 @@ def switch_latencies(session: LiveSession, events: Collect, n: int, seed: int, b
     rng = random.Random(seed)
     session.start(StartRequest(PROMPTS[0], seed))
     events.wait(lambda: session.stats is not None and session.stats.frames > 0)
-    prompts = []
+    prompts, period = [], cycle_s(session, block_s)
     for i in range(n):
-        time.sleep(rng.uniform(0, 2 * block_s))  # a random moment within the next blocks
+        time.sleep(rng.uniform(0, period))  # a moment at a random phase of the block cycle
         if session.state != "running":
             break
         prompts.append(session.prompt(PROMPTS[(i + 1) % len(PROMPTS)])[0])
@@ -90,6 +91,14 @@ def switch_latencies(session: LiveSession, events: Collect, n: int, seed: int, b
     shown = [p for p in prompts if p.made_s is not None]
     return [p.made_s for p in shown], [p.encoded_s for p in shown], [
         {"encoded_s": p.encoded_s, "landed_s": p.landed_s, "step": p.step, "made_s": p.made_s} for p in shown]
+
+
+def cycle_s(session: LiveSession, block_s: float) -> float:
+    """How often a block starts while a video plays: its playback time when generation is ahead of real time (the
+    generator then waits), else its generation time. A moment drawn uniformly from it, after the last change showed,
+    falls at a random phase of the cycle: mid-block or in the wait, as a performer's would."""
+    p = session.preset
+    return max(p.block_frames * p.geometry.time_stride / p.fps, block_s)
 
 
 def given(engine: Engine) -> tuple:
@@ -100,9 +109,9 @@ def given(engine: Engine) -> tuple:
 def lora_swaps(session: LiveSession, events: Collect, n: int, seed: int, block_s: float) -> dict:
     """Change the LoRAs `n` times at random moments of the running video: none of the given ones, then all, and so
     on. Each change's swap time and submission → first frame latency, and what a swap rewrites."""
-    rng, asked, changes = random.Random(seed + 1), given(session.engine), []
+    rng, asked, changes, period = random.Random(seed + 1), given(session.engine), [], cycle_s(session, block_s)
     for i in range(n):
-        time.sleep(rng.uniform(0, 2 * block_s))
+        time.sleep(rng.uniform(0, period))
         if session.state != "running":
             break
         changes.append(session.set_loras([] if i % 2 == 0 else list(asked))[0])
