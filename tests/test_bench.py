@@ -216,7 +216,7 @@ def test_block_calls_of_a_rolling_cache():
     p = load_preset("chunkwise")
     calls = flops.dit_block_calls(p, 30)
     assert [c[-1].keys for c in calls] == [3, 6, 9, 12, 15, 18, 21, 21, 21, 21]
-    assert [len(c) for c in calls] == [4] + [5] * 9
+    assert [len(c) for c in calls] == [5] * 9 + [4]  # each block's steps and its clean pass; none after the last
 
 
 def test_percentile_is_numpy_linear():

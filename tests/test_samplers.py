@@ -97,12 +97,14 @@ def as_tuples(calls):
     return [(c.start, c.frames, c.keys, c.refresh) for c in calls]
 
 
-def hand_outs(groups) -> list[int]:
-    """Calls made before each hand-out: a group's block is handed out after its last denoising call (a clean pass
-    may follow in the same group), or after the group when it is all clean passes (primed frames)."""
+def hand_outs(groups, clean_first: bool) -> list[int]:
+    """Calls made before each hand-out. The causal sampler's block is handed out once its group has run, its clean
+    pass included (`clean_first`: the engine runs it behind the block's decode, `commit_now`); the rolling sampler's
+    after its last window, its clean pass following; primed frames once their group has run."""
     made, at = 0, []
     for group in groups:
-        last = max((i for i, c in enumerate(group) if not c.refresh), default=len(group) - 1)
+        last = len(group) - 1 if clean_first else max((i for i, c in enumerate(group) if not c.refresh),
+                                                      default=len(group) - 1)
         at.append(made + last + 1)
         made += len(group)
     return at
@@ -127,4 +129,4 @@ def test_call_plan_is_what_the_sampler_calls(preset, latent_frames, context_fram
         handed.append(len(recorder.calls))
     plan = sampler_kind(p).calls(p, latent_frames, context_frames)
     assert recorder.calls == as_tuples(c for group in plan for c in group)
-    assert handed == hand_outs(plan)
+    assert handed == hand_outs(plan, sampler_kind(p).sampler is CausalSampler)

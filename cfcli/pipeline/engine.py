@@ -448,10 +448,12 @@ class Engine:
                 x0 = x0[:, :left]
                 left -= x0.shape[1]
                 if decoder is None:
-                    yield chunk(x0, False)
+                    chunks = [chunk(x0, False)]
                 else:
-                    for i in range(x0.shape[1]):
-                        yield chunk(x0[:, i:i + 1], False, block_end=i + 1 == x0.shape[1])
+                    chunks = [chunk(x0[:, i:i + 1], False, block_end=i + 1 == x0.shape[1]) for i in range(x0.shape[1])]
+                if left > 0:
+                    sampler.commit_now()  # queued behind the decodes, before the host waits on their pixels
+                yield from chunks
                 if left <= 0:
                     break
         if self.artefacts is not None:  # the first video compiled what the later ones run: kept for the next process

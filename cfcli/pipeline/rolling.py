@@ -207,6 +207,9 @@ class RollingSampler:
         if self.sync is not None:
             self.sync.done()
 
+    def commit_now(self) -> None:
+        """Nothing: a window's clean passes run as the next window is planned (`stream`)."""
+
     def stream(self, noise: Tensor, text: Tensor | TextSchedule, generator: torch.Generator) -> Iterator[Tensor]:
         """Yield each block's final x0 [B, block, C, h, w] of `noise` [B, F, C, h, w] as it leaves the window.
 

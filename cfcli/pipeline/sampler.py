@@ -89,6 +89,7 @@ class CausalSampler:
         self.cache = cache
         self.sync = sync
         self.frame = 0  # absolute index of the next latent frame
+        self._uncommitted: tuple[Tensor, Tensor] | None = None  # (x0, K/V) of a yielded block whose clean pass waits
         self.blocks_done = 0  # generated blocks (the first-block schedule applies to the first one)
 
     @staticmethod
@@ -102,8 +103,8 @@ class CausalSampler:
         """The DiT calls `prime` then `stream` make, grouped by the hand-out they lead to (one per block; given
         frames are handed out once primed). `window`: latent frames the cache holds (`KVCache` capacity).
 
-        Block i's group holds the clean-context pass of block i − 1 (run after that block was handed out) and the
-        denoising steps of block i; no clean pass follows the last block.
+        Block i's group holds its denoising steps and then its clean-context pass (`commit_now`: the engine runs it
+        before handing the block out, behind the block's decode); no clean pass follows the last block.
         """
         bf = block_frames
 
@@ -111,11 +112,10 @@ class CausalSampler:
             return DiTCall(bf, min(start + bf, window), start, refresh)  # what the cache holds with the call written
 
         groups = [[call(s, True) for s in range(0, context_frames, bf)]] if context_frames else []
-        clean = None
-        for i in range(latent_frames // bf):
+        blocks = latent_frames // bf
+        for i in range(blocks):
             start = context_frames + i * bf
-            groups.append(([clean] if clean else []) + [call(start)] * len(plan.for_block(i)))
-            clean = call(start, True)
+            groups.append([call(start)] * len(plan.for_block(i)) + ([call(start, True)] if i + 1 < blocks else []))
         return groups
 
     def _call(self, x: Tensor, t: float, text_kv: Tensor, refresh: bool = False) -> Tensor:
@@ -178,6 +178,15 @@ class CausalSampler:
             raise ValueError(f"{n} latent frames is not a whole number of {self.block_frames}-frame blocks")
         for i in range(0, n, self.block_frames):
             x0, text_kv = self.denoise_block(noise[:, i:i + self.block_frames], text, generator)
+            self._uncommitted = (x0, text_kv) if i + self.block_frames < n else None
             yield x0
-            if i + self.block_frames < n:
-                self.commit(x0, text_kv)
+            self.commit_now()
+
+    def commit_now(self) -> None:
+        """Run the clean pass of the block just yielded now, if it has not run: the caller, once it has queued that
+        block's decode, lets the GPU do it before the host waits for pixels or for playback, so the next block (and a
+        prompt landing at it) need not wait for it."""
+        if self._uncommitted is not None:
+            x0, text_kv = self._uncommitted
+            self._uncommitted = None
+            self.commit(x0, text_kv)
