@@ -202,6 +202,31 @@ def test_int8_weights_swap_in_place_as_loading_with_the_lora_would_quantise_them
     assert all(torch.equal(v, plain[k]) for k, v in eng.dit.state_dict().items())
 
 
+def test_fp8_weights_swap_in_place_as_quantising_the_merged_weights_would(tmp_path):
+    """FP8 block linears (`--quantize fp8`, emulated here: the CPU has no FP8 matmul) take a swap the same way: from
+    the weights kept as loaded, merged, quantised in place."""
+    from cfcli.models.dit import hot_linear
+    from cfcli.ops.fp8 import FP8Linear, quantize_fp8_
+
+    lora = write(tmp_path / "a.safetensors", factors(1))
+
+    def fp8_engine(loras=()):
+        s = Session(str(FRAMEWISE), device="cpu", dtype="float32", lora=list(loras))
+        eng = s.engine
+        eng.keep_block_linears()  # what `configure(keep_loaded=True)` does before `--quantize fp8`
+        assert quantize_fp8_(eng.dit, hot_linear, emulate=True) > 0
+        return s, eng
+
+    s, eng = fp8_engine()
+    assert isinstance(eng.dit.blocks[0].ffn[0], FP8Linear) and eng.can_remerge
+    plain = {k: v.clone() for k, v in eng.dit.state_dict().items()}
+    eng.remerge(adapters_for(s.preset, [f"{lora}:{SCALE}"]))
+    want = fp8_engine([f"{lora}:{SCALE}"])[1].dit.state_dict()
+    assert all(torch.equal(v.float(), want[k].float()) for k, v in eng.dit.state_dict().items())
+    eng.remerge(())
+    assert all(torch.equal(v.float(), plain[k].float()) for k, v in eng.dit.state_dict().items())
+
+
 def test_weights_that_cannot_swap_in_place_are_refused_with_the_reason(tmp_path):
     from cfcli.live.session import LiveConfig, LiveSession
 

@@ -288,8 +288,8 @@ class LiveSession:
         if (why := self.engine.remerge_refusal) is not None:
             return CfError(f"the LoRAs cannot be swapped while playing: {why}; cf live does not load the models "
                            "again mid-performance",
-                           "start cf live again with the LoRAs you want (--lora FILE:SCALE), without --quantize fp8 "
-                           "and with a memory plan that keeps every DiT block on the GPU (a larger --max-vram)")
+                           "start cf live again with the LoRAs you want (--lora FILE:SCALE), or with a memory plan "
+                           "that keeps every DiT block on the GPU (a larger --max-vram)")
         return None
 
     def shutdown(self, timeout: float = 30.0) -> None:

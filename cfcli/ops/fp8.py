@@ -165,6 +165,14 @@ class FP8Linear(nn.Module):
         m._update_path()
         return m
 
+    @torch.no_grad()
+    def assign_(self, weight: Tensor) -> None:
+        """Take `weight` [out, in] (a LoRA merged into it, say) as `from_linear` would, in place: the buffers keep
+        their storage, so captured CUDA graphs stay valid."""
+        q, scale = fp8_quantize(weight.to(self.weight.device))
+        self.weight.copy_(q)
+        self.weight_scale.copy_(scale)
+
     @property
     def emulate(self) -> bool:
         return self._emulate

@@ -60,6 +60,7 @@ def check_quantization(scheme: str | None, device: torch.device) -> None:
 
 
 # Every speed lever, in the order `Engine.levers` lists those that run (the first seven are EngineOptions fields).
+SWAPPABLE = {"Int8Linear", "FP8Linear"}  # quantised layers a LoRA swap requantises in place (`assign_`)
 LEVERS = ("compile", "graphs", "cudnn_attention", "split_attention", "fused_gelu", "tuned_vae", "fused_vae", "fp8",
           "taehv")
 
@@ -142,7 +143,7 @@ class Engine:
         self.loras: tuple = ()  # the LoRAs merged into the DiT (`merge`)
         self._loaded: dict[str, Tensor] | None = None  # weights a LoRA changed, as loaded (`merge(keep=True)`)
         self._swapping = threading.Lock()  # `keep_for` copies a weight while no `remerge` writes it
-        self.int8_kept = False  # every block linear's weight kept as loaded before an int8 plan (`keep_block_linears`)
+        self.linears_kept = False  # every block linear's weight kept as loaded before quantising (`keep_block_linears`)
         self.rewritten: list[str] = []  # the parameters the last `remerge` rewrote
 
     def levers(self) -> list[str]:
@@ -229,7 +230,7 @@ class Engine:
 
     def keep_block_linears(self) -> None:
         """Keep every block linear's weight as loaded in host memory (those a LoRA changed are kept already), before
-        the int8 plan quantises them: what a later swap starts from."""
+        an int8 plan or FP8 quantises them: what a later swap starts from."""
         from cfcli.lora.merge import host_copy
         from cfcli.models.dit import BLOCK_LINEARS
 
@@ -237,7 +238,7 @@ class Engine:
         for name, p in self.dit.named_parameters():
             if name.endswith(".weight") and BLOCK_LINEARS.fullmatch(name.removesuffix(".weight")):
                 self._loaded.setdefault(name, host_copy(p))
-        self.int8_kept = True
+        self.linears_kept = True
 
     @property
     def can_remerge(self) -> bool:
@@ -246,9 +247,9 @@ class Engine:
 
     @property
     def remerge_refusal(self) -> str | None:
-        """Why `remerge` cannot swap the LoRAs in place (a phrase for messages), or None when it can: int8 block
-        weights can, when their weights as loaded were kept before quantising (`configure(keep_loaded=True)`)."""
-        if hasattr(self.dit.blocks, "distinct") or self._quantised() - ({"Int8Linear"} if self.int8_kept else set()):
+        """Why `remerge` cannot swap the LoRAs in place (a phrase for messages), or None when it can: quantised block
+        weights (int8, FP8) can, when their weights as loaded were kept before quantising (`keep_block_linears`)."""
+        if hasattr(self.dit.blocks, "distinct") or self._quantised() - (SWAPPABLE if self.linears_kept else set()):
             return self.not_plain
         if self._loaded is None and self.loras:
             return "its LoRAs were merged without keeping the weights as loaded, which a swap starts from"
@@ -280,10 +281,10 @@ class Engine:
         """LoRAs merged (`keep_loaded`: see `merge`), decoder (`decoder_model`: TAEHV weights to use instead of the
         cached ones, see `use_decoder`), quantisation, the memory `plan`, then the fast path the plan allows (the
         order they must come in)."""
-        swappable = keep_loaded and options.quantize is None and (plan is None or not plan.offload_blocks)
+        swappable = keep_loaded and (plan is None or not plan.offload_blocks)
         self.merge(options.loras, swappable)  # kept only where a swap in place can use them
-        if swappable and plan is not None and plan.weights == "int8":
-            self.keep_block_linears()  # a swap requantises from the weights as loaded: none is left after `apply`
+        if swappable and (options.quantize or (plan is not None and plan.weights == "int8")):
+            self.keep_block_linears()  # a swap requantises from the weights as loaded: quantising leaves none
         self.use_decoder(options.decoder, decoder_model).quantize(options.quantize)
         if plan is not None:
             self.apply(plan)
