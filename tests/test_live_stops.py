@@ -80,14 +80,31 @@ def test_a_killed_server_leaves_a_playable_recording_that_the_next_start_reports
         run.kill()
     hidden = [p for p in out.iterdir() if p.name.endswith(".mp4") and p.name.startswith(".")]
     assert len(hidden) == 1
-    assert read_video(hidden[0]).frames.shape[0] >= 8  # fragmented MP4: what reached the disk plays
+    assert playable(hidden[0])[0] >= 8  # fragmented MP4: what reached the disk plays
     monkeypatch.setattr("cfcli.cli.live.load", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     r = cf("live", "--preset", FRAMEWISE, "--device", "cpu", "--port", free_port(), "--out-dir", out)
     kept = [p for p in out.iterdir() if not p.name.startswith(".")]
     assert len(kept) == 1 and kept[0].name.endswith(".partial.mp4") and str(kept[0]) in r.output, r.output
-    clip = read_video(kept[0])
-    assert clip.frames.shape[0] >= 8 and clip.metadata["prompt"] == PROMPT and clip.metadata["live"] is True
+    frames, meta = playable(kept[0])
+    assert frames >= 8 and meta["prompt"] == PROMPT and meta["live"] is True
     assert not [p for p in out.iterdir() if p.name.startswith(".") and ".partial" in p.name]
+
+
+def playable(path) -> tuple[int, dict]:
+    """(Frames a player shows, cfcli metadata) of a recording whose writer was killed: the packet being written at
+    the SIGKILL may be cut short, and decoding stops there, as a player's does."""
+    import av
+
+    from cfcli.pipeline.video import read_metadata
+
+    with av.open(str(path)) as container:
+        meta, frames = read_metadata(container), 0
+        try:
+            for _ in container.decode(container.streams.video[0]):
+                frames += 1
+        except av.error.InvalidDataError:
+            pass
+    return frames, meta
 
 
 def test_a_live_servers_file_is_not_taken(tmp_path):
