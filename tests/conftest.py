@@ -47,6 +47,41 @@ def cf():
     return run
 
 
+@pytest.fixture
+def chunkwise_ema(tmp_path):
+    """tiny-chunkwise on its EMA weights, as a preset file: its non-EMA generator has a zero-initialised head, so it
+    ignores the text, and prompt switches on it would prove nothing."""
+    import yaml
+
+    data = yaml.safe_load((FIXTURES / "tiny-chunkwise.yaml").read_text())
+    for ref in data["weights"].values():
+        ref["path"] = str((FIXTURES / ref["path"]).resolve())
+    data["use_ema"] = True
+    path = tmp_path / "tiny-chunkwise-ema.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def info(cf, path) -> dict:
+    """`cf info PATH --json`, read."""
+    r = cf("info", path, "--json")
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+def remake(cf, command: str, out):
+    """Run a `cf info` remake command into `out`; the frames it made."""
+    import shlex
+
+    from cfcli.pipeline.video import read_video
+
+    argv = shlex.split(command)
+    assert argv[0] == "cf"
+    r = cf(*argv[1:], "--out", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    return read_video(out).frames
+
+
 def stream_in_chunks(model, latents, chunks):
     """Decode latents [B, F, ...] through `model.stream_decoder()` in chunks of the given sizes; each chunk must give
     1 + 4(n-1) frames the first time and 4n after. Returns the frames joined along time."""

@@ -9,24 +9,10 @@ import torch
 
 from cfcli.pipeline.video import VideoWriter, read_video
 
-from conftest import FIXTURES, PROMPT
+from conftest import FIXTURES, PROMPT, info, remake
 
 TINY = FIXTURES / "tiny-framewise.yaml"
 BASE = ["--preset", TINY, "--device", "cpu", "--dtype", "float32"]
-
-
-def info(cf, path) -> dict:
-    r = cf("info", path, "--json")
-    assert r.exit_code == 0, r.output
-    return json.loads(r.stdout)
-
-
-def remake(cf, command: str, out):
-    argv = shlex.split(command)
-    assert argv[0] == "cf"
-    r = cf(*argv[1:], "--out", out, "--quiet")
-    assert r.exit_code == 0, r.output
-    return read_video(out).frames
 
 
 def test_generated_clip_round_trip(cf, tmp_path):

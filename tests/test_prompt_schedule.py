@@ -147,20 +147,6 @@ def gen(cf, tmp_path, name, preset, frames, *extra, prompt=PROMPT):
     return load_file(str(lat))["latents"], read_video(out)
 
 
-@pytest.fixture
-def chunkwise(tmp_path):
-    """tiny-chunkwise on the EMA weights: its non-EMA generator has a zero-initialised head, so ignores the text."""
-    import yaml
-
-    data = yaml.safe_load(CHUNKWISE.read_text())
-    for ref in data["weights"].values():
-        ref["path"] = str((FIXTURES / ref["path"]).resolve())
-    data["use_ema"] = True
-    path = tmp_path / "tiny-chunkwise-ema.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
 def differ_per_block(latents_a, latents_b, first, block_frames):
     return all(not torch.equal(latents_a[i:i + block_frames], latents_b[i:i + block_frames])
                for i in range(first, latents_a.shape[0], block_frames))
@@ -178,9 +164,9 @@ def test_framewise_switch_keeps_earlier_frames_and_changes_later_ones(cf, tmp_pa
     assert "prompt_schedule" not in base_clip.metadata
 
 
-def test_chunkwise_switch_waits_for_the_next_chunk(cf, tmp_path, chunkwise):
-    base, base_clip = gen(cf, tmp_path, "base", chunkwise, 33)
-    lat, clip = gen(cf, tmp_path, "switch", chunkwise, 33, "--prompt-at", "0.5s", JUMP)
+def test_chunkwise_switch_waits_for_the_next_chunk(cf, tmp_path, chunkwise_ema):
+    base, base_clip = gen(cf, tmp_path, "base", chunkwise_ema, 33)
+    lat, clip = gen(cf, tmp_path, "switch", chunkwise_ema, 33, "--prompt-at", "0.5s", JUMP)
     # 0.5 s → frame 8 → latent 2, inside chunk 0–2: the switch starts with chunk 3–5 (frames 9…)
     assert torch.equal(lat[:3], base[:3]) and differ_per_block(lat, base, 3, 3)
     assert torch.equal(clip.frames[:9], base_clip.frames[:9])
@@ -196,9 +182,9 @@ def test_rolling_switch_keeps_blocks_finalised_before_the_new_prompt(cf, tmp_pat
     assert clip.metadata["prompt_schedule"] == [[0.0, PROMPT], [3.25, JUMP]]
 
 
-def test_a_switch_to_the_same_prompt_changes_nothing(cf, tmp_path, chunkwise):
-    base, base_clip = gen(cf, tmp_path, "base", chunkwise, 21)
-    lat, clip = gen(cf, tmp_path, "same", chunkwise, 21, "--prompt-at", "0.2", PROMPT)
+def test_a_switch_to_the_same_prompt_changes_nothing(cf, tmp_path, chunkwise_ema):
+    base, base_clip = gen(cf, tmp_path, "base", chunkwise_ema, 21)
+    lat, clip = gen(cf, tmp_path, "same", chunkwise_ema, 21, "--prompt-at", "0.2", PROMPT)
     assert torch.equal(lat, base) and torch.equal(clip.frames, base_clip.frames)
 
 

@@ -7,8 +7,6 @@ prompt queued mid-block lands at that block's next step, says so in its receipts
 the sampler cannot take is refused; the live loop's `StepSync` changes no latent.
 """
 
-import json
-import shlex
 from dataclasses import replace
 
 import pytest
@@ -26,7 +24,7 @@ from cfcli.pipeline.sampler import CausalSampler, StepSync
 from cfcli.pipeline.video import read_video
 from cfcli.presets import load_preset
 
-from conftest import FIXTURES, PROMPT
+from conftest import FIXTURES, PROMPT, info, remake
 
 FRAMEWISE, CHUNKWISE = FIXTURES / "tiny-framewise.yaml", FIXTURES / "tiny-chunkwise.yaml"
 JUMP = "the fox jumps into the river"
@@ -308,20 +306,6 @@ def test_a_cut_between_steps_ends_a_transition_under_way(engine):
 
 # --- through the CLI ------------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def chunkwise(tmp_path):
-    """tiny-chunkwise on its EMA weights (`ema`), as a preset file."""
-    import yaml
-
-    data = yaml.safe_load(CHUNKWISE.read_text())
-    for ref in data["weights"].values():
-        ref["path"] = str((FIXTURES / ref["path"]).resolve())
-    data["use_ema"] = True
-    path = tmp_path / "tiny-chunkwise-ema.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
 def gen(cf, tmp_path, preset, name, *extra):
     out, lat = tmp_path / f"{name}.mkv", tmp_path / f"{name}.safetensors"
     r = cf("generate", PROMPT, "--preset", preset, "--seed", 5, "--frames", 33, "--device", "cpu", "--dtype",
@@ -330,20 +314,15 @@ def gen(cf, tmp_path, preset, name, *extra):
     return load_file(str(lat))["latents"], out
 
 
-def test_prompt_at_a_step_is_recorded_and_remade_exactly(cf, tmp_path, chunkwise):
-    cut, _ = gen(cf, tmp_path, chunkwise, "cut", "--prompt-at", "0.5", JUMP)  # 0.5 s → frame 8 → latent 2 → chunk 3
-    lat, out = gen(cf, tmp_path, chunkwise, "step", "--prompt-at", "0.5@2", JUMP)
+def test_prompt_at_a_step_is_recorded_and_remade_exactly(cf, tmp_path, chunkwise_ema):
+    cut, _ = gen(cf, tmp_path, chunkwise_ema, "cut", "--prompt-at", "0.5", JUMP)  # 0.5 s → frame 8 → latent 2 → chunk 3
+    lat, out = gen(cf, tmp_path, chunkwise_ema, "step", "--prompt-at", "0.5@2", JUMP)
     assert torch.equal(lat[:3], cut[:3]) and not torch.equal(lat[3:6], cut[3:6])
     clip = read_video(out)
     assert clip.metadata["prompt_schedule"] == [[0.0, PROMPT], [0.5, JUMP, {"step": 2}]]
-    r = cf("info", out, "--json")
-    assert r.exit_code == 0, r.output
-    facts = json.loads(r.stdout)
+    facts = info(cf, out)
     assert not facts["malformed"] and f"--prompt-at 0.5@2 '{JUMP}'" in facts["command"]
-    again = tmp_path / "again.mkv"
-    r = cf(*shlex.split(facts["command"])[1:], "--out", again, "--quiet")
-    assert r.exit_code == 0, r.output
-    assert torch.equal(read_video(again).frames, clip.frames)
+    assert torch.equal(remake(cf, facts["command"], tmp_path / "again.mkv"), clip.frames)
 
 
 def test_a_bad_step_is_refused_before_anything_loads(cf, tmp_path):
@@ -371,14 +350,9 @@ def test_a_live_cut_is_recorded_with_its_step_and_remade_exactly(cf, tmp_path):
     clip = read_video(path)
     assert clip.metadata["prompt_schedule"] == [[0.0, PROMPT], [landed["seconds"], JUMP]
                                                 + ([{"step": landed["step"]}] if landed["step"] else [])]
-    r = cf("info", path, "--json")
-    assert r.exit_code == 0, r.output
-    command = json.loads(r.stdout)["command"]
+    command = info(cf, path)["command"]
     assert ("@" in command) == bool(landed["step"])
-    again = tmp_path / "again.mkv"
-    r = cf(*shlex.split(command)[1:], "--out", again, "--quiet")
-    assert r.exit_code == 0, r.output
-    assert torch.equal(read_video(again).frames, clip.frames)
+    assert torch.equal(remake(cf, command, tmp_path / "again.mkv"), clip.frames)
 
 
 def test_step_sync_changes_no_latent_of_the_rolling_sampler(monkeypatch):

@@ -9,7 +9,6 @@ mid-transition included); `cf info`'s remake gives the transitions back.
 
 import json
 import math
-import shlex
 
 import pytest
 import torch
@@ -27,7 +26,7 @@ from cfcli.pipeline.prompts import (CUT, PromptSchedule, Switch, Transition, ble
 from cfcli.pipeline.video import read_video
 from cfcli.presets import load_preset
 
-from conftest import FIXTURES, PROMPT
+from conftest import FIXTURES, PROMPT, info, remake
 
 FRAMEWISE = FIXTURES / "tiny-framewise.yaml"
 JUMP = "the fox jumps into the river"
@@ -306,14 +305,9 @@ def test_prompt_at_transitions_and_their_remake(cf, tmp_path):
     assert torch.equal(lat[:4], cut[:4]) and all(not torch.equal(lat[i], cut[i]) for i in (4, 5))
     clip = read_video(out)
     assert clip.metadata["prompt_schedule"] == [[0.0, PROMPT], [1.0, JUMP, {"blocks": 2, "kind": "spherical"}]]
-    r = cf("info", out, "--json")
-    assert r.exit_code == 0, r.output
-    facts = json.loads(r.stdout)
+    facts = info(cf, out)
     assert not facts["malformed"] and f"--prompt-at '1~2:slerp' '{JUMP}'" in facts["command"]
-    again = tmp_path / "again.mkv"
-    r = cf(*shlex.split(facts["command"])[1:], "--out", again, "--quiet")
-    assert r.exit_code == 0, r.output
-    assert torch.equal(read_video(again).frames, clip.frames)
+    assert torch.equal(remake(cf, facts["command"], tmp_path / "again.mkv"), clip.frames)
 
 
 def test_a_bad_transition_is_refused_before_anything_loads(cf, tmp_path):
@@ -342,11 +336,6 @@ def test_a_live_transition_is_recorded_and_remade_exactly(cf, tmp_path):
     clip = read_video(path)
     assert clip.metadata["prompt_schedule"] == [[0.0, PROMPT],
                                                 [landed["seconds"], JUMP, {"blocks": 2, "kind": "spherical"}]]
-    r = cf("info", path, "--json")
-    assert r.exit_code == 0, r.output
-    command = json.loads(r.stdout)["command"]
+    command = info(cf, path)["command"]
     assert "~2:slerp" in command
-    again = tmp_path / "again.mkv"
-    r = cf(*shlex.split(command)[1:], "--out", again, "--quiet")
-    assert r.exit_code == 0, r.output
-    assert torch.equal(read_video(again).frames, clip.frames)
+    assert torch.equal(remake(cf, command, tmp_path / "again.mkv"), clip.frames)
