@@ -55,8 +55,7 @@ class LoraChange:
         seconds = None if self.frame is None else round(self.frame / fps, 4)
         msg = {"type": "loras", "id": self.id, "loras": [{"file": s.source, "scale": s.scale} for s in self.asked],
                "state": self.state, "latent": self.latent, "block": self.block, "frame": self.frame,
-               "seconds": seconds,
-               "made_s": self.made_s, "swap_s": self.swap_s}
+               "seconds": seconds, "made_s": self.made_s, "swap_s": self.swap_s}
         return msg | ({"message": self.message, "hint": self.hint} if self.state == "refused" else {})
 
 

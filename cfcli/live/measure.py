@@ -2,8 +2,8 @@
 
 A live session plays at real time (as the page would) while N prompt switches are submitted at random moments (each
 at a uniformly random phase of the block cycle, `cycle_s`); for each, the time from submission to the first frame made
-under it. Beside it, with the device synchronised: one
-block's DiT time, one block's decode time, and unpaced generation speed (frames/s with decoding). With `--lora`, then
+under it. Beside it, with the device synchronised: one block's DiT time, one block's decode time, and unpaced
+generation speed (frames/s with decoding). With `--lora`, then
 N LoRA changes at random moments, alternating between none of the given LoRAs and all of them: for each, the swap
 (the time it holds up a block) and submission to the first frame made under it.
 """

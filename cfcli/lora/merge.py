@@ -9,9 +9,7 @@ and writes in place, so captured CUDA graphs stay valid.
 """
 
 import contextlib
-import threading
-
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -58,15 +56,14 @@ def merge_(module: nn.Module, adapters: Adapters, keep: bool = False) -> dict[st
 
 
 @torch.no_grad()
-def keep_(module: nn.Module, base: dict[str, Tensor], adapters: Adapters, lock: threading.Lock) -> None:
-    """Add to `base` the weights as loaded that a swap to `adapters` will start from, while the module runs: a
-    parameter missing from `base` has no LoRA merged, so its value now is its value as loaded. `lock` (held by
-    `remerge_`'s caller) keeps a swap from writing a parameter while it is copied. The copies run on a stream of their
-    own, beside the work on the module."""
+def keep_(module: nn.Module, base: dict[str, Tensor], names: Iterable[str], lock=contextlib.nullcontext()) -> None:
+    """Add to `base` the parameters `names` not in it yet, as they are now: a parameter missing from `base` has no
+    LoRA merged, so its value now is its value as loaded. `lock` (held by a swap on another thread) keeps a swap from
+    writing a parameter while it is copied. The copies run on a stream of their own, beside the work on the module."""
     params = dict(module.named_parameters())
-    missing = [name for name in changed(adapters) if name not in base]
-    cuda = any(params[name].is_cuda for name in missing)
-    side = torch.cuda.Stream(params[missing[0]].device) if cuda else None
+    missing = [name for name in names if name not in base]
+    cuda = [params[name].device for name in missing if params[name].is_cuda]
+    side = torch.cuda.Stream(cuda[0]) if cuda else None
     with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
         for name in missing:
             with lock:
@@ -80,13 +77,12 @@ def keep_(module: nn.Module, base: dict[str, Tensor], adapters: Adapters, lock: 
 def remerge_(module: nn.Module, base: dict[str, Tensor], adapters: Adapters, previous: Adapters = ()) -> list[str]:
     """Replace the merged LoRAs (`previous`) with `adapters`, in place: each parameter either changes, from its weights
     as loaded (`base`, kept and extended here) plus the new deltas; one no LoRA changes any more goes back to its
-    loaded value. A quantised layer (`Int8Linear`) takes its merged weight through `assign_`, quantised as at load;
+    loaded value. A quantised layer (`Int8Linear`, `FP8Linear`) takes its merged weight through `assign_`, quantised as
+    at load;
     its weight as loaded must be in `base` already (kept before it was quantised). Returns the names rewritten."""
-    params = dict(module.named_parameters())
     names = list(dict.fromkeys([*changed(previous), *changed(adapters)]))
-    for name in names:
-        if name not in base:
-            base[name] = host_copy(params[name])
+    keep_(module, base, names)
+    params = dict(module.named_parameters())
     for name in names:
         loaded = base[name]
         owner, _, attr = name.rpartition(".")

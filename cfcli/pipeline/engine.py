@@ -59,8 +59,9 @@ def check_quantization(scheme: str | None, device: torch.device) -> None:
         raise CfError(why, "leave out --quantize to run in the preset's precision")
 
 
-# Every speed lever, in the order `Engine.levers` lists those that run (the first seven are EngineOptions fields).
 SWAPPABLE = {"Int8Linear", "FP8Linear"}  # quantised layers a LoRA swap requantises in place (`assign_`)
+
+# Every speed lever, in the order `Engine.levers` lists those that run (the first seven are EngineOptions fields).
 LEVERS = ("compile", "graphs", "cudnn_attention", "split_attention", "fused_gelu", "tuned_vae", "fused_vae", "fp8",
           "taehv")
 
@@ -219,25 +220,24 @@ class Engine:
         """Copy to the host, ahead of `remerge(adapters)` and on the caller's thread, the weights as loaded that the
         swap starts from and that are not kept yet, so the swap itself (which holds up a block) only computes and
         writes. Does nothing where `remerge` would refuse."""
-        from cfcli.lora.merge import keep_
+        from cfcli.lora.merge import changed, keep_
         from cfcli.pipeline.loras import pairs
 
         with self._swapping:
             if self.remerge_refusal is not None:
                 return
             self._loaded = {} if self._loaded is None else self._loaded
-        keep_(self.dit, self._loaded, pairs(adapters), self._swapping)
+        keep_(self.dit, self._loaded, changed(pairs(adapters)), self._swapping)
 
     def keep_block_linears(self) -> None:
         """Keep every block linear's weight as loaded in host memory (those a LoRA changed are kept already), before
         an int8 plan or FP8 quantises them: what a later swap starts from."""
-        from cfcli.lora.merge import host_copy
-        from cfcli.models.dit import BLOCK_LINEARS
+        from cfcli.lora.merge import keep_
+        from cfcli.models.dit import block_linear
 
         self._loaded = {} if self._loaded is None else self._loaded
-        for name, p in self.dit.named_parameters():
-            if name.endswith(".weight") and BLOCK_LINEARS.fullmatch(name.removesuffix(".weight")):
-                self._loaded.setdefault(name, host_copy(p))
+        linears = [f"{name}.weight" for name, m in self.dit.named_modules() if block_linear(name, m)]
+        keep_(self.dit, self._loaded, linears)
         self.linears_kept = True
 
     @property
