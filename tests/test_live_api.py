@@ -56,6 +56,11 @@ def test_the_block_a_prompt_lands_at_counts_blocks_of_latent_frames():
                                                                              "1-2000 characters"),
     ('{"type": "record", "on": 1}', "wrong type"), ('{"type": "restart", "seed": -1}', "seed must be"),
     (b"\x00", "not binary"), ("x" * 20000, "over"),
+    ('{"type": "prepare", "prompts": []}', "give 1-64 prompts"), ('{"type": "prepare", "prompts": [3]}',
+                                                                   "a list of strings"),
+    ('{"type": "prepare", "prompts": ["a", " "]}', "prepare: the prompt must be 1-2000"),
+    ('{"type": "prepare", "prompts": "a"}', "wrong type"), ('{"type": "prepare", "prompts": ["a"] }'.replace(
+        '["a"]', '["a"' + ', "b"' * 64 + ']'), "give 1-64 prompts"),
 ])
 def test_bad_messages_are_refused_with_a_reason(raw, message):
     with pytest.raises(BadMessage, match=message):
@@ -299,3 +304,45 @@ def test_switches_land_at_block_starts_when_asked(tmp_path):
     out = measure(engine, encoder, LiveConfig(tmp_path, switch_at="blocks"), switches=3, seed=2, blocks=2)
     assert [d["step"] for d in out["switch_detail"]] == [0, 0, 0] and out["switches"] == 3
     assert False in calls and True not in calls  # the live run's generate: no step sync
+
+
+def test_prepared_prompts_are_encoded_ahead_and_a_fired_prompt_waits_for_at_most_one(tmp_path, monkeypatch):
+    """`prepare` (the page's queue): each prompt is encoded into the prompt cache and acknowledged (received, then
+    applied with `cached`); firing a prepared prompt runs no umT5; a prompt fired while a list is being prepared is
+    encoded after at most one of the list, not behind all of it."""
+    import time
+
+    from cfcli.pipeline.text import PromptEncoder
+
+    ran = []
+    real = PromptEncoder._run_encoder
+
+    def slow(self, prompts):
+        time.sleep(0.3)
+        ran.append(prompts[0])
+        return real(self, prompts)
+
+    monkeypatch.setattr(PromptEncoder, "_run_encoder", slow)
+    later = [f"prepared prompt {i}" for i in range(4)]
+    with live_server(FRAMEWISE, tmp_path / "live", max_seconds=3.0) as srv, Client(srv.ws) as c:
+        c.send(type="prepare", prompts=[JUMP])
+        assert "only watches" in c.kind("error")["message"]  # a control message: the controller's
+        c.send(type="claim")
+        c.send(type="prepare", prompts=[JUMP, f" {JUMP} "])  # the same prompt once
+        assert c.kind("ack", **{"for": "prepare", "state": "received"})["prompts"] == 1
+        done = c.kind("ack", **{"for": "prepare", "state": "applied"})
+        assert done["prompt"] == JUMP and done["cached"] is True and srv.session.encoder.is_cached(JUMP)
+        c.send(type="start", prompt=PROMPT, seed=3, record=False)
+        c.until(frames=1)
+        c.send(type="prompt", prompt=JUMP)  # prepared: lands without umT5
+        assert c.kind("prompt", state="landed")["prompt"] == JUMP
+        c.send(type="prepare", prompts=later)
+        c.kind("ack", **{"for": "prepare", "state": "received"})
+        c.send(type="prompt", prompt="a red kite over green hills")
+        kite = c.kind("prompt", state="landed")
+        applied = lambda m: m["type"] == "ack" and m["for"] == "prepare" and m["state"] == "applied"
+        while sum(map(applied, c.messages)) < 1 + len(later):
+            c.until(applied)
+    assert ran.count(JUMP) == 1 and kite["prompt"] == "a red kite over green hills"
+    fired = ran.index("a red kite over green hills")
+    assert ran[fired - 1] in (later[0], PROMPT) and ran[fired + 1:] == later[ran[:fired].count(later[0]):]

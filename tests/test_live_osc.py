@@ -69,6 +69,7 @@ def test_osc_steers_a_live_video_and_refusals_leave_it_running(tmp_path, caplog)
     ("/cf/loras", ["/l/ink.safetensors", 0.5], None, {"type": "loras",
                                                       "loras": [{"file": "/l/ink.safetensors", "scale": 0.5}]}),
     ("/cf/loras", [], None, {"type": "loras", "loras": []}),
+    ("/cf/prepare", ["a fox", "a kite"], None, {"type": "prepare", "prompts": ["a fox", "a kite"]}),
     ("/cf/stop", ["s3cret"], "s3cret", {"type": "stop"}),
 ])
 def test_osc_addresses_map_onto_socket_messages(address, args, token, expected):

@@ -33,6 +33,7 @@ ADDRESSES: dict[str, tuple[str, tuple[str, ...]]] = {
     "/cf/stop": ("stop", ()),
     "/cf/record": ("record", ("on",)),
     "/cf/loras": ("loras", ()),  # <file> <scale> pairs: the whole list, none to unload them all
+    "/cf/prepare": ("prepare", ()),  # <prompt> ...: encode them ahead, so /cf/prompt with one later runs no umT5
 }
 ARG_TYPES = (str, int, float, bool, type(None))  # OSC s/i/f/d/h/T/F/N; blobs, MIDI and time tags are refused
 
@@ -81,6 +82,8 @@ def to_message(address: str, args: list, token: str | None) -> dict:
         if len(args) % 2:
             raise CfError(f"{address}: give <file> <scale> pairs", f"e.g. {address} /loras/ink.safetensors 0.8")
         return {"type": kind, "loras": [{"file": f, "scale": s} for f, s in zip(args[::2], args[1::2])]}
+    if kind == "prepare":  # the strings are checked by `protocol.parse`
+        return {"type": kind, "prompts": list(args)}
     if len(args) > len(names):
         shown = " ".join(n.rpartition(".")[2] for n in names) or "none"
         raise CfError(f"{address} takes at most {len(names)} argument(s): {shown}", "see docs/live.md, OSC")

@@ -17,6 +17,7 @@ from cfcli.pipeline.prompts import CUT, MAX_TRANSITION_BLOCKS, Transition, encod
 MAX_PROMPT_CHARS = 2000
 MAX_MESSAGE_BYTES = 16 * 1024
 MAX_LORAS = 8  # LoRAs one `loras` message may set
+MAX_PREPARE = 64  # prompts one `prepare` message may name
 MAX_PATH_CHARS = 4096
 FRAME_HEADER = struct.Struct("<4sIIHH")
 FRAME_MAGIC = b"CFLV"
@@ -31,10 +32,11 @@ MESSAGES: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "restart": {"seed": ((int, type(None)), False), "new_seed": ((bool,), False), "prompt": ((str, type(None)), False)},
     "prompt": {"prompt": ((str,), True), "transition": ((dict, type(None)), False)},  # {"blocks": N, "kind": ...}
     "record": {"on": ((bool,), True)},
+    "prepare": {"prompts": ((list,), True)},  # prompts to encode ahead (a queue), so firing one later skips umT5
     "loras": {"loras": ((list,), True)},  # the whole list: [{"file": path or Hub file, "scale": number}, ...]
     "status": {},  # ask for a status message now
 }
-CONTROL = {"start", "stop", "restart", "prompt", "record", "loras"}  # messages only the controller may send
+CONTROL = {"start", "stop", "restart", "prompt", "record", "loras", "prepare"}  # messages only the controller may send
 
 
 class BadMessage(ValueError):
@@ -71,12 +73,15 @@ def parse(text: str | bytes | None) -> dict:
 
 
 def check_values(msg: dict) -> None:
-    prompt = msg.get("prompt")
-    if prompt is not None and (not prompt.strip() or len(prompt) > MAX_PROMPT_CHARS):
-        raise BadMessage(f"{msg['type']}: the prompt must be 1-{MAX_PROMPT_CHARS} characters")
-    if prompt is not None and not encodable(prompt):
-        raise BadMessage(f"{msg['type']}: the prompt is not valid Unicode text (a lone surrogate such as \\ud800): "
-                         "a recording could not store it")
+    if msg.get("prompt") is not None:
+        check_prompt(msg["type"], msg["prompt"])
+    if msg["type"] == "prepare":
+        if not 1 <= len(msg["prompts"]) <= MAX_PREPARE:
+            raise BadMessage(f"prepare: give 1-{MAX_PREPARE} prompts")
+        for prompt in msg["prompts"]:
+            if not isinstance(prompt, str):
+                raise BadMessage("prepare: 'prompts' must be a list of strings")
+            check_prompt("prepare", prompt)
     seed = msg.get("seed")
     if seed is not None and not 0 <= seed < 2**63:
         raise BadMessage(f"{msg['type']}: the seed must be in [0, 2^63)")
@@ -86,6 +91,14 @@ def check_values(msg: dict) -> None:
         msg["loras"] = [lora_entry(i, e) for i, e in enumerate(msg["loras"])]
         if len(msg["loras"]) > MAX_LORAS:
             raise BadMessage(f"loras: at most {MAX_LORAS} LoRAs")
+
+
+def check_prompt(kind: str, prompt: str) -> None:
+    if not prompt.strip() or len(prompt) > MAX_PROMPT_CHARS:
+        raise BadMessage(f"{kind}: the prompt must be 1-{MAX_PROMPT_CHARS} characters")
+    if not encodable(prompt):
+        raise BadMessage(f"{kind}: the prompt is not valid Unicode text (a lone surrogate such as \\ud800): "
+                         "a recording could not store it")
 
 
 def transition_entry(entry: dict | None) -> Transition:

@@ -383,6 +383,8 @@ def control(state: Live, msg: dict) -> dict | None:
         session.record(msg["on"])
     elif kind == "prompt":
         return session.prompt(msg["prompt"], msg["transition"])[1]
+    elif kind == "prepare":
+        return session.prepare(msg["prompts"])
     elif kind == "loras":
         return session.set_loras([LoraSpec(e["file"], e["scale"]) for e in msg["loras"]])[1]
     return {"type": "ack", "for": kind, "state": "received"}  # applied: `started`, `ended`, the record ack

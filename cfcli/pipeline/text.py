@@ -68,6 +68,10 @@ class PromptEncoder:
         with self._lock:
             return self._encode(prompts)
 
+    def is_cached(self, prompt: str) -> bool:
+        """Whether `prompt`'s features are in the prompt cache (its next `encode` runs no umT5)."""
+        return (self.cache_dir / f"{self._key(prompt)}.safetensors").is_file()
+
     def load(self) -> "PromptEncoder":
         """Load umT5 now when it is kept, so the first prompt does not wait for it."""
         with self._lock:

@@ -15,7 +15,7 @@ const live = window.cfLive = {   // state, also read by the browser tests
   role: "viewer", state: "idle", fps: 16, session: 0, framesReceived: 0, framesDrawn: 0, framesSkipped: 0,
   lastFrame: -1, prompts: {}, recordings: [], errors: [], acks: [], buffering: false,
   loras: [], loraChanges: {}, loraSwaps: true,
-  connection: "connecting", controlled: false, recording: false, lastStatus: null, queue: loadQueue(),
+  connection: "connecting", controlled: false, recording: false, lastStatus: null, queue: loadQueue(), prepared: {},
 };
 const canvas = $("screen"), ctx = canvas.getContext("2d");
 let ws = null, queue = [], decoding = Promise.resolve(), clock = null, needBuffer = 0.25, submits = [];
@@ -73,7 +73,7 @@ const handlers = {
   },
   role(m) {
     live.role = m.role;
-    if (m.role === "controller") live.controlled = false;
+    if (m.role === "controller") { live.controlled = false; prepare(live.queue); }
     $("role").textContent = m.role === "controller" ? "you control" : "watching";
     render();
   },
@@ -108,6 +108,10 @@ const handlers = {
   },
   ack(m) {  // start / restart / stop / record: received at once; applied as `started`, `ended` or a record ack
     live.acks.push(m);
+    if (m.for === "prepare") {  // a queued prompt encoded ahead: firing it runs no text encoder
+      if (m.state === "applied") { live.prepared[m.prompt] = m.cached ? "ready" : "encoded"; renderQueue(); }
+      return;
+    }
     if (m.state === "applied") log(`recording ${m.on ? "kept" : "dropped"} (at frame ${m.frame})`);
     else log(`${m.for} received`);
   },
@@ -254,6 +258,12 @@ function renderQueue() {
   live.queue.forEach((text, i) => {
     const li = document.createElement("li"), span = document.createElement("span");
     span.className = "name"; span.textContent = text;
+    const ready = live.prepared[text];
+    if (ready) {
+      span.dataset.prepared = ready;
+      span.title = ready === "ready" ? "encoded ahead: firing it runs no text encoder"
+        : "encoded, but the prompt cache is not writable: firing it encodes again";
+    }
     const up = smallButton("↑", "Move up", () => live.queue.splice(i - 1, 2, live.queue[i], live.queue[i - 1]));
     up.disabled = i === 0;
     li.append(span, up, smallButton("✕", "Remove", () => live.queue.splice(i, 1)));
@@ -266,6 +276,12 @@ function smallButton(text, title, edit) {
   b.type = "button"; b.textContent = text; b.title = title;
   b.onclick = () => { edit(); queueChanged(); };
   return b;
+}
+
+// Queued prompts are encoded ahead on the server (into its prompt cache), one at a time behind any switch.
+function prepare(prompts) {
+  const fresh = [...new Set(prompts)].filter((p) => !live.prepared[p]).slice(0, 64);
+  if (fresh.length && live.role === "controller") send({ type: "prepare", prompts: fresh });
 }
 
 function fireNext() {
@@ -479,6 +495,7 @@ $("queue-form").addEventListener("submit", (ev) => {
   live.queue.push(prompt);
   $("queue-input").value = "";
   queueChanged();
+  prepare([prompt]);
 });
 $("prompt").addEventListener("input", renderControls);  // Start needs a prompt
 $("start").onclick = () => start($("prompt").value.trim());
