@@ -18,7 +18,6 @@ which may drop frames). Generation runs at most `lead_s` of video ahead of real-
 shows soon after it is typed; a waiting prompt cuts the wait short so it lands at the very next block.
 """
 
-import collections
 import contextlib
 import itertools
 import logging
@@ -35,6 +34,7 @@ import torch
 
 from cfcli.errors import CfError
 from cfcli.live.loras import LoraChange, LoraControl
+from cfcli.live.prepare import Prepared
 from cfcli.live.protocol import encode_frame
 from cfcli.live.recording import Recording
 from cfcli.live.schedule import LivePrompt, LiveSchedule
@@ -51,7 +51,6 @@ from cfcli.pipeline.sinks import Background, stream
 
 log = logging.getLogger("cfcli.live")
 STATUS_EVERY_S = 0.5
-MAX_PREPARING = 256  # prompts waiting to be encoded ahead (`LiveSession.prepare`)
 
 
 class Outlet(Protocol):
@@ -181,9 +180,7 @@ class LiveSession:
         self._text = ThreadPoolExecutor(1, thread_name_prefix="cf-live-text")
         self._lora_checks = ThreadPoolExecutor(1, thread_name_prefix="cf-live-lora")  # files read, not encoding
         self._blends = ThreadPoolExecutor(1, thread_name_prefix="cf-live-blend")  # not behind a prompt's encoding
-        self._preparing: collections.deque[str] = collections.deque()  # prompts to encode ahead, in order
-        self._prepare_lock = threading.Lock()
-        self._draining = False  # a `_prepare_next` is on the text thread's queue
+        self._prepared = Prepared(self._text, self._prepare, self.events.message)
         self.loras = LoraControl(lambda: self.engine, on_change=lambda c: self.events.message(c.as_message(self.fps)))
         self.jpeg_queue: queue.Queue = queue.Queue()
         self._threads = [threading.Thread(target=self._work, name="cf-live-generate", daemon=True),
@@ -274,20 +271,9 @@ class LiveSession:
         return p, reply
 
     def prepare(self, texts: list[str]) -> dict:
-        """Encode prompts ahead (a performer's queue) into the prompt cache: firing one later runs no umT5, which
-        matters most where umT5 is streamed from host memory. One at a time on the text thread, each behind the
-        switches already asked for, so a prompt fired meanwhile waits for at most one of them. Returns the received
-        ack; each prompt gets an applied ack (`cached`: false where the cache cannot be written) when encoded."""
-        with self._prepare_lock:
-            fresh = [t for t in dict.fromkeys(t.strip() for t in texts) if t not in self._preparing]
-            if len(self._preparing) + len(fresh) > MAX_PREPARING:
-                raise CfError(f"{len(self._preparing)} prompts are still being prepared; at most {MAX_PREPARING} wait",
-                              "send the rest once those are acknowledged")
-            self._preparing.extend(fresh)
-            if fresh and not self._draining:
-                self._draining = True
-                self._text.submit(self._prepare_next)
-        return {"type": "ack", "for": "prepare", "state": "received", "prompts": len(fresh)}
+        """Encode prompts ahead into the prompt cache (`cfcli.live.prepare`): firing one later runs no umT5. Returns
+        the received ack; each prompt gets an applied ack (`cached`: false where the cache cannot be written)."""
+        return self._prepared.add(texts)
 
     def set_loras(self, asked: list[LoraSpec]) -> tuple[LoraChange, dict]:
         """Queue a change of the LoRAs (the whole list; the preset's own stay): checked on the LoRA thread, it lands at
@@ -415,24 +401,10 @@ class LiveSession:
         except Exception:  # noqa: BLE001 - the block then makes its blend itself
             log.exception("making a blend ahead failed")
 
-    def _prepare_next(self) -> None:
-        """Encode the first prompt waiting to be prepared, then queue this again behind whatever came meanwhile."""
-        with self._prepare_lock:
-            text = self._preparing.popleft() if self._preparing else None
-        try:
-            if text is not None:
-                with self._on_device():
-                    self.encoder.encode([text])
-                self.events.message({"type": "ack", "for": "prepare", "state": "applied", "prompt": text,
-                                     "cached": self.encoder.is_cached(text)})
-        except Exception as exc:  # noqa: BLE001 - the thread must outlive a failed encoding
-            log.exception("preparing a prompt failed")
-            self.events.message({"type": "error", "message": f"could not prepare the prompt: {exc}".splitlines()[0]})
-        with self._prepare_lock:
-            self._draining = bool(self._preparing)
-            if self._draining:
-                with contextlib.suppress(RuntimeError):  # the session is shutting down
-                    self._text.submit(self._prepare_next)
+    def _prepare(self, text: str) -> bool:
+        with self._on_device():
+            self.encoder.encode([text])
+        return self.encoder.is_cached(text)
 
     def _encode_and_queue(self, p: LivePrompt, schedule: LiveSchedule) -> None:
         try:
