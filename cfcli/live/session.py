@@ -180,7 +180,7 @@ class LiveSession:
         self._text = ThreadPoolExecutor(1, thread_name_prefix="cf-live-text")
         self._lora_checks = ThreadPoolExecutor(1, thread_name_prefix="cf-live-lora")  # files read, not encoding
         self._blends = ThreadPoolExecutor(1, thread_name_prefix="cf-live-blend")  # not behind a prompt's encoding
-        self._prepared = Prepared(self._text, self._prepare, self.events.message)
+        self._prepared = Prepared(self._text, self._prepare, lambda m: self.events.message(m))
         self.loras = LoraControl(lambda: self.engine, on_change=lambda c: self.events.message(c.as_message(self.fps)))
         self.jpeg_queue: queue.Queue = queue.Queue()
         self._threads = [threading.Thread(target=self._work, name="cf-live-generate", daemon=True),
