@@ -3,7 +3,7 @@
 # (before) and between denoising steps (after), each switch's detail kept (encoded, landed, step, made). Random
 # full-size weights (their video shows nothing to judge continuity by). Run from the repository root, wheels installed.
 #
-#   scripts/switch_gpu.sh [MODES...]     env: OUT (/tmp/switch-gpu), SWITCHES (10)
+#   scripts/switch_gpu.sh [MODES...]     env: OUT (/tmp/switch-gpu), SWITCHES (10), ATS ("steps blocks")
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/switch-gpu}
@@ -12,7 +12,7 @@ export CF_HOME=${CF_HOME:-$OUT/cf-home}
 mkdir -p "$OUT"
 MODES=("$@")
 [ $# -eq 0 ] && MODES=(framewise chunkwise)
-for at in steps blocks; do  # the default first: a call cut short still brings back what the targets are about
+for at in ${ATS:-steps blocks}; do  # the default first: a call cut short still brings back what the targets are about
   for mode in "${MODES[@]}"; do
     timeout 200 python3 -m cfcli live --mode "$mode" --random-weights --switch-at "$at" --measure-latency "$SWITCHES" \
       --json 2>"$OUT/$mode-$at.err" | tail -1 >"$OUT/$mode-$at.json"
@@ -27,7 +27,7 @@ out = Path(sys.argv[1])
 print(f"{'mode':<10} {'lands at':<8} {'p50':>6} {'max':>6} {'encode':>7} {'block_s':>8} {'decode_s':>9} {'× real':>7}  "
       "mid-block")
 for mode in sys.argv[2:]:
-    for at in ("blocks", "steps"):
+    for at in ("steps", "blocks"):
         try:
             r = json.loads((out / f"{mode}-{at}.json").read_text())
         except (OSError, ValueError):

@@ -1,7 +1,8 @@
 """Live latency, measured in-process (no server, no browser): `cf live --measure-latency N [--json]`.
 
 A live session plays at real time (as the page would) while N prompt switches are submitted at random moments (each
-at a uniformly random phase of the block cycle, `cycle_s`); for each, the time from submission to the first frame made
+two to three block cycles after the last one showed, `cycle_s`: a uniformly random phase of the cycle once the
+generator's pacing has settled again); for each, the time from submission to the first frame made
 under it. Beside it, with the device synchronised: one block's DiT time, one block's decode time, and unpaced
 generation speed (frames/s with decoding). With `--lora`, then
 N LoRA changes at random moments, alternating between none of the given LoRAs and all of them: for each, the swap
@@ -83,7 +84,7 @@ def switch_latencies(session: LiveSession, events: Collect, n: int, seed: int, b
     events.wait(lambda: session.stats is not None and session.stats.frames > 0)
     prompts, period = [], cycle_s(session, block_s)
     for i in range(n):
-        time.sleep(rng.uniform(0, period))  # a moment at a random phase of the block cycle
+        time.sleep(rng.uniform(2 * period, 3 * period))  # a random phase of the block cycle (`cycle_s`)
         if session.state != "running":
             break
         prompts.append(session.prompt(PROMPTS[(i + 1) % len(PROMPTS)])[0])
@@ -95,8 +96,10 @@ def switch_latencies(session: LiveSession, events: Collect, n: int, seed: int, b
 
 def cycle_s(session: LiveSession, block_s: float) -> float:
     """How often a block starts while a video plays: its playback time when generation is ahead of real time (the
-    generator then waits), else its generation time. A moment drawn uniformly from it, after the last change showed,
-    falls at a random phase of the cycle: mid-block or in the wait, as a performer's would."""
+    generator then waits), else its generation time. A cut that ends a wait puts the generator further ahead, so the
+    wait after it is longer: a moment drawn within one cycle of a switch showing falls in that wait nearly always.
+    Drawn uniformly from the third cycle after it, when blocks start once a cycle again, it falls at a random phase:
+    mid-block or in the wait, as a performer's would."""
     p = session.preset
     return max(p.block_frames * p.geometry.time_stride / p.fps, block_s)
 

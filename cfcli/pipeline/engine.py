@@ -453,6 +453,9 @@ class Engine:
                 else:
                     chunks = [chunk(x0[:, i:i + 1], False, block_end=i + 1 == x0.shape[1]) for i in range(x0.shape[1])]
                 if left > 0:
+                    if sync is not None and chunks[0].ready is not None:
+                        # live: the block's first frames are decoded before its clean pass runs beside them
+                        torch.cuda.current_stream(self.device).wait_event(chunks[0].ready)
                     sampler.commit_now()  # queued behind the decodes, before the host waits on their pixels
                 yield from chunks
                 if left <= 0:
