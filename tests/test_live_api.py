@@ -275,11 +275,13 @@ def test_warm_up_runs_the_prompt_threads_first_cuda_work(tmp_path, monkeypatch):
     from cfcli.session import Session
 
     engine, encoder = load(Session(str(FRAMEWISE), device="cpu", dtype="float32"), None, None)
-    features = encoder.encode([PROMPT])[0]
-    ran, made = [], []
+    features = encoder.encode(["warm-up"])[0]  # as `warm_up` does: the text thread then reads it from the cache
+    ran, made, read = [], [], []
     real_run, real_kv = encoder._run_encoder, engine.text_kv
     monkeypatch.setattr(encoder, "_run_encoder", lambda p: ran.append(threading.current_thread().name) or real_run(p))
     monkeypatch.setattr(engine, "text_kv", lambda f: made.append(threading.current_thread().name) or real_kv(f))
+    real_cached = encoder._cached
+    monkeypatch.setattr(encoder, "_cached", lambda k: read.append(threading.current_thread().name) or real_cached(k))
     session = LiveSession(engine, encoder, LiveConfig(tmp_path), Collect())
     session.begin()
     try:
@@ -287,6 +289,7 @@ def test_warm_up_runs_the_prompt_threads_first_cuda_work(tmp_path, monkeypatch):
     finally:
         session.shutdown()
     assert [n.split("_")[0] for n in ran] == ["cf-live-text"]  # the prompt cache did not answer for it
+    assert [n.split("_")[0] for n in read] == ["cf-live-text"]  # then it did
     assert sorted(n.split("_")[0] for n in made) == ["cf-live-blend", "cf-live-text"]
 
 

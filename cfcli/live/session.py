@@ -220,11 +220,12 @@ class LiveSession:
 
     def warm_threads(self, features) -> None:
         """The first CUDA work of the threads that encode prompts and make blends, done now rather than under the
-        first switch: umT5 run once past the prompt cache on the text thread, a K/V made on each."""
+        first switch: umT5 run once past the prompt cache on the text thread and once through it, a K/V made on each."""
         def warm(encode: bool) -> None:
             with self._on_device():
                 if encode:
                     self.encoder.warm()
+                    self.encoder.encode(["warm-up"])  # the prompt cache's path too (`warm_up` stored it)
                 self.engine.text_kv(features)
 
         self._text.submit(warm, True).result()
