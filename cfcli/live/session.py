@@ -403,8 +403,9 @@ class LiveSession:
             log.exception("making a blend ahead failed")
 
     def _prepare(self, text: str) -> bool:
-        with self._on_device():
-            self.encoder.encode([text])
+        if not self.encoder.is_cached(text):  # a queue sent again (a reload, a new claim) costs a stat a prompt
+            with self._on_device():
+                self.encoder.encode([text])
         return self.encoder.is_cached(text)
 
     def _encode_and_queue(self, p: LivePrompt, schedule: LiveSchedule) -> None:

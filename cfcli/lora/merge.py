@@ -78,8 +78,8 @@ def remerge_(module: nn.Module, base: dict[str, Tensor], adapters: Adapters, pre
     """Replace the merged LoRAs (`previous`) with `adapters`, in place: each parameter either changes, from its weights
     as loaded (`base`, kept and extended here) plus the new deltas; one no LoRA changes any more goes back to its
     loaded value. A quantised layer (`Int8Linear`, `FP8Linear`) takes its merged weight through `assign_`, quantised as
-    at load;
-    its weight as loaded must be in `base` already (kept before it was quantised). Returns the names rewritten."""
+    at load; its weight as loaded must be in `base` already (kept before it was quantised). Returns the names
+    rewritten."""
     names = list(dict.fromkeys([*changed(previous), *changed(adapters)]))
     keep_(module, base, names)
     params = dict(module.named_parameters())

@@ -70,7 +70,7 @@ class PromptEncoder:
 
     def is_cached(self, prompt: str) -> bool:
         """Whether `prompt`'s features are in the prompt cache (its next `encode` runs no umT5)."""
-        return (self.cache_dir / f"{self._key(prompt)}.safetensors").is_file()
+        return self._entry(self._key(prompt)).is_file()
 
     def load(self) -> "PromptEncoder":
         """Load umT5 now when it is kept, so the first prompt does not wait for it."""
@@ -105,11 +105,14 @@ class PromptEncoder:
             self._store({key: out[key] for key, _ in missing})
         return [self._pad(out[k]) for k in keys]
 
+    def _entry(self, key: str) -> Path:
+        return self.cache_dir / f"{key}.safetensors"
+
     def _cached(self, key: str) -> Tensor | None:
         """The cached rows for `key`, or None; an entry that is damaged or of the wrong shape/dtype is deleted."""
         from safetensors.torch import load_file
 
-        f = self.cache_dir / f"{key}.safetensors"
+        f = self._entry(key)
         try:
             if not f.is_file():
                 return None
@@ -137,7 +140,7 @@ class PromptEncoder:
             try:
                 self.cache_dir.mkdir(parents=True, exist_ok=True)
                 save_file({"embeds": emb.contiguous()}, str(tmp))
-                os.replace(tmp, self.cache_dir / f"{key}.safetensors")
+                os.replace(tmp, self._entry(key))
             except (OSError, SafetensorError) as exc:
                 with contextlib.suppress(OSError):
                     tmp.unlink(missing_ok=True)

@@ -278,10 +278,12 @@ function smallButton(text, title, edit) {
   return b;
 }
 
-// Queued prompts are encoded ahead on the server (into its prompt cache), one at a time behind any switch.
+// Queued prompts are encoded ahead on the server (into its prompt cache), one at a time behind any switch; a message
+// names at most 64.
 function prepare(prompts) {
-  const fresh = [...new Set(prompts)].filter((p) => !live.prepared[p]).slice(0, 64);
-  if (fresh.length && live.role === "controller") send({ type: "prepare", prompts: fresh });
+  const fresh = [...new Set(prompts)].filter((p) => !live.prepared[p]);
+  if (live.role !== "controller") return;
+  for (let i = 0; i < fresh.length; i += 64) send({ type: "prepare", prompts: fresh.slice(i, i + 64) });
 }
 
 function fireNext() {
