@@ -349,3 +349,32 @@ def test_prepared_prompts_are_encoded_ahead_and_a_fired_prompt_waits_for_at_most
     assert ran.count(JUMP) == 1 and kite["prompt"] == "a red kite over green hills"
     fired = ran.index("a red kite over green hills")
     assert ran[fired - 1] in (later[0], PROMPT) and ran[fired + 1:] == later[ran[:fired].count(later[0]):]
+
+
+def test_prepare_says_when_the_cache_cannot_keep_a_prompt_and_outlives_a_failed_encoding(tmp_path):
+    """An unwritable prompt cache (here a file where its folder should be): the prompt is encoded, the ack says
+    `cached: false`. A prompt whose encoding fails gets an `error`, and the prompts after it are still prepared."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cfcli.cli.live import load
+    from cfcli.live.prepare import Prepared
+    from cfcli.session import Session
+
+    _, encoder = load(Session(str(FRAMEWISE), device="cpu", dtype="float32"), None, None)
+    encoder.cache_dir = tmp_path / "not-a-folder"
+    encoder.cache_dir.write_text("")
+    thread, said = ThreadPoolExecutor(1), []
+
+    def encode(text: str) -> bool:
+        if text == "fails":
+            raise RuntimeError("out of memory\nand more")
+        encoder.encode([text])
+        return encoder.is_cached(text)
+
+    two = threading.Semaphore(0)
+    prepared = Prepared(thread, encode, lambda m: said.append(m) or two.release())
+    assert prepared.add(["fails", JUMP]) == {"type": "ack", "for": "prepare", "state": "received", "prompts": 2}
+    assert two.acquire(timeout=60) and two.acquire(timeout=60)
+    thread.shutdown(wait=True)
+    assert said == [{"type": "error", "message": "could not prepare the prompt: out of memory"},
+                    {"type": "ack", "for": "prepare", "state": "applied", "prompt": JUMP, "cached": False}]
