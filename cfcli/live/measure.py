@@ -84,7 +84,7 @@ def switch_latencies(session: LiveSession, events: Collect, n: int, seed: int, b
     events.wait(lambda: session.stats is not None and session.stats.frames > 0)
     prompts, period = [], cycle_s(session, block_s)
     for i in range(n):
-        time.sleep(rng.uniform(2 * period, 3 * period))  # a random phase of the block cycle (`cycle_s`)
+        time.sleep(moment(rng, period))
         if session.state != "running":
             break
         prompts.append(session.prompt(PROMPTS[(i + 1) % len(PROMPTS)])[0])
@@ -104,6 +104,11 @@ def cycle_s(session: LiveSession, block_s: float) -> float:
     return max(p.block_frames * p.geometry.time_stride / p.fps, block_s)
 
 
+def moment(rng: random.Random, period: float) -> float:
+    """Seconds from the last change showing to the next: a random phase of the block cycle (`cycle_s`)."""
+    return rng.uniform(2 * period, 3 * period)
+
+
 def given(engine: Engine) -> tuple:
     """The LoRAs given on the command line (the preset's own are not swapped)."""
     return tuple(a.spec for a in engine.loras if not a.preset)
@@ -114,7 +119,7 @@ def lora_swaps(session: LiveSession, events: Collect, n: int, seed: int, block_s
     on. Each change's swap time and submission → first frame latency, and what a swap rewrites."""
     rng, asked, changes, period = random.Random(seed + 1), given(session.engine), [], cycle_s(session, block_s)
     for i in range(n):
-        time.sleep(rng.uniform(0, period))
+        time.sleep(moment(rng, period))
         if session.state != "running":
             break
         changes.append(session.set_loras([] if i % 2 == 0 else list(asked))[0])
