@@ -84,7 +84,8 @@ def download(url: str, path):
 def test_a_switch_lands_on_the_stated_block_and_equals_prompt_at(cf, tmp_path):
     with live_server(FRAMEWISE, tmp_path / "live", codec="ffv1", max_seconds=1.25) as srv, Client(srv.ws) as c, \
             Client(srv.ws) as viewer:
-        assert c.kind("welcome")["fps"] == 16
+        welcome = c.kind("welcome")
+        assert welcome["fps"] == 16 and welcome["max_prepare"] == 64  # the page splits its queue by it
         c.send(type="claim")
         assert c.kind("role")["role"] == "controller"
         c.send(type="start", prompt=PROMPT, seed=5, record=True)

@@ -132,6 +132,8 @@ def test_the_page_for_a_performer_follows_the_state_queues_prompts_and_shows_rec
         page.click("#queue li:nth-child(2) button[title=Remove]")
         assert page.evaluate("window.cfLive.queue") == [JUMP, FREEZE]
         assert page.inner_text("#queue li:first-child .name") == JUMP
+        page.wait_for_function("q => q.every(t => window.cfLive.prepared[t])", arg=[JUMP, FREEZE],
+                               timeout=60_000)  # encoded ahead on the server, in `max_prepare`-sized messages
 
         page.fill("#seed", "7")
         page.type("#prompt", PROMPT)  # real key presses of n, r and s: no shortcut fires while typing

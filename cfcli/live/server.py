@@ -40,7 +40,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from cfcli.errors import CfError
-from cfcli.live.protocol import CONTROL, MAX_MESSAGE_BYTES, BadMessage, parse
+from cfcli.live.protocol import CONTROL, MAX_MESSAGE_BYTES, MAX_PREPARE, BadMessage, parse
 from cfcli.live.session import LiveSession, StartRequest
 from cfcli.lora.spec import LoraSpec
 
@@ -403,7 +403,8 @@ def create_app(session: LiveSession, broadcast: Broadcast, settings: ServerSetti
     the `osc.OscControl` that `cf live --osc` serves beside the page."""
     refusal = session.lora_refusal()
     info = dict(info or {}) | {"auth": settings.token is not None, "max_upload_bytes": settings.max_upload_bytes,
-                               "max_message_bytes": MAX_MESSAGE_BYTES, "lora_swaps": refusal is None,
+                               "max_message_bytes": MAX_MESSAGE_BYTES, "max_prepare": MAX_PREPARE,
+                               "lora_swaps": refusal is None,
                                "lora_note": None if refusal is None else f"{refusal.message} → {refusal.hint}"}
     app = Starlette(routes=[*routes, *ROUTES], lifespan=lifespan)
     app.state.live = Live(session, broadcast, settings, info, osc)

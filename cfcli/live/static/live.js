@@ -16,6 +16,7 @@ const live = window.cfLive = {   // state, also read by the browser tests
   lastFrame: -1, prompts: {}, recordings: [], errors: [], acks: [], buffering: false,
   loras: [], loraChanges: {}, loraSwaps: true,
   connection: "connecting", controlled: false, recording: false, lastStatus: null, queue: loadQueue(), prepared: {},
+  maxPrepare: 1,  // prompts a `prepare` message may name: the welcome says
 };
 const canvas = $("screen"), ctx = canvas.getContext("2d");
 let ws = null, queue = [], decoding = Promise.resolve(), clock = null, needBuffer = 0.25, submits = [];
@@ -61,6 +62,7 @@ function onFrame(buf) {
 const handlers = {
   welcome(m) {
     live.fps = m.fps;
+    live.maxPrepare = m.max_prepare || live.maxPrepare;
     canvas.width = m.width; canvas.height = m.height;
     $("model").textContent = `${m.preset} · ${m.width}×${m.height} @ ${m.fps} fps · ${m.device}, umT5 on ${m.text_device}`;
     if (m.seed !== null && m.seed !== undefined) $("seed").value = m.seed;
@@ -279,11 +281,12 @@ function smallButton(text, title, edit) {
 }
 
 // Queued prompts are encoded ahead on the server (into its prompt cache), one at a time behind any switch; a message
-// names at most 64.
+// names at most `max_prepare` (the welcome's).
 function prepare(prompts) {
   const fresh = [...new Set(prompts)].filter((p) => !live.prepared[p]);
   if (live.role !== "controller") return;
-  for (let i = 0; i < fresh.length; i += 64) send({ type: "prepare", prompts: fresh.slice(i, i + 64) });
+  const most = live.maxPrepare;
+  for (let i = 0; i < fresh.length; i += most) send({ type: "prepare", prompts: fresh.slice(i, i + most) });
 }
 
 function fireNext() {
