@@ -258,6 +258,24 @@ def test_blends_made_ahead_of_a_lora_swap_are_made_again():
     assert live.at(3).item() == 1 and weights.made == 6 and not jobs
 
 
+def test_what_other_threads_make_is_handed_over_before_the_generation_thread_can_see_it():
+    """`handover` (the side stream's wait, `cfcli.live.side`) gets a prompt's K/V and features, and each blend's,
+    before a block start can pick them up."""
+    f, weights, jobs, seen = torch.zeros(1, 2, 4), Swapping(swap_at=-1), [], []
+    live = LiveSchedule(LivePrompt(0, "a", 0.0, kv=weights.text_kv(f), features=f), 0, lambda x: x, weights=weights,
+                        ahead=jobs.append, handover=lambda *t: seen.append((live.has_pending, len(live._blocks), t)))
+    b = LivePrompt(1, "b", 0.0, kv=weights.text_kv(f), features=f + 1, transition=Transition(2))
+    live.submit(b)
+    pending, blocks, handed = seen.pop()
+    assert not pending and handed[:2] == (b.kv, b.features) and len(handed) == 4  # the first blend's two as well
+    live.at(1)
+    assert len(jobs) == 1 and not seen
+    jobs.pop()()
+    blocks_then, blend = seen.pop()[1:]
+    assert blocks_then == len(live._blocks) and torch.equal(blend[0], torch.lerp(f, f + 1, 2 / 3))
+    assert live.at(2) is blend[1]  # the blend handed over is the one the block uses
+
+
 def test_a_live_cut_is_unchanged(engine):
     fa, fb = features(engine, 0), features(engine, 1)
     live = LiveSchedule(LivePrompt(0, "a", 0.0, kv=engine.text_kv(fa), features=fa), 0, lambda f: f,

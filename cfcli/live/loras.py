@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
 from cfcli.errors import CfError
@@ -77,6 +78,7 @@ class LoraControl:
     def __init__(self, engine: Callable[[], Engine], on_change: Callable[[LoraChange], None] = lambda c: None):
         self.engine, self.on_change = engine, on_change
         self.version = 0  # swaps so far: K/V made under an older version are stale
+        self.swapped: torch.cuda.Event | None = None  # the last swap's end on the default stream (`text_kv`)
         self.timeline: list[Landing] = []
         self.changes: list[LoraChange] = []  # those landed in the run in progress (`frames_written`)
         self._pending: LoraChange | None = None
@@ -137,10 +139,12 @@ class LoraControl:
         except Exception as exc:  # noqa: BLE001 - the video goes on with the LoRAs it had
             log.exception("live LoRA swap failed")
             engine.remerge(before)  # each weight is rebuilt from its loaded value: this undoes a partial swap
+            self._swapped(engine)
             self.version += 1
             self._refuse(change, f"the LoRAs could not be swapped: {exc}".splitlines()[0],
                          "the video goes on with the LoRAs it had")
             return
+        self._swapped(engine)
         self.version += 1  # after the swap: K/V made while it ran are stale too
         now = time.perf_counter()
         change.state, change.swap_s, change.landed_s = "landed", round(now - t, 4), round(now - change.submitted, 4)
@@ -149,9 +153,20 @@ class LoraControl:
         self.changes.append(change)
         self.on_change(change)
 
+    def _swapped(self, engine: Engine) -> None:
+        """Mark where the swap ends on the default stream, before `version` says it happened."""
+        if engine.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(engine.device))
+            self.swapped = event
+
     def text_kv(self, features: Tensor) -> Tensor:
-        """A prompt's cross-attention K/V under the weights merged now."""
-        return self.engine().text_kv(features)
+        """A prompt's cross-attention K/V under the weights merged now (on the calling thread's stream, after the
+        last swap: a side stream does not see the default stream's order of its own)."""
+        engine = self.engine()
+        if (swapped := self.swapped) is not None:
+            torch.cuda.current_stream(engine.device).wait_event(swapped)
+        return engine.text_kv(features)
 
     # --- what the run reports ---------------------------------------------------------------------------------
 

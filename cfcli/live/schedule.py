@@ -105,18 +105,19 @@ class LiveSchedule:
     frames. `weights`: where weight changes land and fresh K/V come from (None: the weights never change);
     `block_frames`: latent frames per block, which numbers the block a prompt lands at; `by_step`: a cut may land
     between the steps of the block in flight (else at the next block: `cf live --switch-at blocks`); `ahead(job)`:
-    runs a job off the generation thread (default: at once, on the caller's)."""
+    runs a job off the generation thread (default: at once, on the caller's); `handover(*tensors)`: called before what
+    another thread made is published to the generation thread (`cfcli.live.side`)."""
 
     def __init__(self, opening: LivePrompt, first_latent: int, frame_of: Callable[[int], int],
                  on_change: Callable[[LivePrompt], None] = lambda p: None, weights: Weights | None = None,
                  block_frames: int = 1, ahead: Callable[[Callable[[], None]], None] = lambda job: job(),
-                 by_step: bool = True):
+                 by_step: bool = True, handover: Callable[..., None] = lambda *tensors: None):
         opening.state, opening.latent, opening.block, opening.step, opening.frame = "landed", 0, 0, 0, 0
         self.entries, self._starts = [opening], [(0, 0)]  # (latent frame, step) positions
         self._blocks: list[LivePrompt | Blend] = [opening]  # what each of `_starts` serves
         self._fade: Fade | None = None
         self.first_latent, self.frame_of, self.on_change, self.weights = first_latent, frame_of, on_change, weights
-        self.block_frames, self.ahead = block_frames, ahead
+        self.block_frames, self.ahead, self.handover = block_frames, ahead, handover
         self.by_step = by_step  # a cut may land between steps: the samplers then look the text up before each one
         self._pending: LivePrompt | None = None
         self._first: tuple[int, Blend] | None = None  # the pending prompt's first blend, made after that many blocks
@@ -131,6 +132,7 @@ class LiveSchedule:
             with self._lock:
                 started, source = len(self._blocks), self._blocks[-1].features
             first = (started, self._blend(source, prompt, 0))  # outside the lock: block starts must not wait for it
+        self.handover(prompt.kv, prompt.features, *((first[1].features, first[1].kv) if first else ()))
         with self._lock:
             old, self._pending, self._first = self._pending, prompt, first
             prompt.state, prompt.encoded_s = "queued", round(time.perf_counter() - prompt.submitted, 4)
@@ -207,7 +209,9 @@ class LiveSchedule:
 
     def _make_ahead(self, f: Fade, k: int) -> None:
         if self._fade is f:  # not replaced by a later prompt meanwhile
-            f.blends[k] = self._blend(f.source, f.prompt, k)  # handed over whole: a block start sees it made, or None
+            b = self._blend(f.source, f.prompt, k)
+            self.handover(b.features, b.kv)
+            f.blends[k] = b  # handed over whole: a block start sees it made, or None
 
     def _blend(self, source: Tensor, p: LivePrompt, k: int) -> Blend:
         """Block k's blend of the transition to `p`, its K/V made too; touches no shared state, so any thread may make

@@ -38,6 +38,7 @@ from cfcli.live.prepare import Prepared
 from cfcli.live.protocol import encode_frame
 from cfcli.live.recording import Recording
 from cfcli.live.schedule import LivePrompt, LiveSchedule
+from cfcli.live.side import SideStream
 from cfcli.lora.spec import LoraSpec
 from cfcli.pipeline.clip_reader import ClipInfo
 from cfcli.pipeline.engine import Engine
@@ -180,6 +181,7 @@ class LiveSession:
         self._text = ThreadPoolExecutor(1, thread_name_prefix="cf-live-text")
         self._lora_checks = ThreadPoolExecutor(1, thread_name_prefix="cf-live-lora")  # files read, not encoding
         self._blends = ThreadPoolExecutor(1, thread_name_prefix="cf-live-blend")  # not behind a prompt's encoding
+        self._side = SideStream(engine.device)  # the text and blend threads' CUDA stream (`cfcli.live.side`)
         self._prepared = Prepared(self._text, self._prepare, lambda m: self.events.message(m))
         self.loras = LoraControl(lambda: self.engine, on_change=lambda c: self.events.message(c.as_message(self.fps)))
         self.jpeg_queue: queue.Queue = queue.Queue()
@@ -222,7 +224,7 @@ class LiveSession:
         """The first CUDA work of the threads that encode prompts and make blends, done now rather than under the
         first switch: umT5 run once past the prompt cache on the text thread and once through it, a K/V made on each."""
         def warm(encode: bool) -> None:
-            with self._on_device():
+            with self._side.on():
                 if encode:
                     self.encoder.warm()
                     self.encoder.encode(["warm-up"])  # the prompt cache's path too (`warm_up` stored it)
@@ -230,6 +232,7 @@ class LiveSession:
 
         self._text.submit(warm, True).result()
         self._blends.submit(warm, False).result()
+        self._side.handover()
 
     def start(self, req: StartRequest) -> None:
         with self._wake:
@@ -381,7 +384,7 @@ class LiveSession:
     def _encode(self, p: LivePrompt) -> None:
         """`p`'s features and K/V, tagged with the weights' version read first (a swap meanwhile makes it stale)."""
         p.features, p.kv_version = self.encoder.encode([p.prompt])[0], self.loras.version
-        p.kv = self.engine.text_kv(p.features)
+        p.kv = self.loras.text_kv(p.features)
 
     def _check_loras(self, change: LoraChange) -> None:
         try:
@@ -397,22 +400,23 @@ class LiveSession:
 
     def _blend_job(self, job) -> None:
         try:
-            with self._on_device():
+            with self._side.on(follow=True):  # a blend of what the last block showed, made moments ago
                 job()
         except Exception:  # noqa: BLE001 - the block then makes its blend itself
             log.exception("making a blend ahead failed")
 
     def _prepare(self, text: str) -> bool:
         if not self.encoder.is_cached(text):  # a queue sent again (a reload, a new claim) costs a stat a prompt
-            with self._on_device():
+            with self._side.on():
                 self.encoder.encode([text])
+                self._side.handover()
         return self.encoder.is_cached(text)
 
     def _encode_and_queue(self, p: LivePrompt, schedule: LiveSchedule) -> None:
         try:
-            with self._on_device():
+            with self._side.on(follow=bool(p.transition.blocks)):  # a first blend reads what the last block showed
                 self._encode(p)
-                schedule.submit(p)  # which makes a transition's first blend and its K/V: on the device too
+                schedule.submit(p)  # which makes a transition's first blend and its K/V (handed over there)
         except Exception as exc:  # noqa: BLE001
             log.exception("prompt encoding failed")
             self.events.message({"type": "error", "message": f"could not encode the prompt: {exc}"})
@@ -432,6 +436,7 @@ class LiveSession:
         schedule = LiveSchedule(opening, start.plan.context, start.frame_of,
                                 on_change=lambda p: self.events.message(p.as_message(self.fps)), weights=self.loras,
                                 block_frames=self.preset.block_frames, ahead=self._ahead,
+                                handover=self._side.handover,
                                 by_step=self.config.switch_at == "steps")
         recording = self._recording(req, session, start)
         self.stats, self.schedule = stats, schedule
