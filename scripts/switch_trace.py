@@ -2,11 +2,12 @@
 chunkwise; a tiny preset's .yaml runs it on the CPU, a dry run).
 
 Runs `cf live --measure-latency N`'s measurement (random full-size weights, the default speed levers) with hooks that
-stamp, for each switch, on one host clock: when it landed (the sampler's lookup), when the GPU had done what was
-queued before it (an event recorded on the default stream at the landing), when the block's x0 was done (an event
-recorded as its decode is queued), when the first latent frame's pixels were ready (`Chunk.ready`), and when the
-viewers' sink wrote them ("made"). A poller thread turns each event into a host time (0.5 ms resolution). A
-diagnostic for #27, not a test: it patches the live modules in its own process only.
+stamp, for each switch, on one host clock (seconds from its submission): the text thread taking it (`job`), its
+features and K/V enqueued (`kv`), handed over (`encoded`), landed (the sampler's lookup), the GPU done with what was
+queued before it (`backlog_done`: an event recorded on the default stream at the landing), the block's x0 done (an
+event recorded as its decode is queued), the first latent frame's pixels ready (`Chunk.ready`), and the viewers'
+sink writing them (`made`). A poller thread turns each event into a host time (0.5 ms resolution). A diagnostic for
+#27, not a test: it patches the live modules in its own process only.
 """
 
 import json
@@ -17,6 +18,7 @@ import time
 import torch
 
 import cfcli.live.schedule as schedule_mod
+import cfcli.live.session as session_mod
 import cfcli.pipeline.engine as engine_mod
 from cfcli.cli.live import load
 from cfcli.live.measure import measure
@@ -64,6 +66,15 @@ def traced_land(self, p, frame, step):
     watch(mark, "backlog_done", event_now())
 
 
+encode = session_mod.LiveSession._encode
+
+
+def traced_encode(self, p):
+    p.trace_job = time.perf_counter()  # the text thread took the job
+    encode(self, p)
+    p.trace_kv = time.perf_counter()  # features and K/V enqueued (the handover's wait comes after)
+
+
 aside = engine_mod.decode_aside
 
 
@@ -81,6 +92,7 @@ def traced_aside(decoder, latents, side, is_context, block_end):
 def main() -> None:
     mode, n = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 8
     schedule_mod.LiveSchedule._land = traced_land
+    session_mod.LiveSession._encode = traced_encode
     engine_mod.decode_aside = traced_aside
     threading.Thread(target=poll, daemon=True).start()
     session = Session(mode, device="cpu") if mode.endswith(".yaml") else Session(None, mode=mode, random_weights=True)
@@ -92,12 +104,13 @@ def main() -> None:
         p = mark["prompt"]
         row = {k: round(mark[k] - p.submitted, 4) if isinstance(mark.get(k), float) else None
                for k in ("landed", "backlog_done", "x0", "ready")}
-        rows.append(row | {"encoded": p.encoded_s, "made": p.made_s, "step": mark["step"], "latent": mark["latent"]})
+        rows.append(row | {"job": round(p.trace_job - p.submitted, 4), "kv": round(p.trace_kv - p.submitted, 4),
+                           "encoded": p.encoded_s, "made": p.made_s, "step": mark["step"], "latent": mark["latent"]})
     print(f"{mode}: block_s {result['block_s']} decode_s {result['decode_s']} p50 {result['latency_s']['p50']}")
-    print("  encoded landed backlog  x0     ready  made   step")
+    keys = ("job", "kv", "encoded", "landed", "backlog_done", "x0", "ready", "made", "step")
+    print("  " + "  ".join(f"{k[:7]:<7}" for k in keys))
     for r in rows:
-        print("  " + "  ".join(f"{r[k]!s:<6}" for k in ("encoded", "landed", "backlog_done", "x0", "ready", "made",
-                                                          "step")))
+        print("  " + "  ".join(f"{r[k]!s:<7}" for k in keys))
     print(json.dumps({"mode": mode, "rows": rows, "result": result}), file=sys.stderr)
 
 

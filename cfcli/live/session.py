@@ -177,6 +177,7 @@ class LiveSession:
         self._quit = False
         self._wake = threading.Condition()
         self._stop = threading.Event()
+        self._nudge = threading.Event()  # set when a prompt, LoRA change or stop is queued: it ends a pacing wait
         self._ids, self._sessions = itertools.count(1), itertools.count(1)
         self._text = ThreadPoolExecutor(1, thread_name_prefix="cf-live-text")
         self._lora_checks = ThreadPoolExecutor(1, thread_name_prefix="cf-live-lora")  # files read, not encoding
@@ -246,6 +247,7 @@ class LiveSession:
         with self._wake:
             self._next = req
             self._stop.set()
+            self._nudge.set()
             self._wake.notify()
 
     def stop(self) -> None:
@@ -253,6 +255,7 @@ class LiveSession:
         with self._wake:
             self._next = None
             self._stop.set()
+            self._nudge.set()
 
     def record(self, on: bool) -> None:
         if self.stats is None:
@@ -308,6 +311,7 @@ class LiveSession:
         with self._wake:
             self._next, self._quit = None, True
             self._stop.set()
+            self._nudge.set()
             self._wake.notify()
         self._threads[0].join(timeout)
         self.jpeg_queue.put(None)
@@ -390,6 +394,7 @@ class LiveSession:
         try:
             with self._on_device():
                 self.loras.check(change)
+            self._nudge.set()
         except Exception as exc:  # noqa: BLE001 - the thread must outlive a failed check
             log.exception("LoRA check failed")
             self.events.message({"type": "error", "message": f"could not check the LoRAs: {exc}".splitlines()[0]})
@@ -417,6 +422,7 @@ class LiveSession:
             with self._side.on(follow=bool(p.transition.blocks)):  # a first blend reads what the last block showed
                 self._encode(p)
                 schedule.submit(p)  # which makes a transition's first blend and its K/V (handed over there)
+            self._nudge.set()
         except Exception as exc:  # noqa: BLE001
             log.exception("prompt encoding failed")
             self.events.message({"type": "error", "message": f"could not encode the prompt: {exc}"})
@@ -476,7 +482,8 @@ class LiveSession:
                     # block, and nothing is left to overlap with a wait
                     yield None
                 while self._should_wait(stats, schedule):
-                    time.sleep(0.01)
+                    self._nudge.wait(0.01)  # playback is checked every 10 ms; a queued switch ends it at once
+                    self._nudge.clear()  # (`_should_wait` is read again after: a nudge meanwhile is not lost)
         finally:
             chunks.close()
 
