@@ -7,10 +7,12 @@ features and K/V enqueued (`kv`), handed over (`encoded`), landed (the sampler's
 queued before it (`backlog_done`: an event recorded on the default stream at the landing), the block's x0 done (an
 event recorded as its decode is queued), the first latent frame's pixels ready (`Chunk.ready`), and the viewers'
 sink writing them (`made`). A poller thread turns each event into a host time (0.5 ms resolution). A diagnostic for
-#27, not a test: it patches the live modules in its own process only.
+#27, not a test: it patches the live modules in its own process only. Env SWITCH_INTERVAL: Python's GIL switch
+interval for the run (default 0.005 s).
 """
 
 import json
+import os
 import sys
 import threading
 import time
@@ -91,6 +93,8 @@ def traced_aside(decoder, latents, side, is_context, block_end):
 
 def main() -> None:
     mode, n = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 8
+    if os.environ.get("SWITCH_INTERVAL"):  # a hypothesis to test: the GIL handed over late between the live threads
+        sys.setswitchinterval(float(os.environ["SWITCH_INTERVAL"]))
     schedule_mod.LiveSchedule._land = traced_land
     session_mod.LiveSession._encode = traced_encode
     engine_mod.decode_aside = traced_aside

@@ -6,7 +6,8 @@ start in the worker's one slot (a restart replaces what is there, a stop empties
 thread, which encodes it and queues it on the run's `LiveSchedule` (it lands at the next denoising step of the block
 in flight, or at the next block for a transition), or hand a LoRA change to the LoRA thread, which
 checks it and queues it on the `LoraControl` (it lands at a block, as a prompt does: `cfcli.live.loras`). A
-transition's next blend and its K/V are made on the blend thread while a block is made (`LiveSchedule.ahead`).
+transition's next blend and its K/V are made on the blend thread while a block is made (`LiveSchedule.ahead`). The
+text and blend threads run their CUDA work on a stream of their own (`cfcli.live.side`), beside the DiT's.
 
 A start is planned as `cf generate` and `cf extend` plan theirs: a `VideoPlan` (a prompt, or a picture, for
 `--max-seconds` or up to the position table) or an `ExtendPlan` (a clip: its context by `read_tail`, the recording
