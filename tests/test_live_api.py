@@ -3,6 +3,7 @@ CPU), the token, refused messages and uploads, and the latency measurement."""
 
 import logging
 import threading
+import time
 
 import httpx
 import pytest
@@ -226,6 +227,43 @@ def test_cf_live_refuses_bad_values_before_loading(cf, monkeypatch, args, phrase
     monkeypatch.setattr("cfcli.cli.live.load", lambda *a, **k: pytest.fail("models loaded for a bad value"))
     r = cf("live", "--preset", FRAMEWISE, "--device", "cpu", *args)
     assert r.exit_code == 1 and phrase in r.output and "Traceback" not in r.output, r.output
+
+
+def test_a_cut_typed_while_the_generator_waits_lands_at_the_waiting_blocks_second_step(tmp_path, monkeypatch):
+    """Ahead of playback (here: once 5 frames are out, until a prompt waits), the generator waits after a block's
+    first step (`LiveSession._idle`), not before it: a cut typed then lands at that block's step 1. The time waited
+    is not generation time (the status's speed)."""
+    from cfcli.cli.live import load
+    from cfcli.live.measure import Collect
+    from cfcli.live.session import LiveConfig, LiveSession, StartRequest
+    from cfcli.session import Session
+
+    engine, encoder = load(Session(str(FRAMEWISE), device="cpu", dtype="float32"), 30.0, None)
+    events, idling = Collect(), threading.Event()
+    session = LiveSession(engine, encoder, LiveConfig(tmp_path / "live", max_seconds=30.0), events)
+    monkeypatch.setattr(session, "_should_wait", lambda stats, schedule: stats.frames >= 5 and not (
+        schedule.has_pending or session._stop.is_set()))
+    idle = session._idle
+
+    def watched(stats, schedule):
+        if stats.frames >= 5:
+            idling.set()
+        return idle(stats, schedule)
+
+    monkeypatch.setattr(session, "_idle", watched)
+    session.begin()
+    try:
+        session.start(StartRequest(PROMPT, 5))
+        assert idling.wait(60)
+        time.sleep(0.3)
+        p = session.prompt(JUMP)[0]
+        assert events.wait(lambda: p.state == "shown")
+        stats, started = session.stats, session.stats.started
+    finally:
+        session.stop()
+        session.shutdown()
+    assert p.step == 1 and p.state == "shown"
+    assert stats.idle_s >= 0.3 and stats.busy_s + stats.idle_s <= time.perf_counter() - started
 
 
 def test_latency_measurement_runs_on_cpu(tmp_path):

@@ -304,6 +304,87 @@ def test_a_cut_between_steps_ends_a_transition_under_way(engine):
     assert all(torch.equal(text.at(f, k), kc) for f in (bf, 2 * bf, 3 * bf) for k in (1, 2, 3) if (f, k) >= (bf, 1))
 
 
+# --- live pacing inside a block (`CausalSampler.idle`, `LiveSchedule.reopen`) ------------------------------------------
+
+def test_a_block_run_again_from_its_noise_is_that_block(engine):
+    """`idle` answers True once (the third block): the sampler runs that block again from its noise, the random stream
+    rewound; every latent is that of a run without it, and `idle` was asked once a block."""
+    kv = engine.text_kv(features(engine, 0))
+    answers, asked = iter([False, False, True] + [False] * 20), []
+    got = latents(engine.generate(kv, 9, seed=7, decode=False, idle=lambda: asked.append(1) or next(answers)))
+    assert torch.equal(got, latents(engine.generate(kv, 9, seed=7, decode=False)))
+    assert len(asked) == 9 // engine.preset.block_frames
+
+
+def test_a_transition_typed_during_a_blocks_first_step_lands_at_that_block(engine):
+    """Queued during the first step of the third block, a transition would land at the fourth; the block's wait
+    (`idle` → `reopen`) starts it again under the transition instead. The recorded schedule remakes it offline."""
+    fa, fb = features(engine, 0), features(engine, 1)
+    g, bf, fps = engine.geometry, engine.preset.block_frames, engine.preset.fps
+    live = LiveSchedule(LivePrompt(0, "a", 0.0, kv=engine.text_kv(fa), features=fa), 0, g.first_frame_of,
+                        weights=Weights(engine), block_frames=bf)
+    b = LivePrompt(1, "b", 0.0, kv=engine.text_kv(fb), features=fb, transition=Transition(2))
+    at, n = 2 * bf, 9
+    engine.runner = TypedMidBlock(engine.dit, live, b, at, 0)
+    try:
+        got = latents(engine.generate(live, n, seed=7, decode=False, step_sync=True, idle=live.reopen))
+    finally:
+        engine.runner = engine.dit
+    assert (b.state, b.latent, b.step) == ("landed", at, 0)
+    meta = live.as_metadata(fps)
+    assert meta[1][1:] == ["b", {"blocks": 2, "kind": "linear"}]
+    argv, _ = generate_argv({"prompt": "a", "prompt_schedule": meta}, 33)
+    pairs = [tuple(argv[i + 1:i + 3]) for i, a in enumerate(argv) if a == "--prompt-at"]
+    p = plan_video(engine.preset, 33, fps, schedule=PromptSchedule.build("a", parse_prompt_at(pairs)))
+    want = latents(engine.generate(p.with_features({"a": fa, "b": fb}).text(engine.text_kv), n, seed=7,
+                                   decode=False))
+    assert torch.equal(got, want)
+
+
+class Flat:
+    """Weights for schedule-only tests: K/V are the features' mean; `has_pending` a waiting LoRA change."""
+
+    awaiting_frames = False
+
+    def __init__(self):
+        self.has_pending, self.version = False, 0
+
+    def land(self, latent):
+        self.version += self.has_pending
+        self.has_pending = False
+
+    def text_kv(self, features):
+        return features.mean().reshape(1)
+
+
+def test_only_changes_that_land_at_block_starts_reopen_a_block():
+    def prompt(i, value, blocks=0):
+        return LivePrompt(i, str(i), 0.0, kv=torch.full((1,), float(value)), features=torch.full((1, 1, 2), value),
+                          transition=Transition(blocks))
+
+    weights = Flat()
+    live = LiveSchedule(prompt(0, 0.0), 0, lambda f: f, weights=weights)
+    live.at(0), live.at(1)
+    assert not live.reopen()  # nothing waits
+    live.submit(prompt(1, 1.0))
+    assert not live.reopen() and live.at(1, 1).item() == 1  # a cut lands at the block's next step
+    live.at(2)
+    c = prompt(2, 3.0, blocks=1)
+    live.submit(c)
+    assert live.reopen() and live.at(2).item() == 2 and c.latent == 2  # half way from 1 to 3, at block 2 itself
+    live.submit(prompt(3, 5.0, blocks=1))
+    assert not live.reopen()  # block 2 began with c's first step: the next change waits for block 3
+    live.at(3), live.at(4)  # the second transition's blend, then its prompt: both at block starts
+    weights.has_pending = True
+    assert not live.reopen()
+    live.at(5)  # which lands it
+    weights.has_pending = True  # another, typed during block 5's first step
+    assert not live.reopen()  # block 5 began with a weight change: this one waits for block 6
+    live.at(6), live.at(7)  # it lands at 6; block 7 starts with nothing waiting
+    weights.has_pending = True  # typed during block 7's first step
+    assert live.reopen() and live.at(7).item() == 5 and not weights.has_pending  # lands at 7 itself
+
+
 # --- through the CLI ------------------------------------------------------------------------------------------------
 
 def gen(cf, tmp_path, preset, name, *extra):

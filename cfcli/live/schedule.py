@@ -7,7 +7,9 @@ in flight (its remaining steps and its clean pass run under it), exactly as `cf 
 at that block's time and step; a prompt that arrives after a block's last step, or during a pause between blocks,
 lands at the next block's start (step 0), as `--prompt-at T` would. Two prompts submitted within one step: the later
 one wins, the earlier is marked `superseded`. Thread-safe: the server thread submits, the generation thread looks up.
-The generation thread runs with `StepSync` on the GPU, so a lookup comes about when the GPU reaches that step.
+The generation thread runs with `StepSync` on the GPU, so a lookup comes about when the GPU reaches that step. A
+block waiting for playback after its first step starts again (`reopen`) where a change that lands only at a block
+start is waiting: its start is looked up afresh.
 
 A block start is also where other switches land (`Weights.land`: a LoRA swap, `cfcli.live.loras`; never between
 steps), and since the K/V are made by the DiT's weights, a K/V made before the weights last changed is made again from
@@ -122,6 +124,7 @@ class LiveSchedule:
         self._pending: LivePrompt | None = None
         self._first: tuple[int, Blend] | None = None  # the pending prompt's first blend, made after that many blocks
         self._seen = -1  # the latest latent frame looked up: blocks up to it have started
+        self._swapped_at = -1  # the latest block start a weight change landed at
         self._lock = threading.Lock()
 
     def submit(self, prompt: LivePrompt) -> None:
@@ -148,7 +151,10 @@ class LiveSchedule:
             fresh, self._seen = frame > self._seen, max(frame, self._seen)  # a block starting now, not a repeat
             switch = fresh and frame >= max(self.first_latent, 1)
         if switch and self.weights is not None:
+            version = self.weights.version
             self.weights.land(frame)  # outside the lock: a swap takes a while, and submits must not wait for it
+            if self.weights.version != version:
+                self._swapped_at = frame
         with self._lock:
             if self._pending is not None and switch:
                 landed, self._pending = self._pending, None
@@ -227,6 +233,21 @@ class LiveSchedule:
             p.kv_version = self.weights.version  # read first: a change landing meanwhile leaves these K/V stale
             p.kv = self.weights.text_kv(p.features)
         return p.kv
+
+    def reopen(self) -> bool:
+        """The block started last is waiting after its first step (live pacing, `LiveSession._idle`): if a change
+        that lands only at a block start is waiting (a transition, a weight change), that block is to start again, so
+        the change lands there rather than a block later; its start is then looked up afresh. Not when something
+        landed at that block's start already (a cut, a transition's step, a weight change: the change waits for the
+        next block). True: start it again."""
+        with self._lock:
+            p, frame = self._pending, self._seen
+            waiting = (p is not None and p.transition.blocks) or (self.weights is not None and self.weights.has_pending)
+            landed = self._starts[-1] >= (frame, 0) or self._swapped_at == frame
+            if not waiting or landed or frame < max(self.first_latent, 1):
+                return False
+            self._seen = frame - 1
+            return True
 
     def frames_written(self, frames: int) -> list[LivePrompt]:
         """Mark the prompts whose first frame is among the first `frames` streamed frames as shown."""

@@ -16,7 +16,8 @@ opening with the clip's own frames at the clip's own rate).
 Each run is `Engine.generate` with the live schedule as its text, driven by `sinks.stream` (the loop `cf generate`
 and `cf extend` use) into two sinks: the recording (complete) and the live stream (frames to the viewers, each of
 which may drop frames). Generation runs at most `lead_s` of video ahead of real-time playback, so a new prompt
-shows soon after it is typed; a waiting prompt cuts the wait short so it lands at the very next block.
+shows soon after it is typed; a waiting prompt cuts the wait short. Where cuts land between steps, the wait is after
+each block's first step (`_idle`), so a cut typed in it lands at that block's next step; else between blocks.
 """
 
 import contextlib
@@ -117,6 +118,7 @@ class RunStats:
     started: float = field(default_factory=time.perf_counter)
     frames: int = 0
     busy_s: float = 0.0  # time spent inside the engine (not waiting for playback)
+    idle_s: float = 0.0  # time the engine waited for playback inside a block (`LiveSession._idle`)
     block_s: list[float] = field(default_factory=list)
     t0: float | None = None  # playback clock: when frame 0 plays (moved on an underrun)
     underruns: int = 0
@@ -453,23 +455,26 @@ class LiveSession:
                              "block": start.plan.context // self.preset.block_frames})
         log.info("live: started %r seed %d", opening.prompt, req.seed)
         # step_sync: the loop stays near the GPU, so a prompt queued mid-block lands at that block's next step
+        idle = (lambda: self._idle(stats, schedule)) if self._waits_in_blocks() else None
         chunks = self.engine.generate(schedule, start.plan.generated, req.seed, start.latents,
-                                      step_sync=schedule.by_step)
+                                      step_sync=schedule.by_step, idle=idle)
         # Viewers first; the recording encodes on its own thread, so neither holds up the next block.
-        stream(self._paced(chunks, stats, schedule), [LiveStream(self, stats, schedule), Background(recording)],
+        stream(self._paced(chunks, stats, schedule, idle is None),
+               [LiveStream(self, stats, schedule), Background(recording)],
                stats.max_frames, write_context=start.clip is None, frames_before=recording.frames)
         self.state = "stopping"
         self._finish(recording, stats, schedule, start, "limit" if stats.finished else "stopped")
         self.latencies += [p.made_s for p in schedule.entries[1:] if p.made_s is not None]
 
-    def _paced(self, chunks, stats: RunStats, schedule: LiveSchedule):
-        """The engine's chunks, pulled no faster than playback (+ lead) unless a prompt waits; ends on stop."""
+    def _paced(self, chunks, stats: RunStats, schedule: LiveSchedule, wait: bool = True):
+        """The engine's chunks, pulled no faster than playback (+ lead) unless a prompt waits (`wait`; else the
+        engine waits inside its blocks, `_idle`); ends on stop."""
         try:
             block_busy = 0.0
             while not self._stop.is_set():
-                t = time.perf_counter()
+                t, idle = time.perf_counter(), stats.idle_s
                 chunk = next(chunks, None)
-                busy = time.perf_counter() - t
+                busy = time.perf_counter() - t - (stats.idle_s - idle)
                 stats.busy_s, block_busy = stats.busy_s + busy, block_busy + busy
                 if chunk is None:
                     stats.finished = True
@@ -482,11 +487,34 @@ class LiveSession:
                     # `stream` writes the chunk it holds now: a new prompt's first frames do not wait for the next
                     # block, and nothing is left to overlap with a wait
                     yield None
-                while self._should_wait(stats, schedule):
-                    self._nudge.wait(0.01)  # playback is checked every 10 ms; a queued switch ends it at once
-                    self._nudge.clear()  # (`_should_wait` is read again after: a nudge meanwhile is not lost)
+                while wait and self._should_wait(stats, schedule):
+                    self._wait_a_little()
         finally:
             chunks.close()
+
+    def _waits_in_blocks(self) -> bool:
+        """Whether playback pacing waits inside each block, after its first step (`_idle`), rather than between
+        blocks: where cuts land between steps and blocks have steps to land at."""
+        from cfcli.pipeline.samplers import sampler_kind
+
+        return (self.config.switch_at == "steps" and sampler_kind(self.preset).steps_between
+                and len(self.engine.plan.steps) > 1)
+
+    def _idle(self, stats: RunStats, schedule: LiveSchedule) -> bool:
+        """After a block's first step: wait here for playback, so that a cut arriving in the wait lands at the
+        block's next step (after step 0 the block's input is still mostly noise: with the shift-5 schedule, σ =
+        0.9375). Not while a landed prompt or LoRA waits for its first frames (they are in this block). True: a
+        change that lands only at a block start (a transition, a LoRA swap) is waiting, and the block starts again
+        under it (`LiveSchedule.reopen`)."""
+        t = time.perf_counter()
+        while self._should_wait(stats, schedule) and not schedule.awaiting_frames:
+            self._wait_a_little()
+        stats.idle_s += time.perf_counter() - t
+        return schedule.reopen()
+
+    def _wait_a_little(self) -> None:
+        self._nudge.wait(0.01)  # playback is checked every 10 ms; a queued switch ends it at once
+        self._nudge.clear()  # (`_should_wait` is read again after: a nudge meanwhile is not lost)
 
     def _should_wait(self, stats: RunStats, schedule: LiveSchedule) -> bool:
         return (stats.ahead_s(self.fps) > self.config.lead_s and not schedule.has_pending

@@ -395,7 +395,8 @@ class Engine:
         return self.vae.encode(video.to(self.device, self.dtype)[None])
 
     def generate(self, text_kv: Tensor | TextSchedule, latent_frames: int, seed: int, context: Tensor | None = None,
-                 decode: bool = True, run_frames: int | None = None, step_sync: bool = False) -> Iterator[Chunk]:
+                 decode: bool = True, run_frames: int | None = None, step_sync: bool = False,
+                 idle: Callable[[], bool] | None = None) -> Iterator[Chunk]:
         """Generate `latent_frames` new latent frames after the given `context` latents [1, F_in, C, h, w].
 
         `text_kv` is one prompt's cross-attention K/V or, for prompt switching, a `TextSchedule` by latent frame (and
@@ -403,6 +404,10 @@ class Engine:
 
         `step_sync` (`cf live`): hold the loop at most two DiT calls ahead of the GPU (`StepSync`), so a prompt queued
         while a block is made lands at that block's next step; the latents are the same. Nothing to do off the GPU.
+
+        `idle` (`cf live`, block-causal sampler only): called once per block of two or more steps, after its first
+        step is queued (`CausalSampler`): where live playback pacing waits, so that a cut arriving in the wait lands
+        at the block's next step; True runs the block again from its noise, as if it started then.
 
         The seed is applied right before the noise is drawn (after any context was encoded by the caller), on a
         generator of the run's device: the same seed gives the official noise stream.
@@ -424,7 +429,10 @@ class Engine:
             raise CfError(f"the {kind.label} sampler cannot start from given frames",
                           "generate from text only, or start from a picture or clip with a framewise/chunkwise preset")
         sync = StepSync() if step_sync and self.device.type == "cuda" else None
-        sampler = kind.sampler(self.runner, self.schedule, self.plan, bf, self.new_cache(n_ctx + total), sync)
+        if idle is not None and not kind.steps_between:
+            raise CfError(f"the {kind.label} sampler has no step to wait at", "pace between blocks")
+        sampler = kind.sampler(self.runner, self.schedule, self.plan, bf, self.new_cache(n_ctx + total), sync,
+                               **({"idle": idle} if idle is not None else {}))
         decoder = self.decoder.stream_decoder() if decode else None
         side = torch.cuda.Stream(self.device) if decode and self.device.type == "cuda" else None
 

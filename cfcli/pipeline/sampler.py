@@ -80,14 +80,17 @@ class StepSync:
 
 class CausalSampler:
     """Owns the running position of one video: frames primed or generated so far live in `cache`. `sync`: a
-    `StepSync` to hold the loop near the GPU (`cf live`)."""
+    `StepSync` to hold the loop near the GPU (`cf live`). `idle` (`cf live`): called once per block of two or more
+    steps, after its first step is queued, where the loop may wait for playback; True: run the block again from its
+    noise (the random stream rewound), as a block that started now would run (`denoise_block`)."""
 
     def __init__(self, dit: CausalWanDiT, schedule: FlowSchedule, plan: StepPlan, block_frames: int,
-                 cache: DiTCache | None, sync: StepSync | None = None):
+                 cache: DiTCache | None, sync: StepSync | None = None, idle: Callable[[], bool] | None = None):
         self.dit, self.schedule, self.plan = dit, schedule, plan
         self.block_frames = block_frames
         self.cache = cache
         self.sync = sync
+        self.idle = idle
         self.frame = 0  # absolute index of the next latent frame
         self._uncommitted: tuple[Tensor, Tensor] | None = None  # (x0, K/V) of a yielded block whose clean pass waits
         self.blocks_done = 0  # generated blocks (the first-block schedule applies to the first one)
@@ -151,13 +154,21 @@ class CausalSampler:
         K/V of its last step, which its clean pass uses."""
         steps = self.plan.for_block(self.blocks_done)
         stepped = by_step(text)
-        x = noise
-        for i, t in enumerate(steps):
+        rewind = generator.get_state() if self.idle is not None and len(steps) > 1 else None
+        x, i = noise, 0
+        while i < len(steps):
+            if i == 1 and rewind is not None:
+                if self.idle():  # the block's input is noise again, the random stream where it was at its start
+                    generator.set_state(rewind)
+                    x, i = noise, 0
+                rewind = None  # once a block
+            t = steps[i]
             if i == 0 or stepped:
                 text_kv = self._text(text, i)
             x0 = flow_to_x0(x, self._call(x, t, text_kv), self.schedule.sigma(t))
             if i + 1 < len(steps):
                 x = self._renoise(x0, self.schedule.sigma(steps[i + 1]), generator)
+            i += 1
         return x0, text_kv
 
     def commit(self, x0: Tensor, text_kv: Tensor) -> None:
