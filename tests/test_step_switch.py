@@ -122,6 +122,14 @@ def latents(chunks):
     return torch.cat([c.latents for c in chunks])
 
 
+def remade_text(engine, meta, features: dict, fps):
+    """The text schedule `cf info`'s remake command gives a 33-frame clip recorded with the schedule `meta`."""
+    argv, _ = generate_argv({"prompt": "a", "prompt_schedule": meta}, 33)
+    pairs = [tuple(argv[i + 1:i + 3]) for i, a in enumerate(argv) if a == "--prompt-at"]
+    p = plan_video(engine.preset, 33, fps, schedule=PromptSchedule.build("a", parse_prompt_at(pairs)))
+    return p.with_features(features).text(engine.text_kv)
+
+
 @pytest.mark.parametrize("step", [1, 2, 3])
 def test_a_switch_between_steps_equals_its_k_v_by_hand(engine, step):
     bf = engine.preset.block_frames
@@ -255,11 +263,7 @@ def test_a_live_prompt_lands_between_steps_as_prompt_at(engine, call):
     assert (message["state"], message["step"], message["block"], message["latent"]) == ("landed", call + 1, 1, at)
     meta = live.as_metadata(fps)
     assert meta == [[0.0, "a"], [round(g.first_frame_of(at) / fps, 4), "b", {"step": call + 1}]]
-    argv, _ = generate_argv({"prompt": "a", "prompt_schedule": meta}, 33)
-    pairs = [tuple(argv[i + 1:i + 3]) for i, a in enumerate(argv) if a == "--prompt-at"]
-    p = plan_video(engine.preset, 33, fps, schedule=PromptSchedule.build("a", parse_prompt_at(pairs)))
-    want = latents(engine.generate(p.with_features({"a": fa, "b": fb}).text(engine.text_kv), n, seed=7,
-                                   decode=False))
+    want = latents(engine.generate(remade_text(engine, meta, {"a": fa, "b": fb}, fps), n, seed=7, decode=False))
     assert torch.equal(got, want)
     at_start = latents(engine.generate(TextSchedule((0, at), (live.entries[0].kv, b.kv)), n, seed=7, decode=False))
     assert torch.equal(got[:at], at_start[:at]) and not torch.equal(got[at:at + bf], at_start[at:at + bf])
@@ -296,10 +300,7 @@ def test_a_cut_between_steps_ends_a_transition_under_way(engine):
     assert live.at(bf, 1) is kc and live.at(bf, 2) is kc and live.at(2 * bf) is kc and live.at(3 * bf) is kc
     meta = live.as_metadata(16)
     assert meta[1][2] == {"blocks": 3, "kind": "linear"} and meta[2][2] == {"step": 1}
-    argv, _ = generate_argv({"prompt": "a", "prompt_schedule": meta}, 33)
-    pairs = [tuple(argv[i + 1:i + 3]) for i, a in enumerate(argv) if a == "--prompt-at"]
-    p = plan_video(engine.preset, 33, 16, schedule=PromptSchedule.build("a", parse_prompt_at(pairs)))
-    text = p.with_features({"a": fa, "b": fb, "c": fc}).text(engine.text_kv)
+    text = remade_text(engine, meta, {"a": fa, "b": fb, "c": fc}, 16)
     assert torch.equal(text.at(bf), blend) and torch.equal(text.at(bf - 1, 3), engine.text_kv(fa))
     assert all(torch.equal(text.at(f, k), kc) for f in (bf, 2 * bf, 3 * bf) for k in (1, 2, 3) if (f, k) >= (bf, 1))
 
@@ -333,11 +334,7 @@ def test_a_transition_typed_during_a_blocks_first_step_lands_at_that_block(engin
     assert (b.state, b.latent, b.step) == ("landed", at, 0)
     meta = live.as_metadata(fps)
     assert meta[1][1:] == ["b", {"blocks": 2, "kind": "linear"}]
-    argv, _ = generate_argv({"prompt": "a", "prompt_schedule": meta}, 33)
-    pairs = [tuple(argv[i + 1:i + 3]) for i, a in enumerate(argv) if a == "--prompt-at"]
-    p = plan_video(engine.preset, 33, fps, schedule=PromptSchedule.build("a", parse_prompt_at(pairs)))
-    want = latents(engine.generate(p.with_features({"a": fa, "b": fb}).text(engine.text_kv), n, seed=7,
-                                   decode=False))
+    want = latents(engine.generate(remade_text(engine, meta, {"a": fa, "b": fb}, fps), n, seed=7, decode=False))
     assert torch.equal(got, want)
 
 
